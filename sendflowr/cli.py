@@ -1,0 +1,46 @@
+"""The `sendflowr` console command. Each subcommand lives beside the code it drives and registers itself."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from sendflowr.settings import get_settings
+
+# Modules that contribute subcommands; each exposes add_cli(subparsers).
+_COMMAND_MODULES = (
+    "sendflowr.local.kafka_broker",
+    "sendflowr.local.chdb_server",
+    "sendflowr.migrations",
+    "sendflowr.synth.cli",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    import importlib
+
+    parser = argparse.ArgumentParser(prog="sendflowr", description=__doc__)
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in _COMMAND_MODULES:
+        importlib.import_module(name).add_cli(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.handler(args, get_settings()) or 0)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # a user-facing command: say what failed, not a bare stack trace
+        from sendflowr.errors import SendflowrError
+
+        if isinstance(exc, SendflowrError):
+            print(f"sendflowr {args.command}: {exc}", file=sys.stderr)
+            return 2
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,53 @@
+"""ClickHouse client factory: every process reaches ClickHouse by URL through clickhouse-connect.
+
+The embedded default (chDB behind `sendflowr clickhouse serve`) and a real server look the same here.
+"""
+
+from __future__ import annotations
+
+import time
+
+import clickhouse_connect
+from clickhouse_connect.driver.client import Client
+from clickhouse_connect.driver.exceptions import ClickHouseError as DriverError
+
+from sendflowr.errors import SendflowrError
+from sendflowr.settings import Settings
+
+
+class ClickHouseUnavailable(SendflowrError):
+    pass
+
+
+def get_client(settings: Settings, *, with_database: bool = True, **kwargs) -> Client:
+    """A client on settings.clickhouse_url; a clear error (not a stack trace) when nothing answers."""
+    try:
+        return clickhouse_connect.get_client(
+            dsn=None,
+            host=settings.clickhouse_host,
+            port=settings.clickhouse_port,
+            interface="https" if settings.clickhouse_url.startswith("https") else "http",
+            username=settings.clickhouse_user,
+            password=settings.clickhouse_password,
+            database=settings.clickhouse_database if with_database else "",
+            connect_timeout=kwargs.pop("connect_timeout", 5),
+            send_receive_timeout=kwargs.pop("send_receive_timeout", 600),
+            **kwargs,
+        )
+    except DriverError as exc:
+        raise ClickHouseUnavailable(
+            f"ClickHouse at {settings.clickhouse_url} did not answer ({exc.__class__.__name__}: "
+            f"{str(exc).splitlines()[0][:300]}). For the embedded default run `sendflowr clickhouse start` "
+            f"(or `make up`); otherwise check SENDFLOWR_CLICKHOUSE_URL."
+        ) from exc
+
+
+def wait_for_clickhouse(settings: Settings, timeout: float = 30.0) -> Client:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return get_client(settings, with_database=False)
+        except ClickHouseUnavailable:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.25)

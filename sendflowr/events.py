@@ -1,0 +1,94 @@
+"""The event contract: JSON Schema v1 plus the semantic rules a schema cannot say.
+
+`validate_event` is the one Python validator (generator, connectors, API, tests). Ingestion applies the
+same rules in ClickHouse SQL (sql/ingest_events.sql); tests hold the two to the same verdicts.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from functools import cache
+from importlib import resources
+from typing import Any
+
+from jsonschema import Draft202012Validator, FormatChecker
+
+SCHEMA_VERSION = 1
+EVENT_TYPES = ("sent", "delivered", "opened", "clicked", "bounced", "unsubscribed", "complained")
+IDENTIFIER_TYPES = ("email", "klaviyo_id", "phone", "external_id")
+EARLIEST_OCCURRED_AT = datetime(2000, 1, 1, tzinfo=UTC)
+FUTURE_TOLERANCE = timedelta(days=1)
+MAX_EVENT_BYTES = 64 * 1024
+
+
+@cache
+def event_schema() -> dict[str, Any]:
+    text = resources.files("sendflowr.schemas").joinpath(f"event.v{SCHEMA_VERSION}.json").read_text()
+    return json.loads(text)
+
+
+@cache
+def _validator() -> Draft202012Validator:
+    return Draft202012Validator(event_schema(), format_checker=FormatChecker())
+
+
+class InvalidEvent(ValueError):
+    """An event that breaks the contract; `reason` is short and stable enough to group by."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+def parse_occurred_at(value: str) -> datetime:
+    parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    if parsed.tzinfo is None:
+        raise InvalidEvent("occurred_at: needs an offset (Z or +hh:mm)")
+    return parsed.astimezone(UTC)
+
+
+def event_errors(event: Any, now: datetime | None = None) -> list[str]:
+    """Every reason the event is invalid; empty when it is valid."""
+    if not isinstance(event, dict):
+        return [f"event: expected a JSON object, got {type(event).__name__}"]
+    errors = [
+        f"{'.'.join(str(p) for p in err.absolute_path) or 'event'}: {err.message}"
+        for err in sorted(_validator().iter_errors(event), key=lambda e: list(map(str, e.absolute_path)))
+    ]
+    occurred = event.get("occurred_at")
+    if isinstance(occurred, str) and not any(e.startswith("occurred_at") for e in errors):
+        try:
+            moment = parse_occurred_at(occurred)
+        except (InvalidEvent, ValueError):
+            errors.append(f"occurred_at: not an RFC 3339 time: {occurred!r}")
+        else:
+            limit = (now or datetime.now(UTC)) + FUTURE_TOLERANCE
+            if moment < EARLIEST_OCCURRED_AT:
+                errors.append("occurred_at: before 2000-01-01")
+            elif moment > limit:
+                errors.append("occurred_at: more than a day in the future")
+    return errors
+
+
+def validate_event(event: Any, now: datetime | None = None) -> dict[str, Any]:
+    """Return the event unchanged when valid; raise InvalidEvent with the first reason otherwise."""
+    errors = event_errors(event, now)
+    if errors:
+        raise InvalidEvent(errors[0])
+    return event
+
+
+def decode_event(raw: bytes, now: datetime | None = None) -> dict[str, Any]:
+    """Bytes from the wire to a valid event, with the same reasons ingestion records."""
+    if len(raw) > MAX_EVENT_BYTES:
+        raise InvalidEvent(f"payload: {len(raw)} bytes exceeds {MAX_EVENT_BYTES}")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidEvent("payload: not valid UTF-8") from None
+    try:
+        event = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InvalidEvent(f"payload: invalid JSON ({exc.msg})") from None
+    return validate_event(event, now)

@@ -1,0 +1,129 @@
+"""Read fixed offset ranges from Kafka into columns; no per-message parsing happens in Python."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+
+import numpy as np
+import pyarrow as pa
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+
+from sendflowr.errors import SendflowrError
+from sendflowr.ingest.plan import OffsetRange, Watermarks
+from sendflowr.settings import Settings
+
+CONSUMER_GROUP = "sendflowr-ingest"
+
+
+def make_consumer(settings: Settings, group: str = CONSUMER_GROUP) -> Consumer:
+    return Consumer({
+        "bootstrap.servers": settings.kafka_bootstrap_servers,
+        "group.id": group,
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+        "auto.offset.reset": "earliest",
+        "fetch.max.bytes": 64 * 1024 * 1024,
+        "max.partition.fetch.bytes": 16 * 1024 * 1024,
+        "queued.max.messages.kbytes": 512 * 1024,
+        "fetch.wait.max.ms": 50,
+    })
+
+
+def watermarks(consumer: Consumer, topic: str, timeout: float = 15.0) -> dict[int, Watermarks]:
+    try:
+        meta = consumer.list_topics(topic, timeout=timeout).topics.get(topic)
+    except KafkaException as exc:
+        raise SendflowrError(f"Kafka did not answer for topic {topic!r}: {exc}") from exc
+    if meta is None or meta.error is not None or not meta.partitions:
+        raise SendflowrError(f"Kafka topic {topic!r} does not exist (create it with `sendflowr kafka topic`)")
+    marks = {}
+    for partition in sorted(meta.partitions):
+        low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=timeout)
+        marks[partition] = Watermarks(low, high)
+    return marks
+
+
+def read_ranges(consumer: Consumer, ranges: list[OffsetRange], batch_messages: int = 200_000,
+                idle_timeout: float = 30.0, on_progress: Callable[[int], None] | None = None,
+                ) -> Iterator[pa.Table]:
+    """Yield Arrow tables (kafka_partition, kafka_offset, raw) holding exactly the offsets of `ranges`."""
+    if not ranges:
+        return
+    topic = ranges[0].topic
+    ends = {r.partition: r.end for r in ranges}
+    consumer.assign([TopicPartition(r.topic, r.partition, r.start) for r in ranges])
+    last_seen = {r.partition: r.start - 1 for r in ranges}
+    parts: list[int] = []
+    offsets: list[int] = []
+    values: list[bytes | None] = []
+    last_message_at = time.monotonic()
+    try:
+        while any(last_seen[p] < ends[p] - 1 for p in ends):
+            messages = consumer.consume(num_messages=20_000, timeout=0.5)
+            if not messages:
+                if _caught_up(consumer, topic, ends, last_seen):
+                    break
+                if time.monotonic() - last_message_at > idle_timeout:
+                    missing = {p: (last_seen[p] + 1, ends[p]) for p in ends if last_seen[p] < ends[p] - 1}
+                    raise SendflowrError(f"Kafka returned no messages for {idle_timeout:.0f}s while offsets "
+                                         f"{missing} of {topic!r} were still to read")
+                continue
+            last_message_at = time.monotonic()
+            for message in messages:
+                error = message.error()
+                if error is not None:
+                    if error.code() == KafkaError._PARTITION_EOF:
+                        continue
+                    raise SendflowrError(f"Kafka error while reading {topic!r}: {error}")
+                partition, offset = message.partition(), message.offset()
+                if offset >= ends[partition]:
+                    continue
+                last_seen[partition] = offset
+                parts.append(partition)
+                offsets.append(offset)
+                values.append(message.value())
+            if len(offsets) >= batch_messages:
+                yield _table(parts, offsets, values)
+                if on_progress:
+                    on_progress(len(offsets))
+                parts, offsets, values = [], [], []
+            _pause_finished(consumer, topic, ends, last_seen)
+        if offsets:
+            yield _table(parts, offsets, values)
+            if on_progress:
+                on_progress(len(offsets))
+    finally:
+        consumer.unassign()
+
+
+def _pause_finished(consumer: Consumer, topic: str, ends: dict[int, int], last_seen: dict[int, int]) -> None:
+    done = [TopicPartition(topic, p) for p in ends if last_seen[p] >= ends[p] - 1]
+    if done:
+        consumer.pause(done)
+
+
+def _caught_up(consumer: Consumer, topic: str, ends: dict[int, int], last_seen: dict[int, int]) -> bool:
+    # Offsets can have holes (transaction markers, compaction): done when the fetch position passed the end.
+    positions = consumer.position([TopicPartition(topic, p) for p in ends])
+    return all(last_seen[tp.partition] >= ends[tp.partition] - 1 or tp.offset >= ends[tp.partition]
+               for tp in positions)
+
+
+def _table(parts: list[int], offsets: list[int], values: list[bytes | None]) -> pa.Table:
+    return pa.table({
+        "kafka_partition": pa.array(np.asarray(parts, dtype=np.uint32)),
+        "kafka_offset": pa.array(np.asarray(offsets, dtype=np.uint64)),
+        "raw": pa.array([v if v is not None else b"" for v in values], type=pa.binary()),
+    })
+
+
+def commit_group_offsets(consumer: Consumer, ranges: list[OffsetRange]) -> None:
+    """Mirror committed progress into the consumer group, so standard Kafka tools show our lag."""
+    if ranges:
+        consumer.commit(offsets=[TopicPartition(r.topic, r.partition, r.end) for r in ranges], asynchronous=False)
+
+
+def group_lag(consumer: Consumer, topic: str, marks: dict[int, Watermarks], next_offsets: dict[int, int]
+              ) -> dict[int, int]:
+    return {p: max(0, m.high - next_offsets.get(p, m.low)) for p, m in marks.items()}

@@ -1,0 +1,90 @@
+"""Which offsets a run ingests: fixed ranges per partition, recorded before they are read.
+
+A range recorded as 'planned' but never 'committed' belongs to a run that died; the next run replays
+exactly that range (same offsets, same deduplication token) before planning anything new.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from clickhouse_connect.driver.client import Client
+
+
+@dataclass(frozen=True, order=True)
+class OffsetRange:
+    topic: str
+    partition: int
+    start: int  # first offset, inclusive
+    end: int  # exclusive
+
+    @property
+    def size(self) -> int:
+        return self.end - self.start
+
+    @property
+    def token(self) -> str:
+        """Insert deduplication token: the same range always yields the same token."""
+        return f"{self.topic}:{self.partition}:{self.start}-{self.end}"
+
+
+@dataclass(frozen=True)
+class Watermarks:
+    low: int
+    high: int
+
+
+@dataclass
+class Plan:
+    ranges: list[OffsetRange]
+    replay: bool  # True when these ranges finish a crashed run
+    skipped_by_retention: dict[int, int]  # partition -> offsets deleted by Kafka before we read them
+
+
+def ingestion_state(client: Client, database: str, topic: str) -> tuple[dict[int, int], list[OffsetRange]]:
+    """(next offset per partition, ranges planned but never committed)."""
+    rows = client.query(
+        f"SELECT kafka_partition, start_offset, end_offset, max(state) = 'committed' AS done "
+        f"FROM {database}.ingest_ranges WHERE kafka_topic = {{topic:String}} "
+        f"GROUP BY kafka_partition, start_offset, end_offset",
+        parameters={"topic": topic},
+    ).result_rows
+    committed: dict[int, int] = {}
+    pending: list[OffsetRange] = []
+    for partition, start, end, done in rows:
+        if done:
+            committed[partition] = max(committed.get(partition, 0), end)
+        else:
+            pending.append(OffsetRange(topic, partition, start, end))
+    pending = [r for r in pending if r.start >= committed.get(r.partition, 0)]
+    return committed, sorted(pending)
+
+
+def plan_ranges(client: Client, database: str, topic: str, watermarks: dict[int, Watermarks],
+                max_per_partition: int) -> Plan:
+    committed, pending = ingestion_state(client, database, topic)
+    if pending:
+        return Plan(pending, replay=True, skipped_by_retention={})
+    ranges: list[OffsetRange] = []
+    skipped: dict[int, int] = {}
+    for partition, marks in sorted(watermarks.items()):
+        start = committed.get(partition, marks.low)
+        if start < marks.low:
+            skipped[partition] = marks.low - start
+            start = marks.low
+        end = min(marks.high, start + max_per_partition)
+        if end > start:
+            ranges.append(OffsetRange(topic, partition, start, end))
+    return Plan(ranges, replay=False, skipped_by_retention=skipped)
+
+
+def record_ranges(client: Client, database: str, ranges: list[OffsetRange], state: str, run_id: str,
+                  stats: dict[int, tuple[int, int, int, int]] | None = None) -> None:
+    rows = []
+    for r in ranges:
+        messages, inserted, rejected, duplicates = (stats or {}).get(r.partition, (0, 0, 0, 0))
+        rows.append([r.topic, r.partition, r.start, r.end, state, run_id, messages, inserted, rejected, duplicates])
+    if rows:
+        client.insert(f"{database}.ingest_ranges", rows,
+                      column_names=["kafka_topic", "kafka_partition", "start_offset", "end_offset", "state", "run_id",
+                                    "messages", "inserted", "rejected", "duplicates"])

@@ -1,0 +1,133 @@
+"""Ordered, idempotent ClickHouse migrations from sql/migrations/NNNN_name.sql.
+
+Each file holds statements ending with `;` at the end of a line and may use ${database}. Applied
+versions are recorded in <database>.schema_migrations with a checksum, so re-running is a no-op and an
+edited, already-applied file is reported instead of silently diverging. The events TTL follows
+SENDFLOWR_EVENTS_TTL_DAYS on every run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from clickhouse_connect.driver.client import Client
+from clickhouse_connect.driver.exceptions import ClickHouseError as DriverError
+
+from sendflowr.clickhouse import get_client, wait_for_clickhouse
+from sendflowr.errors import SendflowrError
+from sendflowr.settings import PROJECT_ROOT, Settings
+from sendflowr.sql_files import render
+
+MIGRATIONS_DIR = PROJECT_ROOT / "sql" / "migrations"
+_FILE_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+_STATEMENT_END = re.compile(r";[ \t]*(?:--[^\n]*)?$", re.MULTILINE)
+
+
+class MigrationError(SendflowrError):
+    pass
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    path: Path
+    text: str
+
+    @property
+    def checksum(self) -> str:
+        return hashlib.sha256(self.text.encode()).hexdigest()[:16]
+
+    def statements(self, database: str) -> list[str]:
+        rendered = render(self.text, database)
+        parts = _STATEMENT_END.split(rendered)
+        return [part.strip() for part in parts if _strip_comments(part).strip()]
+
+
+def _strip_comments(sql: str) -> str:
+    return "\n".join(line for line in sql.splitlines() if not line.strip().startswith("--"))
+
+
+def discover(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
+    found: list[Migration] = []
+    for path in sorted(directory.glob("*.sql")):
+        match = _FILE_NAME.match(path.name)
+        if not match:
+            raise MigrationError(f"migration file {path.name} must be named NNNN_lower_snake.sql")
+        found.append(Migration(int(match.group(1)), match.group(2), path, path.read_text()))
+    versions = [m.version for m in found]
+    if len(set(versions)) != len(versions):
+        raise MigrationError(f"two migrations share a version number in {directory}")
+    return found
+
+
+def _applied(client: Client, database: str) -> dict[int, str]:
+    client.command(
+        f"CREATE TABLE IF NOT EXISTS {database}.schema_migrations "
+        "(version UInt32, name String, checksum String, applied_at DateTime64(3, 'UTC') DEFAULT now64(3)) "
+        "ENGINE = MergeTree ORDER BY version"
+    )
+    rows = client.query(f"SELECT version, any(checksum) FROM {database}.schema_migrations GROUP BY version")
+    return {int(version): checksum for version, checksum in rows.result_rows}
+
+
+def apply_migrations(settings: Settings, directory: Path = MIGRATIONS_DIR, wait: float = 30.0) -> list[str]:
+    """Apply what is missing, in order; return the names applied. Safe to run at every start-up."""
+    database = settings.clickhouse_database
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", database):
+        raise MigrationError(f"SENDFLOWR_CLICKHOUSE_DATABASE={database!r} is not a plain identifier")
+    wait_for_clickhouse(settings, timeout=wait).command(f"CREATE DATABASE IF NOT EXISTS {database}")
+    client = get_client(settings)
+    applied = _applied(client, database)
+    done: list[str] = []
+    for migration in discover(directory):
+        label = migration.path.name
+        if migration.version in applied:
+            if applied[migration.version] != migration.checksum:
+                raise MigrationError(
+                    f"migration {label} was changed after it was applied (checksum "
+                    f"{applied[migration.version]} -> {migration.checksum}); add a new migration instead"
+                )
+            continue
+        for number, statement in enumerate(migration.statements(database), start=1):
+            try:
+                client.command(statement)
+            except DriverError as exc:
+                raise MigrationError(
+                    f"migration {label} failed at statement {number}: {str(exc).strip().splitlines()[-1][:500]}"
+                ) from exc
+        client.insert(f"{database}.schema_migrations", [[migration.version, migration.name, migration.checksum]],
+                      column_names=["version", "name", "checksum"])
+        done.append(label)
+    _apply_events_ttl(client, settings)
+    return done
+
+
+def _apply_events_ttl(client: Client, settings: Settings) -> None:
+    table = f"{settings.clickhouse_database}.events"
+    current = client.command(
+        "SELECT extract(create_table_query, 'TTL ([^\\n]+?)(?: SETTINGS|$)') FROM system.tables "
+        "WHERE database = {db:String} AND name = 'events'", parameters={"db": settings.clickhouse_database})
+    if settings.events_ttl_days > 0:
+        wanted = f"toDateTime(occurred_at) + toIntervalDay({settings.events_ttl_days})"
+        if wanted not in str(current):
+            client.command(f"ALTER TABLE {table} MODIFY TTL toDateTime(occurred_at) + INTERVAL "
+                           f"{settings.events_ttl_days} DAY")
+    elif current:
+        client.command(f"ALTER TABLE {table} REMOVE TTL")
+
+
+def add_cli(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("migrate", help="apply the ClickHouse migrations in sql/migrations")
+    parser.set_defaults(handler=_cli_migrate)
+
+
+def _cli_migrate(_args, settings: Settings) -> int:
+    done = apply_migrations(settings)
+    print(f"applied {len(done)} migration(s)" + (f": {', '.join(done)}" if done else " (schema up to date)")
+          + f" on {settings.clickhouse_url}/{settings.clickhouse_database}")
+    return 0

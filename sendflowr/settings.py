@@ -1,0 +1,104 @@
+"""One settings object for every SendFlowr process, read from SENDFLOWR_* environment variables.
+
+Defaults describe the embedded stack on one machine (local Kafka broker, chDB behind a local
+ClickHouse HTTP endpoint). Pointing the URLs at real servers needs no code change.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SENDFLOWR_", extra="ignore", frozen=True)
+
+    home: Path = Field(
+        default=PROJECT_ROOT / ".sendflowr",
+        description="State directory of the embedded stack: chDB data, Kafka logs and jars, pid files, "
+        "Dagster home, generated worlds.",
+    )
+
+    clickhouse_url: str = Field(
+        default="http://127.0.0.1:8123",
+        description="ClickHouse HTTP endpoint. The embedded default serves chDB here; any ClickHouse server "
+        "works by URL.",
+    )
+    clickhouse_user: str = Field(default="default", description="ClickHouse user.")
+    clickhouse_password: str = Field(default="", description="ClickHouse password (never stored in code).")
+    clickhouse_database: str = Field(default="sendflowr", description="Database holding every SendFlowr table.")
+    chdb_path: Path | None = Field(
+        default=None,
+        description="Data directory of the embedded chDB engine (default: <home>/chdb).",
+    )
+    events_ttl_days: int = Field(
+        default=0,
+        ge=0,
+        description="Drop events older than this many days (ClickHouse TTL on occurred_at); 0 keeps them forever.",
+    )
+
+    kafka_bootstrap_servers: str = Field(default="127.0.0.1:9092", description="Kafka bootstrap servers.")
+    kafka_topic: str = Field(default="sendflowr.events", description="Topic carrying engagement events.")
+    kafka_partitions: int = Field(default=4, ge=1, description="Partitions of the events topic when created.")
+    kafka_replication_factor: int = Field(default=1, ge=1, description="Replication factor when created.")
+    kafka_version: str = Field(
+        default="4.1.1",
+        description="Apache Kafka release (org.apache.kafka:kafka_2.13) fetched from Maven Central for "
+        "the local broker.",
+    )
+    kafka_controller_port: int = Field(default=9093, description="KRaft controller port of the local broker.")
+    kafka_jars_cache: Path = Field(
+        default=Path.home() / ".cache" / "sendflowr" / "kafka",
+        description="Where Maven copies the broker's jars (one folder per version), shared by every state dir.",
+    )
+
+    api_host: str = Field(default="127.0.0.1", description="Address the decision API binds.")
+    api_port: int = Field(default=8000, description="Port of the decision API.")
+    dagster_port: int = Field(default=3000, description="Port of the Dagster UI (dagster dev).")
+
+    @field_validator("clickhouse_url")
+    @classmethod
+    def _url_has_scheme(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"SENDFLOWR_CLICKHOUSE_URL must look like http://host:port, got {value!r}")
+        return value.rstrip("/")
+
+    @cached_property
+    def chdb_data_dir(self) -> Path:
+        return (self.chdb_path or self.home / "chdb").resolve()
+
+    @property
+    def clickhouse_host(self) -> str:
+        return urlsplit(self.clickhouse_url).hostname or "127.0.0.1"
+
+    @property
+    def clickhouse_port(self) -> int:
+        parts = urlsplit(self.clickhouse_url)
+        return parts.port or (8443 if parts.scheme == "https" else 8123)
+
+    @property
+    def kafka_home(self) -> Path:
+        return self.home / "kafka"
+
+    @property
+    def run_dir(self) -> Path:
+        return self.home / "run"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.home / "logs"
+
+    @property
+    def dagster_home(self) -> Path:
+        return self.home / "dagster"
+
+
+def get_settings() -> Settings:
+    return Settings()
