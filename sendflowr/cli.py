@@ -13,6 +13,7 @@ _COMMAND_MODULES = (
     "sendflowr.local.chdb_server",
     "sendflowr.migrations",
     "sendflowr.synth.cli",
+    "sendflowr.local.stack",
 )
 
 

@@ -18,7 +18,7 @@ SCHEMA_VERSION = 1
 EVENT_TYPES = ("sent", "delivered", "opened", "clicked", "bounced", "unsubscribed", "complained")
 IDENTIFIER_TYPES = ("email", "klaviyo_id", "phone", "external_id")
 EARLIEST_OCCURRED_AT = datetime(2000, 1, 1, tzinfo=UTC)
-FUTURE_TOLERANCE = timedelta(days=1)
+FUTURE_TOLERANCE = timedelta(minutes=5)  # clock skew between an ESP and us
 MAX_EVENT_BYTES = 64 * 1024
 
 
@@ -67,7 +67,7 @@ def event_errors(event: Any, now: datetime | None = None) -> list[str]:
             if moment < EARLIEST_OCCURRED_AT:
                 errors.append("occurred_at: before 2000-01-01")
             elif moment > limit:
-                errors.append("occurred_at: more than a day in the future")
+                errors.append("occurred_at: more than 5 minutes in the future")
     return errors
 
 

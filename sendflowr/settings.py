@@ -58,6 +58,13 @@ class Settings(BaseSettings):
         description="Where Maven copies the broker's jars (one folder per version), shared by every state dir.",
     )
 
+    ingest_cron: str = Field(default="* * * * *", description="Schedule of the ingestion asset (cron, UTC).")
+    ingest_max_messages_per_partition: int = Field(
+        default=1_000_000, ge=1, description="Most offsets one scheduled ingestion run reads per partition.")
+    ingest_max_rejected_share: float = Field(
+        default=0.05, ge=0, le=1,
+        description="The ingestion asset check fails when a run rejects a larger share of its messages.")
+
     api_host: str = Field(default="127.0.0.1", description="Address the decision API binds.")
     api_port: int = Field(default=8000, description="Port of the decision API.")
     dagster_port: int = Field(default=3000, description="Port of the Dagster UI (dagster dev).")
@@ -82,6 +89,15 @@ class Settings(BaseSettings):
     def clickhouse_port(self) -> int:
         parts = urlsplit(self.clickhouse_url)
         return parts.port or (8443 if parts.scheme == "https" else 8123)
+
+    def as_env(self) -> dict[str, str]:
+        """These settings as SENDFLOWR_* variables, so a child process sees exactly the same ones."""
+        env = {}
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if value is not None:
+                env[f"SENDFLOWR_{name.upper()}"] = str(value)
+        return env
 
     @property
     def kafka_home(self) -> Path:

@@ -165,7 +165,9 @@ def open_server(settings: Settings, host: str | None = None, port: int | None = 
         engine = ChdbEngine(settings.chdb_data_dir, pool_size or default_pool_size())
     except ClickHouseError as exc:
         hint = ""
-        if "lock" in exc.message.lower() or "another server" in exc.message.lower():
+        # chDB prints "Cannot lock file .../status" to stderr; its exception says only "Error initializing".
+        if ("lock" in exc.message.lower() or "another server" in exc.message.lower()
+                or _locked_by_another_process(settings.chdb_data_dir)):
             hint = (f"\nAnother process owns {settings.chdb_data_dir}; only one process may open a chDB data "
                     f"directory (is `sendflowr clickhouse start` already running?).")
         raise SendflowrError(f"cannot open the chDB engine at {settings.chdb_data_dir}: {exc.message}{hint}") from exc
@@ -174,6 +176,25 @@ def open_server(settings: Settings, host: str | None = None, port: int | None = 
     except OSError as exc:
         engine.close()
         raise SendflowrError(f"cannot bind {host}:{port} for the ClickHouse endpoint: {exc}") from exc
+
+
+def _locked_by_another_process(data_dir) -> bool:
+    """Does another process hold the ClickHouse status-file lock of this data directory? (on failure only)"""
+    import fcntl
+    import os
+
+    try:
+        fd = os.open(os.path.join(data_dir, "status"), os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    except OSError:
+        return True
+    finally:
+        os.close(fd)
 
 
 def serve_forever(settings: Settings, verbose: bool = False) -> None:
@@ -214,7 +235,8 @@ def start_background(settings: Settings, timeout: float = 60.0) -> int:
     if pid is not None and ping(settings):
         return pid
     processes.require_free_port(settings.clickhouse_host, settings.clickhouse_port, "SENDFLOWR_CLICKHOUSE_URL")
-    pid = processes.spawn(settings, PROCESS_NAME, [sys.executable, "-m", "sendflowr.cli", "clickhouse", "serve"])
+    pid = processes.spawn(settings, PROCESS_NAME, [sys.executable, "-m", "sendflowr.local.chdb_server"],
+                          env=settings.as_env())
     processes.wait_until(lambda: ping(settings), timeout=timeout, what="the embedded ClickHouse endpoint",
                          pid=pid, log=processes.log_file(settings, PROCESS_NAME))
     return pid
@@ -246,3 +268,13 @@ def _cli_status(_args, settings: Settings) -> int:
     up = ping(settings)
     print(f"clickhouse: {'up' if up else 'down'} at {settings.clickhouse_url}" + (f", pid {pid}" if pid else ""))
     return 0 if up else 1
+
+
+if __name__ == "__main__":
+    from sendflowr.settings import get_settings
+
+    try:
+        serve_forever(get_settings())
+    except SendflowrError as exc:
+        print(f"sendflowr clickhouse serve: {exc}", file=sys.stderr)
+        sys.exit(2)

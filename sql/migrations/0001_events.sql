@@ -26,7 +26,7 @@ CREATE TABLE IF NOT EXISTS ${database}.events
     kafka_topic     LowCardinality(String),
     kafka_partition UInt32,
     kafka_offset    UInt64,
-    ingested_at     DateTime64(3, 'UTC')
+    ingested_at     DateTime64(3, 'UTC') DEFAULT now64(3, 'UTC')
 )
 ENGINE = MergeTree
 PARTITION BY toYYYYMM(occurred_at)

@@ -72,7 +72,7 @@ CREATE TABLE IF NOT EXISTS ${database}.ingest_staging
         NOT has(top_keys, 'occurred_at'), 'occurred_at: missing',
         JSONType(raw, 'occurred_at') != 'String' OR occurred_at IS NULL, 'occurred_at: not an RFC 3339 time with an offset',
         occurred_at < toDateTime64('2000-01-01 00:00:00', 3, 'UTC'), 'occurred_at: before 2000-01-01',
-        occurred_at > now64(3, 'UTC') + INTERVAL 1 DAY, 'occurred_at: more than a day in the future',
+        occurred_at > now64(3, 'UTC') + INTERVAL 5 MINUTE, 'occurred_at: more than 5 minutes in the future',
         NOT has(top_keys, 'identifiers'), 'identifiers: missing',
         JSONType(raw, 'identifiers') != 'Object', 'identifiers: must be an object',
         empty(id_keys), 'identifiers: needs at least one identifier',

@@ -1,0 +1,151 @@
+"""`sendflowr up` / `sendflowr down`: the whole embedded stack on one machine.
+
+Order: Kafka broker -> ClickHouse endpoint (chDB) -> migrations -> synthetic events into Kafka (once per
+state dir) -> `dagster dev` -> a run of every asset, launched through the webserver so it shows in the
+UI -> the API. `down` stops them in reverse; data stays under SENDFLOWR_HOME for the next `up`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import urllib.request
+
+from sendflowr.errors import SendflowrError
+from sendflowr.kafka_io import ensure_topic
+from sendflowr.local import chdb_server, processes
+from sendflowr.local.kafka_broker import LocalKafka
+from sendflowr.migrations import apply_migrations
+from sendflowr.settings import PROJECT_ROOT, Settings
+
+DAGSTER = "dagster"
+API = "api"
+_DAGSTER_YAML = """\
+# Written by `sendflowr up`: local SQLite storage under this folder keeps runs and lineage across restarts.
+telemetry:
+  enabled: false
+concurrency:
+  pools:
+    default_limit: 1   # one ingestion step at a time (asset pool sendflowr_ingest)
+run_queue:
+  max_concurrent_runs: 4
+"""
+
+
+def _http_ok(url: str, timeout: float = 1.0) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return 200 <= response.status < 300
+    except OSError:
+        return False
+
+
+def _bin(name: str) -> str:
+    candidate = PROJECT_ROOT / ".venv" / "bin" / name
+    if candidate.exists():
+        return str(candidate)
+    found = shutil.which(name) or str((PROJECT_ROOT / ".venv" / "bin" / name))
+    return found
+
+
+def start_dagster(settings: Settings, timeout: float = 180) -> int:
+    url = f"http://127.0.0.1:{settings.dagster_port}/server_info"
+    pid = processes.running_pid(settings, DAGSTER)
+    if pid is not None and _http_ok(url):
+        return pid
+    processes.require_free_port("127.0.0.1", settings.dagster_port, "SENDFLOWR_DAGSTER_PORT")
+    settings.dagster_home.mkdir(parents=True, exist_ok=True)
+    config = settings.dagster_home / "dagster.yaml"
+    if not config.exists():
+        config.write_text(_DAGSTER_YAML)
+    pid = processes.spawn(
+        settings, DAGSTER,
+        [_bin("dagster"), "dev", "-w", str(PROJECT_ROOT / "workspace.yaml"), "-h", "127.0.0.1",
+         "-p", str(settings.dagster_port)],
+        env={**settings.as_env(), "DAGSTER_HOME": str(settings.dagster_home)},
+        cwd=PROJECT_ROOT)
+    processes.wait_until(lambda: _http_ok(url), timeout=timeout, what="dagster dev", pid=pid,
+                         log=processes.log_file(settings, DAGSTER), interval=1.0)
+    return pid
+
+
+def start_api(settings: Settings, timeout: float = 60) -> int:
+    url = f"http://{settings.api_host}:{settings.api_port}/healthz"
+    pid = processes.running_pid(settings, API)
+    if pid is not None and _http_ok(url):
+        return pid
+    processes.require_free_port(settings.api_host, settings.api_port, "SENDFLOWR_API_PORT")
+    pid = processes.spawn(
+        settings, API,
+        [_bin("uvicorn"), "sendflowr_api.app:app", "--host", settings.api_host, "--port", str(settings.api_port)],
+        env=settings.as_env(), cwd=PROJECT_ROOT)
+    processes.wait_until(lambda: _http_ok(url), timeout=timeout, what="the API (uvicorn)", pid=pid,
+                         log=processes.log_file(settings, API))
+    return pid
+
+
+def produce_world_once(settings: Settings, people: int, seed: int) -> None:
+    """Generate the synthetic world into Kafka the first time only: a restart must not produce it twice."""
+    marker = settings.home / "world" / ".produced"
+    if marker.exists():
+        print(f"synthetic events already in Kafka ({marker.read_text().strip()}); not producing again")
+        return
+    command = [sys.executable, "-m", "sendflowr.cli", "generate", "--people", str(people), "--seed", str(seed),
+               "--out", str(settings.home / "world")]
+    if subprocess.run(command, cwd=PROJECT_ROOT, env={**os.environ, **settings.as_env()}).returncode != 0:
+        raise SendflowrError("generating the synthetic world failed (see above)")
+    marker.write_text(json.dumps({"people": people, "seed": seed}))
+
+
+def up(settings: Settings, people: int, seed: int, materialize: bool = True) -> None:
+    print(f"state directory: {settings.home}")
+    kafka = LocalKafka(settings)
+    kafka.start()
+    created = ensure_topic(settings)
+    print(f"kafka: {settings.kafka_bootstrap_servers}, topic {settings.kafka_topic!r} "
+          f"({'created' if created else 'exists'}, {settings.kafka_partitions} partitions)")
+    chdb_server.start_background(settings)
+    applied = apply_migrations(settings)
+    print(f"clickhouse: {settings.clickhouse_url} (chDB at {settings.chdb_data_dir}); "
+          f"{len(applied)} migration(s) applied")
+    produce_world_once(settings, people, seed)
+    start_dagster(settings)
+    print(f"dagster: http://127.0.0.1:{settings.dagster_port} (DAGSTER_HOME={settings.dagster_home})")
+    if materialize:
+        launched = subprocess.run([sys.executable, "-m", "sendflowr_assets.launch", "sendflowr_all",
+                                   "--port", str(settings.dagster_port)], cwd=PROJECT_ROOT,
+                                  env={**os.environ, **settings.as_env()})
+        if launched.returncode != 0:
+            raise SendflowrError(f"materializing every asset did not succeed; see the run in the Dagster UI "
+                                 f"and {processes.log_file(settings, DAGSTER)}")
+    start_api(settings)
+    base = f"http://{settings.api_host}:{settings.api_port}"
+    print(f"api: {base} (docs {base}/docs)")
+    with urllib.request.urlopen(f"{base}/readyz", timeout=10) as response:
+        print(f"api readiness: {response.read().decode()}")
+    print("stop everything with `make down` (data stays in the state directory)")
+
+
+def down(settings: Settings) -> None:
+    for name in (API, DAGSTER):
+        print(f"{name}: {'stopped' if processes.stop(settings, name) else 'not running'}")
+    print(f"clickhouse: {'stopped' if processes.stop(settings, chdb_server.PROCESS_NAME) else 'not running'}")
+    kafka = LocalKafka(settings)
+    was_running = kafka.is_running()
+    kafka.stop()
+    print(f"kafka: {'stopped' if was_running else 'not running'}")
+
+
+def add_cli(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("up", help="start the embedded stack and run every asset once")
+    parser.add_argument("--people", type=int, default=5000, help="people in the synthetic world (first start)")
+    parser.add_argument("--seed", type=int, default=7, help="seed of the synthetic world")
+    parser.add_argument("--no-materialize", action="store_true", help="start services only")
+    parser.set_defaults(handler=lambda args, settings: up(settings, args.people, args.seed,
+                                                          not args.no_materialize) or 0)
+    stop = subparsers.add_parser("down", help="stop everything `up` started; data is kept")
+    stop.set_defaults(handler=lambda args, settings: down(settings) or 0)

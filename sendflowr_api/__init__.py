@@ -1,0 +1,1 @@
+"""FastAPI service that reads SendFlowr's materialized results. Never imports Dagster."""

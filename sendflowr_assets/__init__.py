@@ -1,0 +1,1 @@
+"""Dagster code location: thin adapters that wire the sendflowr core to assets, checks and schedules."""
