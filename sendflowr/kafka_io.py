@@ -11,10 +11,11 @@ from dataclasses import dataclass
 from confluent_kafka import KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from sendflowr.errors import SendflowrError
 from sendflowr.settings import Settings
 
 
-class KafkaUnavailable(RuntimeError):
+class KafkaUnavailable(SendflowrError):
     pass
 
 

@@ -118,10 +118,24 @@ def _table(parts: list[int], offsets: list[int], values: list[bytes | None]) -> 
     })
 
 
-def commit_group_offsets(consumer: Consumer, ranges: list[OffsetRange]) -> None:
-    """Mirror committed progress into the consumer group, so standard Kafka tools show our lag."""
-    if ranges:
-        consumer.commit(offsets=[TopicPartition(r.topic, r.partition, r.end) for r in ranges], asynchronous=False)
+def commit_group_offsets(consumer: Consumer, ranges: list[OffsetRange], attempts: int = 5) -> str | None:
+    """Mirror committed progress into the consumer group, so standard Kafka tools show our lag.
+
+    ClickHouse's ingest_ranges is the source of truth; this mirror is best effort (a fresh broker answers
+    COORDINATOR_LOAD_IN_PROGRESS for a while), so it retries and then returns the error instead of raising.
+    """
+    if not ranges:
+        return None
+    offsets = [TopicPartition(r.topic, r.partition, r.end) for r in ranges]
+    error: KafkaException | None = None
+    for attempt in range(attempts):
+        try:
+            consumer.commit(offsets=offsets, asynchronous=False)
+            return None
+        except KafkaException as exc:
+            error = exc
+            time.sleep(0.2 * 2**attempt)
+    return str(error)
 
 
 def group_lag(consumer: Consumer, topic: str, marks: dict[int, Watermarks], next_offsets: dict[int, int]

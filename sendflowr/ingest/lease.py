@@ -1,33 +1,104 @@
 """One ingestion writer per topic at a time, across processes and machines, kept in ClickHouse itself.
 
-Acquire = insert a lease row, then read back the earliest unexpired, unreleased lease of the topic:
-whoever holds it wins and everyone else withdraws. ClickHouse reads see every finished insert on one
-node, so two runs racing both see the same winner.
+Acquire = insert a lease row, then read back every unexpired, unreleased lease of the topic: a run wins
+only when its own lease is the only one it sees. On one node inserts become visible in commit order, so
+of two racing runs the later committer always sees the earlier one: at most one wins. (Ordering by the
+acquired_at timestamp instead lets both win: a timestamp is taken before its insert is visible.) When
+racing runs see each other, all withdraw and retry after a random pause under a fresh holder name.
+
+A run that dies without releasing (killed process, or ClickHouse down when it ended) would block every
+run until its lease expires, so each holder name carries the process that took it. A lease of a process
+on this machine (same boot, same pid namespace) that is gone, or of this very process but no longer
+inside `ingest_lease`, is released by the next run at once; leases taken elsewhere expire after the TTL.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import os
+import random
+import threading
+import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
-from collections.abc import Iterator
+from pathlib import Path
 
 from clickhouse_connect.driver.client import Client
 
 from sendflowr.errors import SendflowrError
+
+ACQUIRE_ATTEMPTS = 4
+_ACTIVE: set[str] = set()  # holders inside ingest_lease in this process
+_ACTIVE_LOCK = threading.Lock()
 
 
 class LeaseHeld(SendflowrError):
     pass
 
 
-def _winner(client: Client, database: str, topic: str) -> tuple[str, datetime] | None:
+def _process_scope() -> str | None:
+    """Who can judge a pid: processes of the same boot and pid namespace. None where /proc cannot tell."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        namespace = os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return None
+    return hashlib.sha1(f"{boot}/{namespace}".encode()).hexdigest()[:12]
+
+
+def _start_time(pid: int) -> str | None:
+    """Start time of a live process (guards against pid reuse); None when it is gone or a zombie."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    if fields[0] in ("Z", "X"):
+        return None
+    return fields[19]  # field 22 of stat, counted after "pid (comm)"
+
+
+_SCOPE = _process_scope()
+
+
+def _holder_name(run_id: str, attempt: int) -> str:
+    pid = os.getpid()
+    start = _start_time(pid) if _SCOPE else None
+    where = f"@{_SCOPE}:{pid}:{start}" if _SCOPE and start else ""
+    return f"{run_id}#{attempt}{where}"
+
+
+def _is_stale(holder: str) -> bool:
+    """True only when the holder's process certainly no longer holds the lease."""
+    _, sep, where = holder.rpartition("@")
+    parts = where.split(":")
+    if not sep or len(parts) != 3 or _SCOPE is None or parts[0] != _SCOPE or not parts[1].isdigit():
+        return False
+    pid, start = int(parts[1]), parts[2]
+    if pid == os.getpid() and start == _start_time(pid):
+        with _ACTIVE_LOCK:
+            return holder not in _ACTIVE
+    return _start_time(pid) != start
+
+
+def _live_rivals(client: Client, database: str, topic: str, holder: str, ttl: timedelta
+                 ) -> list[tuple[str, datetime]]:
     rows = client.query(
         f"SELECT holder, max(expires_at) AS until FROM {database}.ingest_leases "
         "WHERE kafka_topic = {topic:String} GROUP BY holder "
-        "HAVING max(released) = 0 AND until > now64(6) ORDER BY min(acquired_at), holder LIMIT 1",
+        "HAVING max(released) = 0 AND until > now64(6) ORDER BY min(acquired_at), holder",
         parameters={"topic": topic},
     ).result_rows
-    return (rows[0][0], rows[0][1]) if rows else None
+    rivals = []
+    for other, until in rows:
+        if other == holder:
+            continue
+        if _is_stale(other):
+            _write(client, database, topic, other, ttl, released=1)  # its run died: release on its behalf
+            continue
+        rivals.append((other, until))
+    return rivals
 
 
 def _write(client: Client, database: str, topic: str, holder: str, ttl: timedelta, released: int) -> None:
@@ -37,19 +108,41 @@ def _write(client: Client, database: str, topic: str, holder: str, ttl: timedelt
 
 
 @contextmanager
-def ingest_lease(client: Client, database: str, topic: str, holder: str,
-                 ttl: timedelta = timedelta(minutes=10)) -> Iterator[None]:
-    _write(client, database, topic, holder, ttl, released=0)
-    winner = _winner(client, database, topic)
-    if winner is None or winner[0] != holder:
-        _write(client, database, topic, holder, ttl, released=1)
-        other, until = winner if winner else ("?", None)
+def ingest_lease(client: Client, database: str, topic: str, run_id: str,
+                 ttl: timedelta = timedelta(minutes=10)) -> Iterator[str]:
+    """Hold the topic's lease for the block; yields the holder name (pass it to `renew`)."""
+    rivals: list[tuple[str, datetime]] = []
+    for attempt in range(ACQUIRE_ATTEMPTS):
+        holder = _holder_name(run_id, attempt)
+        with _ACTIVE_LOCK:
+            _ACTIVE.add(holder)
+        won = False
+        try:
+            _write(client, database, topic, holder, ttl, released=0)
+            rivals = _live_rivals(client, database, topic, holder, ttl)
+            won = not rivals
+        finally:
+            if not won:
+                with contextlib.suppress(Exception):  # withdraw; if ClickHouse is gone the TTL will do
+                    _write(client, database, topic, holder, ttl, released=1)
+                with _ACTIVE_LOCK:
+                    _ACTIVE.discard(holder)
+        if won:
+            break
+        if attempt + 1 < ACQUIRE_ATTEMPTS:
+            time.sleep(random.uniform(0.05, 0.2) * (attempt + 1))
+    else:
+        other, until = rivals[0]
         raise LeaseHeld(f"another ingestion run ({other}) holds the lease on topic {topic!r} until {until}; "
                         "this run ingested nothing")
     try:
-        yield
+        yield holder
     finally:
-        _write(client, database, topic, holder, ttl, released=1)
+        try:
+            _write(client, database, topic, holder, ttl, released=1)
+        finally:
+            with _ACTIVE_LOCK:
+                _ACTIVE.discard(holder)
 
 
 def renew(client: Client, database: str, topic: str, holder: str, ttl: timedelta = timedelta(minutes=10)) -> None:

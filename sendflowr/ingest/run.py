@@ -104,7 +104,7 @@ def ingest_once(settings: Settings, client: Client, options: IngestOptions = Ing
     started = time.perf_counter()
     consumer = consume.make_consumer(settings)
     try:
-        with lease.ingest_lease(client, database, topic, run_id):
+        with lease.ingest_lease(client, database, topic, run_id) as holder:
             _drop_stale_staging(client, database)
             while True:
                 marks = consume.watermarks(consumer, topic)
@@ -116,7 +116,7 @@ def ingest_once(settings: Settings, client: Client, options: IngestOptions = Ing
                 if not work.ranges:
                     break
                 _run_ranges(settings, client, consumer, work.ranges, run_id, options, report, log, hooks)
-                lease.renew(client, database, topic, run_id)
+                lease.renew(client, database, topic, holder)
                 if not (options.until_caught_up or work.replay):
                     break
             committed, _ = plan.ingestion_state(client, database, topic)
@@ -170,7 +170,10 @@ def _run_ranges(settings: Settings, client: Client, consumer, ranges: list[Offse
             report.partitions[rng.partition] = PartitionStats(rng.start, rng.end, messages, inserted, rejected,
                                                               valid - inserted)
         plan.record_ranges(client, database, ranges, "committed", run_id, stats)
-        consume.commit_group_offsets(consumer, ranges)
+        mirror_error = consume.commit_group_offsets(consumer, ranges)
+        if mirror_error:
+            log(f"offsets are committed in ClickHouse, but mirroring them to consumer group "
+                f"{consume.CONSUMER_GROUP!r} failed: {mirror_error}")
     finally:
         # attempt ids are generated hex, safe as a literal (partition expressions take no parameters)
         client.command(f"ALTER TABLE {database}.ingest_staging DROP PARTITION '{attempt}'")

@@ -42,7 +42,7 @@ def events(context: AssetExecutionContext, config: IngestConfig, sendflowr: Send
         settings, sendflowr.client(),
         IngestOptions(max_messages_per_partition=config.max_messages_per_partition,
                       until_caught_up=config.until_caught_up),
-        run_id=context.run_id, log=context.log.info)
+        run_id=context.run.run_id, log=context.log.info)
     share = report.rejected_share
     return MaterializeResult(
         metadata=report_metadata(report),
