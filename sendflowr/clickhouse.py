@@ -30,6 +30,9 @@ def get_client(settings: Settings, *, with_database: bool = True, **kwargs) -> C
             username=settings.clickhouse_user,
             password=settings.clickhouse_password,
             database=settings.clickhouse_database if with_database else "",
+            # No HTTP session: sessions serialize a client's queries, and every SendFlowr client is shared
+            # by threads (pipelined inserts) without needing temporary tables.
+            autogenerate_session_id=False,
             connect_timeout=kwargs.pop("connect_timeout", 5),
             send_receive_timeout=kwargs.pop("send_receive_timeout", 600),
             **kwargs,

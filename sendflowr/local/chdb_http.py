@@ -38,7 +38,8 @@ _TRAILING_FORMAT = re.compile(r"\bFORMAT\s+([A-Za-z0-9_]+)\s*;?\s*$", re.IGNOREC
 _INSERT_WITH_FORMAT = re.compile(rb"^\s*INSERT\s+INTO\s.*?\bFORMAT\s+([A-Za-z0-9_]+)[ \t]*(?:\r?\n|$)",
                                  re.IGNORECASE | re.DOTALL)
 _IS_INSERT = re.compile(r"^\s*INSERT\s+INTO\b", re.IGNORECASE)
-_IS_SELECT = re.compile(r"^\s*(\(\s*)*(SELECT|WITH)\b", re.IGNORECASE)
+_IS_SELECT = re.compile(r"^\s*(?:(?:--[^\n]*(?:\n|$)|/\*.*?\*/)\s*)*(\(\s*)*(SELECT|WITH)\b",
+                        re.IGNORECASE | re.DOTALL)
 _PRODUCES_RESULT = re.compile(r"^(\s*(--[^\n]*\n|/\*.*?\*/))*\s*\(*\s*(SELECT|WITH|SHOW|DESC|DESCRIBE|EXISTS|EXPLAIN|CHECK)\b",
                               re.IGNORECASE | re.DOTALL)
 _ERROR_CODE = re.compile(r"Code:\s*(\d+)")
@@ -85,6 +86,17 @@ class _EngineConnection:
     conn: Any
     database: str | None = None
     settings: dict[str, str] = field(default_factory=dict)
+    # What a request that names no database / no setting gets: the connection's state when it was opened.
+    default_database: str = "default"
+    baseline: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def open(cls, data_dir: Path) -> _EngineConnection:
+        conn = chdb.connect(str(data_dir))
+        database = conn.query("SELECT currentDatabase()", "TabSeparated").bytes().decode().strip()
+        changed = conn.query("SELECT name, value FROM system.settings WHERE changed", "JSONCompact").bytes()
+        baseline = {name: value for name, value in json.loads(changed)["data"]}
+        return cls(conn, database=database, default_database=database, baseline=baseline)
 
 
 def decode_body(body: bytes, encoding: str | None) -> bytes:
@@ -94,7 +106,13 @@ def decode_body(body: bytes, encoding: str | None) -> bytes:
     if encoding == "lz4":
         import lz4.frame
 
-        return lz4.frame.decompress(body)
+        # clickhouse-connect compresses each Native block as its own frame; decode every frame, not the first.
+        out, rest = bytearray(), body
+        while rest:
+            frame = lz4.frame.LZ4FrameDecompressor()
+            out += frame.decompress(rest)
+            rest = frame.unused_data
+        return bytes(out)
     if encoding == "zstd":
         try:
             from compression import zstd  # Python >= 3.14
@@ -171,7 +189,7 @@ class ChdbEngine:
         self._spool_dir = Path(tempfile.mkdtemp(prefix="sendflowr-chdb-inserts-"))
         try:
             for _ in range(pool_size):
-                self._pool.put(_EngineConnection(chdb.connect(str(self.data_dir))))
+                self._pool.put(_EngineConnection.open(self.data_dir))
         except Exception as exc:
             raise ClickHouseError(str(exc)) from exc
         with self._connection() as engine:
@@ -200,11 +218,20 @@ class ChdbEngine:
         self._spool_dir.rmdir()
 
     def _prepare(self, engine: _EngineConnection, database: str | None, settings: dict[str, str]) -> None:
-        if database and database != engine.database:
+        database = database or engine.default_database
+        if database != engine.database:
             if not _SETTING_NAME.match(database):
                 raise ClickHouseError(f"Database name {database!r} is not supported here", code=81)
             engine.conn.query(f"USE `{database}`")
             engine.database = database
+        # Settings an earlier request changed on this pooled connection go back to the engine's own.
+        for name in [name for name in engine.settings if name not in settings]:
+            if name in engine.baseline:
+                quoted = engine.baseline[name].replace("\\", "\\\\").replace("'", "\\'")
+                engine.conn.query(f"SET {name} = '{quoted}'")
+            else:
+                engine.conn.query(f"SET {name} = DEFAULT")
+            del engine.settings[name]
         for name, value in settings.items():
             if engine.settings.get(name) == value:
                 continue
