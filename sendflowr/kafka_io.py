@@ -5,6 +5,7 @@ Works against any Kafka by bootstrap servers; nothing here knows whether the bro
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -20,7 +21,10 @@ class KafkaUnavailable(SendflowrError):
 
 
 def admin_client(settings: Settings) -> AdminClient:
-    return AdminClient({"bootstrap.servers": settings.kafka_bootstrap_servers})
+    # librdkafka's own log goes to Python logging: an unreachable broker would otherwise print a
+    # "Connection refused" line to stderr every 50 ms before our one clear error.
+    return AdminClient({"bootstrap.servers": settings.kafka_bootstrap_servers,
+                        "logger": logging.getLogger("sendflowr.kafka")})
 
 
 def ensure_topic(settings: Settings, topic: str | None = None, partitions: int | None = None,

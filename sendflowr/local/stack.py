@@ -31,8 +31,8 @@ telemetry:
 concurrency:
   pools:
     default_limit: 1   # one ingestion step at a time (asset pool sendflowr_ingest)
-run_queue:
-  max_concurrent_runs: 4
+  runs:
+    max_concurrent_runs: 4
 """
 
 
@@ -59,9 +59,7 @@ def start_dagster(settings: Settings, timeout: float = 180) -> int:
         return pid
     processes.require_free_port("127.0.0.1", settings.dagster_port, "SENDFLOWR_DAGSTER_PORT")
     settings.dagster_home.mkdir(parents=True, exist_ok=True)
-    config = settings.dagster_home / "dagster.yaml"
-    if not config.exists():
-        config.write_text(_DAGSTER_YAML)
+    (settings.dagster_home / "dagster.yaml").write_text(_DAGSTER_YAML)
     pid = processes.spawn(
         settings, DAGSTER,
         [_bin("dagster"), "dev", "-w", str(PROJECT_ROOT / "workspace.yaml"), "-h", "127.0.0.1",

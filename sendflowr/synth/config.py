@@ -1,0 +1,97 @@
+"""WorldConfig: every knob of the synthetic world, validated once; defaults look like a real list."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sendflowr.errors import SendflowrError
+
+DEFAULT_END = datetime(2026, 11, 1, tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class WorldConfig:
+    people: int = 10_000
+    weeks: int = 12
+    campaigns_per_week: float = 3.0
+    seed: int = 7
+    end: datetime = DEFAULT_END
+    # Audience: each campaign goes to a uniform [min, max] share of the people still subscribed.
+    audience_min: float = 0.35
+    audience_max: float = 0.85
+    # Engagement propensity mixture (the rest are "sparse" readers).
+    share_never: float = 0.10
+    share_heavy: float = 0.15
+    # Mail environment.
+    apple_mpp_share: float = 0.30  # Apple Mail Privacy Protection users (machine opens on delivery)
+    mpp_open_rate: float = 0.97  # P(MPP prefetch open | delivered) for those users
+    mpp_human_open_visible: float = 0.5  # P(an MPP user's genuine open reaches the ESP; cache hides others)
+    machine_open_flag_rate: float = 0.6  # share of MPP opens on SendGrid campaigns flagged machine_open
+    scanner_share: float = 0.03  # people at companies whose security gateway clicks every link
+    scanner_click_rate: float = 0.85  # P(scanner visits the links | delivered) for those people
+    # Deliverability.
+    hard_bounce_share: float = 0.015  # addresses that bounce forever (later sends are dropped)
+    soft_bounce_rate: float = 0.01
+    late_delivery_rate: float = 0.02  # deliveries taking 30 min - 6 h instead of seconds
+    # Engagement after opening.
+    reopen_rate: float = 0.2
+    click_rate: float = 0.15  # P(click | genuine open)
+    unsubscribe_rate: float = 0.004  # P(unsubscribe | genuine open)
+    complaint_rate: float = 0.0004  # P(spam complaint | delivered)
+    # Identifiers.
+    email_share: float = 0.93
+    klaviyo_share: float = 0.70
+    phone_share: float = 0.35
+    external_share: float = 0.40
+    shared_phone_share: float = 0.03  # of phone owners, share living in a family that shares the number
+    shared_external_share: float = 0.004  # of external-id owners, share whose id was reused for someone else
+    junk_identifier_rate: float = 0.02  # events carrying a generic junk identifier next to real ones
+    # Stream.
+    duplicate_rate: float = 0.01  # events delivered twice with the same event_id (ESP retries)
+    late_rate: float = 0.02  # events arriving minutes to days after they occurred
+
+    def __post_init__(self) -> None:
+        if isinstance(self.end, str):  # convenience for callers passing ISO strings
+            object.__setattr__(self, "end", parse_end(self.end))
+        if self.end.tzinfo is None:
+            object.__setattr__(self, "end", self.end.replace(tzinfo=UTC))
+        if not 1 <= self.people < 2**31:
+            raise SendflowrError(f"people must be between 1 and 2^31-1, got {self.people}")
+        if not 1 <= self.weeks <= 520:
+            raise SendflowrError(f"weeks must be between 1 and 520, got {self.weeks}")
+        if not 0 < self.campaigns_per_week <= 200:
+            raise SendflowrError(f"campaigns_per_week must be in (0, 200], got {self.campaigns_per_week}")
+        if not 0 <= self.seed < 2**63:
+            raise SendflowrError(f"seed must be a non-negative 63-bit integer, got {self.seed}")
+        if not 0 < self.audience_min <= self.audience_max <= 1:
+            raise SendflowrError("need 0 < audience_min <= audience_max <= 1")
+        if self.share_never + self.share_heavy > 1:
+            raise SendflowrError("share_never + share_heavy must not exceed 1")
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if field.type == "float" and field.name not in ("campaigns_per_week",) and not 0 <= value <= 1:
+                raise SendflowrError(f"{field.name} is a probability, got {value}")
+
+    @property
+    def campaigns(self) -> int:
+        return max(1, round(self.weeks * self.campaigns_per_week))
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["end"] = format_time(self.end)
+        return data
+
+
+def parse_end(value: str) -> datetime:
+    try:
+        parsed = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise SendflowrError(f"end must be an ISO 8601 date or time, got {value!r}") from None
+    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).astimezone(UTC)
+
+
+def format_time(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")

@@ -1,0 +1,91 @@
+"""World: everything about the synthetic list except its events (people, curves, identifiers, campaigns)."""
+
+from __future__ import annotations
+
+import uuid
+import weakref
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+
+from sendflowr.events import EVENT_TYPES
+from sendflowr.synth import fmt
+from sendflowr.synth.campaigns import ESPS, Campaigns, build_campaigns
+from sendflowr.synth.clients import SCANNERS, Clients, build_clients
+from sendflowr.synth.config import WorldConfig
+from sendflowr.synth.curves import build_curves
+from sendflowr.synth.identifiers import Identifiers, build_identifiers
+from sendflowr.synth.people import People, build_people
+
+BOUNCE_TYPES = ("hard", "soft", "dropped")
+# Who caused an event (ground truth only, never serialized): the ESP itself, a person, Apple's MPP proxy
+# prefetching, or a security gateway following links.
+ORIGINS = ("system", "human", "apple_mpp", "scanner")
+
+# Random streams: one per concern, so changing how one part draws never shifts another.
+STREAM_PEOPLE, STREAM_CURVES, STREAM_IDS, STREAM_CLIENTS, STREAM_CAMPAIGNS, STREAM_EVENTS = range(6)
+
+
+def rng_for(seed: int, *stream: int) -> np.random.Generator:
+    return np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, *stream])))
+
+
+class Dictionaries:
+    """String tables the event batches point into: Arrow arrays for the tables, object arrays to serialize."""
+
+    def __init__(self, columns: dict[str, list[str]]):
+        self.arrow = {name: pa.array(values, type=pa.string()) for name, values in columns.items()}
+        self.objects = {name: np.array(values, dtype=object) for name, values in columns.items()}
+        self.encoded: dict[str, np.ndarray] = {}  # JSON-encoded tables, filled lazily by emit.py
+
+
+_REGISTRY: weakref.WeakValueDictionary[str, Dictionaries] = weakref.WeakValueDictionary()
+
+
+def registered_dictionaries(token: str) -> Dictionaries | None:
+    return _REGISTRY.get(token)
+
+
+@dataclass(eq=False)
+class World:
+    config: WorldConfig
+    people: People
+    curves: np.ndarray  # (people, 168) float32: P(genuine open | delivered at UTC hour-of-week)
+    identifiers: Identifiers
+    clients: Clients
+    campaigns: Campaigns
+    dictionaries: Dictionaries = field(repr=False)
+    token: str = ""
+
+    def __len__(self) -> int:
+        return len(self.people)
+
+    def partition_keys(self, persons: np.ndarray) -> np.ndarray:
+        """(n, 18) codes of the Kafka key 'r_<16 hex>': opaque, stable per person for a seed."""
+        mixed = fmt.mix64(np.asarray(persons, dtype=np.uint64) ^ fmt.salt(self.config.seed, 3))
+        return fmt.with_prefix(b"r_", fmt.hex_codes(mixed))
+
+
+def build_world(config: WorldConfig) -> World:
+    seed = config.seed
+    people = build_people(config, rng_for(seed, STREAM_PEOPLE), n_scanner_vendors=len(SCANNERS))
+    curves = build_curves(people, rng_for(seed, STREAM_CURVES))
+    identifiers = build_identifiers(config, people, rng_for(seed, STREAM_IDS))
+    clients = build_clients(len(people), rng_for(seed, STREAM_CLIENTS))
+    campaigns = build_campaigns(config, rng_for(seed, STREAM_CAMPAIGNS))
+    dictionaries = Dictionaries({
+        "event_type": list(EVENT_TYPES),
+        "esp": list(ESPS),
+        "campaign_id": campaigns.ids,
+        "identifier": identifiers.values,
+        "user_agent": clients.ua_values,
+        "ip": clients.ip_values,
+        "url": campaigns.urls,
+        "bounce_type": list(BOUNCE_TYPES),
+        "origin": list(ORIGINS),
+    })
+    token = uuid.uuid4().hex  # process-local handle; never part of the output
+    _REGISTRY[token] = dictionaries
+    return World(config=config, people=people, curves=curves, identifiers=identifiers, clients=clients,
+                 campaigns=campaigns, dictionaries=dictionaries, token=token)
