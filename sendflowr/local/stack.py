@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 import urllib.request
+from pathlib import Path
 
 from sendflowr.errors import SendflowrError
 from sendflowr.kafka_io import ensure_topic
@@ -45,45 +46,47 @@ def _http_ok(url: str, timeout: float = 1.0) -> bool:
 
 
 def _bin(name: str) -> str:
-    candidate = PROJECT_ROOT / ".venv" / "bin" / name
-    if candidate.exists():
-        return str(candidate)
-    found = shutil.which(name) or str((PROJECT_ROOT / ".venv" / "bin" / name))
+    # The console scripts installed beside this interpreter (the project's venv), else the PATH's.
+    beside = Path(sys.executable).parent / name
+    if beside.exists():
+        return str(beside)
+    found = shutil.which(name)
+    if found is None:
+        raise SendflowrError(f"`{name}` is not installed; run `make install`")
     return found
 
 
-def start_dagster(settings: Settings, timeout: float = 180) -> int:
-    url = f"http://127.0.0.1:{settings.dagster_port}/server_info"
-    pid = processes.running_pid(settings, DAGSTER)
-    if pid is not None and _http_ok(url):
+def _start_service(settings: Settings, name: str, argv: list[str], env: dict[str, str], health_url: str,
+                   host: str, port: int, port_setting: str, timeout: float) -> int:
+    """Start a long-running child once: reuse it when it already answers, else spawn and wait for health."""
+    pid = processes.running_pid(settings, name)
+    if pid is not None and _http_ok(health_url):
         return pid
-    processes.require_free_port("127.0.0.1", settings.dagster_port, "SENDFLOWR_DAGSTER_PORT")
+    processes.require_free_port(host, port, port_setting)
+    pid = processes.spawn(settings, name, argv, env=env, cwd=PROJECT_ROOT)
+    processes.wait_until(lambda: _http_ok(health_url), timeout=timeout, what=name, pid=pid,
+                         log=processes.log_file(settings, name), interval=1.0)
+    return pid
+
+
+def start_dagster(settings: Settings, timeout: float = 180) -> int:
     settings.dagster_home.mkdir(parents=True, exist_ok=True)
     (settings.dagster_home / "dagster.yaml").write_text(_DAGSTER_YAML)
-    pid = processes.spawn(
+    return _start_service(
         settings, DAGSTER,
         [_bin("dagster"), "dev", "-w", str(PROJECT_ROOT / "workspace.yaml"), "-h", "127.0.0.1",
          "-p", str(settings.dagster_port)],
-        env={**settings.as_env(), "DAGSTER_HOME": str(settings.dagster_home)},
-        cwd=PROJECT_ROOT)
-    processes.wait_until(lambda: _http_ok(url), timeout=timeout, what="dagster dev", pid=pid,
-                         log=processes.log_file(settings, DAGSTER), interval=1.0)
-    return pid
+        {**settings.as_env(), "DAGSTER_HOME": str(settings.dagster_home)},
+        f"http://127.0.0.1:{settings.dagster_port}/server_info", "127.0.0.1", settings.dagster_port,
+        "SENDFLOWR_DAGSTER_PORT", timeout)
 
 
 def start_api(settings: Settings, timeout: float = 60) -> int:
-    url = f"http://{settings.api_host}:{settings.api_port}/healthz"
-    pid = processes.running_pid(settings, API)
-    if pid is not None and _http_ok(url):
-        return pid
-    processes.require_free_port(settings.api_host, settings.api_port, "SENDFLOWR_API_PORT")
-    pid = processes.spawn(
+    return _start_service(
         settings, API,
         [_bin("uvicorn"), "sendflowr_api.app:app", "--host", settings.api_host, "--port", str(settings.api_port)],
-        env=settings.as_env(), cwd=PROJECT_ROOT)
-    processes.wait_until(lambda: _http_ok(url), timeout=timeout, what="the API (uvicorn)", pid=pid,
-                         log=processes.log_file(settings, API))
-    return pid
+        settings.as_env(), f"http://{settings.api_host}:{settings.api_port}/healthz", settings.api_host,
+        settings.api_port, "SENDFLOWR_API_PORT", timeout)
 
 
 def produce_world_once(settings: Settings, people: int, seed: int) -> None:
