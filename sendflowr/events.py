@@ -45,6 +45,8 @@ def parse_occurred_at(value: str) -> datetime:
     parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
     if parsed.tzinfo is None:
         raise InvalidEvent("occurred_at: needs an offset (Z or +hh:mm)")
+    if value[-6:-5] in ("+", "-") and value[-2:].isdigit() and int(value[-2:]) > 59:
+        raise InvalidEvent("occurred_at: offset minutes must be 00 to 59")  # fromisoformat takes +05:60
     return parsed.astimezone(UTC)
 
 
@@ -79,6 +81,22 @@ def validate_event(event: Any, now: datetime | None = None) -> dict[str, Any]:
     return event
 
 
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """object_pairs_hook: a repeated key is ambiguous (parsers keep the first or the last copy), and a lone
+    surrogate escape is no Unicode text; ClickHouse's parser rejects both, so this one does too."""
+    obj: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in obj:
+            raise InvalidEvent(f"payload: duplicate key {key!r}")
+        for text in (key, value) if isinstance(value, str) else (key,):
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:
+                raise InvalidEvent("payload: invalid JSON (lone surrogate escape)") from None
+        obj[key] = value
+    return obj
+
+
 def decode_event(raw: bytes, now: datetime | None = None) -> dict[str, Any]:
     """Bytes from the wire to a valid event, with the same reasons ingestion records."""
     if len(raw) > MAX_EVENT_BYTES:
@@ -88,7 +106,9 @@ def decode_event(raw: bytes, now: datetime | None = None) -> dict[str, Any]:
     except UnicodeDecodeError:
         raise InvalidEvent("payload: not valid UTF-8") from None
     try:
-        event = json.loads(text)
+        event = json.loads(text, object_pairs_hook=_unique_keys)
     except json.JSONDecodeError as exc:
         raise InvalidEvent(f"payload: invalid JSON ({exc.msg})") from None
+    except RecursionError:  # hostile nesting must be a reject like any other, not a crash
+        raise InvalidEvent("payload: invalid JSON (nested too deeply)") from None
     return validate_event(event, now)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from functools import cache
+
 from sendflowr.settings import PROJECT_ROOT
 
 SQL_DIR = PROJECT_ROOT / "sql"

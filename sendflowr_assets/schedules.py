@@ -4,6 +4,7 @@
 from dagster import (
     AssetSelection,
     DagsterRunStatus,
+    DefaultScheduleStatus,
     RunRequest,
     RunsFilter,
     ScheduleEvaluationContext,
@@ -24,6 +25,7 @@ _ACTIVE = [DagsterRunStatus.QUEUED, DagsterRunStatus.NOT_STARTED, DagsterRunStat
 
 
 @schedule(job=ingest_job, cron_schedule=get_settings().ingest_cron, execution_timezone="UTC",
+          default_status=DefaultScheduleStatus.RUNNING,
           description="Ingest new events; skips a tick while the previous ingestion is still running.")
 def ingest_schedule(context: ScheduleEvaluationContext):
     active = context.instance.get_run_records(RunsFilter(job_name=ingest_job.name, statuses=_ACTIVE), limit=1)

@@ -53,6 +53,8 @@ def read_ranges(consumer: Consumer, ranges: list[OffsetRange], batch_messages: i
     topic = ranges[0].topic
     ends = {r.partition: r.end for r in ranges}
     consumer.assign([TopicPartition(r.topic, r.partition, r.start) for r in ranges])
+    # librdkafka keeps a partition paused across unassign/assign: undo _pause_finished of an earlier round.
+    consumer.resume([TopicPartition(r.topic, r.partition) for r in ranges])
     last_seen = {r.partition: r.start - 1 for r in ranges}
     parts: list[int] = []
     offsets: list[int] = []

@@ -145,5 +145,6 @@ def ingest_lease(client: Client, database: str, topic: str, run_id: str,
                 _ACTIVE.discard(holder)
 
 
-def renew(client: Client, database: str, topic: str, holder: str, ttl: timedelta = timedelta(minutes=10)) -> None:
+def renew(client: Client, database: str, topic: str, holder: str,
+          ttl: timedelta = timedelta(minutes=10)) -> None:
     _write(client, database, topic, holder, ttl, released=0)

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -25,7 +27,7 @@ from sendflowr.ingest.plan import OffsetRange
 from sendflowr.settings import Settings
 from sendflowr.sql_files import load_sql
 
-RAW_CAP_BYTES = 4096
+STAGING_IN_FLIGHT = 2
 # One thread and fixed block sizes make an INSERT ... SELECT build the same blocks on a replay.
 DETERMINISTIC_INSERT = {"max_threads": 1, "max_insert_threads": 1, "max_block_size": 65536,
                         "min_insert_block_size_rows": 1_048_576, "min_insert_block_size_bytes": 0}
@@ -38,7 +40,7 @@ EVENT_COLUMNS = ("event_id, event_type, occurred_at, person_key, email, klaviyo_
 class IngestOptions:
     max_messages_per_partition: int = 1_000_000
     until_caught_up: bool = False  # keep running ranges until the lag is zero (manual catch-up)
-    batch_messages: int = 200_000
+    batch_messages: int = 50_000
 
 
 @dataclass
@@ -135,12 +137,21 @@ def _run_ranges(settings: Settings, client: Client, consumer, ranges: list[Offse
     total = sum(r.size for r in ranges)
     log(f"reading {total} messages from {len(ranges)} partition(s) of {topic!r}")
     read = 0
-    for table in consume.read_ranges(consumer, ranges, batch_messages=options.batch_messages):
-        staged = table.append_column("attempt_id", _constant(attempt, table.num_rows)) \
-                      .append_column("kafka_topic", _constant(topic, table.num_rows))
-        client.insert_arrow(f"{database}.ingest_staging", staged)
-        read += table.num_rows
-        log(f"staged {read}/{total} messages")
+    # Stage while reading: Kafka polling (this thread) overlaps ClickHouse's parsing of the previous
+    # batch (another process), with at most STAGING_IN_FLIGHT inserts outstanding.
+    with ThreadPoolExecutor(max_workers=STAGING_IN_FLIGHT, thread_name_prefix="stage") as pool:
+        in_flight: deque[Future] = deque()
+        for table in consume.read_ranges(consumer, ranges, batch_messages=options.batch_messages):
+            staged = table.append_column("attempt_id", _constant(attempt, table.num_rows)) \
+                          .append_column("kafka_topic", _constant(topic, table.num_rows))
+            in_flight.append(pool.submit(client.insert_arrow, f"{database}.ingest_staging", staged))
+            read += table.num_rows
+            while len(in_flight) >= STAGING_IN_FLIGHT:
+                in_flight.popleft().result()
+            log(f"staged {read}/{total} messages")
+        for future in in_flight:
+            future.result()
+    log(f"staged {read} messages; ClickHouse parsed and validated them")
     hooks.after_stage()
     counts = {row[0]: row[1:] for row in client.query(
         load_sql("ingest/range_counts.sql", database), parameters={"attempt": attempt, "topic": topic}).result_rows}
@@ -153,7 +164,7 @@ def _run_ranges(settings: Settings, client: Client, consumer, ranges: list[Offse
                 log(f"partition {rng.partition}: {rng.size - messages} offsets in [{rng.start}, {rng.end}) had no "
                     "message (compaction or transaction markers)")
             params = {"attempt": attempt, "topic": topic, "partition": rng.partition,
-                      "start": rng.start, "end": rng.end, "raw_cap": RAW_CAP_BYTES}
+                      "start": rng.start, "end": rng.end}
             summary = client.command(
                 f"INSERT INTO {database}.events ({EVENT_COLUMNS}) SELECT {EVENT_COLUMNS} FROM ({new_events})",
                 parameters=params, settings={**DETERMINISTIC_INSERT, "insert_deduplication_token": rng.token})
@@ -167,6 +178,8 @@ def _run_ranges(settings: Settings, client: Client, consumer, ranges: list[Offse
                 client.command(load_sql("ingest/insert_rejected.sql", database), parameters=params,
                                settings={**DETERMINISTIC_INSERT, "insert_deduplication_token": f"{rng.token}:rejected"})
             stats[rng.partition] = (messages, inserted, rejected, valid - inserted)
+            log(f"partition {rng.partition} [{rng.start}, {rng.end}): {inserted} inserted, {rejected} rejected, "
+                f"{valid - inserted} duplicates dropped")
             report.partitions[rng.partition] = PartitionStats(rng.start, rng.end, messages, inserted, rejected,
                                                               valid - inserted)
         plan.record_ranges(client, database, ranges, "committed", run_id, stats)

@@ -1,0 +1,191 @@
+"""Ingestion benchmark: our `events` asset path against two anchors measured in the same run.
+
+    .venv/bin/python bench/ingest.py [--events 1000000] [--partitions 4]
+
+1. produce N realistic events from the synthetic world to a fresh topic (local broker, own ports);
+2. anchor "raw": a bare confluent-kafka consumer reading the topic and decoding each JSON (orjson);
+3. anchor "kafka engine": ClickHouse's own Kafka table engine (inside chDB) reading the topic as
+   JSONAsString into a MergeTree through a materialized view that extracts the same fields we do;
+4. ours: sendflowr.ingest.ingest_once end to end — consume, stage over HTTP into the chDB endpoint
+   process, validate and parse in ClickHouse, dedup, insert with tokens, commit.
+
+Prints events/second for each and the ratios. Nothing here is asserted: see docs/INGESTION.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import socket
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import orjson
+from confluent_kafka import Consumer, TopicPartition
+
+from sendflowr.clickhouse import get_client
+from sendflowr.ingest import IngestOptions, ingest_once
+from sendflowr.kafka_io import ensure_topic, produce_all
+from sendflowr.local import chdb_server, processes
+from sendflowr.local.kafka_broker import LocalKafka
+from sendflowr.migrations import apply_migrations
+from sendflowr.settings import Settings
+from sendflowr.synth import WorldConfig, build_world, iter_event_batches, serialize_batch
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def produce_events(settings: Settings, count: int, seed: int) -> int:
+    # ~40 events per person in the default world; build enough people, then stop at `count`.
+    world = build_world(WorldConfig(people=max(1000, count // 30), seed=seed))
+    produced = 0
+
+    def messages():
+        nonlocal produced
+        for batch in iter_event_batches(world):
+            for raw in serialize_batch(batch):
+                if produced >= count:
+                    return
+                produced += 1
+                yield None, raw
+
+    produce_all(settings, messages())
+    return produced
+
+
+def bench_raw_consumer(settings: Settings, topic: str, count: int) -> float:
+    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap_servers, "group.id": f"raw-{uuid.uuid4()}",
+                         "enable.auto.commit": False, "auto.offset.reset": "earliest",
+                         "fetch.max.bytes": 64 * 1024 * 1024, "max.partition.fetch.bytes": 16 * 1024 * 1024})
+    partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+    consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
+    seen = 0
+    started = time.perf_counter()
+    loads = orjson.loads
+    while seen < count:
+        for message in consumer.consume(num_messages=20_000, timeout=1.0):
+            if message.error() is None:
+                loads(message.value())
+                seen += 1
+    elapsed = time.perf_counter() - started
+    consumer.close()
+    return elapsed
+
+
+def bench_kafka_engine(settings: Settings, topic: str, count: int, partitions: int, workdir: Path) -> float:
+    import chdb
+
+    conn = chdb.connect(str(workdir / "kafka-engine-chdb"))
+    conn.query("CREATE DATABASE IF NOT EXISTS b")
+    conn.query("""
+        CREATE TABLE b.sink (event_id String, event_type LowCardinality(String), occurred_at DateTime64(3, 'UTC'),
+                             email String, klaviyo_id String, phone String, external_id String, esp LowCardinality(String),
+                             message_id String, campaign_id String, user_agent String, ip String, url String)
+        ENGINE = MergeTree ORDER BY (email, occurred_at)""")
+    queue_ddl = f"""
+        CREATE TABLE b.queue (raw String) ENGINE = Kafka SETTINGS
+            kafka_broker_list = '{settings.kafka_bootstrap_servers}', kafka_topic_list = '{topic}',
+            kafka_group_name = 'kafka-engine-{uuid.uuid4().hex[:8]}', kafka_format = 'JSONAsString',
+            kafka_num_consumers = {min(partitions, 2)}, kafka_max_block_size = 262144,
+            kafka_poll_max_batch_size = 262144, kafka_flush_interval_ms = 500,
+            kafka_thread_per_consumer = 1"""
+    try:
+        conn.query(queue_ddl)
+    except Exception as exc:
+        # chDB 26.9 reports "Shutdown was called" from the Kafka engine's start-up although the table is
+        # created and consumes normally; anything else is a real failure.
+        if "Shutdown was called" not in str(exc):
+            raise
+    started = time.perf_counter()
+    conn.query("""
+        CREATE MATERIALIZED VIEW b.mv TO b.sink AS SELECT
+            JSONExtractString(raw, 'event_id') AS event_id, JSONExtractString(raw, 'event_type') AS event_type,
+            parseDateTime64BestEffort(JSONExtractString(raw, 'occurred_at'), 3, 'UTC') AS occurred_at,
+            JSONExtractString(raw, 'identifiers', 'email') AS email,
+            JSONExtractString(raw, 'identifiers', 'klaviyo_id') AS klaviyo_id,
+            JSONExtractString(raw, 'identifiers', 'phone') AS phone,
+            JSONExtractString(raw, 'identifiers', 'external_id') AS external_id,
+            JSONExtractString(raw, 'esp') AS esp, JSONExtractString(raw, 'message_id') AS message_id,
+            JSONExtractString(raw, 'campaign_id') AS campaign_id, JSONExtractString(raw, 'user_agent') AS user_agent,
+            JSONExtractString(raw, 'ip') AS ip, JSONExtractString(raw, 'url') AS url
+        FROM b.queue""")
+    deadline = started + 600
+    done = 0
+    while time.perf_counter() < deadline:
+        done = int(conn.query("SELECT count() FROM b.sink", "CSV").bytes().strip() or 0)
+        if done >= count:
+            break
+        time.sleep(0.05)
+    elapsed = time.perf_counter() - started
+    conn.query("DROP TABLE b.mv")
+    conn.query("DROP TABLE b.queue")
+    conn.close()
+    if done < count:
+        print(f"  kafka engine reached only {done}/{count} rows in 600 s")
+    return elapsed
+
+
+def bench_ours(settings: Settings, count: int) -> tuple[float, int]:
+    client = get_client(settings)
+    started = time.perf_counter()
+    report = ingest_once(settings, client, IngestOptions(max_messages_per_partition=count, until_caught_up=True),
+                         log=lambda _line: None)
+    elapsed = time.perf_counter() - started
+    return elapsed, report.messages
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--events", type=int, default=1_000_000)
+    parser.add_argument("--partitions", type=int, default=4)
+    parser.add_argument("--seed", type=int, default=11)
+    parser.add_argument("--keep", action="store_true", help="keep the temporary state directory")
+    args = parser.parse_args()
+
+    workdir = Path(tempfile.mkdtemp(prefix="sendflowr-bench-"))
+    settings = Settings(home=workdir, clickhouse_url=f"http://127.0.0.1:{free_port()}",
+                        kafka_bootstrap_servers=f"127.0.0.1:{free_port()}", kafka_controller_port=free_port(),
+                        kafka_partitions=args.partitions, kafka_topic=f"bench-{uuid.uuid4().hex[:8]}",
+                        clickhouse_database="bench")
+    kafka = LocalKafka(settings)
+    try:
+        print(f"starting broker and chDB endpoint under {workdir}", flush=True)
+        kafka.start()
+        chdb_server.start_background(settings)
+        apply_migrations(settings)
+        ensure_topic(settings)
+        started = time.perf_counter()
+        produced = produce_events(settings, args.events, args.seed)
+        print(f"produced {produced} events in {time.perf_counter() - started:.1f}s", flush=True)
+
+        raw = bench_raw_consumer(settings, settings.kafka_topic, produced)
+        print(f"raw consumer + JSON decode : {produced / raw:12,.0f} events/s ({raw:.2f}s)", flush=True)
+        engine = bench_kafka_engine(settings, settings.kafka_topic, produced, args.partitions, workdir)
+        print(f"ClickHouse Kafka engine    : {produced / engine:12,.0f} events/s ({engine:.2f}s)", flush=True)
+        ours, read = bench_ours(settings, produced)
+        print(f"sendflowr events asset     : {read / ours:12,.0f} events/s ({ours:.2f}s, {read} messages)",
+              flush=True)
+
+        fastest = max(produced / raw, produced / engine)
+        print()
+        print(f"ours / raw consumer       = {(read / ours) / (produced / raw):.2f}x")
+        print(f"ours / Kafka engine       = {(read / ours) / (produced / engine):.2f}x")
+        print(f"ours / faster anchor      = {(read / ours) / fastest:.2f}x   (goal >= 0.5x)")
+        print(f"ours absolute             = {read / ours:,.0f} events/s   (goal >= 100,000)")
+        return 0
+    finally:
+        processes.stop(settings, chdb_server.PROCESS_NAME)
+        kafka.stop()
+        if not args.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
