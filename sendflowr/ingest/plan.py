@@ -6,6 +6,7 @@ exactly that range (same offsets, same deduplication token) before planning anyt
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 from clickhouse_connect.driver.client import Client
@@ -26,6 +27,12 @@ class OffsetRange:
     def token(self) -> str:
         """Insert deduplication token: the same range always yields the same token."""
         return f"{self.topic}:{self.partition}:{self.start}-{self.end}"
+
+
+def attempt_token(ranges: list[OffsetRange]) -> str:
+    """Insert deduplication token of one attempt: the same set of ranges always yields the same token."""
+    spec = ",".join(f"{r.topic}:{r.partition}:{r.start}-{r.end}" for r in sorted(ranges))
+    return hashlib.sha256(spec.encode()).hexdigest()[:32]
 
 
 @dataclass(frozen=True)
@@ -79,12 +86,12 @@ def plan_ranges(client: Client, database: str, topic: str, watermarks: dict[int,
 
 
 def record_ranges(client: Client, database: str, ranges: list[OffsetRange], state: str, run_id: str,
-                  stats: dict[int, tuple[int, int, int, int]] | None = None) -> None:
+                  stats: dict[int, tuple[int, int, int]] | None = None) -> None:
     rows = []
     for r in ranges:
-        messages, inserted, rejected, duplicates = (stats or {}).get(r.partition, (0, 0, 0, 0))
-        rows.append([r.topic, r.partition, r.start, r.end, state, run_id, messages, inserted, rejected, duplicates])
+        messages, valid, rejected = (stats or {}).get(r.partition, (0, 0, 0))
+        rows.append([r.topic, r.partition, r.start, r.end, state, run_id, messages, valid, rejected])
     if rows:
         client.insert(f"{database}.ingest_ranges", rows,
                       column_names=["kafka_topic", "kafka_partition", "start_offset", "end_offset", "state", "run_id",
-                                    "messages", "inserted", "rejected", "duplicates"])
+                                    "messages", "valid", "rejected"])

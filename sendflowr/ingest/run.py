@@ -1,8 +1,8 @@
 """One ingestion run: lease, plan, read, stage, load, commit. Safe to kill at any point and rerun.
 
 Order of effects (docs/INGESTION.md):
-  1. lease the topic (one writer at a time)      4. per range: insert events and event_ids with the
-  2. record planned ranges                          range's deduplication token, then the rejects
+  1. lease the topic (one writer at a time)      4. insert event_ids, events and rejects, each with
+  2. record planned ranges                          a deduplication token derived from the ranges
   3. stage the raw messages of those ranges       5. record the ranges committed, then mirror the
      (ClickHouse parses and validates them)          offsets into the Kafka consumer group
 A crash before 5 leaves 'planned' ranges that the next run replays byte-for-byte; the engine then drops
@@ -28,8 +28,9 @@ from sendflowr.settings import Settings
 from sendflowr.sql_files import load_sql
 
 STAGING_IN_FLIGHT = 2
-# One thread and fixed block sizes make an INSERT ... SELECT build the same blocks on a replay.
-DETERMINISTIC_INSERT = {"max_threads": 1, "max_insert_threads": 1, "max_block_size": 65536,
+# A total ORDER BY, one insert thread and row-count squashing make an INSERT ... SELECT build the same
+# blocks on a replay; the SELECT itself may read and sort with every core.
+DETERMINISTIC_INSERT = {"max_insert_threads": 1, "max_block_size": 65536,
                         "min_insert_block_size_rows": 1_048_576, "min_insert_block_size_bytes": 0}
 EVENT_COLUMNS = ("event_id, event_type, occurred_at, person_key, email, klaviyo_id, phone, external_id, esp, "
                  "message_id, campaign_id, user_agent, ip, url, bounce_type, machine_open, bot_click, "
@@ -48,9 +49,8 @@ class PartitionStats:
     start: int
     end: int
     messages: int = 0
-    inserted: int = 0
+    valid: int = 0
     rejected: int = 0
-    duplicates: int = 0
 
 
 @dataclass
@@ -62,22 +62,16 @@ class IngestReport:
     lag: dict[int, int] = field(default_factory=dict)
     skipped_by_retention: dict[int, int] = field(default_factory=dict)
     seconds: float = 0.0
+    inserted: int = 0  # new events written to `events`
+    duplicates: int = 0  # valid messages whose event_id was already known or repeated
 
     @property
     def messages(self) -> int:
         return sum(p.messages for p in self.partitions.values())
 
     @property
-    def inserted(self) -> int:
-        return sum(p.inserted for p in self.partitions.values())
-
-    @property
     def rejected(self) -> int:
         return sum(p.rejected for p in self.partitions.values())
-
-    @property
-    def duplicates(self) -> int:
-        return sum(p.duplicates for p in self.partitions.values())
 
     @property
     def events_per_second(self) -> float:
@@ -91,7 +85,7 @@ class IngestReport:
 class Hooks:
     """Test seams at the dangerous points; production runs use the no-op defaults."""
 
-    def after_insert(self, rng: OffsetRange) -> None: ...
+    def after_insert(self, table: str) -> None: ...
 
     def after_stage(self) -> None: ...
 
@@ -153,35 +147,25 @@ def _run_ranges(settings: Settings, client: Client, consumer, ranges: list[Offse
             future.result()
     log(f"staged {read} messages; ClickHouse parsed and validated them")
     hooks.after_stage()
-    counts = {row[0]: row[1:] for row in client.query(
-        load_sql("ingest/range_counts.sql", database), parameters={"attempt": attempt, "topic": topic}).result_rows}
+    params = {"attempt": attempt, "topic": topic, "partitions": [r.partition for r in ranges],
+              "starts": [r.start for r in ranges], "ends": [r.end for r in ranges]}
+    token = plan.attempt_token(ranges)
     new_events = load_sql("ingest/new_events.sql", database)
-    stats: dict[int, tuple[int, int, int, int]] = {}
     try:
-        for rng in ranges:
-            messages, rejected, valid = counts.get(rng.partition, (0, 0, 0))
-            if messages != rng.size:
-                log(f"partition {rng.partition}: {rng.size - messages} offsets in [{rng.start}, {rng.end}) had no "
-                    "message (compaction or transaction markers)")
-            params = {"attempt": attempt, "topic": topic, "partition": rng.partition,
-                      "start": rng.start, "end": rng.end}
-            summary = client.command(
-                f"INSERT INTO {database}.events ({EVENT_COLUMNS}) SELECT {EVENT_COLUMNS} FROM ({new_events})",
-                parameters=params, settings={**DETERMINISTIC_INSERT, "insert_deduplication_token": rng.token})
-            inserted = _written(summary)
-            client.command(
-                f"INSERT INTO {database}.event_ids (event_id, kafka_topic, kafka_partition, kafka_offset) "
-                f"SELECT event_id, kafka_topic, kafka_partition, kafka_offset FROM ({new_events})",
-                parameters=params, settings={**DETERMINISTIC_INSERT, "insert_deduplication_token": rng.token})
-            hooks.after_insert(rng)
-            if rejected:
-                client.command(load_sql("ingest/insert_rejected.sql", database), parameters=params,
-                               settings={**DETERMINISTIC_INSERT, "insert_deduplication_token": f"{rng.token}:rejected"})
-            stats[rng.partition] = (messages, inserted, rejected, valid - inserted)
-            log(f"partition {rng.partition} [{rng.start}, {rng.end}): {inserted} inserted, {rejected} rejected, "
-                f"{valid - inserted} duplicates dropped")
-            report.partitions[rng.partition] = PartitionStats(rng.start, rng.end, messages, inserted, rejected,
-                                                              valid - inserted)
+        # event_ids first: a crash before `events` is written then replays both with the same tokens.
+        ids = client.command(
+            f"INSERT INTO {database}.event_ids (event_id, kafka_topic, kafka_partition, kafka_offset) "
+            f"SELECT event_id, kafka_topic, kafka_partition, kafka_offset FROM ({new_events})",
+            parameters=params, settings={**DETERMINISTIC_INSERT, "insert_deduplication_token": f"{token}:ids"})
+        hooks.after_insert("event_ids")
+        client.command(
+            f"INSERT INTO {database}.events ({EVENT_COLUMNS}) SELECT {EVENT_COLUMNS} FROM ({new_events})",
+            parameters=params, settings={**DETERMINISTIC_INSERT, "insert_deduplication_token": f"{token}:events"})
+        hooks.after_insert("events")
+        client.command(load_sql("ingest/insert_rejected.sql", database), parameters=params,
+                       settings={**DETERMINISTIC_INSERT, "insert_deduplication_token": f"{token}:rejected"})
+        hooks.after_insert("rejected_events")
+        stats = _range_stats(client, database, ranges, params, ids.written_rows, report, log)
         plan.record_ranges(client, database, ranges, "committed", run_id, stats)
         mirror_error = consume.commit_group_offsets(consumer, ranges)
         if mirror_error:
@@ -192,16 +176,30 @@ def _run_ranges(settings: Settings, client: Client, consumer, ranges: list[Offse
         client.command(f"ALTER TABLE {database}.ingest_staging DROP PARTITION '{attempt}'")
 
 
+def _range_stats(client: Client, database: str, ranges: list[OffsetRange], params: dict, inserted: int,
+                 report: IngestReport, log: Callable[[str], None]) -> dict[int, tuple[int, int, int]]:
+    """Per partition: messages, valid, rejected (from staging); new events are counted for the attempt."""
+    staged = {row[0]: row[1:] for row in client.query(
+        load_sql("ingest/range_counts.sql", database), parameters=params).result_rows}
+    stats: dict[int, tuple[int, int, int]] = {}
+    for rng in ranges:
+        messages, rejected, valid = staged.get(rng.partition, (0, 0, 0))
+        if messages != rng.size:
+            log(f"partition {rng.partition}: {rng.size - messages} offsets in [{rng.start}, {rng.end}) had no "
+                "message (compaction or transaction markers)")
+        stats[rng.partition] = (messages, valid, rejected)
+        report.partitions[rng.partition] = PartitionStats(rng.start, rng.end, messages, valid, rejected)
+    valid_total = sum(s[1] for s in stats.values())
+    report.inserted += inserted
+    report.duplicates += valid_total - inserted
+    log(f"{inserted} events inserted, {valid_total - inserted} duplicates dropped, "
+        f"{sum(s[2] for s in stats.values())} rejected")
+    return stats
+
+
 def _drop_stale_staging(client: Client, database: str) -> None:
     # Only the lease holder stages, so every partition left behind belongs to a dead attempt.
     client.command(f"TRUNCATE TABLE {database}.ingest_staging")
-
-
-def _written(summary) -> int:
-    try:
-        return int(summary.summary.get("written_rows", 0))
-    except AttributeError:
-        return 0
 
 
 def _constant(value: str, rows: int) -> pa.Array:

@@ -56,7 +56,7 @@ def events(context: AssetExecutionContext, config: IngestConfig, sendflowr: Send
 
 def report_metadata(report: IngestReport) -> dict[str, MetadataValue]:
     rows = "\n".join(
-        f"| {p} | {s.start} | {s.end} | {s.messages} | {s.inserted} | {s.rejected} | {s.duplicates} | "
+        f"| {p} | {s.start} | {s.end} | {s.messages} | {s.valid} | {s.rejected} | "
         f"{report.lag.get(p, 0)} |" for p, s in sorted(report.partitions.items()))
     lag_rows = "\n".join(f"| {p} | {lag} |" for p, lag in sorted(report.lag.items()))
     return {
@@ -70,8 +70,8 @@ def report_metadata(report: IngestReport) -> dict[str, MetadataValue]:
         "replayed_crashed_ranges": MetadataValue.bool(report.replayed),
         "dagster/row_count": MetadataValue.int(report.inserted),
         "ranges": MetadataValue.md(
-            "| partition | start | end | read | inserted | rejected | duplicates | lag left |\n"
-            "|---|---|---|---|---|---|---|---|\n" + (rows or "| - | | | 0 | 0 | 0 | 0 | |")),
+            "| partition | start | end | read | valid | rejected | lag left |\n"
+            "|---|---|---|---|---|---|---|\n" + (rows or "| - | | | 0 | 0 | 0 | |")),
         "lag_by_partition": MetadataValue.md("| partition | lag |\n|---|---|\n" + lag_rows),
         "offsets_lost_to_retention": MetadataValue.int(sum(report.skipped_by_retention.values())),
     }

@@ -11,9 +11,8 @@ CREATE TABLE IF NOT EXISTS ${database}.ingest_ranges
     state           Enum8('planned' = 1, 'committed' = 2),
     run_id          String,
     messages        UInt64,
-    inserted        UInt64,
+    valid           UInt64,
     rejected        UInt64,
-    duplicates      UInt64,
     recorded_at     DateTime64(6, 'UTC') DEFAULT now64(6)
 )
 ENGINE = MergeTree
