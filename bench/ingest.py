@@ -86,8 +86,9 @@ def bench_kafka_engine(settings: Settings, topic: str, count: int, partitions: i
     conn.query("CREATE DATABASE IF NOT EXISTS b")
     conn.query("""
         CREATE TABLE b.sink (event_id String, event_type LowCardinality(String), occurred_at DateTime64(3, 'UTC'),
-                             email String, klaviyo_id String, phone String, external_id String, esp LowCardinality(String),
-                             message_id String, campaign_id String, user_agent String, ip String, url String)
+                             email String, klaviyo_id String, phone String, external_id String,
+                             esp LowCardinality(String), message_id String, campaign_id String,
+                             user_agent String, ip String, url String)
         ENGINE = MergeTree ORDER BY (email, occurred_at)""")
     queue_ddl = f"""
         CREATE TABLE b.queue (raw String) ENGINE = Kafka SETTINGS

@@ -38,9 +38,9 @@ _TRAILING_FORMAT = re.compile(r"\bFORMAT\s+([A-Za-z0-9_]+)\s*;?\s*$", re.IGNOREC
 _INSERT_WITH_FORMAT = re.compile(rb"^\s*INSERT\s+INTO\s.*?\bFORMAT\s+([A-Za-z0-9_]+)[ \t]*(?:\r?\n|$)",
                                  re.IGNORECASE | re.DOTALL)
 _IS_INSERT = re.compile(r"^\s*INSERT\s+INTO\b", re.IGNORECASE)
-_IS_SELECT = re.compile(r"^\s*(?:(?:--[^\n]*(?:\n|$)|/\*.*?\*/)\s*)*(\(\s*)*(SELECT|WITH)\b",
-                        re.IGNORECASE | re.DOTALL)
-_PRODUCES_RESULT = re.compile(r"^(\s*(--[^\n]*\n|/\*.*?\*/))*\s*\(*\s*(SELECT|WITH|SHOW|DESC|DESCRIBE|EXISTS|EXPLAIN|CHECK)\b",
+_LEADING_COMMENTS = r"^\s*(?:(?:--[^\n]*(?:\n|$)|/\*.*?\*/)\s*)*(?:\(\s*)*"
+_IS_SELECT = re.compile(_LEADING_COMMENTS + r"(SELECT|WITH)\b", re.IGNORECASE | re.DOTALL)
+_PRODUCES_RESULT = re.compile(_LEADING_COMMENTS + r"(SELECT|WITH|SHOW|DESC|DESCRIBE|EXISTS|EXPLAIN|CHECK)\b",
                               re.IGNORECASE | re.DOTALL)
 _ERROR_CODE = re.compile(r"Code:\s*(\d+)")
 _SETTING_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
