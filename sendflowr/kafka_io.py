@@ -63,6 +63,7 @@ def producer_config(settings: Settings, **overrides: object) -> dict[str, object
         "compression.type": "lz4",
         "queue.buffering.max.messages": 1_000_000,
         "queue.buffering.max.kbytes": 1_048_576,
+        "logger": logging.getLogger("sendflowr.kafka"),  # librdkafka's chatter to logging, not stderr
     }
     config.update(overrides)
     return config
