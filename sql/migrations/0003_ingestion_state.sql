@@ -32,9 +32,13 @@ CREATE TABLE IF NOT EXISTS ${database}.ingest_staging
     kafka_offset    UInt64,
     raw             String EPHEMERAL,
     raw_size        UInt32 DEFAULT length(raw),
-    is_object       UInt8 EPHEMERAL raw_size <= 65536 AND isValidUTF8(raw) AND isValidJSON(raw) AND match(raw, '^\\s*\\{'),
-    -- (key, raw JSON text of the value): a value's JSON kind is read off its first character.
-    kv              Array(Tuple(String, String)) EPHEMERAL if(is_object, JSONExtractKeysAndValuesRaw(raw), []),
+    -- (key, raw JSON text of the value): a value's JSON kind is read off its first character. The parser
+    -- validates UTF-8 and the whole document, so a non-empty result already proves a valid JSON object
+    -- (it skips a leading byte-order mark, which JSON forbids: such payloads take the slow path).
+    kv              Array(Tuple(String, String)) EPHEMERAL if(raw_size <= 65536 AND NOT startsWith(raw, '\xEF\xBB\xBF'),
+                        JSONExtractKeysAndValuesRaw(raw), []),
+    is_object       UInt8 EPHEMERAL notEmpty(kv) OR (raw_size <= 65536 AND isValidUTF8(raw) AND isValidJSON(raw)
+                        AND match(raw, '^\\s*\\{')),
     top_keys        Array(String) EPHEMERAL arrayMap(x -> x.1, kv),
     -- first top-level field that is unknown or of the wrong JSON kind (one pass over the pairs)
     bad_field       Tuple(String, String) EPHEMERAL arrayFirst(x -> NOT multiIf(
@@ -73,8 +77,8 @@ CREATE TABLE IF NOT EXISTS ${database}.ingest_staging
     bot_click       UInt8 DEFAULT tupleElement(fields, 'bot_click'),
     reason          String DEFAULT multiIf(
         raw_size > 65536, concat('payload: ', toString(raw_size), ' bytes exceeds 65536'),
-        NOT isValidUTF8(raw), 'payload: not valid UTF-8',
-        NOT isValidJSON(raw), 'payload: invalid JSON',
+        empty(kv) AND NOT isValidUTF8(raw), 'payload: not valid UTF-8',
+        empty(kv) AND NOT isValidJSON(raw), 'payload: invalid JSON',
         NOT is_object, 'event: expected a JSON object',
         length(arrayDistinct(top_keys)) != length(top_keys), 'event: duplicate field',
         has(top_keys, ''), 'event: unknown field ""',
