@@ -1,0 +1,297 @@
+"""Identifier normalization for identity stitching: one canonical string per identifier, or a rejection reason.
+
+    col = normalize("email", pa.array([" Jane.Doe+news@GMAIL.com ", "noreply@shop.com"]))
+    col.value   -> ["janedoe@gmail.com", null]
+    col.reason  -> [null, "email: blocked pattern noreply"]
+
+Rejected values (invalid or generic) are never stitched; their reasons feed the over-merge audit table.
+Everything is column-wise pyarrow.compute except phone parsing (see `_phones`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+import phonenumbers
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from sendflowr.events import IDENTIFIER_TYPES
+
+PLUS_MODES = ("keep", "known_providers", "all")
+# Mailbox providers documented to deliver local+tag@ to local@, so stripping the tag cannot merge two people.
+PLUS_PROVIDERS = frozenset({"gmail.com", "googlemail.com", "outlook.com", "hotmail.com", "live.com", "icloud.com",
+                            "me.com", "fastmail.com", "proton.me", "protonmail.com"})
+GMAIL_DOMAINS = frozenset({"gmail.com", "googlemail.com"})  # the only provider that ignores dots in the local part
+ROLE_ACCOUNTS = frozenset({"info", "admin", "support", "sales", "contact", "hello", "team", "office", "billing",
+                           "marketing", "webmaster", "help", "enquiries", "inquiries"})
+MAX_EMAIL_LENGTH = 254  # RFC 5321 path limit
+_PLACEHOLDERS = frozenset({"null", "none", "nil", "n/a", "unknown", "undefined", "nan", "0", "-1"})
+_ID_BLOCKED = _PLACEHOLDERS | {"test", "guest", "anonymous"}
+_EMAIL_SHAPE = r"^(?P<local>[^@\s]+)@(?P<domain>[^@\s.][^@\s]*\.[^@\s]*[^@\s.])$"
+# RE2 (pyarrow's engine) has no backreferences, hence the spelled-out alternation. Optional +1 = NANP prefix.
+_SAME_DIGIT = r"^\+?1?(" + "|".join(f"{d}{{7,}}" for d in range(10)) + ")$"
+_ID_PATTERNS = (("zeros", r"^[0-]+$"),)  # 0000, the nil UUID
+
+
+def _default_blocked_values() -> dict[str, frozenset[str]]:
+    return {
+        "email": _PLACEHOLDERS | {"test@test.com", "test@example.com", "email@example.com", "no@email.com"},
+        "phone": _PLACEHOLDERS | {"0000000000", "1234567890"},
+        "klaviyo_id": _ID_BLOCKED,
+        "external_id": _ID_BLOCKED,
+    }
+
+
+def _default_blocked_patterns() -> dict[str, tuple[tuple[str, str], ...]]:
+    return {
+        "email": (
+            ("noreply", r"^(no[-_.]?reply|do[-_.]?not[-_.]?reply|mailer-daemon|postmaster)@"),
+            ("placeholder domain", r"@(example|test)\.(com|org|net)$|\.(example|test|invalid|localhost)$"),
+            ("placeholder local", r"^(none|null|nil|nobody|noemail|no-email|unknown|asdf)@"),
+        ),
+        "phone": (
+            ("same digit", _SAME_DIGIT),
+            ("sequential", r"(0123456789|1234567890|9876543210|0987654321)$"),
+            ("fictional 555", r"^\+?1?\d{3}55501\d{2}$"),  # NANP 555-0100..0199 is reserved for fiction
+        ),
+        "klaviyo_id": _ID_PATTERNS,
+        "external_id": _ID_PATTERNS,
+    }
+
+
+@dataclass(frozen=True)
+class NormalizationRules:
+    """Rules in force; every field has a default so the guards are on unless someone turns them off.
+
+    blocked_values are compared case-insensitively to the trimmed raw value and to the normalized value
+    (for phones also to the raw digits). blocked_patterns are (name, RE2 regex) pairs matched
+    case-insensitively the same way; the name appears in the rejection reason.
+    """
+
+    phone_default_region: str = "US"  # region for numbers written without +country code
+    email_plus_addressing: str = "known_providers"  # keep | known_providers | all: strip "+tag" from the local part
+    plus_providers: frozenset[str] = PLUS_PROVIDERS
+    email_gmail_dots: bool = True  # gmail.com/googlemail.com: drop local-part dots, googlemail.com -> gmail.com
+    block_role_accounts: bool = True  # info@, sales@...: shared inboxes; off for B2B lists that mail them
+    role_accounts: frozenset[str] = ROLE_ACCOUNTS
+    block_local_equals_domain: bool = True  # test@test.com, a@a.com, none@none.com: typed-in filler
+    blocked_values: dict[str, frozenset[str]] = field(default_factory=_default_blocked_values)
+    blocked_patterns: dict[str, tuple[tuple[str, str], ...]] = field(default_factory=_default_blocked_patterns)
+
+    def __post_init__(self) -> None:
+        if self.email_plus_addressing not in PLUS_MODES:
+            raise ValueError(f"email_plus_addressing must be one of {PLUS_MODES}, got {self.email_plus_addressing!r}")
+        if self.phone_default_region not in phonenumbers.SUPPORTED_REGIONS:
+            raise ValueError(f"unknown phone region {self.phone_default_region!r}")
+        unknown = (set(self.blocked_values) | set(self.blocked_patterns)) - set(IDENTIFIER_TYPES)
+        if unknown:
+            raise ValueError(f"blocked values/patterns for unknown identifier types: {sorted(unknown)}")
+
+
+DEFAULT_RULES = NormalizationRules()
+
+
+@dataclass(frozen=True)
+class NormalizedColumn:
+    value: pa.StringArray  # normalized identifier, null when rejected
+    reason: pa.StringArray  # null when accepted, else a short stable reason
+
+    def __post_init__(self) -> None:
+        if len(self.value) != len(self.reason):
+            raise ValueError("value and reason must have the same length")
+
+    def __len__(self) -> int:
+        return len(self.value)
+
+    @property
+    def accepted(self) -> pa.BooleanArray:
+        return pc.is_null(self.reason)
+
+
+class _Reasons:
+    """First failing check wins, so the audit shows the most basic problem of each value."""
+
+    def __init__(self, n: int) -> None:
+        self.reason = pa.nulls(n, pa.string())
+
+    def add(self, mask: pa.Array, text: str) -> None:
+        hit = pc.if_else(pc.fill_null(mask, False), pa.scalar(text, pa.string()), pa.scalar(None, pa.string()))
+        self.reason = pc.coalesce(self.reason, hit)
+
+    def done(self, value: pa.Array) -> NormalizedColumn:
+        value = pc.if_else(pc.is_null(self.reason), value, pa.scalar(None, pa.string()))
+        return NormalizedColumn(value.cast(pa.string()), self.reason)
+
+
+def _strings(raw: pa.Array | pa.ChunkedArray | Sequence[str | None]) -> pa.StringArray:
+    if isinstance(raw, pa.ChunkedArray):
+        raw = raw.combine_chunks()
+    if not isinstance(raw, pa.Array):
+        raw = pa.array(list(raw), pa.string())
+    if pa.types.is_dictionary(raw.type):
+        raw = raw.dictionary_decode()
+    return raw.cast(pa.string())
+
+
+def _any(masks: Iterable[pa.Array]) -> pa.BooleanArray:
+    masks = [pc.fill_null(m, False) for m in masks]
+    out = masks[0]
+    for m in masks[1:]:
+        out = pc.or_(out, m)
+    return out
+
+
+def _blocked_value(columns: list[pa.Array], blocked: Iterable[str]) -> pa.BooleanArray:
+    value_set = pa.array(sorted({b.lower() for b in blocked}), pa.string())
+    return _any(pc.is_in(pc.utf8_lower(c), value_set=value_set) for c in columns)
+
+
+def _guards(reasons: _Reasons, type_name: str, prefix: str, columns: list[pa.Array], rules: NormalizationRules) -> None:
+    reasons.add(_blocked_value(columns, rules.blocked_values.get(type_name, ())), f"{prefix}: blocked value")
+    for name, regex in rules.blocked_patterns.get(type_name, ()):
+        hit = _any(pc.match_substring_regex(c, regex, ignore_case=True) for c in columns)
+        reasons.add(hit, f"{prefix}: blocked pattern {name}")
+
+
+def _emails(raw: pa.StringArray, rules: NormalizationRules) -> NormalizedColumn:
+    reasons = _Reasons(len(raw))
+    text = pc.utf8_lower(pc.utf8_trim_whitespace(raw))  # trims tabs/newlines too
+    reasons.add(pc.is_null(raw), "email: missing")
+    reasons.add(pc.equal(text, ""), "email: empty")
+    reasons.add(_blocked_value([text], rules.blocked_values.get("email", ())), "email: blocked value")
+    parts = pc.extract_regex(text, _EMAIL_SHAPE)  # null where the shape does not match
+    reasons.add(pc.invert(parts.is_valid()), "email: not an address")
+    reasons.add(pc.greater(pc.utf8_length(text), MAX_EMAIL_LENGTH), "email: too long")
+    local, domain = pc.struct_field(parts, "local"), pc.struct_field(parts, "domain")
+
+    if rules.email_plus_addressing != "keep":
+        strip = (pa.repeat(True, len(raw)) if rules.email_plus_addressing == "all"
+                 else pc.is_in(domain, value_set=pa.array(sorted(rules.plus_providers), pa.string())))
+        # "+tag@x" (nothing before the +) is left alone: stripping would leave no mailbox.
+        local = pc.if_else(strip, pc.replace_substring_regex(local, r"^([^+]+)\+.*$", r"\1"), local)
+    if rules.email_gmail_dots:
+        gmail = pc.is_in(domain, value_set=pa.array(sorted(GMAIL_DOMAINS), pa.string()))
+        local = pc.if_else(gmail, pc.replace_substring(local, ".", ""), local)
+        domain = pc.if_else(gmail, pa.scalar("gmail.com"), domain)
+    reasons.add(pc.equal(local, ""), "email: not an address")  # e.g. "...@gmail.com" after dropping dots
+    value = pc.binary_join_element_wise(local, domain, "@")
+
+    _guards(reasons, "email", "email", [text, value], rules)
+    if rules.block_local_equals_domain:
+        label = pc.replace_substring_regex(domain, r"\..*$", "")
+        reasons.add(pc.equal(local, label), "email: blocked pattern local equals domain")
+    if rules.block_role_accounts:
+        role = pc.is_in(local, value_set=pa.array(sorted(rules.role_accounts), pa.string()))
+        reasons.add(role, "generic: role account")
+    return reasons.done(value)
+
+
+def _parse_phone(text: str, region: str) -> tuple[str | None, str | None]:
+    try:
+        number = phonenumbers.parse(text, region)
+    except phonenumbers.NumberParseException:
+        return None, "phone: not a number"
+    if not phonenumbers.is_valid_number(number):
+        where = "" if text.startswith("+") else f" for region {region}"
+        return None, f"phone: not a valid number{where}"
+    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164), None
+
+
+def _phones(raw: pa.StringArray, rules: NormalizationRules) -> NormalizedColumn:
+    reasons = _Reasons(len(raw))
+    text = pc.utf8_trim_whitespace(raw)
+    compact = pc.replace_substring_regex(text, r"[^0-9+]", "")  # digits and +, what the patterns look at
+    reasons.add(pc.is_null(raw), "phone: missing")
+    reasons.add(pc.equal(text, ""), "phone: empty")
+    _guards(reasons, "phone", "phone", [text, compact], rules)
+
+    # phonenumbers has no vectorized API: parse each DISTINCT still-pending raw value once in Python, then
+    # map the results back to every row column-wise (index_in + take).
+    distinct = pc.unique(pc.filter(text, pc.is_null(reasons.reason)))
+    parsed = [_parse_phone(t, rules.phone_default_region) for t in distinct.to_pylist()]
+    at = pc.index_in(text, value_set=distinct)
+    e164 = pa.array([p[0] for p in parsed], pa.string()).take(at)
+    reasons.reason = pc.coalesce(reasons.reason, pa.array([p[1] for p in parsed], pa.string()).take(at))
+    _guards(reasons, "phone", "phone", [e164], rules)  # e.g. a fictional 555-01xx written without +1
+    return reasons.done(e164)
+
+
+def _ids(raw: pa.StringArray, type_name: str, rules: NormalizationRules) -> NormalizedColumn:
+    # Case is kept: Klaviyo profile ids (ULIDs) and customer ids are case-sensitive keys.
+    reasons = _Reasons(len(raw))
+    text = pc.utf8_trim_whitespace(raw)
+    reasons.add(pc.is_null(raw), "id: missing")
+    reasons.add(pc.equal(text, ""), "id: empty")
+    _guards(reasons, type_name, "id", [text], rules)
+    return reasons.done(text)
+
+
+def normalize(identifier_type: str, raw: pa.Array | pa.ChunkedArray | Sequence[str | None],
+              rules: NormalizationRules = DEFAULT_RULES) -> NormalizedColumn:
+    """Normalize one column of identifiers of a single type."""
+    values = _strings(raw)
+    if identifier_type == "email":
+        return _emails(values, rules)
+    if identifier_type == "phone":
+        return _phones(values, rules)
+    if identifier_type in ("klaviyo_id", "external_id"):
+        return _ids(values, identifier_type, rules)
+    raise ValueError(f"unknown identifier type {identifier_type!r}; expected one of {IDENTIFIER_TYPES}")
+
+
+def normalize_many(types: pa.Array | pa.ChunkedArray | Sequence[str | None],
+                   raws: pa.Array | pa.ChunkedArray | Sequence[str | None],
+                   rules: NormalizationRules = DEFAULT_RULES) -> NormalizedColumn:
+    """Normalize a mixed column: group rows by type, normalize each group, scatter back to input order."""
+    types, raws = _strings(types), _strings(raws)
+    if len(types) != len(raws):
+        raise ValueError(f"types and raws differ in length: {len(types)} != {len(raws)}")
+    positions, values, reasons = [], [], []
+    for type_name in IDENTIFIER_TYPES:
+        rows = pc.indices_nonzero(pc.fill_null(pc.equal(types, type_name), False))
+        if len(rows):
+            col = normalize(type_name, raws.take(rows), rules)
+            positions.append(rows)
+            values.append(col.value)
+            reasons.append(col.reason)
+    other = pc.indices_nonzero(pc.invert(pc.is_in(types, value_set=pa.array(IDENTIFIER_TYPES))))
+    positions.append(other)
+    values.append(pa.nulls(len(other), pa.string()))
+    reasons.append(pa.repeat(pa.scalar("type: unknown identifier type"), len(other)))
+    order = pc.sort_indices(pa.concat_arrays(positions))  # positions are a permutation of 0..n-1
+    return NormalizedColumn(pa.concat_arrays(values).take(order), pa.concat_arrays(reasons).take(order))
+
+
+def describe_rules(rules: NormalizationRules = DEFAULT_RULES) -> str:
+    """The rules in force as markdown, for asset metadata and docs."""
+    plus = {"keep": "kept (never stripped)", "all": "stripped for every domain",
+            "known_providers": "stripped only for " + ", ".join(sorted(rules.plus_providers))}
+    on = {True: "on", False: "off"}
+    lines = [
+        "### Identifier normalization",
+        "",
+        "- **email**: trimmed (spaces, tabs, newlines) and lower-cased; valid = exactly one `@`, non-empty "
+        f"local part, a domain with a dot, no inner whitespace, at most {MAX_EMAIL_LENGTH} characters.",
+        f"  - plus-addressing (`local+tag@`): {plus[rules.email_plus_addressing]}.",
+        f"  - Gmail dots ({on[rules.email_gmail_dots]}): dots dropped from the local part for gmail.com and "
+        "googlemail.com, and googlemail.com -> gmail.com.",
+        f"  - role accounts ({on[rules.block_role_accounts]}): rejected as generic: "
+        + ", ".join(f"`{r}@`" for r in sorted(rules.role_accounts)) + ".",
+        f"  - local part equal to the domain name (`a@a.com`) rejected: {on[rules.block_local_equals_domain]}.",
+        f"- **phone**: E.164 via libphonenumber; numbers without `+country` are read as "
+        f"{rules.phone_default_region}; numbers that are not valid are rejected.",
+        "- **klaviyo_id / external_id**: trimmed, case kept (case-sensitive ids).",
+        "- Rejected values are never stitched; each gets a reason (`<type>: <why>`).",
+        "",
+        "#### Blocked values (case-insensitive)",
+    ]
+    for type_name in IDENTIFIER_TYPES:
+        values = sorted(rules.blocked_values.get(type_name, ()))
+        lines.append(f"- {type_name}: " + (", ".join(f"`{v}`" for v in values) or "none"))
+    lines += ["", "#### Blocked patterns (RE2, case-insensitive)"]
+    for type_name in IDENTIFIER_TYPES:
+        for name, regex in rules.blocked_patterns.get(type_name, ()):
+            lines.append(f"- {type_name} / {name}: `{regex}`")
+    return "\n".join(lines) + "\n"
