@@ -1,0 +1,527 @@
+"""Identity graph: stitch co-occurring identifiers into people, guard against over-merges, assign universal_ids.
+
+Columns in, columns out (numpy), so a Dagster asset can feed integer-encoded edges read from ClickHouse and write
+the result back column-wise. Pure numpy/scipy; no Dagster, no FastAPI.
+
+Pipeline (`stitch`, then `assign_ids`; `rebuild` / `update` wrap both):
+
+1. Degree guard. A node with more than `max_degree_for_shared` distinct neighbours of any single type (own type
+   included) is *shared* (a household phone, a generic external id): all its edges are blocked.
+2. Clusters = connected components of the remaining edges (scipy). A cluster that breaks no per-type limit and
+   no size cap is a person as is -- that is the fast path and almost all of the data.
+3. Only clusters that break a guard go through the greedy pass: their edges in priority order (see
+   `Guards.edge_order`) through a union-find; an edge is accepted unless the merge it causes would exceed a
+   per-type limit or the size cap. Edges already inside one component are accepted (no-op).
+   A blocked edge always ends up between two different people (counts only grow), so the people are exactly the
+   connected components of the accepted edges -- the property the networkx oracle tests check.
+
+Universal ids are `sf_` + 16 hex of a 64-bit id. The id of a person is always `mix(node_key)` of one of its
+identifiers, its *origin*; `mix` is a salted splitmix64 finalizer, a bijection on uint64, so different origins
+never give the same id and an id's origin is known (it is the node whose `mix(node_key)` equals it). The *rank*
+of an id is its origin's (first_seen, node_key). See `assign_ids` for the survivor rule and the merge log.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy.sparse import csr_matrix
+from scipy.sparse.csgraph import connected_components
+
+EMAIL, KLAVIYO_ID, PHONE, EXTERNAL_ID = 0, 1, 2, 3
+TYPE_NAMES = ("email", "klaviyo_id", "phone", "external_id")  # == sendflowr.events.IDENTIFIER_TYPES
+N_TYPES = len(TYPE_NAMES)
+
+ACCEPTED, SHARED, SIZE_CAP, TYPE_LIMIT = 0, 1, 2, 3  # TYPE_LIMIT + t: the limit of type t would be exceeded
+REASONS = {ACCEPTED: "accepted", SHARED: "shared identifier (degree guard)", SIZE_CAP: "person size cap"}
+REASONS |= {TYPE_LIMIT + t: f"per-type limit: {name}" for t, name in enumerate(TYPE_NAMES)}
+
+_SALT = np.uint64(0x5EF10E5_1D_C0FFEE)
+_M1, _M2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
+_HEX = np.frombuffer(b"0123456789abcdef", np.uint8)
+
+
+def identifier_key(types, values) -> np.ndarray:
+    """uint64 key of each (type, value): the first 8 bytes (big-endian) of blake2b(b"<type name>:<value>",
+    digest_size=8, person=b"sf-ident-v1"). Values must already be normalized (`sendflowr.identity.normalize`).
+    Hashed once per DISTINCT pair; fixed forever, so keys computed in different runs and processes agree."""
+    types = np.asarray(types, dtype=np.int8)
+    values = np.asarray(values, dtype=object)
+    cache: dict[tuple[int, str], int] = {}
+    out = np.empty(len(values), dtype=np.uint64)
+    for i, pair in enumerate(zip(types.tolist(), values.tolist(), strict=True)):
+        key = cache.get(pair)
+        if key is None:
+            raw = f"{TYPE_NAMES[pair[0]]}:{pair[1]}".encode()
+            key = cache[pair] = int.from_bytes(hashlib.blake2b(raw, digest_size=8, person=b"sf-ident-v1").digest())
+        out[i] = key
+    return out
+
+
+def mix(keys) -> np.ndarray:
+    """Salted splitmix64 finalizer: a fixed bijection uint64 -> uint64 (node_key -> the id it originates)."""
+    z = np.asarray(keys, dtype=np.uint64) ^ _SALT
+    z = (z ^ (z >> np.uint64(30))) * _M1
+    z = (z ^ (z >> np.uint64(27))) * _M2
+    return z ^ (z >> np.uint64(31))
+
+
+def format_uid(uid) -> np.ndarray:
+    """uint64 ids -> array of 'sf_' + 16 lowercase hex (vectorized)."""
+    raw = np.asarray(uid, dtype=">u8").reshape(-1).view(np.uint8).reshape(-1, 8)
+    buf = np.empty((len(raw), 19), dtype=np.uint8)
+    buf[:, :3] = np.frombuffer(b"sf_", np.uint8)
+    buf[:, 3::2], buf[:, 4::2] = _HEX[raw >> 4], _HEX[raw & 15]
+    return buf.view("S19").reshape(-1).astype("U19")
+
+
+def parse_uid(text) -> np.ndarray:
+    """Inverse of `format_uid`; raises on anything that is not `sf_` + 16 lowercase hex."""
+    raw = np.asarray(text, dtype="S19").reshape(-1)
+    buf = raw.view(np.uint8).reshape(-1, 19)
+    lut = np.full(256, 255, np.uint8)
+    lut[_HEX] = np.arange(16, dtype=np.uint8)
+    nib = lut[buf[:, 3:]]
+    if (buf[:, :3] != np.frombuffer(b"sf_", np.uint8)).any() or (nib == 255).any():
+        raise ValueError("universal ids must be 'sf_' + 16 lowercase hex characters")
+    return ((nib[:, 0::2] << 4) | nib[:, 1::2]).copy().view(">u8").reshape(-1).astype(np.uint64)
+
+
+@dataclass(frozen=True)
+class Nodes:
+    node_type: np.ndarray  # int8 type code (EMAIL..EXTERNAL_ID)
+    node_key: np.ndarray  # uint64 `identifier_key`, unique per node
+    first_seen: np.ndarray  # int64 ms
+
+    def __post_init__(self) -> None:
+        for name, dtype in (("node_type", np.int8), ("node_key", np.uint64), ("first_seen", np.int64)):
+            object.__setattr__(self, name, np.asarray(getattr(self, name), dtype=dtype).reshape(-1))
+        if not len(self.node_type) == len(self.node_key) == len(self.first_seen):
+            raise ValueError("node columns differ in length")
+        if len(self.node_type) and (self.node_type.min() < 0 or self.node_type.max() >= N_TYPES):
+            raise ValueError("node_type out of range")
+
+    def __len__(self) -> int:
+        return len(self.node_key)
+
+    def take(self, idx) -> Nodes:
+        return Nodes(self.node_type[idx], self.node_key[idx], self.first_seen[idx])
+
+
+@dataclass(frozen=True)
+class Edges:
+    """Undirected co-occurrence edges between node indices; ideally one row per pair with aggregated counts."""
+
+    src: np.ndarray
+    dst: np.ndarray
+    edge_count: np.ndarray | None = None  # int64, default 1
+    edge_first_seen: np.ndarray | None = None  # int64 ms, default 0
+
+    def __post_init__(self) -> None:
+        src = np.asarray(self.src, dtype=np.int64).reshape(-1)
+        object.__setattr__(self, "src", src)
+        object.__setattr__(self, "dst", np.asarray(self.dst, dtype=np.int64).reshape(-1))
+        for name, default in (("edge_count", 1), ("edge_first_seen", 0)):
+            col = getattr(self, name)
+            col = np.full(len(src), default, np.int64) if col is None else np.asarray(col, np.int64).reshape(-1)
+            object.__setattr__(self, name, col)
+        if not len(src) == len(self.dst) == len(self.edge_count) == len(self.edge_first_seen):
+            raise ValueError("edge columns differ in length")
+
+    def __len__(self) -> int:
+        return len(self.src)
+
+    def take(self, idx, remap: np.ndarray | None = None) -> Edges:
+        s, d = self.src[idx], self.dst[idx]
+        if remap is not None:
+            s, d = remap[s], remap[d]
+        return Edges(s, d, self.edge_count[idx], self.edge_first_seen[idx])
+
+
+def _default_limits() -> dict[int, int]:
+    return {KLAVIYO_ID: 1, EMAIL: 5, PHONE: 3, EXTERNAL_ID: 3}
+
+
+@dataclass(frozen=True)
+class Guards:
+    """Over-merge guards. `edge_order`: when a limit binds, edges are tried (and so kept) in this order:
+    1. type class: position in `type_priority` of the better-ranked endpoint type (klaviyo_id edges first),
+    2. higher edge_count, 3. earlier edge_first_seen, 4. lower (min key, max key) of the endpoints."""
+
+    max_per_type: Mapping[int, int] = field(default_factory=_default_limits)  # missing type = unlimited
+    max_person_size: int = 50
+    max_degree_for_shared: int = 20
+    type_priority: tuple[int, ...] = (KLAVIYO_ID, EXTERNAL_ID, EMAIL, PHONE)
+
+    def __post_init__(self) -> None:
+        if min(self.max_per_type.values(), default=1) < 1 or self.max_person_size < 1:
+            raise ValueError("per-type limits and the size cap must be >= 1")
+        if sorted(self.type_priority) != list(range(N_TYPES)):
+            raise ValueError("type_priority must be a permutation of the type codes")
+
+    @classmethod
+    def disabled(cls) -> Guards:
+        big = 2**62
+        return cls(max_per_type={}, max_person_size=big, max_degree_for_shared=big)
+
+    def limits(self) -> np.ndarray:
+        out = np.full(N_TYPES, 2**62, np.int64)
+        for t, limit in self.max_per_type.items():
+            out[t] = limit
+        return out
+
+
+@dataclass(frozen=True)
+class StitchResult:
+    component: np.ndarray  # int64 person label per node, 0..n_components-1 (labels carry no meaning across runs)
+    cluster: np.ndarray  # int64 component label before per-type/size guards (state for `update`)
+    shared: np.ndarray  # bool per node: blocked by the degree guard
+    blocked_reason: np.ndarray  # int8 per edge, key of REASONS; 0 = accepted
+
+    @property
+    def accepted(self) -> np.ndarray:
+        return self.blocked_reason == ACCEPTED
+
+    def audit(self) -> dict[str, int]:
+        """Number of edges per reason (accepted included)."""
+        counts = np.bincount(self.blocked_reason, minlength=len(REASONS))
+        return {REASONS[code]: int(c) for code, c in enumerate(counts) if c}
+
+
+def _compact(labels: np.ndarray, n_labels: int) -> np.ndarray:
+    present = np.zeros(n_labels, bool)
+    present[labels] = True
+    return (np.cumsum(present) - 1)[labels]
+
+
+def _shared_nodes(n: int, src: np.ndarray, dst: np.ndarray, ntype: np.ndarray, limit: int) -> np.ndarray:
+    """Nodes with more than `limit` distinct neighbours of one type. Total raw degree first (a necessary
+    condition); per-type distinct counts only on the few edges touching a candidate."""
+    cand = (np.bincount(src, minlength=n) + np.bincount(dst, minlength=n)) > limit
+    shared = np.zeros(n, bool)
+    if cand.any():
+        hit = np.flatnonzero((cand[src] | cand[dst]) & (src != dst))
+        mine, other = np.r_[src[hit], dst[hit]], np.r_[dst[hit], src[hit]]
+        keep = cand[mine]
+        pairs = np.unique(mine[keep] * n + other[keep])
+        node, nbr = pairs // n, pairs % n
+        rows = np.bincount(node * N_TYPES + ntype[nbr], minlength=n * N_TYPES)
+        shared[np.flatnonzero(rows > limit) // N_TYPES] = True
+    return shared
+
+
+def _components(n: int, src: np.ndarray, dst: np.ndarray) -> tuple[int, np.ndarray]:
+    """scipy connected components (weak) on a CSR built directly by one argsort (no duplicate summing)."""
+    itype = np.int32 if max(n, len(src)) < 2**31 else np.int64
+    indptr = np.zeros(n + 1, itype)
+    np.cumsum(np.bincount(src, minlength=n), out=indptr[1:])
+    indices = dst[np.argsort(src, kind="stable")].astype(itype)  # timsort: fast on (nearly) sorted input
+    graph = csr_matrix((np.ones(len(src)), indices, indptr), shape=(n, n))
+    n_comp, labels = connected_components(graph, directed=True, connection="weak")
+    return n_comp, labels.astype(np.int64)
+
+
+def stitch(nodes: Nodes, edges: Edges, guards: Guards | None = None,
+           shared_hint: np.ndarray | None = None, loop_below: int = 64) -> StitchResult:
+    """Partition `nodes` into people. `shared_hint`: nodes already known to be shared (OR-ed with the degree
+    guard; `update` uses it for boundary nodes whose full edge list it does not load). `loop_below`: see
+    `_greedy` (a tuning knob; results do not depend on it)."""
+    guards = guards or Guards()
+    n = len(nodes)
+    src, dst = edges.src, edges.dst
+    if len(edges) and (min(src.min(), dst.min()) < 0 or max(src.max(), dst.max()) >= n):
+        raise ValueError("edge endpoint out of range")
+    ntype = nodes.node_type.astype(np.int64)
+    reason = np.zeros(len(edges), np.int8)
+
+    shared = _shared_nodes(n, src, dst, ntype, guards.max_degree_for_shared)
+    if shared_hint is not None:
+        shared |= np.asarray(shared_hint, bool)
+    loop = src == dst  # self loops are accepted no-ops
+    blocked = (shared[src] | shared[dst]) & ~loop
+    reason[blocked] = SHARED
+    live = np.flatnonzero(~blocked & ~loop)
+    n_clusters, cluster = _components(n, src[live], dst[live])
+
+    limits = guards.limits()
+    bad = np.bincount(cluster, minlength=n_clusters) > guards.max_person_size
+    if (limits < n).any():
+        per_type = np.bincount(cluster * N_TYPES + ntype, minlength=n_clusters * N_TYPES).reshape(-1, N_TYPES)
+        for t in np.flatnonzero(limits < n).tolist():
+            bad |= per_type[:, t] > limits[t]
+    component = cluster.copy()
+    if bad.any():
+        bad_nodes = np.flatnonzero(bad[cluster])
+        sel = live[bad[cluster[src[live]]]]
+        roots, reason[sel] = _greedy(nodes, edges, sel, bad_nodes, cluster, guards, loop_below)
+        component[bad_nodes] = n_clusters + roots
+        n_labels = n_clusters + len(bad_nodes)
+        component = _compact(component, n_labels)
+    return StitchResult(component, cluster, shared, reason)
+
+
+def _edge_order(nodes: Nodes, edges: Edges, sel: np.ndarray, guards: Guards) -> np.ndarray:
+    pos = np.empty(N_TYPES, np.int64)
+    pos[list(guards.type_priority)] = np.arange(N_TYPES)
+    s, d = edges.src[sel], edges.dst[sel]
+    cls = np.minimum(pos[nodes.node_type[s]], pos[nodes.node_type[d]])
+    ks, kd = nodes.node_key[s], nodes.node_key[d]
+    return sel[np.lexsort((np.maximum(ks, kd), np.minimum(ks, kd), edges.edge_first_seen[sel],
+                           -edges.edge_count[sel], cls))]
+
+
+def _find(parent: np.ndarray, x: np.ndarray) -> np.ndarray:
+    root = parent[x]
+    while True:
+        up = parent[root]
+        if (up == root).all():
+            parent[x] = root  # path compression
+            return root
+        root = up
+
+
+def _greedy(nodes: Nodes, edges: Edges, sel: np.ndarray, bad_nodes: np.ndarray, cluster: np.ndarray,
+            guards: Guards, loop_below: int = 64):
+    """Kruskal-like union-find over the edges `sel` of guard-breaking clusters, each cluster in priority order.
+    Clusters are independent, so round j takes the j-th edge of every cluster at once (vectorized, no two edges
+    of a round share a root). Once a round has fewer than `loop_below` edges, the tail (the few big clusters)
+    goes through a plain Python loop. Returns (root per bad node, code per sel edge)."""
+    k = len(bad_nodes)
+    local = np.full(len(nodes), -1, np.int64)
+    local[bad_nodes] = np.arange(k)
+    order = _edge_order(nodes, edges, sel, guards)
+    ecl = cluster[edges.src[order]]
+    by_cl = np.argsort(ecl, kind="stable")
+    order, ecl = order[by_cl], ecl[by_cl]
+    starts = np.flatnonzero(np.r_[True, ecl[1:] != ecl[:-1]]) if len(order) else np.zeros(0, np.int64)
+    pos = np.arange(len(order)) - np.repeat(starts, np.diff(np.r_[starts, len(order)]))
+    rounds = np.argsort(pos, kind="stable")
+    la, lb = local[edges.src[order]], local[edges.dst[order]]
+    parent, size = np.arange(k), np.ones(k, np.int64)
+    counts = np.zeros((k, N_TYPES), np.int64)
+    counts[np.arange(k), nodes.node_type[bad_nodes]] = 1
+    limits, cap = guards.limits(), guards.max_person_size
+    codes = np.zeros(len(order), np.int8)
+
+    offset = 0
+    for width in np.bincount(pos).tolist():
+        if width < loop_below:
+            break
+        idx = rounds[offset:offset + width]
+        offset += width
+        ra, rb = _find(parent, la[idx]), _find(parent, lb[idx])
+        over = (counts[ra] + counts[rb]) > limits
+        merge = ra != rb
+        code = np.where(over.any(axis=1), TYPE_LIMIT + over.argmax(axis=1), ACCEPTED)
+        code = np.where((code == ACCEPTED) & (size[ra] + size[rb] > cap), SIZE_CAP, code)
+        code[~merge] = ACCEPTED
+        codes[idx] = code
+        ok = merge & (code == ACCEPTED)
+        ra, rb = ra[ok], rb[ok]
+        swap = size[ra] < size[rb]
+        ra, rb = np.where(swap, rb, ra), np.where(swap, ra, rb)
+        parent[rb] = ra
+        size[ra] += size[rb]
+        counts[ra] += counts[rb]
+
+    rest = rounds[offset:]
+    if len(rest):
+        par, sz, cnt, lim = parent.tolist(), size.tolist(), counts.tolist(), limits.tolist()
+
+        def find(x: int) -> int:
+            while par[x] != x:
+                par[x] = par[par[x]]
+                x = par[x]
+            return x
+
+        out = []
+        for a, b in zip(la[rest].tolist(), lb[rest].tolist(), strict=True):
+            ra, rb = find(a), find(b)
+            code = ACCEPTED
+            if ra != rb:
+                ca, cb = cnt[ra], cnt[rb]
+                code = next((TYPE_LIMIT + t for t in range(N_TYPES) if ca[t] + cb[t] > lim[t]), ACCEPTED)
+                if code == ACCEPTED and sz[ra] + sz[rb] > cap:
+                    code = SIZE_CAP
+                if code == ACCEPTED:
+                    if sz[ra] < sz[rb]:
+                        ra, rb, ca, cb = rb, ra, cb, ca
+                    par[rb] = ra
+                    sz[ra] += sz[rb]
+                    cnt[ra] = [x + y for x, y in zip(ca, cb, strict=True)]
+            out.append(code)
+        codes[rest] = out
+        parent = np.asarray(par, np.int64)
+    roots = _find(parent, np.arange(k))
+    result = np.empty(len(sel), np.int8)
+    result[np.searchsorted(sel, order)] = codes  # sel is sorted (it comes from flatnonzero)
+    return roots, result
+
+
+@dataclass(frozen=True)
+class IdAssignment:
+    uid: np.ndarray  # uint64 per node; format with `format_uid` (or `.universal_id`)
+    merged_old: np.ndarray  # uint64 merge log: old id ...
+    merged_into: np.ndarray  # ... -> surviving id
+
+    @property
+    def universal_id(self) -> np.ndarray:
+        return format_uid(self.uid)
+
+    def merge_log(self) -> list[tuple[str, str]]:
+        return list(zip(format_uid(self.merged_old).tolist(), format_uid(self.merged_into).tolist(), strict=True))
+
+
+def previous_ids(node_key: np.ndarray, previous) -> np.ndarray:
+    """Per-node previous uint64 id (0 = none) from a dict {node_key: 'sf_...' or int} or (keys, ids) arrays."""
+    if previous is None:
+        return np.zeros(len(node_key), np.uint64)
+    if isinstance(previous, Mapping):
+        previous = (np.fromiter(previous.keys(), np.uint64, len(previous)), list(previous.values()))
+    keys, ids = np.asarray(previous[0], np.uint64), np.asarray(previous[1])
+    if ids.dtype.kind in "USO":
+        ids = parse_uid(ids.astype("U19")) if len(ids) else np.zeros(0, np.uint64)
+    ids = ids.astype(np.uint64)
+    order = np.argsort(keys, kind="stable")
+    keys, ids = keys[order], ids[order]
+    at = np.minimum(np.searchsorted(keys, node_key), max(len(keys) - 1, 0))
+    found = (keys[at] == node_key) if len(keys) else np.zeros(len(node_key), bool)
+    return np.where(found, ids[at] if len(keys) else 0, np.uint64(0)).astype(np.uint64)
+
+
+def _lowest(component: np.ndarray, mask: np.ndarray, n_comp: int, first_seen: np.ndarray,
+            node_key: np.ndarray) -> np.ndarray:
+    """Per component, the index of its lowest-ranked (first_seen, node_key) node among `mask`, else -1."""
+    idx = np.flatnonzero(mask)
+    comp = component[idx]
+    best = np.full(n_comp, np.iinfo(np.int64).max, np.int64)
+    np.minimum.at(best, comp, first_seen[idx])
+    tie = first_seen[idx] == best[comp]
+    idx, comp = idx[tie], comp[tie]
+    best_key = np.full(n_comp, np.iinfo(np.uint64).max, np.uint64)
+    np.minimum.at(best_key, comp, node_key[idx])
+    win = idx[node_key[idx] == best_key[comp]]
+    out = np.full(n_comp, -1, np.int64)
+    out[component[win]] = win
+    return out
+
+
+def assign_ids(component, node_key, first_seen, previous=None) -> IdAssignment:
+    """Universal id per node. `previous`: per-node uint64 array (0 = none), a dict or (keys, ids) (`previous_ids`).
+
+    Rank of a node: (first_seen, node_key). A previous id P is *eligible* in component C when its origin (the node
+    with mix(node_key) == P) is in C and still carries P. Candidates for C's id:
+      * every eligible previous id, ranked by its origin;
+      * a fresh id mix(m), ranked by m, where m is the lowest-ranked *orphan* of C (a node whose previous id is
+        not eligible in C -- it was split away from that id's origin), or, when no node of C had a previous id,
+        C's anchor (its lowest-ranked node).
+    The lowest-ranked candidate survives. Every other eligible id in C goes to the merge log (old -> survivor).
+    Consequences: a person keeps its id when identifiers attach (new nodes are never candidates next to a
+    previous id); on a merge the id with the earliest origin survives; on a split the part holding the origin
+    keeps the id and each other part gets mix(its lowest-ranked node). Merge log rows always go from a higher- to
+    a lower-ranked id and ranks never change, so the log is acyclic across any number of runs. With no previous
+    ids every person gets mix(anchor), so a full rebuild reproduces the ids whenever no identifier arrived with a
+    first_seen earlier than the anchor of the person it joined (true when first_seen is the time we first saw
+    it). Caveat: a fresh id of a split-off part may equal an id that was once merged away (it is live again).
+    """
+    component = np.asarray(component, np.int64)
+    node_key = np.asarray(node_key, np.uint64)
+    first_seen = np.asarray(first_seen, np.int64)
+    n = len(component)
+    prev = np.asarray(previous, np.uint64) if isinstance(previous, np.ndarray) else previous_ids(node_key, previous)
+    n_comp = int(component.max()) + 1 if n else 0
+    derived = mix(node_key)
+    has_prev = prev != 0
+    is_origin = has_prev & (derived == prev)
+    # Where is each carried id's origin? Look the id up among the origins.
+    o_idx = np.flatnonzero(is_origin)
+    eligible = np.zeros(n, bool)
+    if len(o_idx):
+        o_sort = o_idx[np.argsort(prev[o_idx])]
+        origin = o_sort[np.minimum(np.searchsorted(prev[o_sort], prev), len(o_sort) - 1)]
+        eligible = has_prev & (prev[origin] == prev) & (component[origin] == component)
+    comp_has_prev = np.bincount(component[has_prev], minlength=n_comp) > 0
+    # fresh candidate: the lowest orphan, or the anchor when nobody in the component had an id
+    fresh = _lowest(component, (has_prev & ~eligible) | ~comp_has_prev[component], n_comp, first_seen, node_key)
+    cand = is_origin.copy()
+    cand[fresh[fresh >= 0]] = True
+    winner = _lowest(component, cand, n_comp, first_seen, node_key)
+    survivor = np.where(is_origin[winner], prev[winner], derived[winner])
+    uid = survivor[component]
+    lost = is_origin & (prev != uid)
+    return IdAssignment(uid, prev[lost], uid[lost])
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Everything a run leaves behind; `update` needs nodes' cluster, shared flag and uid plus the edges."""
+
+    nodes: Nodes
+    edges: Edges
+    result: StitchResult
+    ids: IdAssignment  # ids.uid is per node of the whole graph; the merge log is this run's
+    region: np.ndarray  # node indices this run recomputed (all of them for `rebuild`)
+
+
+def rebuild(nodes: Nodes, edges: Edges, guards: Guards | None = None, previous=None) -> Snapshot:
+    """Full run: stitch everything, then assign ids against `previous` (None = from scratch)."""
+    result = stitch(nodes, edges, guards)
+    ids = assign_ids(result.component, nodes.node_key, nodes.first_seen, previous)
+    return Snapshot(nodes, edges, result, ids, np.arange(len(nodes)))
+
+
+def update(snap: Snapshot, new_nodes: Nodes, new_edges: Edges, guards: Guards | None = None) -> Snapshot:
+    """Incremental run: `new_nodes` are appended after the snapshot's nodes; `new_edges` index the combined nodes.
+
+    Only the *region* is recomputed: every node of every cluster (pre-guard component) touched by a new edge or
+    new node, plus all edges with an endpoint in it. Other nodes cannot change: their clusters got no edge and
+    their shared flags (which only grow with new edges) are unchanged. An old edge from the region to a node
+    outside it was blocked by a shared endpoint, which stays shared; boundary nodes pass their stored flag as
+    `shared_hint`, region nodes get exact degrees since all their edges are loaded. So the result equals
+    `rebuild(all nodes, all edges, guards, previous=snap.ids.uid)`. Guards must be the ones of the snapshot
+    (changing guards needs a rebuild). Against ClickHouse the region is two queries (nodes WHERE cluster IN
+    touched, edges WHERE src or dst IN region); here it is a vectorized scan of the in-memory columns.
+    """
+    n0 = len(snap.nodes)
+    nodes = Nodes(*(np.concatenate([getattr(snap.nodes, c), getattr(new_nodes, c)])
+                    for c in ("node_type", "node_key", "first_seen")))
+    edges = Edges(*(np.concatenate([getattr(snap.edges, c), getattr(new_edges, c)])
+                    for c in ("src", "dst", "edge_count", "edge_first_seen")))
+    n, n_new = len(nodes), len(new_nodes)
+    n_cl0 = int(snap.result.cluster.max()) + 1 if n0 else 0
+    cluster0 = np.concatenate([snap.result.cluster, n_cl0 + np.arange(n_new)])
+    touched = np.zeros(n_cl0 + n_new, bool)
+    touched[cluster0[new_edges.src]] = touched[cluster0[new_edges.dst]] = True
+    touched[n_cl0:] = True
+    in_region = touched[cluster0]
+    region = np.flatnonzero(in_region)
+    e_sel = np.flatnonzero(in_region[edges.src] | in_region[edges.dst])
+    sub = np.unique(np.concatenate([region, edges.src[e_sel], edges.dst[e_sel]]))
+    remap = np.full(n, -1, np.int64)
+    remap[sub] = np.arange(len(sub))
+    shared = np.concatenate([snap.result.shared, np.zeros(n_new, bool)])
+    res = stitch(nodes.take(sub), edges.take(e_sel, remap), guards, shared_hint=shared[sub] & ~in_region[sub])
+
+    local = remap[region]
+    prev = np.concatenate([snap.ids.uid, np.zeros(n_new, np.uint64)])
+    sub_comp = _compact(res.component[local], len(sub))
+    ids = assign_ids(sub_comp, nodes.node_key[region], nodes.first_seen[region], prev[region])
+
+    def relabel(old: np.ndarray, new: np.ndarray) -> np.ndarray:
+        out = np.concatenate([old, np.zeros(n_new, np.int64)])
+        base = int(old.max()) + 1 if n0 else 0
+        out[region] = base + new
+        return _compact(out, base + len(sub))
+
+    component = relabel(snap.result.component, sub_comp)
+    cluster = relabel(snap.result.cluster, _compact(res.cluster[local], len(sub)))
+    shared[region] = res.shared[local]
+    reason = np.concatenate([snap.result.blocked_reason, np.zeros(len(new_edges), np.int8)])
+    reason[e_sel] = res.blocked_reason
+    uid = prev.copy()
+    uid[region] = ids.uid
+    result = StitchResult(component, cluster, shared, reason)
+    return Snapshot(nodes, edges, result, IdAssignment(uid, ids.merged_old, ids.merged_into), region)
