@@ -159,9 +159,9 @@ def build_identifiers(config: WorldConfig, people: People, rng: np.random.Genera
                  f"{f}_{la[0]}{suffix}")[style[p]]
         domain = COMPANY_DOMAINS[company[p]] if people.behind_scanner[p] else CONSUMER_DOMAINS[consumer[p]][0]
         canonical = f"{local}@{domain}"
-        if canonical in seen:
-            canonical = f"{local}.{p}@{domain}"
-        seen.add(canonical)
+        if _mailbox(canonical) in seen:
+            canonical = f"{local}_x{p}@{domain}"
+        seen.add(_mailbox(canonical))
         forms = _email_forms(canonical, float(form_r[p]), float(form_r2[p]))
         for k, raw in enumerate(forms):
             email[p, k] = table.add(0, raw, p, canonical)
@@ -271,6 +271,12 @@ def build_identifiers(config: WorldConfig, people: People, rng: np.random.Genera
         truth_normalized=[r[3] for r in rows],
         truth_kind=np.array(kinds, dtype=np.int8),
     )
+
+
+def _mailbox(address: str) -> str:
+    # Gmail ignores dots in the local part: two people must not get addresses of one Gmail mailbox.
+    local, _, domain = address.partition("@")
+    return f"{local.replace('.', '')}@{domain}" if domain in ("gmail.com", "googlemail.com") else address
 
 
 def _normalize(type_name: str, raw: str) -> str:
