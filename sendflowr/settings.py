@@ -59,6 +59,7 @@ class Settings(BaseSettings):
     )
 
     ingest_cron: str = Field(default="* * * * *", description="Schedule of the ingestion asset (cron, UTC).")
+    identity_cron: str = Field(default="0 * * * *", description="Schedule of the identity graph asset (cron, UTC).")
     ingest_max_messages_per_partition: int = Field(
         default=1_000_000, ge=1, description="Most offsets one scheduled ingestion run reads per partition.")
     ingest_max_rejected_share: float = Field(

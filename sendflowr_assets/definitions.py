@@ -4,15 +4,23 @@ from __future__ import annotations
 
 from dagster import Definitions
 
+from sendflowr_assets.assets.identity import identity_graph
 from sendflowr_assets.assets.ingestion import events
+from sendflowr_assets.checks.identity_checks import IDENTITY_CHECKS
 from sendflowr_assets.checks.ingestion_checks import INGESTION_CHECKS
 from sendflowr_assets.resources import default_resource
-from sendflowr_assets.schedules import all_assets_job, ingest_job, ingest_schedule
+from sendflowr_assets.schedules import (
+    all_assets_job,
+    identity_job,
+    identity_schedule,
+    ingest_job,
+    ingest_schedule,
+)
 
 defs = Definitions(
-    assets=[events],
-    asset_checks=INGESTION_CHECKS,
-    jobs=[ingest_job, all_assets_job],
-    schedules=[ingest_schedule],
+    assets=[events, identity_graph],
+    asset_checks=[*INGESTION_CHECKS, *IDENTITY_CHECKS],
+    jobs=[ingest_job, identity_job, all_assets_job],
+    schedules=[ingest_schedule, identity_schedule],
     resources={"sendflowr": default_resource()},
 )

@@ -1,4 +1,5 @@
-"""Schedules: ingestion every minute by default (SENDFLOWR_INGEST_CRON), skipped while one still runs."""
+"""Schedules: ingestion every minute (SENDFLOWR_INGEST_CRON), identity hourly (SENDFLOWR_IDENTITY_CRON); each
+skips a tick while its previous run still runs."""
 
 
 from dagster import (
@@ -24,11 +25,24 @@ _ACTIVE = [DagsterRunStatus.QUEUED, DagsterRunStatus.NOT_STARTED, DagsterRunStat
            DagsterRunStatus.STARTED]
 
 
-@schedule(job=ingest_job, cron_schedule=get_settings().ingest_cron, execution_timezone="UTC",
-          default_status=DefaultScheduleStatus.RUNNING,
-          description="Ingest new events; skips a tick while the previous ingestion is still running.")
-def ingest_schedule(context: ScheduleEvaluationContext):
-    active = context.instance.get_run_records(RunsFilter(job_name=ingest_job.name, statuses=_ACTIVE), limit=1)
-    if active:
-        return SkipReason(f"ingestion run {active[0].dagster_run.run_id} is still in progress")
-    return RunRequest()
+def _skipping_while_active(name: str, job, cron: str, what: str):
+    """A schedule for `job` that skips a tick while an earlier run of it is still queued or running."""
+
+    @schedule(name=name, job=job, cron_schedule=cron, execution_timezone="UTC",
+              default_status=DefaultScheduleStatus.RUNNING,
+              description=f"{what}; skips a tick while the previous run is still in progress.")
+    def _schedule(context: ScheduleEvaluationContext):
+        active = context.instance.get_run_records(RunsFilter(job_name=job.name, statuses=_ACTIVE), limit=1)
+        if active:
+            return SkipReason(f"run {active[0].dagster_run.run_id} of {job.name} is still in progress")
+        return RunRequest()
+
+    return _schedule
+
+
+identity_job = define_asset_job("identity", selection=AssetSelection.assets("identity_graph"),
+                                description="Stitch the identifiers of newly ingested events into people.")
+
+ingest_schedule = _skipping_while_active("ingest_schedule", ingest_job, get_settings().ingest_cron, "Ingest new events")
+identity_schedule = _skipping_while_active("identity_schedule", identity_job, get_settings().identity_cron,
+                                           "Stitch identities of newly ingested events")

@@ -1,0 +1,10 @@
+-- All identity nodes for the in-memory graph, sorted by node_key (times in ms).
+SELECT node_key,
+       toInt8(indexOf(['email', 'klaviyo_id', 'phone', 'external_id'], toString(any(identifier_type))) - 1) AS node_type,
+       any(value) AS value,
+       toUnixTimestamp64Milli(min(first_seen)) AS first_seen,
+       toUnixTimestamp64Milli(max(last_seen)) AS last_seen,
+       toUnixTimestamp64Milli(min(first_ingested)) AS first_ingested
+FROM ${database}.identity_node_seen
+GROUP BY node_key
+ORDER BY node_key
