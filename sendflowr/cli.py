@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from pydantic import ValidationError
+
 from sendflowr.settings import get_settings
 
 # Modules that contribute subcommands; each exposes add_cli(subparsers).
@@ -31,7 +33,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return int(args.handler(args, get_settings()) or 0)
+        settings = get_settings()
+    except ValidationError as exc:  # a bad SENDFLOWR_* value: name it, no traceback
+        problems = "; ".join(f"SENDFLOWR_{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in exc.errors())
+        print(f"sendflowr: invalid configuration: {problems}", file=sys.stderr)
+        return 2
+    try:
+        return int(args.handler(args, settings) or 0)
     except KeyboardInterrupt:
         return 130
     except Exception as exc:  # a user-facing command: say what failed, not a bare stack trace
