@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import functools
 import shutil
-import socket
 import sys
 import tempfile
 import time
@@ -37,6 +36,7 @@ from sendflowr.identity import graph, run
 from sendflowr.identity.graph import Edges, Guards, Nodes
 from sendflowr.identity.run import stitch_once
 from sendflowr.local import chdb_server, processes
+from sendflowr.local.processes import free_port
 from sendflowr.migrations import apply_migrations
 from sendflowr.settings import Settings
 
@@ -46,12 +46,6 @@ SHARED_PHONES = 50
 AREA_CODES = np.array([415, 212, 646, 312, 617, 206, 303, 404, 512, 702], np.int64)
 BASE_MS = 1_735_689_600_000  # 2025-01-01 UTC; every event in January keeps one monthly partition
 BATCH = 500_000
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def _strs(prefix: str, numbers: np.ndarray, suffix: str = "") -> np.ndarray:

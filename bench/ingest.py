@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import socket
 import sys
 import tempfile
 import time
@@ -31,15 +30,10 @@ from sendflowr.ingest import IngestOptions, ingest_once
 from sendflowr.kafka_io import ensure_topic, produce_all
 from sendflowr.local import chdb_server, processes
 from sendflowr.local.kafka_broker import LocalKafka
+from sendflowr.local.processes import free_port
 from sendflowr.migrations import apply_migrations
 from sendflowr.settings import Settings
 from sendflowr.synth import WorldConfig, build_world, iter_event_batches, serialize_batch
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def produce_events(settings: Settings, count: int, seed: int) -> int:

@@ -6,7 +6,6 @@ Each test that touches data gets its own ClickHouse database and Kafka topic, so
 
 from __future__ import annotations
 
-import socket
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,14 +16,9 @@ from sendflowr.clickhouse import get_client
 from sendflowr.kafka_io import ensure_topic
 from sendflowr.local import chdb_server, processes
 from sendflowr.local.kafka_broker import LocalKafka
+from sendflowr.local.processes import free_port
 from sendflowr.migrations import apply_migrations
 from sendflowr.settings import Settings
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture(scope="session")

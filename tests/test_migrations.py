@@ -71,7 +71,7 @@ def test_events_ttl_follows_the_setting(fresh: Settings) -> None:
 
 
 def test_unreachable_clickhouse_is_a_clear_error(base_settings: Settings) -> None:
-    from conftest import free_port
+    from sendflowr.local.processes import free_port
 
     nowhere = base_settings.model_copy(update={"clickhouse_url": f"http://127.0.0.1:{free_port()}"})
     from sendflowr.clickhouse import ClickHouseUnavailable

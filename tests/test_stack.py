@@ -11,9 +11,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import free_port
 
-from sendflowr.local.processes import port_in_use
+from sendflowr.local.processes import free_port, port_in_use
 
 pytestmark = pytest.mark.integration
 

@@ -22,6 +22,13 @@ def log_tail(path: Path, lines: int = 40) -> str:
     return "\n".join(text[-lines:]) or f"(log {path} is empty)"
 
 
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port nothing listens on right now (tests and benchmarks run private services on such ports)."""
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        return probe.getsockname()[1]
+
+
 def port_in_use(host: str, port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.settimeout(0.5)
