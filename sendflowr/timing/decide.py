@@ -1,0 +1,283 @@
+"""The decision rule, shared by the API and the evaluation: pure numpy, no I/O.
+
+Hour of week (how) is `(iso_weekday - 1) * 24 + hour` in UTC, 0 = Monday 00:00-00:59 UTC. A curve holds 168
+expected genuine-engagement values, one per delivery hour of week.
+
+Rule (docs/TIMING.md): the window is half-open, delivery in [send_after, send_before). The earliest usable
+delivery is `max(send_after, now + latency)`, so the trigger (delivery - latency) is never before `now`.
+Candidates are that moment and every later hour boundary in the window, at most one week of them (the curve
+repeats weekly); the candidate with the highest curve value wins, ties go to the earliest.
+
+Confidence is P(the chosen slot is within one hour of the person's true best slot in the window), obtained
+from a raw margin score through a fitted `Calibration` (per fallback level). A window whose candidates all
+lie within one hour of the chosen one is certain by construction (confidence 1).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+
+HOURS = 168
+HOUR_MS = 3_600_000
+EPOCH_HOW = 72  # 1970-01-01 00:00 UTC was a Thursday: hour of week 3 * 24
+MAX_CANDIDATES = HOURS + 1  # the (possibly mid-hour) first moment, then 168 hour boundaries
+LEVELS = ("person", "cohort", "global")
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+
+
+class DecisionError(ValueError):
+    """No decision is possible for this request; `.field` names the request field to blame."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Raw margin score -> probability that the chosen slot is within an hour of the true best one.
+
+    Piecewise-linear through (x, y) knots per fallback level (monotone: fitted by isotonic regression in the
+    evaluation), flat beyond the ends. `fitted` is False for the default mapping used before any evaluation.
+    """
+
+    knots: dict[str, tuple[tuple[float, ...], tuple[float, ...]]]
+    fitted: bool = False
+    ece: float | None = None  # expected calibration error measured on held-out decisions when fitted
+    samples: int = 0
+    notes: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for level, (x, y) in self.knots.items():
+            if len(x) != len(y) or not x:
+                raise ValueError(f"calibration knots for {level!r} need equal, non-empty x and y")
+            if any(b < a for a, b in zip(x, x[1:], strict=False)):
+                raise ValueError(f"calibration x for {level!r} must be non-decreasing")
+            if any(not 0.0 <= v <= 1.0 for v in y):
+                raise ValueError(f"calibration y for {level!r} must be probabilities")
+
+    @classmethod
+    def default(cls) -> Calibration:
+        # Uncalibrated: a gentle, monotone guess (a large margin relative to the noise -> confident).
+        x = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
+        y = (0.15, 0.25, 0.35, 0.5, 0.65, 0.8, 0.9)
+        return cls(knots={level: (x, y) for level in LEVELS})
+
+    def to_json(self) -> str:
+        return json.dumps({"knots": {k: [list(x), list(y)] for k, (x, y) in self.knots.items()},
+                           "fitted": self.fitted, "ece": self.ece, "samples": self.samples,
+                           "notes": self.notes}, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> Calibration:
+        data = json.loads(text)
+        knots = {k: (tuple(float(v) for v in x), tuple(float(v) for v in y)) for k, (x, y) in data["knots"].items()}
+        return cls(knots=knots, fitted=bool(data.get("fitted", False)), ece=data.get("ece"),
+                   samples=int(data.get("samples", 0)), notes=dict(data.get("notes", {})))
+
+    def apply(self, raw: np.ndarray, levels: np.ndarray) -> np.ndarray:
+        """Probabilities for raw scores (inf -> 1: certain by construction); unknown levels use 'global'."""
+        raw = np.asarray(raw, dtype=np.float64)
+        out = np.empty(raw.shape, dtype=np.float64)
+        levels = np.asarray(levels, dtype=object)
+        fallback = self.knots.get("global") or next(iter(self.knots.values()))
+        known = np.zeros(raw.shape, dtype=bool)
+        for level, (x, y) in self.knots.items():
+            rows = levels == level
+            known |= rows
+            if rows.any():
+                out[rows] = np.interp(raw[rows], x, y)
+        if (~known).any():
+            out[~known] = np.interp(raw[~known], *fallback)
+        out[np.isposinf(raw)] = 1.0
+        return out
+
+
+@dataclass(frozen=True)
+class Decision:
+    delivery_at: datetime
+    trigger_at: datetime
+    confidence: float
+    expected_engagement: float
+    fallback_level: str
+    explanation: str
+
+
+@dataclass(frozen=True)
+class DecisionBatch:
+    """Column results of decide_many; rows with error_field set (not None) have no decision (NaT / NaN)."""
+
+    delivery_at: np.ndarray  # datetime64[ms]
+    trigger_at: np.ndarray  # datetime64[ms]
+    confidence: np.ndarray  # float64
+    expected_engagement: np.ndarray  # float64
+    fallback_level: np.ndarray  # object
+    error_field: np.ndarray  # object: None or the request field to blame
+    error_message: np.ndarray  # object: None or why
+    raw_score: np.ndarray  # float64 margin score before calibration (inf = certain by construction)
+
+    def __len__(self) -> int:
+        return int(self.delivery_at.shape[0])
+
+
+def hour_of_week_ms(ms: np.ndarray) -> np.ndarray:
+    """Hour of week of epoch milliseconds (UTC)."""
+    return ((np.floor_divide(ms, HOUR_MS) + EPOCH_HOW) % HOURS).astype(np.intp)
+
+
+def hour_of_week(moment: datetime) -> int:
+    return int(hour_of_week_ms(np.array([_to_ms(moment, "moment")]))[0])
+
+
+def _to_ms(moment: datetime, name: str) -> int:
+    if not isinstance(moment, datetime):
+        raise DecisionError(name, f"{name} must be a datetime, got {type(moment).__name__}")
+    if moment.tzinfo is None or moment.utcoffset() is None:
+        raise DecisionError(name, f"{name} must be timezone-aware (UTC)")
+    return (moment - _EPOCH) // timedelta(milliseconds=1)
+
+
+def _ms_column(value, n: int, name: str) -> np.ndarray:
+    """int64 epoch ms, length n, from a datetime or a datetime64 array (naive values are read as UTC)."""
+    if isinstance(value, datetime):
+        return np.full(n, _to_ms(value, name), dtype=np.int64)
+    arr = np.asarray(value)
+    if arr.dtype.kind != "M":
+        raise DecisionError(name, f"{name} must be a datetime or a datetime64 array")
+    arr = arr.astype("datetime64[ms]")
+    if arr.shape not in ((n,), ()):
+        raise DecisionError(name, f"{name} has {arr.size} values for {n} rows")
+    out = np.broadcast_to(arr.astype(np.int64), (n,)).copy()
+    out[np.isnat(np.broadcast_to(arr, (n,)))] = np.iinfo(np.int64).min
+    return out
+
+
+def _latency_column(value, n: int) -> np.ndarray:
+    arr = np.asarray(value, dtype=np.float64)
+    if arr.shape not in ((n,), ()):
+        raise DecisionError("latency_estimate_seconds", f"latency has {arr.size} values for {n} rows")
+    return np.broadcast_to(arr, (n,)).copy()
+
+
+def decide_many(curves: np.ndarray, evidence: np.ndarray, fallback_levels: np.ndarray, send_after, send_before,
+                latency_seconds, now: datetime, calibration: Calibration) -> DecisionBatch:
+    """Vectorized decide(): one row per curve; a bad row gets error_field/error_message, never an exception
+    (only malformed argument shapes raise DecisionError)."""
+    curves = np.asarray(curves, dtype=np.float32)
+    if curves.ndim != 2 or curves.shape[1] != HOURS:
+        raise DecisionError("curve", f"curves must have shape (n, {HOURS}), got {curves.shape}")
+    n = curves.shape[0]
+    evidence = np.broadcast_to(np.asarray(evidence, dtype=np.float64), (n,))
+    levels = np.broadcast_to(np.asarray(fallback_levels, dtype=object), (n,)).copy()
+    after = _ms_column(send_after, n, "send_after")
+    before = _ms_column(send_before, n, "send_before")
+    latency = _latency_column(latency_seconds, n)
+    now_ms = _to_ms(now, "now")
+
+    err_field = np.full(n, None, dtype=object)
+    err_msg = np.full(n, None, dtype=object)
+
+    def fail(mask: np.ndarray, name: str, message: str) -> None:
+        rows = mask & (err_field == None)  # noqa: E711 (element-wise on an object array)
+        err_field[rows] = name
+        err_msg[rows] = message
+
+    nat = np.iinfo(np.int64).min
+    fail(after == nat, "send_after", "send_after is missing")
+    fail(before == nat, "send_before", "send_before is missing")
+    fail(before <= after, "send_before", "send_before must be later than send_after (the window is empty)")
+    fail(before <= now_ms, "send_before", "the window is already past: send_before is not after now")
+    bad_latency = ~np.isfinite(latency) | (latency < 0)
+    fail(bad_latency, "latency_estimate_seconds", "latency must be a finite number of seconds >= 0")
+    # Clipped at ~30,000 years so that absurd latencies fail on the window check instead of overflowing.
+    lat_ms = np.ceil(np.clip(np.where(bad_latency, 0.0, latency), 0.0, 1e12) * 1000.0).astype(np.int64)
+    start = np.maximum(after, now_ms + lat_ms)  # earliest delivery whose trigger is not before now
+    fail(start >= before, "latency_estimate_seconds",
+         "latency is larger than what is left of the window: a trigger now would deliver after send_before")
+    bad_curve = ~np.isfinite(curves).all(axis=1) | (curves < 0).any(axis=1)
+    fail(bad_curve, "curve", "curve values must be finite and >= 0")
+    bad_evidence = ~np.isfinite(evidence) | (evidence < 0)
+    fail(bad_evidence, "evidence", "evidence must be finite and >= 0")
+
+    ok = err_field == None  # noqa: E711
+    start = np.where(ok, start, 0)  # keep failed rows (NaT = int64 min) out of the arithmetic below
+    # Candidates: the first moment, then the hour boundaries after it inside the window (at most a week),
+    # in time order, so argmax's first maximum is the earliest moment on ties.
+    first_boundary = (np.floor_divide(start, HOUR_MS) + 1) * HOUR_MS  # strictly after start
+    boundaries = np.clip(-np.floor_divide(first_boundary - before, HOUR_MS), 0, MAX_CANDIDATES - 1)
+    steps = np.arange(MAX_CANDIDATES - 1, dtype=np.int16)
+    valid = np.empty((n, MAX_CANDIDATES), dtype=bool)
+    valid[:, 0] = ok
+    valid[:, 1:] = (steps[None, :] < boundaries[:, None]) & ok[:, None]
+    slot = np.empty((n, MAX_CANDIDATES), dtype=np.int16)
+    slot[:, 0] = hour_of_week_ms(start)
+    slot[:, 1:] = (hour_of_week_ms(first_boundary)[:, None] + steps[None, :]) % HOURS
+    values = np.take_along_axis(curves, slot.astype(np.intp), axis=1)
+    scored = np.where(valid, values, np.float32(-np.inf))
+    best = np.argmax(scored, axis=1)  # first maximum = earliest on ties
+    rows = np.arange(n)
+    chosen_ms = np.where(best == 0, start, first_boundary + (best - 1).astype(np.int64) * HOUR_MS)
+    chosen_slot = slot[rows, best]
+    best_value = values[rows, best].astype(np.float64)
+
+    # Margin score: best vs the best candidate more than an hour away (circularly), relative to the best,
+    # scaled by sqrt(1 + evidence) (noise of a rate shrinks like 1/sqrt(n)).
+    dist = np.abs(slot - chosen_slot[:, None])
+    far = valid & (dist > 1) & (dist < HOURS - 1)
+    runner_up = np.where(far, values, np.float32(-np.inf)).max(axis=1).astype(np.float64)
+    has_far = far.any(axis=1)
+    rel = np.where(best_value > 0, (best_value - np.where(has_far, runner_up, 0.0)) / np.maximum(best_value, 1e-12),
+                   0.0)
+    raw = np.where(has_far, rel * np.sqrt(1.0 + np.where(ok, evidence, 0.0)), np.inf)
+    confidence = calibration.apply(raw, levels)
+
+    delivery = np.where(ok, chosen_ms, nat).astype("datetime64[ms]")
+    trigger = np.where(ok, chosen_ms - lat_ms, nat).astype("datetime64[ms]")
+    return DecisionBatch(
+        delivery_at=delivery, trigger_at=trigger,
+        confidence=np.where(ok, confidence, np.nan), expected_engagement=np.where(ok, best_value, np.nan),
+        fallback_level=levels, error_field=err_field, error_message=err_msg, raw_score=np.where(ok, raw, np.nan),
+    )
+
+
+def _from_ms(ms: int) -> datetime:
+    return _EPOCH + timedelta(milliseconds=int(ms))
+
+
+def slot_name(how: int) -> str:
+    return f"{_DAYS[how // 24]} {how % 24:02d}:00 UTC"
+
+
+def decide(curve: np.ndarray, *, evidence: float, fallback_level: str, send_after: datetime,
+           send_before: datetime, latency_seconds: float, now: datetime, calibration: Calibration) -> Decision:
+    """One decision (exactly decide_many on one row); raises DecisionError naming the field to blame."""
+    curve = np.asarray(curve, dtype=np.float32)
+    if curve.shape != (HOURS,):
+        raise DecisionError("curve", f"curve must have {HOURS} values, got shape {curve.shape}")
+    for name, moment in (("send_after", send_after), ("send_before", send_before), ("now", now)):
+        _to_ms(moment, name)
+    batch = decide_many(curve[None, :], np.array([evidence], dtype=np.float64),
+                        np.array([fallback_level], dtype=object), send_after, send_before,
+                        np.array([latency_seconds], dtype=np.float64), now, calibration)
+    if batch.error_field[0] is not None:
+        raise DecisionError(batch.error_field[0], batch.error_message[0])
+    delivery_ms = int(batch.delivery_at[0].astype(np.int64))
+    trigger_ms = int(batch.trigger_at[0].astype(np.int64))
+    how = int(hour_of_week_ms(np.array([delivery_ms]))[0])
+    source = {"person": "this person's curve", "cohort": "their cohort's curve",
+              "global": "the global curve"}.get(fallback_level, f"the {fallback_level} curve")
+    raw = float(batch.raw_score[0])
+    explanation = (f"{slot_name(how)} is the best delivery hour in the window by {source} "
+                   f"(evidence {float(evidence):.1f} engagements, expected engagement "
+                   f"{float(batch.expected_engagement[0]):.3f}); "
+                   + ("every candidate is within an hour of it" if np.isinf(raw)
+                      else f"margin score {raw:.2f} -> confidence {float(batch.confidence[0]):.2f}")
+                   + (" (uncalibrated)" if not calibration.fitted else ""))
+    return Decision(delivery_at=_from_ms(delivery_ms), trigger_at=_from_ms(trigger_ms),
+                    confidence=float(batch.confidence[0]), expected_engagement=float(batch.expected_engagement[0]),
+                    fallback_level=fallback_level, explanation=explanation)

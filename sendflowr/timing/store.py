@@ -1,0 +1,163 @@
+"""Reading committed timing curves from ClickHouse, as columns (the API polls latest_version and reloads).
+
+A run writes its timing_curves / timing_priors rows first and its timing_runs row last, so everything with a
+version <= max(timing_runs.version) is complete; rows above it (a run in progress or one that died) are
+ignored. Each person's newest committed row wins (incremental runs rewrite only changed people).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import cache
+
+import numpy as np
+import pyarrow as pa
+from clickhouse_connect.driver.client import Client
+
+from sendflowr.timing.decide import HOURS, Calibration
+
+PHONE_COHORT = "phone:+"
+EMAIL_COHORT = "email:"
+
+
+@dataclass(frozen=True)
+class TimingSnapshot:
+    version: int
+    materialized_at: datetime
+    universal_id: np.ndarray  # object (str), sorted ascending
+    curves: np.ndarray  # float32 [n, 168]
+    evidence: np.ndarray  # float32
+    engagements: np.ndarray  # uint32
+    fallback_level: np.ndarray  # object (str)
+    cohort: np.ndarray  # object (str)
+    best_hour: np.ndarray  # uint8
+    priors: dict[str, np.ndarray]  # cohort -> float32 [168]
+    prior_evidence: dict[str, float]
+    global_curve: np.ndarray  # float32 [168]
+    global_evidence: float
+    calibration: Calibration
+
+    def __len__(self) -> int:
+        return int(self.universal_id.shape[0])
+
+    def positions(self, universal_ids) -> np.ndarray:
+        """Row of each id in this snapshot, -1 where unknown (vectorized binary search)."""
+        ids = np.asarray(universal_ids, dtype=object)
+        if len(self) == 0:
+            return np.full(ids.shape[0], -1, dtype=np.int64)
+        at = np.minimum(np.searchsorted(self.universal_id, ids), len(self) - 1)
+        return np.where(self.universal_id[at] == ids, at, -1).astype(np.int64)
+
+
+def latest_version(client: Client, database: str) -> int | None:
+    """The newest committed version, None before the first run (one tiny aggregate: cheap to poll)."""
+    rows = client.query(f"SELECT max(version), count() FROM {database}.timing_runs").result_rows
+    version, count = rows[0]
+    return int(version) if count else None
+
+
+def _strings(column: pa.ChunkedArray) -> np.ndarray:
+    return np.asarray(column.to_numpy(zero_copy_only=False), dtype=object)
+
+
+def _matrix(column: pa.ChunkedArray, n: int) -> np.ndarray:
+    """list<float32> of HOURS values per row -> float32 [n, HOURS] (reads the flat child buffer)."""
+    if n == 0:
+        return np.zeros((0, HOURS), dtype=np.float32)
+    flat = pa.concat_arrays([chunk.flatten() for chunk in column.chunks]).to_numpy(zero_copy_only=False)
+    if flat.size != n * HOURS:
+        raise ValueError(f"timing curves must have {HOURS} values each ({flat.size} values for {n} rows)")
+    return np.ascontiguousarray(flat, dtype=np.float32).reshape(n, HOURS)
+
+
+def load_snapshot(client: Client, database: str) -> TimingSnapshot | None:
+    """Everything committed, as columns; None before the first committed run."""
+    head = client.query(
+        f"SELECT version, materialized_at, calibration FROM {database}.timing_runs "
+        "ORDER BY version DESC LIMIT 1").result_rows
+    if not head:
+        return None
+    version, materialized_at, calibration_json = head[0]
+    version = int(version)
+    params = {"v": version}
+    curves = client.query_arrow(
+        "SELECT universal_id, argMax(curve, version) AS curve, argMax(evidence, version) AS evidence, "
+        "argMax(engagements, version) AS engagements, toString(argMax(fallback_level, version)) AS fallback_level, "
+        "argMax(cohort, version) AS cohort, argMax(best_hour, version) AS best_hour "
+        f"FROM {database}.timing_curves WHERE version <= {{v:UInt64}} GROUP BY universal_id ORDER BY universal_id",
+        parameters=params, use_strings=True)
+    priors = client.query_arrow(
+        "SELECT toString(level) AS level, cohort, argMax(curve, version) AS curve, "
+        f"argMax(evidence, version) AS evidence FROM {database}.timing_priors WHERE version <= {{v:UInt64}} "
+        "GROUP BY level, cohort", parameters=params, use_strings=True)
+    n = curves.num_rows
+    prior_levels = _strings(priors.column("level"))
+    prior_cohorts = _strings(priors.column("cohort"))
+    prior_curves = _matrix(priors.column("curve"), priors.num_rows)
+    prior_evidence = priors.column("evidence").to_numpy().astype(np.float64)
+    is_global = prior_levels == "global"
+    if is_global.any():
+        g = int(np.flatnonzero(is_global)[0])
+        global_curve, global_evidence = prior_curves[g], float(prior_evidence[g])
+    else:
+        global_curve, global_evidence = np.zeros(HOURS, dtype=np.float32), 0.0
+    cohort_rows = np.flatnonzero(~is_global)
+    if isinstance(materialized_at, datetime) and materialized_at.tzinfo is None:
+        materialized_at = materialized_at.replace(tzinfo=UTC)
+    return TimingSnapshot(
+        version=version, materialized_at=materialized_at,
+        universal_id=_strings(curves.column("universal_id")),
+        curves=_matrix(curves.column("curve"), n),
+        evidence=curves.column("evidence").to_numpy().astype(np.float32),
+        engagements=curves.column("engagements").to_numpy().astype(np.uint32),
+        fallback_level=_strings(curves.column("fallback_level")),
+        cohort=_strings(curves.column("cohort")),
+        best_hour=curves.column("best_hour").to_numpy().astype(np.uint8),
+        priors={str(prior_cohorts[i]): prior_curves[i] for i in cohort_rows},
+        prior_evidence={str(prior_cohorts[i]): float(prior_evidence[i]) for i in cohort_rows},
+        global_curve=global_curve, global_evidence=global_evidence,
+        calibration=Calibration.from_json(calibration_json) if calibration_json else Calibration.default(),
+    )
+
+
+@cache
+def calling_codes() -> tuple[str, ...]:
+    """Every country calling code (from the phonenumbers metadata), longest first. Codes are prefix-free."""
+    import phonenumbers
+
+    return tuple(sorted((str(c) for c in phonenumbers.COUNTRY_CODE_TO_REGION_CODE), key=len, reverse=True))
+
+
+def phone_cohort(e164: str) -> str | None:
+    """'phone:+44' for an E.164 number, None when no calling code matches."""
+    if not e164.startswith("+"):
+        return None
+    digits = e164[1:]
+    for code in calling_codes():
+        if digits.startswith(code):
+            return PHONE_COHORT + code
+    return None
+
+
+def email_cohort(email: str) -> str | None:
+    domain = email.strip().lower().rpartition("@")[2]
+    return EMAIL_COHORT + domain if domain and "@" in email else None
+
+
+def cohort_for_identifiers(snapshot: TimingSnapshot, email: str | None, phone: str | None) -> str | None:
+    """The learned cohort an unknown person falls into from what the request tells: phone country first (it
+    carries the time zone), then email domain; None (use the global prior) when neither has a learned cohort."""
+    if phone:
+        from sendflowr.identity.normalize import normalize
+
+        normalized = normalize("phone", [phone])
+        e164 = normalized.value[0].as_py() if normalized.accepted[0].as_py() else None
+        cohort = phone_cohort(e164) if e164 else None
+        if cohort is not None and cohort in snapshot.priors:
+            return cohort
+    if email:
+        cohort = email_cohort(email)
+        if cohort is not None and cohort in snapshot.priors:
+            return cohort
+    return None
