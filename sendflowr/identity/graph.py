@@ -473,17 +473,47 @@ def rebuild(nodes: Nodes, edges: Edges, guards: Guards | None = None, previous=N
     return Snapshot(nodes, edges, result, ids, np.arange(len(nodes)))
 
 
+@dataclass(frozen=True)
+class RegionResult:
+    """`restitch` output for the region nodes (in the order of `region`)."""
+
+    region: np.ndarray  # indices (into the nodes passed to `restitch`) of the region nodes
+    component: np.ndarray  # int64 person label per region node, 0..k-1 (no meaning across runs)
+    cluster: np.ndarray  # int64 pre-guard component label per region node, 0..j-1
+    shared: np.ndarray  # bool per region node
+    blocked_reason: np.ndarray  # int8 per edge passed in (edges touch the region by construction)
+    ids: IdAssignment  # uid per region node; the merge log of this run
+
+
+def restitch(nodes: Nodes, edges: Edges, in_region: np.ndarray, shared_hint: np.ndarray, previous: np.ndarray,
+             guards: Guards | None = None) -> RegionResult:
+    """Recompute a *region*: whole pre-guard clusters (the ones new data touched) plus *boundary* nodes, the
+    other endpoints of their edges. `edges` must be every edge with an endpoint in the region (so region nodes
+    get exact degrees); a boundary node is outside every region cluster, so each of its edges into the region
+    was blocked by a shared endpoint that stays shared (shared only grows): a boundary node passes its stored
+    flag as `shared_hint`, and its own result is discarded. `previous`: uint64 id per node (0 = none).
+    Equals the region's part of `rebuild(all nodes, all edges, guards, previous)` -- the property
+    `update` (in memory) and `sendflowr.identity.run` (region queries in ClickHouse) rely on."""
+    in_region = np.asarray(in_region, bool)
+    region = np.flatnonzero(in_region)
+    res = stitch(nodes, edges, guards, shared_hint=np.asarray(shared_hint, bool) & ~in_region)
+    n = len(nodes)
+    component = _compact(res.component[region], n) if len(region) else res.component[:0]
+    ids = assign_ids(component, nodes.node_key[region], nodes.first_seen[region],
+                     np.asarray(previous, np.uint64)[region])
+    cluster = _compact(res.cluster[region], n) if len(region) else res.cluster[:0]
+    return RegionResult(region, component, cluster, res.shared[region], res.blocked_reason, ids)
+
+
 def update(snap: Snapshot, new_nodes: Nodes, new_edges: Edges, guards: Guards | None = None) -> Snapshot:
     """Incremental run: `new_nodes` are appended after the snapshot's nodes; `new_edges` index the combined nodes.
 
-    Only the *region* is recomputed: every node of every cluster (pre-guard component) touched by a new edge or
-    new node, plus all edges with an endpoint in it. Other nodes cannot change: their clusters got no edge and
-    their shared flags (which only grow with new edges) are unchanged. An old edge from the region to a node
-    outside it was blocked by a shared endpoint, which stays shared; boundary nodes pass their stored flag as
-    `shared_hint`, region nodes get exact degrees since all their edges are loaded. So the result equals
+    Only the *region* is recomputed (`restitch`): every node of every cluster (pre-guard component) touched by a
+    new edge or new node, plus all edges with an endpoint in it. Other nodes cannot change: their clusters got no
+    edge and their shared flags (which only grow with new edges) are unchanged. So the result equals
     `rebuild(all nodes, all edges, guards, previous=snap.ids.uid)`. Guards must be the ones of the snapshot
-    (changing guards needs a rebuild). Against ClickHouse the region is two queries (nodes WHERE cluster IN
-    touched, edges WHERE src or dst IN region); here it is a vectorized scan of the in-memory columns.
+    (changing guards needs a rebuild). Against ClickHouse the region comes from SQL (sendflowr.identity.run);
+    here it is a vectorized scan of the in-memory columns.
     """
     n0 = len(snap.nodes)
     nodes = Nodes(*(np.concatenate([getattr(snap.nodes, c), getattr(new_nodes, c)])
@@ -503,12 +533,8 @@ def update(snap: Snapshot, new_nodes: Nodes, new_edges: Edges, guards: Guards | 
     remap = np.full(n, -1, np.int64)
     remap[sub] = np.arange(len(sub))
     shared = np.concatenate([snap.result.shared, np.zeros(n_new, bool)])
-    res = stitch(nodes.take(sub), edges.take(e_sel, remap), guards, shared_hint=shared[sub] & ~in_region[sub])
-
-    local = remap[region]
     prev = np.concatenate([snap.ids.uid, np.zeros(n_new, np.uint64)])
-    sub_comp = _compact(res.component[local], len(sub))
-    ids = assign_ids(sub_comp, nodes.node_key[region], nodes.first_seen[region], prev[region])
+    res = restitch(nodes.take(sub), edges.take(e_sel, remap), in_region[sub], shared[sub], prev[sub], guards)
 
     def relabel(old: np.ndarray, new: np.ndarray) -> np.ndarray:
         out = np.concatenate([old, np.zeros(n_new, np.int64)])
@@ -516,12 +542,12 @@ def update(snap: Snapshot, new_nodes: Nodes, new_edges: Edges, guards: Guards | 
         out[region] = base + new
         return _compact(out, base + len(sub))
 
-    component = relabel(snap.result.component, sub_comp)
-    cluster = relabel(snap.result.cluster, _compact(res.cluster[local], len(sub)))
-    shared[region] = res.shared[local]
+    component = relabel(snap.result.component, res.component)
+    cluster = relabel(snap.result.cluster, res.cluster)
+    shared[region] = res.shared
     reason = np.concatenate([snap.result.blocked_reason, np.zeros(len(new_edges), np.int8)])
     reason[e_sel] = res.blocked_reason
     uid = prev.copy()
-    uid[region] = ids.uid
+    uid[region] = res.ids.uid
     result = StitchResult(component, cluster, shared, reason)
-    return Snapshot(nodes, edges, result, IdAssignment(uid, ids.merged_old, ids.merged_into), region)
+    return Snapshot(nodes, edges, result, IdAssignment(uid, res.ids.merged_old, res.ids.merged_into), region)

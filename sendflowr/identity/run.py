@@ -39,6 +39,7 @@ from sendflowr.sql_files import load_sql
 
 DERIVED_TABLES = ("identity_identifiers", "identity_edges", "identity_node_seen", "identity_blocked",
                   "identity_progress")  # truncated by a full rebuild (identity_nodes is replaced at the end)
+SCRATCH_TABLES = ("identity_run_identifiers", "identity_run_nodes", "identity_run_edges", "identity_region")
 IDENTITY_LEASE = "identity:graph"  # ':' is not allowed in Kafka topic names, so it never meets a real topic
 LEASE_TTL = timedelta(hours=1)
 _TS = pa.timestamp("ms", tz="UTC")
@@ -61,6 +62,8 @@ class IdentityReport:
     merges: int = 0
     nodes_written: int = 0
     ids_changed: int = 0  # identifiers whose universal_id differs from the previous run's
+    region_nodes: int = 0  # identifiers this run recomputed (all of them on a full rebuild)
+    region_edges: int = 0  # edges read for them
     seconds: float = 0.0
 
     @property
@@ -68,11 +71,8 @@ class IdentityReport:
         return self.edges_total - self.edges_before
 
 
-def _sql(name: str, database: str, new_identifiers: str | None = None) -> str:
-    text = load_sql(f"identity/{name}.sql", database)
-    if new_identifiers is not None:
-        text = text.replace("${new_identifiers}", new_identifiers)
-    return text
+def _sql(name: str, database: str) -> str:
+    return load_sql(f"identity/{name}.sql", database)
 
 
 def pending_bounds(client: Client, database: str) -> dict[tuple[str, int], tuple[int, int]]:
@@ -100,41 +100,57 @@ def stitch_once(settings: Settings, client: Client, rules: NormalizationRules = 
     # One identity writer at a time (same lease mechanism as ingestion, under a name no Kafka topic can have).
     with lease.ingest_lease(client, database, IDENTITY_LEASE, run_id, ttl=LEASE_TTL):
         _run(client, database, rules, guards, full_rebuild, forget_ids, run_id, report, log)
-    report.seconds = time.perf_counter() - started
+        report.seconds = time.perf_counter() - started
+        _record_run(client, database, report)
     log(f"identity: {report.people_total} people from {report.nodes_total} identifiers, "
-        f"{report.merges} merge(s), {report.nodes_written} node rows written in {report.seconds:.2f}s")
+        f"{report.merges} merge(s), {report.nodes_written} node rows written ({report.region_nodes} identifiers "
+        f"recomputed) in {report.seconds:.2f}s")
     return report
 
 
 def _run(client: Client, database: str, rules: NormalizationRules, guards: Guards, full_rebuild: bool,
          forget_ids: bool, run_id: str, report: IdentityReport, log: Callable[[str], None]) -> None:
-    previous = _previous_nodes(client, database)  # read before a rebuild truncates anything
-    if full_rebuild and forget_ids:
-        previous = {name: col[:0] for name, col in previous.items()}
+    for table in SCRATCH_TABLES:
+        client.command(f"TRUNCATE TABLE {database}.{table}")
+    before = _last_totals(client, database, full_rebuild)
     if full_rebuild:
         log("full rebuild: truncating " + ", ".join(DERIVED_TABLES))
         for table in DERIVED_TABLES:
             client.command(f"TRUNCATE TABLE {database}.{table}")
-    report.edges_before = int(client.command(
-        f"SELECT count() FROM (SELECT src, dst FROM {database}.identity_edges GROUP BY src, dst)"))
+    report.edges_before = before.edges_total
 
-    # (a) new events
+    # (a) new events: one scan of `events` into the run's scratch table
     bounds = pending_bounds(client, database)
     params = {"topics": [k[0] for k in bounds], "partitions": [k[1] for k in bounds],
               "starts": [v[0] for v in bounds.values()], "ends": [v[1] for v in bounds.values()]}
-    new_ids = _sql("new_identifiers", database)
+    new_pairs = 0
     if bounds:
+        client.command(_sql("insert_run_identifiers", database), parameters=params)
         report.new_events = int(client.command(
-            f"SELECT uniqExact(kafka_topic, kafka_partition, kafka_offset) FROM ({new_ids})", parameters=params))
+            f"SELECT uniqExact(kafka_topic, kafka_partition, kafka_offset) FROM {database}.identity_run_identifiers"))
         log(f"{report.new_events} new events in {len(bounds)} partition(s): " + ", ".join(
             f"{t}[{p}] {s}..{e}" for (t, p), (s, e) in bounds.items()))
-        # (b) normalize the distinct unseen identifiers, (c) edges and node times
-        _normalize_unseen(client, database, new_ids, params, rules, run_id, report, log)
-        client.command(_sql("insert_node_seen", database, new_ids), parameters=params)
-        client.command(_sql("insert_edges", database, new_ids), parameters=params)
+        # (b) normalize the distinct unseen identifiers, (c) node times and edges
+        _normalize_unseen(client, database, rules, run_id, report, log)
+        for name in ("insert_run_nodes", "insert_node_seen", "insert_run_edges"):
+            client.command(_sql(name, database))
+        new_pairs = int(client.command(_sql("new_pair_count", database)))
+        for name in ("insert_edges", "insert_touched"):
+            client.command(_sql(name, database))
 
-    # (d) the graph
-    _stitch_graph(client, database, guards, previous, run_id, report, full_rebuild, log)
+    # (d) the graph: only the region the new events touched (everything on a full rebuild)
+    if bounds:
+        if not full_rebuild:
+            client.command(_sql("expand_region", database))
+        _stitch_region(client, database, guards, run_id, report, full_rebuild, forget_ids, before, new_pairs, log)
+    else:
+        report.nodes_total, report.people_total = before.nodes_total, before.people_total
+        report.edges_total, report.largest_person = before.edges_total, before.largest_person
+        report.edges_blocked = dict(before.edges_blocked)
+        if full_rebuild:  # no events at all: the graph is empty
+            client.command(f"TRUNCATE TABLE {database}.identity_nodes")
+            report.nodes_total = report.people_total = report.edges_total = report.largest_person = 0
+            report.edges_blocked = {}
 
     # (e) watermark
     if bounds:
@@ -145,21 +161,64 @@ def _run(client: Client, database: str, rules: NormalizationRules, guards: Guard
             "run_id": pa.array([run_id] * len(bounds), pa.string()), "at": _now_us(len(bounds))}))
 
 
-def _normalize_unseen(client: Client, database: str, new_ids: str, params: dict, rules: NormalizationRules,
-                      run_id: str, report: IdentityReport, log: Callable[[str], None]) -> None:
-    unseen = client.query_arrow(_sql("unseen_identifiers", database, new_ids), parameters=params,
-                                use_strings=True)
+@dataclass(frozen=True)
+class _Totals:
+    nodes_total: int = 0
+    people_total: int = 0
+    edges_total: int = 0
+    largest_person: int = 0
+    edges_blocked: dict[str, int] = field(default_factory=dict)
+
+
+def _last_totals(client: Client, database: str, full_rebuild: bool) -> _Totals:
+    """The graph's totals after the last run (identity_runs); zeros before a full rebuild. A graph written
+    before identity_runs existed is counted once with full scans."""
+    if full_rebuild:
+        return _Totals()
+    rows = client.query(
+        f"SELECT nodes_total, people_total, edges_total, largest_person, edges_blocked FROM {database}.identity_runs "
+        "ORDER BY finished_at DESC LIMIT 1").result_rows
+    if rows:
+        nodes, people, edges, largest, blocked = rows[0]
+        return _Totals(int(nodes), int(people), int(edges), int(largest), {k: int(v) for k, v in blocked.items()})
+    nodes, people, largest = client.query(
+        f"SELECT sum(n), count(), max(n) FROM (SELECT universal_id, count() AS n FROM {database}.identity_nodes "
+        "FINAL GROUP BY universal_id)").result_rows[0]
+    if not people:
+        return _Totals()
+    edges = int(client.command(f"SELECT uniqExact(src, dst) FROM {database}.identity_edges"))
+    blocked = Counter(r for _, _, r in client.query(
+        f"SELECT src, dst, argMax(reason, at) AS r FROM {database}.identity_blocked WHERE kind = 'edge' "
+        "GROUP BY src, dst HAVING r != 'accepted'").result_rows)
+    return _Totals(int(nodes), int(people), edges, int(largest), dict(blocked))
+
+
+def _record_run(client: Client, database: str, report: IdentityReport) -> None:
+    blocked = {k: v for k, v in report.edges_blocked.items() if v}
+    client.insert(f"{database}.identity_runs", [[
+        report.run_id, int(time.time() * 1e6), int(report.full_rebuild), report.new_events, report.region_nodes,
+        report.region_edges, report.nodes_written, report.merges, report.nodes_total, report.people_total,
+        report.edges_total, blocked, report.largest_person, report.seconds]],
+        column_names=["run_id", "finished_at", "full_rebuild", "new_events", "region_nodes", "region_edges",
+                      "nodes_written", "merges", "nodes_total", "people_total", "edges_total", "edges_blocked",
+                      "largest_person", "seconds"])
+
+
+def _normalize_unseen(client: Client, database: str, rules: NormalizationRules, run_id: str, report: IdentityReport,
+                      log: Callable[[str], None]) -> None:
+    unseen = client.query_arrow(_sql("unseen_identifiers", database), use_strings=True)
     if unseen.num_rows == 0:
         return
     types = unseen.column("identifier_type").combine_chunks().cast(pa.string())
     raws = unseen.column("raw_value").combine_chunks().cast(pa.string())
     col = normalize_many(types, raws, rules)
     ok = np.asarray(col.accepted.to_numpy(zero_copy_only=False), bool)
-    codes = np.array([TYPE_NAMES.index(t) for t in types.to_pylist()], np.int8)
-    values = col.value.to_numpy(zero_copy_only=False)
+    codes = _type_codes(types)
     keys = np.zeros(len(raws), np.uint64)
     if ok.any():
-        keys[ok] = graph.identifier_key(codes[ok], values[ok])
+        # distinct (type, normalized) only: several raw spellings share one node
+        values = col.value.filter(pa.array(ok)).to_numpy(zero_copy_only=False)
+        keys[ok] = graph.identifier_key(codes[ok], values)
     reason = col.reason.fill_null("")
     client.insert_arrow(f"{database}.identity_identifiers", pa.table({
         "identifier_type": types, "raw_value": raws, "normalized": col.value.fill_null(""),
@@ -177,75 +236,81 @@ def _normalize_unseen(client: Client, database: str, new_ids: str, params: dict,
     log(f"{len(raws)} new distinct identifiers, {len(rejected)} rejected")
 
 
+def _type_codes(types: pa.Array) -> np.ndarray:
+    at = pc.index_in(types, value_set=pa.array(TYPE_NAMES)).fill_null(-1)
+    return np.asarray(at.to_numpy(zero_copy_only=False), np.int8)
+
+
 def _now_us(n: int) -> pa.Array:
     return pa.array(np.full(n, int(time.time() * 1e6), np.int64)).cast(_TS6)
 
 
-def _previous_nodes(client: Client, database: str) -> dict[str, np.ndarray]:
-    t = client.query_arrow(_sql("previous_nodes", database), use_strings=True)
-    return {name: t.column(name).to_numpy() for name in t.column_names}
+def _col(table: pa.Table, name: str) -> np.ndarray:
+    return table.column(name).to_numpy()
 
 
-def _stitch_graph(client: Client, database: str, guards: Guards, previous: dict[str, np.ndarray], run_id: str,
-                  report: IdentityReport, full_rebuild: bool, log: Callable[[str], None]) -> None:
-    """Full recompute of the graph in memory (all nodes and edges); `graph.update` could restrict it to the
-    components the new edges touch."""
-    nt = client.query_arrow(_sql("graph_nodes", database), use_strings=True)
-    et = client.query_arrow(_sql("graph_edges", database))
-    node_key = nt.column("node_key").to_numpy().astype(np.uint64)
+def _stitch_region(client: Client, database: str, guards: Guards, run_id: str, report: IdentityReport,
+                   full_rebuild: bool, forget_ids: bool, before: _Totals, new_pairs: int,
+                   log: Callable[[str], None]) -> None:
+    """Read the region (identity_region) and its edges, `graph.restitch` it, write what changed."""
+    et = client.query_arrow(_sql("region_edges", database))
+    src_key = _col(et, "src").astype(np.uint64)
+    dst_key = _col(et, "dst").astype(np.uint64)
+    # boundary: the other endpoints of the region's edges (region keys come back as boundary = 0 by min())
+    ends = np.unique(np.concatenate([src_key, dst_key]))
+    if len(ends):
+        client.insert_arrow(f"{database}.identity_region", pa.table({
+            "node_key": pa.array(ends, pa.uint64()), "boundary": pa.array(np.ones(len(ends), np.uint8))}))
+    nt = client.query_arrow(_sql("region_nodes", database), use_strings=True)
+    node_key = _col(nt, "node_key").astype(np.uint64)
     n = len(node_key)
-    report.nodes_total = n
-    if n == 0:
-        if full_rebuild:
-            client.command(f"TRUNCATE TABLE {database}.identity_nodes")
-        return
-    src_key = et.column("src").to_numpy().astype(np.uint64)
-    dst_key = et.column("dst").to_numpy().astype(np.uint64)
-    src = np.searchsorted(node_key, src_key)
-    dst = np.searchsorted(node_key, dst_key)
+    src, dst = np.searchsorted(node_key, src_key), np.searchsorted(node_key, dst_key)
     known = (src < n) & (dst < n)
     known[known] &= (node_key[src[known]] == src_key[known]) & (node_key[dst[known]] == dst_key[known])
     src, dst, src_key, dst_key = src[known], dst[known], src_key[known], dst_key[known]
-    report.edges_total = len(src)
-    nodes = Nodes(nt.column("node_type").to_numpy(), node_key, nt.column("first_ingested").to_numpy())
-    edges = Edges(src, dst, et.column("events").to_numpy()[known], et.column("first_seen").to_numpy()[known])
-    prev_keys = previous["node_key"].astype(np.uint64)
-    snap = graph.rebuild(nodes, edges, guards, (prev_keys, previous["universal_id"].astype("U19")))
+    in_region = _col(nt, "boundary") == 0
+    prev_text = nt.column("prev_uid").combine_chunks()
+    had_row = np.asarray(pc.not_equal(prev_text, "").to_numpy(zero_copy_only=False), bool)
+    prev = np.zeros(n, np.uint64)
+    if had_row.any():
+        prev[had_row] = graph.parse_uid(prev_text.filter(pa.array(had_row)).to_numpy(zero_copy_only=False)
+                                        .astype("U19"))
+    nodes = Nodes(_col(nt, "node_type"), node_key, _col(nt, "first_ingested"))
+    edges = Edges(src, dst, _col(et, "events")[known], _col(et, "first_seen")[known])
+    res = graph.restitch(nodes, edges, in_region, _col(nt, "prev_shared").astype(bool),
+                         np.zeros(n, np.uint64) if forget_ids else prev, guards)
 
-    uid = graph.format_uid(snap.ids.uid)
+    region = res.region
+    report.region_nodes, report.region_edges = len(region), len(edges)
+    uid_int = res.ids.uid
+    uid = graph.format_uid(uid_int)
     # stable cluster label: the smallest node_key of the pre-guard component
-    cl = snap.result.cluster
-    cluster_key = np.full(int(cl.max()) + 1, np.iinfo(np.uint64).max, np.uint64)
-    np.minimum.at(cluster_key, cl, node_key)
-    cluster = cluster_key[cl]
-    shared = snap.result.shared.astype(np.uint8)
-    first_seen = nt.column("first_seen").to_numpy()
-    last_seen = nt.column("last_seen").to_numpy()
-
-    # rows that differ from the previous graph (all of them after a full rebuild)
-    at = np.minimum(np.searchsorted(prev_keys, node_key), max(len(prev_keys) - 1, 0))
-    found = (prev_keys[at] == node_key) if len(prev_keys) else np.zeros(n, bool)
-    changed = ~found
-    if len(prev_keys):
-        changed |= ((previous["universal_id"].astype("U19")[at] != uid) | (previous["cluster"][at] != cluster)
-                    | (previous["shared"][at] != shared) | (previous["first_seen"][at] != first_seen)
-                    | (previous["last_seen"][at] != last_seen))
-        report.ids_changed = int((found & (previous["universal_id"].astype("U19")[at] != uid)).sum())
-    rows = np.arange(n) if full_rebuild else np.flatnonzero(changed)
+    cluster_key = np.full(len(region), np.iinfo(np.uint64).max, np.uint64)
+    np.minimum.at(cluster_key, res.cluster, node_key[region])
+    cluster = cluster_key[res.cluster]
+    shared = res.shared.astype(np.uint8)
+    first_seen, last_seen = _col(nt, "first_seen")[region], _col(nt, "last_seen")[region]
+    found = had_row[region]
+    changed = ~found | (prev[region] != uid_int) | (_col(nt, "prev_cluster")[region] != cluster)
+    changed |= (_col(nt, "prev_shared")[region] != shared) | (_col(nt, "prev_first_seen")[region] != first_seen)
+    changed |= _col(nt, "prev_last_seen")[region] != last_seen
+    report.ids_changed = int((found & (prev[region] != uid_int)).sum())
+    rows = np.arange(len(region)) if full_rebuild else np.flatnonzero(changed)
     if full_rebuild:
         client.command(f"TRUNCATE TABLE {database}.identity_nodes")
     if len(rows):
+        at = region[rows]
         client.insert_arrow(f"{database}.identity_nodes", pa.table({
-            "node_key": pa.array(node_key[rows], pa.uint64()),
-            "identifier_type": pa.array(np.array(TYPE_NAMES, object)[nodes.node_type[rows]], pa.string()),
-            "value": nt.column("value").take(pa.array(rows)),
+            "node_key": pa.array(node_key[at], pa.uint64()),
+            "identifier_type": pa.array(np.array(TYPE_NAMES, object)[nodes.node_type[at]], pa.string()),
+            "value": nt.column("value").take(pa.array(at)),
             "first_seen": pa.array(first_seen[rows], pa.int64()).cast(_TS),
             "last_seen": pa.array(last_seen[rows], pa.int64()).cast(_TS),
             "cluster": pa.array(cluster[rows], pa.uint64()), "shared": pa.array(shared[rows], pa.uint8()),
             "universal_id": pa.array(uid[rows], pa.string()), "updated_at": _now_us(len(rows))}))
     report.nodes_written = len(rows)
 
-    merges = snap.ids.merge_log()
+    merges = res.ids.merge_log()
     report.merges = len(merges)
     if merges:
         client.insert_arrow(f"{database}.identity_merge_log", pa.table({
@@ -254,33 +319,49 @@ def _stitch_graph(client: Client, database: str, guards: Guards, previous: dict[
             "run_id": pa.array([run_id] * len(merges), pa.string()),
             "merged_at": pa.array(np.full(len(merges), int(time.time() * 1000), np.int64)).cast(_TS)}))
 
-    _audit_edges(client, database, snap.result.blocked_reason, src_key, dst_key, run_id)
-    counts = np.bincount(np.unique(snap.ids.uid, return_inverse=True)[1])
-    report.people_total = len(counts)
-    report.largest_person = int(counts.max())
-    report.edges_blocked = {k: v for k, v in snap.result.audit().items() if k != REASONS[graph.ACCEPTED]}
+    blocked_before = _audit_edges(client, database, res.blocked_reason, src_key, dst_key, run_id)
+
+    # Totals: a person lies wholly inside or outside the region, so the region's before/after difference is
+    # the whole graph's.
+    people_after = np.unique(uid_int, return_counts=True)[1]
+    people_before = len(np.unique(prev[region][found])) if not full_rebuild else 0
+    report.nodes_total = before.nodes_total + int((~found).sum()) if not full_rebuild else len(region)
+    report.people_total = before.people_total - people_before + len(people_after)
+    report.edges_total = before.edges_total + new_pairs if not full_rebuild else len(edges)
+    report.largest_person = max(before.largest_person, int(people_after.max(initial=0)))
+    now = Counter({k: v for k, v in res_audit(res.blocked_reason).items()})
+    total = Counter(before.edges_blocked)
+    total.subtract(Counter(blocked_before))
+    total.update(now)
+    report.edges_blocked = {k: v for k, v in total.items() if v > 0}
+    log(f"region: {len(region)} identifiers, {len(edges)} edges, {n - len(region)} boundary identifiers")
+
+
+def res_audit(reason_code: np.ndarray) -> dict[str, int]:
+    """Number of blocked edges per guard reason."""
+    counts = np.bincount(reason_code, minlength=len(REASONS))
+    return {REASONS[code]: int(c) for code, c in enumerate(counts) if c and code != graph.ACCEPTED}
 
 
 def _audit_edges(client: Client, database: str, reason_code: np.ndarray, src_key: np.ndarray,
-                 dst_key: np.ndarray, run_id: str) -> None:
-    """Write an `identity_blocked` edge row for every edge whose verdict differs from the latest one logged."""
-    last = {(int(s), int(d)): r for s, d, r in client.query(
-        f"SELECT src, dst, argMax(reason, at) FROM {database}.identity_blocked WHERE kind = 'edge' "
-        "GROUP BY src, dst").result_rows}
+                 dst_key: np.ndarray, run_id: str) -> dict[str, int]:
+    """Write an `identity_blocked` edge row for every region edge whose verdict differs from the latest one
+    logged. Returns the region's blocked edges per reason as they were before this run."""
+    last = {(int(s), int(d)): r for s, d, r in client.query(_sql("region_verdicts", database)).result_rows}
     accepted = REASONS[graph.ACCEPTED]
     blocked = np.flatnonzero(reason_code != graph.ACCEPTED)
     now_blocked = {(int(src_key[i]), int(dst_key[i])): REASONS[int(reason_code[i])] for i in blocked}
     changes = [(k, r) for k, r in now_blocked.items() if last.get(k, accepted) != r]
     changes += [(k, accepted) for k, r in last.items() if r != accepted and k not in now_blocked]
-    if not changes:
-        return
-    n = len(changes)
-    client.insert_arrow(f"{database}.identity_blocked", pa.table({
-        "run_id": pa.array([run_id] * n, pa.string()), "kind": pa.array(["edge"] * n, pa.string()),
-        "src": pa.array([k[0] for k, _ in changes], pa.uint64()),
-        "dst": pa.array([k[1] for k, _ in changes], pa.uint64()),
-        "identifier_type": pa.array([""] * n, pa.string()), "value": pa.array([""] * n, pa.string()),
-        "reason": pa.array([r for _, r in changes], pa.string()), "at": _now_us(n)}))
+    if changes:
+        n = len(changes)
+        client.insert_arrow(f"{database}.identity_blocked", pa.table({
+            "run_id": pa.array([run_id] * n, pa.string()), "kind": pa.array(["edge"] * n, pa.string()),
+            "src": pa.array([k[0] for k, _ in changes], pa.uint64()),
+            "dst": pa.array([k[1] for k, _ in changes], pa.uint64()),
+            "identifier_type": pa.array([""] * n, pa.string()), "value": pa.array([""] * n, pa.string()),
+            "reason": pa.array([r for _, r in changes], pa.string()), "at": _now_us(n)}))
+    return dict(Counter(r for r in last.values() if r != accepted))
 
 
 @dataclass(frozen=True)

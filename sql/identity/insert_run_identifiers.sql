@@ -1,5 +1,7 @@
--- Every non-empty identifier of the events to stitch, one row per (event, identifier type). The events are
--- those of committed ingest ranges beyond the identity watermark, as four parallel arrays (end exclusive).
+-- Every non-empty identifier of the events to stitch, one row per (event, identifier type): the run's only scan
+-- of `events`. The events are those of committed ingest ranges beyond the identity watermark, as four parallel
+-- arrays (end exclusive).
+INSERT INTO ${database}.identity_run_identifiers
 SELECT kafka_topic, kafka_partition, kafka_offset, occurred_at, ingested_at,
        id.1 AS identifier_type, id.2 AS raw_value
 FROM ${database}.events
