@@ -16,6 +16,7 @@ _COMMAND_MODULES = (
     "sendflowr.migrations",
     "sendflowr.synth.cli",
     "sendflowr.local.stack",
+    "sendflowr.connectors.cli",
 )
 
 

@@ -1,0 +1,175 @@
+"""What every connector shares: the batch result, provider times to RFC 3339, deterministic event ids and
+the cheap contract checks that stand in for the JSON Schema on the hot path.
+
+Mappers build events field by field from a fixed set of keys, so the schema's structure holds by
+construction; `contract_problem` checks what construction cannot promise (lengths, time range, an
+identifier being present). tests/test_connectors_formats.py holds it to `sendflowr.events.validate_event`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import orjson
+
+from sendflowr.events import EARLIEST_OCCURRED_AT, FUTURE_TOLERANCE, IDENTIFIER_TYPES, MAX_EVENT_BYTES
+
+_MAX_LENGTHS = {"event_id": 256, "esp": 64, "message_id": 256, "campaign_id": 256, "user_agent": 1024,
+                "ip": 64, "url": 2048}
+_IDENTIFIER_MAX = {"email": 320, "klaviyo_id": 128, "phone": 64, "external_id": 256}
+
+
+class ConnectorError(ValueError):
+    """A request or file that cannot be read at all (not one bad record): the caller answers 4xx."""
+
+
+@dataclass
+class Normalized:
+    """One provider batch mapped to our contract. `sources[i]` is the record index events[i] came from
+    (one SES delivery can name several recipients); rejects and skips name record indexes too."""
+
+    events: list[dict[str, Any]] = field(default_factory=list)
+    sources: list[int] = field(default_factory=list)
+    rejects: list[tuple[int, str]] = field(default_factory=list)
+    skipped: Counter = field(default_factory=Counter)
+
+    def add(self, index: int, event: dict[str, Any]) -> None:
+        self.events.append(event)
+        self.sources.append(index)
+
+    def reject(self, index: int, reason: str) -> None:
+        self.rejects.append((index, reason))
+
+    def extend(self, other: Normalized, offset: int = 0) -> None:
+        self.events.extend(other.events)
+        self.sources.extend(s + offset for s in other.sources)
+        self.rejects.extend((i + offset, r) for i, r in other.rejects)
+        self.skipped.update(other.skipped)
+
+    def rejects_by_reason(self) -> Counter:
+        return Counter(reason for _, reason in self.rejects)
+
+
+def stable_id(provider: str, *parts: object) -> str:
+    """A deterministic event id from the provider's own ids, so a provider retry gives the same id."""
+    digest = hashlib.sha256("\x1f".join(str(p) for p in parts).encode()).hexdigest()[:32]
+    return f"{provider}:{digest}"
+
+
+def epoch_to_rfc3339(values: list[Any]) -> list[str | None]:
+    """Unix seconds (int, float or numeric strings) to `YYYY-MM-DDTHH:MM:SS.mmmZ`, a column at a time;
+    None where a value is missing or not a number."""
+    out: list[str | None] = [None] * len(values)
+    good: list[int] = []
+    millis: list[int] = []
+    for i, value in enumerate(values):
+        if isinstance(value, bool):
+            continue
+        if isinstance(value, (int, float)):
+            number = value
+        elif isinstance(value, str):
+            try:
+                number = float(value)
+            except ValueError:
+                continue
+        else:
+            continue
+        if number != number or abs(number) > 1e11:  # NaN or past year 5000: not a Unix time in seconds
+            continue
+        good.append(i)
+        millis.append(round(number * 1000))
+    if good:
+        text = np.datetime_as_string(np.array(millis, dtype="int64").astype("datetime64[ms]"), unit="ms")
+        for i, stamp in zip(good, text.tolist(), strict=True):
+            out[i] = stamp + "Z"
+    return out
+
+
+def iso_to_rfc3339(value: Any) -> str | None:
+    """A provider's ISO 8601 time to our form, or None when it is not one (naive times are not UTC-safe)."""
+    if not isinstance(value, str):
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if parsed.tzinfo is None:
+        return None
+    return parsed.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def text(value: Any) -> str | None:
+    """A non-empty string field, or None (numbers become text: providers are loose about ids)."""
+    if isinstance(value, str):
+        return value or None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    return None
+
+
+def truthy(value: Any) -> bool:
+    """Provider booleans arrive as true, "true", 1 or "1" (CSV exports make everything text)."""
+    if isinstance(value, str):
+        return value.strip().lower() in ("true", "1", "yes")
+    return bool(value) if isinstance(value, (bool, int)) else False
+
+
+def contract_problem(event: dict[str, Any], now: datetime) -> str | None:
+    """The first reason a constructed event breaks the contract, None when it holds."""
+    if not event.get("event_id"):
+        return "event_id: missing"
+    identifiers = event.get("identifiers") or {}
+    if not identifiers:
+        return "identifiers: the record names no recipient (email or profile id)"
+    for name, value in identifiers.items():
+        if name not in IDENTIFIER_TYPES or not isinstance(value, str) or not value:
+            return f"identifiers.{name}: empty"
+        if len(value) > _IDENTIFIER_MAX[name]:
+            return f"identifiers.{name}: longer than {_IDENTIFIER_MAX[name]} characters"
+    for name, limit in _MAX_LENGTHS.items():
+        value = event.get(name)
+        if value is not None and len(value) > limit:
+            return f"{name}: longer than {limit} characters"
+    occurred = event.get("occurred_at")
+    if occurred is None:
+        return "occurred_at: missing or not a time"
+    moment = datetime.fromisoformat(occurred.replace("Z", "+00:00"))
+    if moment < EARLIEST_OCCURRED_AT:
+        return "occurred_at: before 2000-01-01"
+    if moment > now + FUTURE_TOLERANCE:
+        return "occurred_at: more than 5 minutes in the future"
+    return None
+
+
+def finish(result: Normalized, now: datetime | None = None) -> Normalized:
+    """Drop constructed events that break the contract into rejects, keeping the good ones."""
+    moment = now or datetime.now(UTC)
+    events, sources = [], []
+    for event, source in zip(result.events, result.sources, strict=True):
+        problem = contract_problem(event, moment)
+        if problem is None:
+            events.append(event)
+            sources.append(source)
+        else:
+            result.reject(source, problem)
+    result.events, result.sources = events, sources
+    result.rejects.sort()
+    return result
+
+
+def serialize(events: list[dict[str, Any]]) -> list[bytes]:
+    out = [orjson.dumps(event) for event in events]
+    for raw in out:
+        if len(raw) > MAX_EVENT_BYTES:  # unreachable with the length limits above; a guard, not a path
+            raise ConnectorError(f"an event serialized to {len(raw)} bytes (limit {MAX_EVENT_BYTES})")
+    return out
+
+
+def compact(event: dict[str, Any]) -> dict[str, Any]:
+    """Drop optional fields that are None so the event carries only what the provider said."""
+    return {key: value for key, value in event.items() if value is not None}

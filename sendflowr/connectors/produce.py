@@ -1,0 +1,100 @@
+"""Produce a request's events and return only once the broker acknowledged every one of them.
+
+One long-lived producer per process (connections and batching are shared by all requests); a poll
+thread fires delivery callbacks, and each request waits on its own counter, so a slow request never
+waits for another's messages (flush() would). All-or-nothing per request: if any message fails or time
+runs out, the caller answers 503, the provider retries the whole batch, and ingestion's dedup by
+event_id drops the copies that did arrive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable
+
+from confluent_kafka import Producer
+
+from sendflowr.kafka_io import KafkaUnavailable, producer_config
+from sendflowr.settings import Settings
+
+
+class _Pending:
+    def __init__(self, count: int, done: Callable[[], None]):
+        self.left = count
+        self.failed = 0
+        self.first_error: str | None = None
+        self._done = done
+        self._lock = threading.Lock()
+
+    def on_delivery(self, err, _msg) -> None:
+        with self._lock:
+            if err is not None:
+                self.failed += 1
+                self.first_error = self.first_error or str(err)
+            self.left -= 1
+            finished = self.left == 0
+        if finished:
+            self._done()
+
+
+class ConfirmingProducer:
+    def __init__(self, settings: Settings, topic: str | None = None, timeout_seconds: float = 10.0,
+                 **overrides: object):
+        self.topic = topic or settings.kafka_topic
+        self.timeout = timeout_seconds
+        self._servers = settings.kafka_bootstrap_servers
+        # A short linger keeps webhook latency low; message.timeout.ms bounds how long a request can wait
+        # for an unreachable broker before it fails (and the provider retries).
+        config = producer_config(settings, **{"linger.ms": 5, "message.timeout.ms": int(timeout_seconds * 1000),
+                                              **overrides})
+        self._producer = Producer(config)
+        self._stop = threading.Event()
+        self._poller = threading.Thread(target=self._poll, name="sendflowr-delivery", daemon=True)
+        self._poller.start()
+
+    def _poll(self) -> None:
+        while not self._stop.is_set():
+            self._producer.poll(0.05)
+
+    def _enqueue(self, payloads: list[bytes], pending: _Pending) -> None:
+        for value in payloads:
+            while True:
+                try:
+                    self._producer.produce(self.topic, value=value, on_delivery=pending.on_delivery)
+                    break
+                except BufferError:
+                    self._producer.poll(0.01)  # local queue full: the poll thread drains it too
+
+    def _raise_if_failed(self, pending: _Pending, count: int) -> None:
+        if pending.left or pending.failed:
+            raise KafkaUnavailable(f"{pending.failed + pending.left} of {count} event(s) not confirmed by "
+                                   f"{self._servers}: {pending.first_error or 'timed out'}")
+
+    def produce(self, payloads: list[bytes]) -> None:
+        if not payloads:
+            return
+        done = threading.Event()
+        pending = _Pending(len(payloads), done.set)
+        self._enqueue(payloads, pending)
+        done.wait(self.timeout + 5)
+        self._raise_if_failed(pending, len(payloads))
+
+    async def produce_async(self, payloads: list[bytes]) -> None:
+        """The same, without holding a thread while the broker confirms."""
+        if not payloads:
+            return
+        loop = asyncio.get_running_loop()
+        done = asyncio.Event()
+        pending = _Pending(len(payloads), lambda: loop.call_soon_threadsafe(done.set))
+        self._enqueue(payloads, pending)
+        try:
+            await asyncio.wait_for(done.wait(), self.timeout + 5)
+        except TimeoutError:
+            pass
+        self._raise_if_failed(pending, len(payloads))
+
+    def close(self, timeout: float = 10.0) -> None:
+        self._producer.flush(timeout)
+        self._stop.set()
+        self._poller.join(timeout)
