@@ -36,7 +36,7 @@ test: install kafka-jars
 	$(BIN)/python -m pytest
 
 lint: install
-	$(BIN)/ruff check sendflowr sendflowr_assets sendflowr_api tests bench
+	$(BIN)/ruff check sendflowr sendflowr_assets sendflowr_api sendflowr_webhooks tests bench
 
 bench-ingest: install kafka-jars
 	$(BIN)/python bench/ingest.py

@@ -70,6 +70,31 @@ class Settings(BaseSettings):
     api_port: int = Field(default=8000, description="Port of the decision API.")
     dagster_port: int = Field(default=3000, description="Port of the Dagster UI (dagster dev).")
 
+    webhooks_host: str = Field(default="127.0.0.1", description="Address the ESP webhook receiver binds.")
+    webhooks_port: int = Field(default=8001, description="Port of the ESP webhook receiver (sendflowr_webhooks).")
+    webhooks_max_body_bytes: int = Field(
+        default=10 * 1024 * 1024, ge=1024, description="Largest webhook request body accepted (413 above).")
+    webhooks_signature_max_age_seconds: int = Field(
+        default=900, ge=0,
+        description="Signed webhooks (SendGrid, Mailgun, Klaviyo) older or newer than this are rejected as "
+        "replays; 0 disables the age check.")
+    sendgrid_verification_key: str = Field(
+        default="", description="SendGrid Signed Event Webhook public key (base64); when set, unsigned or "
+        "badly signed SendGrid posts are rejected.")
+    mailgun_signing_key: str = Field(
+        default="", description="Secret: Mailgun HTTP webhook signing key; when set, every Mailgun post must "
+        "carry a valid, fresh, unused signature.")
+    klaviyo_webhook_secret: str = Field(
+        default="", description="Secret: Klaviyo system webhook secret; when set, Klaviyo-Signature is checked.")
+    sns_verify_signatures: bool = Field(
+        default=True, description="Check SNS message signatures on /webhooks/ses (certificate fetched from "
+        "sns.<region>.amazonaws.com only).")
+    sns_topic_arns: str = Field(
+        default="", description="Comma-separated SNS topic ARNs accepted on /webhooks/ses; empty accepts any "
+        "topic whose signature verifies.")
+    webhooks_events_token: str = Field(
+        default="", description="Secret: bearer token required on /webhooks/events (our own contract) when set.")
+
     @field_validator("clickhouse_url")
     @classmethod
     def _url_has_scheme(cls, value: str) -> str:
