@@ -68,6 +68,14 @@ class Settings(BaseSettings):
 
     api_host: str = Field(default="127.0.0.1", description="Address the decision API binds.")
     api_port: int = Field(default=8000, description="Port of the decision API.")
+    api_key: str = Field(
+        default="", description="When set, the decision and lookup endpoints require it in the X-API-Key header.")
+    api_snapshot_refresh_seconds: float = Field(
+        default=5.0, gt=0, description="How often the API polls ClickHouse for a newer materialization to load.")
+    api_batch_max_size: int = Field(
+        default=10_000, ge=1, description="Most recipients one POST /timing-decisions request may carry.")
+    api_normalize_cache_size: int = Field(
+        default=100_000, ge=1, description="Identifiers unknown to the snapshot whose normalization the API caches.")
     dagster_port: int = Field(default=3000, description="Port of the Dagster UI (dagster dev).")
 
     webhooks_host: str = Field(default="127.0.0.1", description="Address the ESP webhook receiver binds.")

@@ -1,56 +1,96 @@
-"""HTTP entry point. Decisions arrive with the timing work; this is the service frame they plug into."""
+"""HTTP entry point: the app factory, lifespan (background snapshot refresher), health, readiness, metrics.
+
+`uvicorn sendflowr_api.app:app` serves the module-level app built from SENDFLOWR_* settings. Tests build their
+own with `create_app(settings, holder=...)`.
+"""
 
 from __future__ import annotations
 
+import logging
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
-from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from sendflowr import __version__
-from sendflowr.clickhouse import ClickHouseUnavailable, get_client
-from sendflowr.settings import get_settings
+from sendflowr.clickhouse import get_client
+from sendflowr.decisions.identity_map import NormalizeCache
+from sendflowr.decisions.snapshot import SnapshotHolder
+from sendflowr.settings import Settings, get_settings
+from sendflowr_api import decisions, people
+from sendflowr_api.auth import key_digest
+from sendflowr_api.metrics import Metrics, MetricsMiddleware
+from sendflowr_api.models import Health, Readiness
+from sendflowr_api.render import iso_z
+
+DESCRIPTION = """Send-time decisions from SendFlowr's materialized results (identity graph + timing curves), served
+from an in-memory snapshot that is refreshed in the background when a newer materialization lands.
+
+* **Decision**: trigger = best delivery moment in `[send_after, send_before)` minus `latency_estimate_seconds`.
+* **fallback_level**: `person` (their own curve), `cohort` (email domain / phone country prior), `global`.
+* **confidence_score**: probability that the chosen hour is within one hour of the person's true best hour.
+* **Authentication**: when the server has `SENDFLOWR_API_KEY`, send it in the `X-API-Key` header.
+* **Errors**: 422 lists each offending field (`loc`, `msg`); unknown fields are rejected.
+"""
+
+log = logging.getLogger("sendflowr.api")
 
 
-class Health(BaseModel):
-    status: str = Field(description="`ok` while the process serves requests.")
-    version: str = Field(description="SendFlowr version.")
+def create_app(settings: Settings | None = None, holder: SnapshotHolder | None = None,
+               refresher: bool = True) -> FastAPI:
+    """`holder`: a prepared snapshot holder (tests); `refresher`: poll ClickHouse in the background."""
+    settings = settings or get_settings()
+    if holder is None:
+        holder = SnapshotHolder(lambda: get_client(settings, connect_timeout=2, send_receive_timeout=300),
+                                settings.clickhouse_database, settings.api_snapshot_refresh_seconds)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        if refresher:
+            holder.start()
+        yield
+        holder.stop()
+
+    app = FastAPI(title="SendFlowr decision API", version=__version__, lifespan=lifespan, description=DESCRIPTION)
+    app.state.settings = settings
+    app.state.holder = holder
+    app.state.api_key_digest = key_digest(settings.api_key)
+    app.state.normalize_cache = NormalizeCache(settings.api_normalize_cache_size)
+    app.state.metrics = Metrics(holder)
+    app.state.query_client = None
+    app.add_middleware(MetricsMiddleware, metrics_of=lambda scope: scope["app"].state.metrics)
+    app.include_router(decisions.router, tags=["decisions"])
+    app.include_router(people.router)
+
+    @app.get("/healthz", response_model=Health, summary="Liveness: the process is up.", tags=["operations"])
+    async def healthz() -> Health:
+        return Health(status="ok", version=__version__)
+
+    @app.get("/readyz", response_model=Readiness, tags=["operations"],
+             summary="Readiness: a decision snapshot is loaded; its version and age.",
+             responses={503: {"model": Readiness, "description": "No snapshot loaded yet; `detail` says why."}})
+    async def readyz() -> JSONResponse:
+        snap = holder.current
+        checked = iso_z(holder.last_check_at) if holder.last_check_at else None
+        if snap is None:
+            body = Readiness(ready=False, last_check_at=checked, refresh_failures=holder.failures,
+                             detail=holder.last_error or "the first snapshot load has not finished")
+            return JSONResponse(body.model_dump(), status_code=503)
+        body = Readiness(
+            ready=True, snapshot_version=snap.version, timing_version=snap.timing_version,
+            materialized_at=iso_z(snap.timing.materialized_at), age_seconds=round(snap.age_seconds(), 3),
+            loaded_at=iso_z(snap.loaded_at), people_with_curves=len(snap.timing_uid),
+            identifiers=snap.identity.identifiers, last_check_at=checked, refresh_failures=holder.failures,
+            detail=holder.last_error or "")
+        return JSONResponse(body.model_dump())
+
+    @app.get("/metrics", summary="Prometheus metrics.", tags=["operations"],
+             responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text format."}})
+    def metrics() -> Response:
+        return Response(generate_latest(app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app
 
 
-class Readiness(BaseModel):
-    ready: bool = Field(description="True once ClickHouse answers and the schema is migrated.")
-    clickhouse_url: str = Field(description="The ClickHouse endpoint this service reads.")
-    events: int | None = Field(default=None, description="Rows in the events table, when reachable.")
-    detail: str = Field(default="", description="Why the service is not ready.")
-
-
-@asynccontextmanager
-async def lifespan(app: FastAPI):
-    app.state.settings = get_settings()
-    yield
-
-
-app = FastAPI(title="SendFlowr decision API", version=__version__, lifespan=lifespan,
-              description="Send-time decisions from materialized SendFlowr results.")
-
-
-@app.get("/healthz", response_model=Health, summary="Liveness: the process is up.")
-def healthz() -> Health:
-    return Health(status="ok", version=__version__)
-
-
-@app.get("/readyz", response_model=Readiness, summary="Readiness: ClickHouse reachable and migrated.",
-         responses={503: {"model": Readiness, "description": "Not ready; `detail` says why."}})
-def readyz() -> JSONResponse:
-    settings = app.state.settings
-    try:
-        client = get_client(settings, connect_timeout=2)
-        events = int(client.command(f"SELECT count() FROM {settings.clickhouse_database}.events"))
-    except ClickHouseUnavailable as exc:
-        body = Readiness(ready=False, clickhouse_url=settings.clickhouse_url, detail=str(exc))
-        return JSONResponse(body.model_dump(), status_code=503)
-    except Exception as exc:  # schema missing or query failed: not ready, say why
-        body = Readiness(ready=False, clickhouse_url=settings.clickhouse_url, detail=str(exc).splitlines()[0][:300])
-        return JSONResponse(body.model_dump(), status_code=503)
-    return JSONResponse(Readiness(ready=True, clickhouse_url=settings.clickhouse_url, events=events).model_dump())
+app = create_app()

@@ -1,0 +1,95 @@
+"""Request identifiers -> universal_id, the way stitching resolves (or will resolve) them.
+
+Rules, per recipient (docs in README "Decision semantics"):
+1. A `universal_id` in the request wins; an id merged away is followed through the merge log to its survivor.
+2. Otherwise the known identifier of highest priority (klaviyo_id, external_id, email, phone) gives the person.
+3. Otherwise every valid identifier is new: stitching will put them in one new person whose id is mix(the lowest
+   node key) (graph.assign_ids: a new component's anchor; all of them share first_seen).
+4. Identifiers normalization rejects (not an address, generic, blocked) are ignored; a recipient with nothing
+   usable left is an error naming each field and why.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from sendflowr.decisions.identity_map import IDENTIFIER_PRIORITY, IdentityMap, NormalizeCache, raw_hash
+from sendflowr.identity import graph
+
+NO_KEY = np.iinfo(np.uint64).max
+
+
+@dataclass(frozen=True)
+class Resolution:
+    uid: np.ndarray  # uint64 universal id per recipient, 0 where nothing usable was given
+    known: np.ndarray  # bool: the person exists in the materialized identity graph
+    redirected: np.ndarray  # bool: the request's universal_id was merged into another person
+    errors: list[dict[str, str] | None]  # field -> why it is unusable, for recipients with uid 0
+
+    def universal_id(self, i: int) -> str:
+        return str(graph.format_uid(self.uid[i:i + 1])[0])
+
+
+def resolve(identity: IdentityMap, cache: NormalizeCache, identifiers: Mapping[str, Sequence[str | None]],
+            universal_ids: Sequence[str | None], n: int) -> Resolution:
+    """Resolve n recipients given as columns (type -> values, None = absent). Universal ids must already be
+    well-formed (`sf_` + 16 lowercase hex; the API's request model checks that)."""
+    best = np.zeros(n, np.uint64)  # uid of the highest-priority known identifier
+    new_min = np.full(n, NO_KEY, np.uint64)  # lowest node key among valid identifiers unknown to the graph
+    unusable: dict[str, np.ndarray] = {}  # type -> rows where that identifier was given but rejected
+    for t in reversed(IDENTIFIER_PRIORITY):  # lowest priority first: higher ones overwrite `best`
+        values = identifiers.get(t)
+        if values is None:
+            continue
+        rows = np.fromiter((i for i, v in enumerate(values) if v is not None), np.int64)
+        if not len(rows):
+            continue
+        raws = [values[i] for i in rows.tolist()]
+        # hashing has no column kernel; one md5 per identifier is the cheapest exact key there is
+        keys, seen = identity.raw_nodes(np.fromiter((raw_hash(t, r) for r in raws), np.uint64, len(raws)))
+        unseen = np.flatnonzero(~seen)
+        if len(unseen):
+            fresh = cache.get_many([t] * len(unseen), [raws[i] for i in unseen.tolist()])
+            keys[unseen] = np.fromiter((f.node_key for f in fresh), np.uint64, len(fresh))
+        valid = keys != 0
+        uids = identity.node_uids(keys)
+        known = uids != 0
+        best[rows[known]] = uids[known]
+        new_rows, new_keys = rows[valid & ~known], keys[valid & ~known]
+        new_min[new_rows] = np.minimum(new_min[new_rows], new_keys)
+        unusable[t] = rows[~valid]
+
+    given = np.fromiter((u is not None for u in universal_ids), bool, n) if n else np.zeros(0, bool)
+    requested = np.zeros(n, np.uint64)
+    if given.any():
+        requested[given] = graph.parse_uid(np.array([u for u in universal_ids if u is not None], "U19"))
+    survivor, requested_known = identity.survivors(requested)
+    redirected = given & (survivor != requested)
+    derived = np.where(new_min != NO_KEY, graph.mix(np.where(new_min != NO_KEY, new_min, 0)), 0).astype(np.uint64)
+    uid = np.where(given, survivor, np.where(best != 0, best, derived)).astype(np.uint64)
+    known = np.where(given, requested_known, best != 0)
+
+    errors: list[dict[str, str] | None] = [None] * n
+    for i in np.flatnonzero(uid == 0).tolist():
+        errors[i] = {}
+    if any(e is not None for e in errors):
+        _explain(errors, identifiers, unusable, cache)
+    return Resolution(uid=uid, known=known, redirected=redirected, errors=errors)
+
+
+def _explain(errors: list[dict[str, str] | None], identifiers: Mapping[str, Sequence[str | None]],
+             unusable: dict[str, np.ndarray], cache: NormalizeCache) -> None:
+    """Why each identifier of an unresolvable recipient was rejected (normalizes again: rare path)."""
+    for t, rows in unusable.items():
+        rows = [i for i in rows.tolist() if errors[i] is not None]
+        if not rows:
+            continue
+        results = cache.get_many([t] * len(rows), [identifiers[t][i] for i in rows])
+        for i, result in zip(rows, results, strict=True):
+            errors[i][t] = result.reason or f"{t}: rejected by identifier normalization"
+    for e in errors:
+        if e is not None and not e:
+            e["identifiers"] = "no identifier given"

@@ -1,0 +1,172 @@
+"""Send-time decisions from a snapshot: resolve identifiers, pick the curve (person, else cohort, else global),
+then the timing engineer's decision rule (sendflowr.timing.decide). No FastAPI here; the API is a thin adapter.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+import numpy as np
+
+from sendflowr.decisions.identity_map import NormalizeCache
+from sendflowr.decisions.resolve import Resolution, resolve
+from sendflowr.decisions.snapshot import DecisionSnapshot
+from sendflowr.identity import graph
+from sendflowr.identity.normalize import normalize
+from sendflowr.timing.decide import DecisionError, decide, decide_many
+from sendflowr.timing.store import TimingSnapshot, email_cohort, phone_cohort
+
+IDENTIFIER_FIELDS = ("email", "klaviyo_id", "phone", "external_id")
+
+
+class UnusableIdentifiers(ValueError):
+    """No identifier of the request can name a person; `.fields` maps each given field to why."""
+
+    def __init__(self, fields: dict[str, str]) -> None:
+        super().__init__("; ".join(f"{k}: {v}" for k, v in fields.items()))
+        self.fields = fields
+
+
+def cohorts_for(t: TimingSnapshot, emails: Sequence[str | None], phones: Sequence[str | None]) -> list[str | None]:
+    """`store.cohort_for_identifiers` over columns (phone country first, then email domain, only learned cohorts):
+    the same helpers, but phones are normalized as one column instead of one pyarrow call per person."""
+    out: list[str | None] = [None] * len(emails)
+    rows = [i for i, p in enumerate(phones) if p]
+    if rows:
+        e164 = normalize("phone", [phones[i] for i in rows]).value.to_pylist()
+        for i, number in zip(rows, e164, strict=True):
+            cohort = phone_cohort(number) if number else None
+            out[i] = cohort if cohort in t.priors else None
+    for i, email in enumerate(emails):
+        if out[i] is None and email:
+            cohort = email_cohort(email)
+            out[i] = cohort if cohort in t.priors else None
+    return out
+
+
+@dataclass(frozen=True)
+class Curves:
+    """The curve each recipient is decided on, with how much data backs it."""
+
+    curves: np.ndarray  # float32 [n, 168]
+    evidence: np.ndarray  # float64 [n]
+    level: np.ndarray  # object [n]: person | cohort | global
+    cohort: np.ndarray  # object [n]: cohort name or ''
+
+
+def curves_for(snapshot: DecisionSnapshot, uid: np.ndarray, emails: Sequence[str | None],
+               phones: Sequence[str | None]) -> Curves:
+    """Person rows from the timing snapshot; everyone else (no curve yet) gets their cohort's prior, or the
+    global curve, from what the request tells about them (cohort_for_identifiers)."""
+    t = snapshot.timing
+    n = len(uid)
+    rows, found = snapshot.timing_rows(uid)
+    curves = np.empty((n, t.curves.shape[1] if t.curves.ndim == 2 else 168), np.float32)
+    evidence = np.empty(n, np.float64)
+    level = np.empty(n, object)
+    cohort = np.full(n, "", object)
+    hit = rows[found]
+    curves[found] = t.curves[hit]
+    evidence[found] = np.asarray(t.evidence)[hit]
+    level[found] = np.asarray(t.fallback_level, object)[hit]
+    cohort[found] = np.asarray(t.cohort, object)[hit]
+    missing = np.flatnonzero(~found)
+    if len(missing):
+        names = cohorts_for(t, [emails[i] for i in missing.tolist()], [phones[i] for i in missing.tolist()])
+        distinct = sorted({c for c in names if c is not None})
+        table = np.stack([np.asarray(t.global_curve, np.float32)]
+                         + [np.asarray(t.priors[c], np.float32) for c in distinct])
+        pick = np.array([0 if c is None else 1 + distinct.index(c) for c in names], np.int64)
+        curves[missing] = table[pick]
+        # Evidence is about the PERSON: none of their own engagements back a prior, so the margin score (and the
+        # confidence) of a prior-based decision stays low however many people the prior was learned from.
+        evidence[missing] = 0.0
+        level[missing] = ["cohort" if c else "global" for c in names]
+        cohort[missing] = [c or "" for c in names]
+    return Curves(curves, evidence, level, cohort)
+
+
+@dataclass(frozen=True)
+class DecisionResult:
+    universal_id: str
+    trigger_at: datetime
+    delivery_at: datetime
+    confidence: float
+    expected_engagement: float
+    fallback_level: str
+    explanation: str
+    known_person: bool
+    cohort: str
+    merged_into: bool
+
+
+def decide_one(snapshot: DecisionSnapshot, cache: NormalizeCache, identifiers: Mapping[str, str | None],
+               universal_id: str | None, send_after: datetime, send_before: datetime, latency_seconds: float,
+               now: datetime) -> DecisionResult:
+    """One decision. Raises UnusableIdentifiers or DecisionError (with `.field`) for requests that cannot get one."""
+    res = resolve(snapshot.identity, cache, {k: [v] for k, v in identifiers.items() if v is not None},
+                  [universal_id], 1)
+    if res.errors[0] is not None:
+        raise UnusableIdentifiers(res.errors[0])
+    chosen = curves_for(snapshot, res.uid, [identifiers.get("email")], [identifiers.get("phone")])
+    d = decide(chosen.curves[0], evidence=float(chosen.evidence[0]), fallback_level=str(chosen.level[0]),
+               send_after=send_after, send_before=send_before, latency_seconds=latency_seconds, now=now,
+               calibration=snapshot.timing.calibration)
+    explanation = d.explanation
+    if not res.known[0]:
+        explanation = "unknown person (no events stitched yet); " + explanation
+    return DecisionResult(universal_id=res.universal_id(0), trigger_at=d.trigger_at, delivery_at=d.delivery_at,
+                          confidence=d.confidence, expected_engagement=d.expected_engagement,
+                          fallback_level=d.fallback_level, explanation=explanation, known_person=bool(res.known[0]),
+                          cohort=str(chosen.cohort[0]), merged_into=bool(res.redirected[0]))
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """Columns, one row per recipient; rows with an error have no decision (NaT / NaN)."""
+
+    universal_id: np.ndarray  # str ('' where unresolvable)
+    trigger_at: np.ndarray  # datetime64[ms]
+    delivery_at: np.ndarray  # datetime64[ms]
+    confidence: np.ndarray
+    expected_engagement: np.ndarray
+    fallback_level: np.ndarray
+    known_person: np.ndarray
+    error_field: list[str | None]
+    error_message: list[str | None]
+
+    def __len__(self) -> int:
+        return len(self.universal_id)
+
+
+def decide_batch(snapshot: DecisionSnapshot, cache: NormalizeCache, identifiers: Mapping[str, Sequence[str | None]],
+                 universal_ids: Sequence[str | None], send_after, send_before, latency_seconds,
+                 now: datetime) -> BatchResult:
+    """A whole campaign at once: column-wise resolution and decide_many. Window and latency are scalars or
+    per-recipient arrays (datetime64[ms] / float). A bad recipient gets an error row; the others are decided."""
+    n = len(universal_ids)
+    res: Resolution = resolve(snapshot.identity, cache, identifiers, universal_ids, n)
+    none = [None] * n
+    chosen = curves_for(snapshot, res.uid, identifiers.get("email", none), identifiers.get("phone", none))
+    batch = decide_many(chosen.curves, chosen.evidence, chosen.level, send_after, send_before, latency_seconds,
+                        now, snapshot.timing.calibration)
+    error_field = batch.error_field.tolist()
+    error_message = batch.error_message.tolist()
+    for i, fields in enumerate(res.errors):
+        if fields is not None:  # identifier problems come first: without a person there is nothing to decide
+            error_field[i] = next(iter(fields))
+            error_message[i] = "; ".join(fields.values())
+    bad = np.array([f is not None for f in error_field], bool) if n else np.zeros(0, bool)
+    uid = np.where(res.uid != 0, graph.format_uid(res.uid), "") if n else np.zeros(0, "U19")
+    nat = np.datetime64("NaT", "ms")
+    return BatchResult(
+        universal_id=uid, trigger_at=np.where(bad, nat, batch.trigger_at),
+        delivery_at=np.where(bad, nat, batch.delivery_at), confidence=np.where(bad, np.nan, batch.confidence),
+        expected_engagement=np.where(bad, np.nan, batch.expected_engagement),
+        fallback_level=np.where(bad, None, chosen.level), known_person=res.known,
+        error_field=error_field, error_message=error_message)
+
+
+__all__ = ["BatchResult", "DecisionError", "DecisionResult", "UnusableIdentifiers", "decide_batch", "decide_one"]

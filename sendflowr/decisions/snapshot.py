@@ -1,0 +1,164 @@
+"""The decision snapshot: identity map + timing curves of one materialization, loaded whole into memory and
+swapped atomically when a newer one lands, so no request waits on ClickHouse.
+
+`SnapshotHolder.current` is replaced by one reference assignment (atomic under the GIL); a request reads it once
+and uses that object throughout, so it never mixes two versions.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import numpy as np
+from clickhouse_connect.driver.client import Client
+
+from sendflowr.decisions.identity_map import IdentityMap, identity_stamp, load_identity_map
+from sendflowr.identity import graph
+from sendflowr.timing import store
+from sendflowr.timing.store import TimingSnapshot
+
+log = logging.getLogger("sendflowr.decisions")
+
+
+@dataclass(frozen=True)
+class DecisionSnapshot:
+    identity: IdentityMap
+    timing: TimingSnapshot
+    identity_stamp: tuple = ()
+    loaded_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    timing_uid: np.ndarray = field(init=False)  # uint64 ids of timing.universal_id (same order: sorted)
+
+    def __post_init__(self) -> None:
+        ids = np.asarray(self.timing.universal_id)
+        uid = graph.parse_uid(ids.astype("U19")) if len(ids) else np.zeros(0, np.uint64)
+        order = np.argsort(uid, kind="stable")  # already sorted per the store contract; cheap to make sure
+        uid = uid[order]
+        if (uid[1:] == uid[:-1]).any():
+            raise ValueError("timing snapshot has duplicate universal ids")
+        object.__setattr__(self, "timing_uid", uid)
+        object.__setattr__(self, "_timing_rows", order)
+
+    @property
+    def timing_version(self) -> int:
+        return int(self.timing.version)
+
+    @property
+    def version(self) -> str:
+        """Timing run version + identity stamp: equal on every API replica that loaded the same data."""
+        updated = self.identity_stamp[0] if self.identity_stamp else None
+        ms = int(updated.timestamp() * 1000) if isinstance(updated, datetime) else 0
+        raw = self.identity_stamp[2] if len(self.identity_stamp) > 2 else 0
+        return f"t{self.timing_version}.i{ms}.r{raw}"
+
+    def timing_rows(self, uids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Row in the timing columns of each universal id, and whether it has one."""
+        if not len(self.timing_uid):
+            return np.zeros(len(uids), np.int64), np.zeros(len(uids), bool)
+        at = np.minimum(np.searchsorted(self.timing_uid, uids), len(self.timing_uid) - 1)
+        return self._timing_rows[at], self.timing_uid[at] == uids  # type: ignore[attr-defined]
+
+    def age_seconds(self, now: datetime | None = None) -> float:
+        """Seconds since the timing run this snapshot serves was materialized."""
+        now = now or datetime.now(UTC)
+        return max(0.0, (now - _aware(self.timing.materialized_at)).total_seconds())
+
+
+def _aware(moment) -> datetime:
+    if isinstance(moment, np.datetime64):
+        moment = datetime.fromtimestamp(moment.astype("datetime64[ms]").astype(np.int64) / 1000, UTC)
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def load_decision_snapshot(client: Client, database: str) -> DecisionSnapshot | None:
+    """Everything the API serves, or None before the first timing materialization. The identity stamp is read
+    before the identity tables, so a run landing mid-load shows up as a change at the next poll."""
+    stamp = identity_stamp(client, database)
+    timing = store.load_snapshot(client, database)
+    if timing is None:
+        return None
+    return DecisionSnapshot(identity=load_identity_map(client, database), timing=timing, identity_stamp=stamp)
+
+
+class SnapshotHolder:
+    """Owns the current snapshot and a background thread that polls for newer materializations."""
+
+    def __init__(self, client_factory: Callable[[], Client], database: str, refresh_seconds: float = 5.0) -> None:
+        self._client_factory = client_factory
+        self._client: Client | None = None
+        self.database = database
+        self.refresh_seconds = refresh_seconds
+        self.current: DecisionSnapshot | None = None
+        self.last_error: str | None = None
+        self.last_check_at: datetime | None = None
+        self.loads = 0
+        self.failures = 0
+        self.last_load_seconds: float | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()  # one refresh at a time (the thread and an explicit refresh())
+
+    @property
+    def client(self) -> Client:
+        if self._client is None:
+            self._client = self._client_factory()
+        return self._client
+
+    def needs_load(self) -> bool:
+        version = store.latest_version(self.client, self.database)
+        if version is None:
+            self.last_error = "no timing materialization yet (materialize the timing_curves asset)"
+            return False
+        current = self.current
+        return (current is None or version != current.timing_version
+                or identity_stamp(self.client, self.database) != current.identity_stamp)
+
+    def refresh(self) -> bool:
+        """Load and swap in a newer snapshot if one landed; True when it swapped."""
+        with self._lock:
+            self.last_check_at = datetime.now(UTC)
+            if not self.needs_load():
+                return False
+            started = time.perf_counter()
+            snapshot = load_decision_snapshot(self.client, self.database)
+            if snapshot is None:
+                return False
+            self.current = snapshot  # the atomic swap
+            self.loads += 1
+            self.last_load_seconds = time.perf_counter() - started
+            self.last_error = None
+            log.info("decision snapshot %s loaded in %.2fs: %d people with curves, %d identifiers",
+                     snapshot.version, self.last_load_seconds, len(snapshot.timing_uid), snapshot.identity.identifiers)
+            return True
+
+    def refresh_safely(self) -> bool:
+        try:
+            return self.refresh()
+        except Exception as exc:  # keep serving the previous snapshot; readiness shows the error
+            self.failures += 1
+            self.last_error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
+            self._client = None  # reconnect next time (the server may have restarted)
+            log.warning("decision snapshot refresh failed: %s", self.last_error)
+            return False
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.refresh_safely()
+            self._stop.wait(self.refresh_seconds)
+
+    def start(self) -> None:
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="snapshot-refresher", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        if self._client is not None:
+            self._client.close()
+            self._client = None

@@ -1,0 +1,98 @@
+"""Prometheus metrics, one registry per app (tests build several apps in one process).
+
+Request counts and latencies come from a small pure-ASGI middleware (no BaseHTTPMiddleware: it costs a task
+per request). Snapshot gauges are read from the holder at scrape time, so they are never stale.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily
+
+from sendflowr.decisions.snapshot import SnapshotHolder
+
+# Known routes only, so a scan of random paths cannot explode label cardinality.
+ROUTES = {"/timing-decision", "/timing-decisions", "/people/lookup", "/healthz", "/readyz", "/metrics"}
+BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+class _SnapshotCollector:
+    def __init__(self, holder: SnapshotHolder) -> None:
+        self.holder = holder
+
+    def collect(self):
+        snap = self.holder.current
+        loaded = GaugeMetricFamily("sendflowr_api_snapshot_loaded", "1 once a decision snapshot is loaded")
+        loaded.add_metric([], 1.0 if snap else 0.0)
+        yield loaded
+        loads = GaugeMetricFamily("sendflowr_api_snapshot_loads", "Snapshots loaded since start")
+        loads.add_metric([], self.holder.loads)
+        yield loads
+        failures = GaugeMetricFamily("sendflowr_api_snapshot_refresh_failures", "Failed refreshes since start")
+        failures.add_metric([], self.holder.failures)
+        yield failures
+        if snap is None:
+            return
+        for name, doc, value in (
+            ("sendflowr_api_snapshot_timing_version", "Timing run version served", snap.timing_version),
+            ("sendflowr_api_snapshot_age_seconds", "Seconds since the served timing run was materialized",
+             snap.age_seconds(datetime.now(UTC))),
+            ("sendflowr_api_snapshot_people", "People with a timing curve in the snapshot", len(snap.timing_uid)),
+            ("sendflowr_api_snapshot_identifiers", "Identifiers in the identity map", snap.identity.identifiers),
+        ):
+            gauge = GaugeMetricFamily(name, doc)
+            gauge.add_metric([], float(value))
+            yield gauge
+
+
+class Metrics:
+    def __init__(self, holder: SnapshotHolder) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter("sendflowr_api_requests", "HTTP requests by route and status",
+                                ["route", "status"], registry=self.registry)
+        self.latency = Histogram("sendflowr_api_request_seconds", "Request duration by route", ["route"],
+                                 buckets=BUCKETS, registry=self.registry)
+        self.decisions = Counter("sendflowr_api_decisions", "Decisions made by endpoint and fallback level",
+                                 ["endpoint", "fallback_level"], registry=self.registry)
+        self.decision_errors = Counter("sendflowr_api_decision_errors", "Recipients without a decision, by field",
+                                       ["endpoint", "field"], registry=self.registry)
+        self.auth_failures = Counter("sendflowr_api_auth_failures", "Requests refused for a missing/invalid key",
+                                     registry=self.registry)
+        self.registry.register(_SnapshotCollector(holder))
+        self._children: dict[tuple[str, int], tuple] = {}
+
+    def observe(self, route: str, status: int, seconds: float) -> None:
+        key = (route, status)
+        children = self._children.get(key)
+        if children is None:  # label lookups cost microseconds: resolve each (route, status) once
+            children = self._children[key] = (self.requests.labels(route, str(status)), self.latency.labels(route))
+        children[0].inc()
+        children[1].observe(seconds)
+
+
+class MetricsMiddleware:
+    def __init__(self, app, metrics_of) -> None:
+        self.app = app
+        self.metrics_of = metrics_of
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started = time.perf_counter()
+        status = 500
+
+        async def send_wrapper(message):
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            path = scope["path"]
+            route = path if path in ROUTES else ("/people/{universal_id}" if path.startswith("/people/") else "other")
+            self.metrics_of(scope).observe(route, status, time.perf_counter() - started)
