@@ -25,6 +25,7 @@ from sendflowr.settings import PROJECT_ROOT, Settings
 
 DAGSTER = "dagster"
 API = "api"
+WEBHOOKS = "webhooks"
 _DAGSTER_YAML = """\
 # Written by `sendflowr up`: local SQLite storage under this folder keeps runs and lineage across restarts.
 telemetry:
@@ -89,6 +90,15 @@ def start_api(settings: Settings, timeout: float = 60) -> int:
         settings.api_port, "SENDFLOWR_API_PORT", timeout)
 
 
+def start_webhooks(settings: Settings, timeout: float = 60) -> int:
+    return _start_service(
+        settings, WEBHOOKS,
+        [_bin("uvicorn"), "sendflowr_webhooks.app:app", "--host", settings.webhooks_host,
+         "--port", str(settings.webhooks_port)],
+        settings.as_env(), f"http://{settings.webhooks_host}:{settings.webhooks_port}/healthz",
+        settings.webhooks_host, settings.webhooks_port, "SENDFLOWR_WEBHOOKS_PORT", timeout)
+
+
 def produce_world_once(settings: Settings, people: int, seed: int) -> None:
     """Generate the synthetic world into Kafka the first time only: a restart must not produce it twice."""
     marker = settings.home / "world" / ".produced"
@@ -128,11 +138,14 @@ def up(settings: Settings, people: int, seed: int, materialize: bool = True) -> 
     print(f"api: {base} (docs {base}/docs)")
     with urllib.request.urlopen(f"{base}/readyz", timeout=10) as response:
         print(f"api readiness: {response.read().decode()}")
+    start_webhooks(settings)
+    print(f"webhooks: http://{settings.webhooks_host}:{settings.webhooks_port}/webhooks/<provider> "
+          "(docs/CONNECTORS.md)")
     print("stop everything with `make down` (data stays in the state directory)")
 
 
 def down(settings: Settings) -> None:
-    for name in (API, DAGSTER):
+    for name in (WEBHOOKS, API, DAGSTER):
         print(f"{name}: {'stopped' if processes.stop(settings, name) else 'not running'}")
     print(f"clickhouse: {'stopped' if processes.stop(settings, chdb_server.PROCESS_NAME) else 'not running'}")
     kafka = LocalKafka(settings)
