@@ -163,7 +163,7 @@ class Phases:
         self._t0 = time.perf_counter()
         self._wrap(run, "normalize_many", "b  normalize (python, pyarrow + phonenumbers)")
         self._wrap(graph, "identifier_key", "b  identifier_key (python blake2b loop)")
-        self._wrap(graph, "rebuild", "d  graph.rebuild (stitch + assign_ids)")
+        self._wrap(graph, "restitch", "d  graph.restitch (stitch + assign_ids on the region)")
         self._wrap(graph, "format_uid", "d  format_uid")
         return self
 
@@ -173,15 +173,21 @@ class Phases:
 
     def client(self, client):
         """The client, with command/query/insert timed by what they touch."""
-        labels = (("INSERT INTO", "identity_edges", "c  INSERT identity_edges (SQL pairs)"),
+        labels = (("INSERT INTO", "identity_run_identifiers", "a  INSERT identity_run_identifiers (events scan)"),
+                  ("INSERT INTO", "identity_run_nodes", "c  INSERT identity_run_nodes (SQL join)"),
+                  ("INSERT INTO", "identity_run_edges", "c  INSERT identity_run_edges (SQL pairs)"),
+                  ("INSERT INTO", "identity_edges (", "c  INSERT identity_edges"),
                   ("INSERT INTO", "identity_node_seen", "c  INSERT identity_node_seen (SQL)"),
-                  ("", "FROM identity_node_seen", "d  read graph nodes"),
-                  ("ORDER BY src, dst", "", "d  read graph edges"),
+                  ("NOT IN (SELECT src", "", "c  count new pairs (SQL)"),
+                  ("cluster IN", "", "d  expand region to clusters (SQL)"),
+                  ("region", "identity_edges", "d  read region edges"),
+                  ("prev_uid", "", "d  read region nodes + previous graph"),
                   ("NOT IN", "", "b  read unseen identifiers (SQL)"),
                   ("uniqExact", "", "a  count new events (SQL)"),
-                  ("argMax(reason, at)", "", "d  read last edge verdicts (SQL, audit)"),
+                  ("argMax(reason, at)", "", "d  read region edge verdicts (SQL, audit)"),
                   ("", "identity_blocked", "d  write identity_blocked"),
-                  ("last run left it", "", "0  read previous identity_nodes (SQL)"))
+                  ("", "identity_nodes", "d  write identity_nodes"),
+                  ("", "identity_region", "d  write region boundary"))
 
         def label(kind: str, first) -> str:
             text = str(first).replace(f"{self.database}.", "")

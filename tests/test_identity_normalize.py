@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -10,6 +11,7 @@ import pytest
 from sendflowr.identity.normalize import (
     DEFAULT_RULES,
     NormalizationRules,
+    _phones,
     describe_rules,
     normalize,
     normalize_many,
@@ -160,6 +162,27 @@ def test_phone_repeated_values_parse_once_and_map_back() -> None:
     assert col.value.to_pylist() == col.value.to_pylist()[:6] * 1000
     assert col.reason.to_pylist()[:6] == [None, "phone: not a number", None, "phone: missing", None,
                                           "phone: not a number"]
+
+
+@pytest.mark.parametrize("region", ["US", "CA", "JM", "GB"])
+def test_phone_fast_path_agrees_with_phonenumbers(region: str) -> None:
+    """The column-wise NANP path must give exactly phonenumbers' verdict: every area code 000-999 (valid, unassigned,
+    toll-free, premium, other NANP countries, N11), random exchanges/lines, in every shape the fast path takes
+    and some it leaves to phonenumbers."""
+    rng = np.random.default_rng(5)
+    npa = np.repeat(np.arange(1000), 12)
+    nxx, line = rng.integers(0, 1000, len(npa)), rng.integers(0, 10_000, len(npa))
+    shapes = ("+1{a}{b}{c}", "+1 ({a}) {b}-{c}", "{a}.{b}.{c}", "({a}) {b}-{c}", "{a}-{b}-{c}", "+1-{a}-{b}-{c}",
+              "{a}{b}{c}", "1{a}{b}{c}", "+1 {a} {b} {c} ext 9", " +1.{a}.{b}.{c} ")
+    raws = [shapes[i % len(shapes)].format(a=f"{a:03d}", b=f"{b:03d}", c=f"{c:04d}")
+            for i, (a, b, c) in enumerate(zip(npa, nxx, line, strict=True))]
+    rules = NormalizationRules(phone_default_region=region)
+    fast = normalize("phone", pa.array(raws), rules)
+    slow = _phones(pa.array(raws), rules, fast_path=False)
+    assert fast.value.to_pylist() == slow.value.to_pylist()
+    assert fast.reason.to_pylist() == slow.reason.to_pylist()
+    accepted = pc.sum(fast.accepted).as_py()
+    assert 0.2 * len(raws) < accepted < 0.9 * len(raws)  # both verdicts are well represented
 
 
 # --- ids ------------------------------------------------------------------------------------------------------

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import cache
 
+import numpy as np
 import phonenumbers
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -199,23 +201,99 @@ def _parse_phone(text: str, region: str) -> tuple[str | None, str | None]:
     return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164), None
 
 
-def _phones(raw: pa.StringArray, rules: NormalizationRules) -> NormalizedColumn:
+# Fast path for the common shapes of NANP numbers (+1 and 10 digits, or 10 digits when the default region is in
+# country code 1): "+14155552671", "+1 (415) 555-2671", "415.555.2671". A national number starting with 0 or 1
+# is left to phonenumbers (it may read a leading 1 as a trunk prefix).
+_NANP_INTL = r"^\+1[ .-]?\(?[2-9]\d{2}\)?[ .-]?\d{3}[ .-]?\d{4}$"
+_NANP_NATIONAL = r"^\(?[2-9]\d{2}\)?[ .-]?\d{3}[ .-]?\d{4}$"
+_TYPE_DESCS = ("premium_rate", "toll_free", "shared_cost", "voip", "personal_number", "pager", "uan", "voicemail",
+               "fixed_line", "mobile")
+
+
+@cache
+def _nanp_regions() -> tuple[tuple[str | None, str, str], ...]:
+    """libphonenumber's own metadata for country code 1, in its region order: per region (leading digits or None,
+    general pattern, alternation of every number-type pattern that allows 10 digits). `_nanp_valid` applies them
+    with RE2 exactly as phonenumbers.is_valid_number does (region choice, then validity for that region)."""
+    out = []
+    for region in phonenumbers.COUNTRY_CODE_TO_REGION_CODE[1]:
+        md = phonenumbers.PhoneMetadata.metadata_for_region(region)
+
+        def fits(desc) -> bool:
+            return (desc is not None and bool(desc.national_number_pattern)
+                    and (not desc.possible_length or 10 in desc.possible_length))
+
+        types = [getattr(md, name).national_number_pattern for name in _TYPE_DESCS if fits(getattr(md, name))]
+        general = md.general_desc.national_number_pattern if fits(md.general_desc) else None
+        if general and types:
+            out.append((md.leading_digits, f"^(?:{general})$", "^(?:" + "|".join(f"(?:{t})" for t in types) + ")$"))
+        elif md.leading_digits:
+            out.append((md.leading_digits, "^$", "^$"))  # chosen by its leading digits, but never valid
+    return tuple(out)
+
+
+def _nanp_valid(nsn: pa.StringArray) -> pa.BooleanArray:
+    """is_valid_number for +1 numbers, given their 10-digit national numbers, column-wise."""
+    valid = pa.repeat(False, len(nsn))
+    open_ = pa.repeat(True, len(nsn))  # no region chosen yet
+    for leading, general, types in _nanp_regions():
+        ok = pc.and_(pc.match_substring_regex(nsn, general), pc.match_substring_regex(nsn, types))
+        chosen = pc.match_substring_regex(nsn, f"^(?:{leading})") if leading else ok
+        chosen = pc.and_(open_, chosen)
+        valid = pc.or_(valid, pc.and_(chosen, ok))
+        open_ = pc.and_(open_, pc.invert(chosen))
+        if not pc.any(open_).as_py():
+            break
+    return valid
+
+
+def _phones(raw: pa.StringArray, rules: NormalizationRules, fast_path: bool = True) -> NormalizedColumn:
     reasons = _Reasons(len(raw))
     text = pc.utf8_trim_whitespace(raw)
     compact = pc.replace_substring_regex(text, r"[^0-9+]", "")  # digits and +, what the patterns look at
     reasons.add(pc.is_null(raw), "phone: missing")
     reasons.add(pc.equal(text, ""), "phone: empty")
     _guards(reasons, "phone", "phone", [text, compact], rules)
+    pending = pc.is_null(reasons.reason)
+    e164 = pa.nulls(len(raw), pa.string())
+
+    # NANP fast path (column-wise, libphonenumber's metadata through RE2); everything else below.
+    shapes = [pc.match_substring_regex(text, _NANP_INTL)]
+    if phonenumbers.country_code_for_region(rules.phone_default_region) == 1:
+        shapes.append(pc.match_substring_regex(text, _NANP_NATIONAL))
+    fast = pc.and_(pending, _any(shapes))
+    if fast_path and pc.any(fast).as_py():
+        rows = pc.indices_nonzero(fast)
+        nsn = pc.utf8_slice_codeunits(compact.take(rows), -10)
+        ok = _nanp_valid(nsn)
+        where = pc.if_else(pc.starts_with(text.take(rows), "+"), pa.scalar(""),
+                           pa.scalar(f" for region {rules.phone_default_region}"))
+        why = pc.if_else(ok, pa.scalar(None, pa.string()),
+                         pc.binary_join_element_wise(pa.scalar("phone: not a valid number"), where, ""))
+        value = pc.if_else(ok, pc.binary_join_element_wise(pa.scalar("+1"), nsn, ""), pa.scalar(None, pa.string()))
+        e164 = _scatter(e164, rows, value)
+        reasons.reason = pc.coalesce(reasons.reason, _scatter(pa.nulls(len(raw), pa.string()), rows, why))
+        pending = pc.and_(pending, pc.invert(fast))
 
     # phonenumbers has no vectorized API: parse each DISTINCT still-pending raw value once in Python, then
     # map the results back to every row column-wise (index_in + take).
-    distinct = pc.unique(pc.filter(text, pc.is_null(reasons.reason)))
-    parsed = [_parse_phone(t, rules.phone_default_region) for t in distinct.to_pylist()]
-    at = pc.index_in(text, value_set=distinct)
-    e164 = pa.array([p[0] for p in parsed], pa.string()).take(at)
-    reasons.reason = pc.coalesce(reasons.reason, pa.array([p[1] for p in parsed], pa.string()).take(at))
+    distinct = pc.unique(pc.filter(text, pending))
+    if len(distinct):
+        parsed = [_parse_phone(t, rules.phone_default_region) for t in distinct.to_pylist()]
+        at = pc.if_else(pending, pc.index_in(text, value_set=distinct), pa.scalar(None, pa.int32()))
+        e164 = pc.coalesce(e164, pa.array([p[0] for p in parsed], pa.string()).take(at))
+        reasons.reason = pc.coalesce(reasons.reason, pa.array([p[1] for p in parsed], pa.string()).take(at))
     _guards(reasons, "phone", "phone", [e164], rules)  # e.g. a fictional 555-01xx written without +1
     return reasons.done(e164)
+
+
+def _scatter(base: pa.Array, rows: pa.Array, values: pa.Array) -> pa.Array:
+    """`base` with `values` put at positions `rows` (column-wise)."""
+    pos = np.full(len(base), -1, np.int64)
+    pos[rows.to_numpy()] = np.arange(len(rows))
+    mask = pos >= 0
+    taken = values.take(pa.array(np.where(mask, pos, 0)))
+    return pc.if_else(pa.array(mask), taken, base)
 
 
 def _ids(raw: pa.StringArray, type_name: str, rules: NormalizationRules) -> NormalizedColumn:

@@ -217,8 +217,7 @@ def _normalize_unseen(client: Client, database: str, rules: NormalizationRules, 
     keys = np.zeros(len(raws), np.uint64)
     if ok.any():
         # distinct (type, normalized) only: several raw spellings share one node
-        values = col.value.filter(pa.array(ok)).to_numpy(zero_copy_only=False)
-        keys[ok] = graph.identifier_key(codes[ok], values)
+        keys[ok] = graph.identifier_key(codes[ok], col.value.filter(pa.array(ok)))
     reason = col.reason.fill_null("")
     client.insert_arrow(f"{database}.identity_identifiers", pa.table({
         "identifier_type": types, "raw_value": raws, "normalized": col.value.fill_null(""),
