@@ -1,0 +1,111 @@
+"""The curve estimator, on [n, 168] arrays (docs/TIMING.md, "The estimator").
+
+Input per person and delivery hour of week h: E[h] deliveries and S[h] weighted genuine engagement of those
+deliveries. Modelling engagement GIVEN the delivery hour (a rate S/E) is the exposure correction: a person
+who only ever receives mail at 10:00 has E = 0 elsewhere, so nothing is claimed there beyond the prior,
+instead of histogramming open times that can only follow 10:00.
+
+1. Smoothing: E and S are spread over neighbouring hours (circular Gaussian) and, more weakly, over the same
+   hour on the other days of the week, before dividing (a kernel-weighted rate, so sparse hours borrow).
+2. Priors: global rate G = sum over people of smoothed S / smoothed E; a cohort's rate is shrunk toward G
+   with `cohort_strength` pseudo-deliveries per hour.
+3. Person: an overall level lambda = (sum S + a) / (expected S under the prior + a) (Poisson-Gamma), then
+   r[h] = (S~[h] + m * lambda * R[h]) / (E~[h] + m): the data win where deliveries are many, the prior where
+   they are few (m = prior_strength pseudo-deliveries).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from functools import cache
+
+import numpy as np
+
+from sendflowr.timing.decide import HOURS
+
+
+@dataclass(frozen=True)
+class EstimatorParams:
+    prior_strength: float = 2.0  # m: pseudo-deliveries per hour pulling a person toward their prior
+    level_strength: float = 2.0  # a: pseudo-engagements pulling a person's overall level toward the prior's
+    hour_bandwidth: float = 1.5  # Gaussian sigma (hours) of neighbouring-hour smoothing
+    day_pooling: float = 0.7  # weight of the same hour on the other days of the week
+    cohort_strength: float = 200.0  # pseudo-deliveries per hour pulling a cohort toward the global curve
+    min_person_engagements: int = 3  # from here on a curve is labelled 'person'
+    min_cohort_people: int = 30  # a cohort needs this many people with deliveries to be learned
+
+    def to_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+@cache
+def kernel(bandwidth: float, day_pooling: float) -> np.ndarray:
+    """Symmetric [168, 168] smoothing weights (circular over the week)."""
+    h = np.arange(HOURS)
+    delta = (h[None, :] - h[:, None] + HOURS // 2) % HOURS - HOURS // 2  # in [-84, 84)
+    day = np.round(delta / 24.0)
+    within = delta - 24.0 * day
+    weight = np.exp(-0.5 * (within / bandwidth) ** 2) * np.where(day == 0, 1.0, day_pooling)
+    weight[np.abs(within) > 3 * bandwidth + 0.5] = 0.0
+    return weight.astype(np.float32)
+
+
+def smooth(x: np.ndarray, params: EstimatorParams) -> np.ndarray:
+    return x @ kernel(params.hour_bandwidth, params.day_pooling)
+
+
+def rate(engagement: np.ndarray, deliveries: np.ndarray, params: EstimatorParams,
+         toward: np.ndarray | None = None, strength: float = 0.0) -> np.ndarray:
+    """Smoothed rate of summed statistics (1-D, 168), optionally shrunk toward another rate curve."""
+    s, e = smooth(engagement, params), smooth(deliveries, params)
+    if toward is None:
+        # An hour no delivery ever came near gets the overall rate rather than 0/0.
+        overall = float(engagement.sum() / max(deliveries.sum(), 1e-9))
+        return ((s + 1e-3 * overall) / (e + 1e-3)).astype(np.float32)
+    return ((s + strength * toward) / (e + strength)).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class Priors:
+    global_curve: np.ndarray  # float32 [168]
+    global_evidence: float
+    cohorts: list[str]  # learned cohorts (index 0 = '' = global)
+    curves: np.ndarray  # float32 [len(cohorts), 168], row 0 = global
+    evidence: np.ndarray  # float64 per cohort
+    people: np.ndarray  # int64 per cohort
+
+
+def learn_priors(person_cohort: np.ndarray, cohort_names: list[str], person: np.ndarray, how: np.ndarray,
+                 deliveries: np.ndarray, weight: np.ndarray, params: EstimatorParams) -> tuple[Priors, np.ndarray]:
+    """Global and cohort curves from sparse (person, how) statistics. Cohorts with fewer than
+    min_cohort_people people are dropped (their people fall back to global); returns the priors and each
+    person's index into priors.cohorts."""
+    n_cohorts = len(cohort_names)
+    e_all = np.bincount(how, weights=deliveries, minlength=HOURS)
+    s_all = np.bincount(how, weights=weight, minlength=HOURS)
+    g = rate(s_all, e_all, params)
+    size = np.bincount(person_cohort, minlength=n_cohorts)
+    keep = (size >= params.min_cohort_people) & (np.arange(n_cohorts) > 0)
+    kept = np.flatnonzero(keep)
+    remap = np.zeros(n_cohorts, dtype=np.int64)
+    remap[kept] = np.arange(1, kept.size + 1)
+    pc = remap[person_cohort]
+    key = pc[person] * HOURS + how
+    e_c = np.bincount(key, weights=deliveries, minlength=(kept.size + 1) * HOURS).reshape(-1, HOURS)
+    s_c = np.bincount(key, weights=weight, minlength=(kept.size + 1) * HOURS).reshape(-1, HOURS)
+    curves = np.empty((kept.size + 1, HOURS), dtype=np.float32)
+    curves[0] = g
+    for i in range(1, kept.size + 1):  # one 168-vector per cohort (a few dozen), not per person
+        curves[i] = rate(s_c[i], e_c[i], params, toward=g, strength=params.cohort_strength)
+    priors = Priors(global_curve=g, global_evidence=float(s_all.sum()), cohorts=[""] + [cohort_names[k] for k in kept],
+                    curves=curves, evidence=np.concatenate([[s_all.sum()], s_c[1:].sum(axis=1)]),
+                    people=np.concatenate([[person_cohort.size], size[kept]]))
+    return priors, pc
+
+
+def person_curves(e: np.ndarray, s: np.ndarray, prior: np.ndarray, params: EstimatorParams) -> np.ndarray:
+    """[n, 168] posterior curves from dense deliveries e, weighted engagement s and each row's prior rate."""
+    expected = (e * prior).sum(axis=1)
+    level = (s.sum(axis=1) + params.level_strength) / (expected + params.level_strength)
+    m = params.prior_strength
+    return ((smooth(s, params) + m * level[:, None] * prior) / (smooth(e, params) + m)).astype(np.float32)

@@ -1,0 +1,329 @@
+"""One timing materialization: fold new events into per-message aggregates, aggregate per person and hour of
+week in ClickHouse, estimate curves on [n, 168] arrays, write priors and changed curves, commit.
+
+Incremental where the math allows: messages are folded once from newly committed offsets (late events of a
+message just add a partial row); per-person statistics are re-aggregated from the compact message table;
+a person's curve row is rewritten only when their statistics or cohort changed, or when the global prior
+moved (then everyone is, since every curve leans on it).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import numpy as np
+import pyarrow as pa
+from clickhouse_connect.driver.client import Client
+
+from sendflowr.sql_files import load_sql
+from sendflowr.timing.decide import HOURS, Calibration
+from sendflowr.timing.estimate import EstimatorParams, Priors, learn_priors, person_curves
+from sendflowr.timing.signals import FAR_FUTURE, SignalRules
+from sendflowr.timing.store import EMAIL_COHORT, PHONE_COHORT, calling_codes
+
+CHUNK = 100_000  # people per dense [chunk, 168] block
+PRIOR_DRIFT = 0.05  # relative change of the global prior that rewrites every curve
+
+
+@dataclass
+class PersonStats:
+    """Sparse (person, hour) statistics: people sorted by universal_id, rows grouped by person."""
+
+    universal_id: np.ndarray  # object [n]
+    offsets: np.ndarray  # int64 [n + 1] into the flat columns
+    how: np.ndarray  # intp [m]
+    deliveries: np.ndarray  # float64 [m]
+    weight: np.ndarray  # float64 [m]
+    engaged: np.ndarray  # float64 [m]
+    totals: dict[str, int] = field(default_factory=dict)  # opens, machine opens, clicks, scanner clicks, ...
+
+    def __len__(self) -> int:
+        return int(self.universal_id.shape[0])
+
+    @property
+    def person(self) -> np.ndarray:
+        return np.repeat(np.arange(len(self)), np.diff(self.offsets))
+
+    def dense(self, lo: int, hi: int, values: np.ndarray) -> np.ndarray:
+        a, b = int(self.offsets[lo]), int(self.offsets[hi])
+        out = np.zeros((hi - lo, HOURS), dtype=np.float32)
+        out[np.repeat(np.arange(hi - lo), np.diff(self.offsets[lo:hi + 1])), self.how[a:b]] = values[a:b]
+        return out
+
+
+@dataclass
+class TimingReport:
+    run_id: str
+    version: int = 0
+    new_events: int = 0
+    messages_folded: int = 0
+    people: int = 0
+    people_written: int = 0
+    full_rewrite: bool = False
+    by_level: dict[str, int] = field(default_factory=dict)
+    cohorts: int = 0
+    totals: dict[str, int] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def shares(self) -> dict[str, float]:
+        t = self.totals
+        return {"machine_open_share": t.get("machine_opens", 0) / max(t.get("opens", 0), 1),
+                "scanner_click_share": t.get("scanner_clicks", 0) / max(t.get("clicks", 0), 1),
+                "engaged_delivery_share": t.get("engaged", 0) / max(t.get("deliveries", 0), 1)}
+
+
+def pending_bounds(client: Client, database: str) -> dict[tuple[str, int], tuple[int, int]]:
+    """(topic, partition) -> [timing watermark, committed end) where committed events are not folded yet."""
+    committed = {(t, int(p)): int(e) for t, p, e in client.query(
+        f"SELECT toString(kafka_topic), kafka_partition, max(end_offset) FROM {database}.ingest_ranges "
+        "WHERE state = 'committed' GROUP BY kafka_topic, kafka_partition").result_rows}
+    done = {(t, int(p)): int(e) for t, p, e in client.query(
+        f"SELECT toString(kafka_topic), kafka_partition, max(end_offset) FROM {database}.timing_progress "
+        "GROUP BY kafka_topic, kafka_partition").result_rows}
+    return {k: (done.get(k, 0), end) for k, end in sorted(committed.items()) if end > done.get(k, 0)}
+
+
+def fold_new_events(client: Client, database: str, rules: SignalRules, run_id: str) -> tuple[int, int]:
+    """Fold events of newly committed offsets into timing_messages; returns (events, messages) folded."""
+    bounds = pending_bounds(client, database)
+    if not bounds:
+        return 0, 0
+    params = {"topics": [k[0] for k in bounds], "partitions": [k[1] for k in bounds],
+              "starts": [v[0] for v in bounds.values()], "ends": [v[1] for v in bounds.values()],
+              "scanner_agents": rules.scanner_agents}
+    summary = client.command(load_sql("timing/fold_messages.sql", database), parameters=params)
+    written = int(getattr(summary, "written_rows", 0) or 0)
+    events = sum(e - s for s, e in bounds.values())
+    client.insert_arrow(f"{database}.timing_progress", pa.table({
+        "kafka_topic": pa.array(params["topics"], pa.string()),
+        "kafka_partition": pa.array(params["partitions"], pa.uint32()),
+        "end_offset": pa.array(params["ends"], pa.uint64()),
+        "run_id": pa.array([run_id] * len(bounds), pa.string()),
+        "at": pa.array([datetime.now(UTC)] * len(bounds), pa.timestamp("us", tz="UTC"))}))
+    return events, written
+
+
+def signals_sql(database: str) -> str:
+    return load_sql("timing/message_signals.sql", database)
+
+
+def person_stats(client: Client, database: str, rules: SignalRules,
+                 delivered_before: datetime = FAR_FUTURE) -> PersonStats:
+    """Per-person sparse statistics aggregated in ClickHouse; one list row per person."""
+    inner = load_sql("timing/person_stats.sql", database).replace("${signals}", signals_sql(database))
+    sql = ("SELECT universal_id, groupArray(how) AS how, groupArray(deliveries) AS deliveries, "
+           "groupArray(weight) AS weight, groupArray(engaged) AS engaged, sum(opens) AS opens, "
+           "sum(machine_opens) AS machine_opens, sum(clicks) AS clicks, sum(scanner_clicks) AS scanner_clicks, "
+           "sum(genuine_opens) AS genuine_opens, sum(genuine_clicks) AS genuine_clicks "
+           f"FROM ({inner}) GROUP BY universal_id ORDER BY universal_id")
+    table = client.query_arrow(sql, parameters=rules.parameters(delivered_before), use_strings=True)
+    lists = {name: pa.concat_arrays(table.column(name).chunks) if table.num_rows else None
+             for name in ("how", "deliveries", "weight", "engaged")}
+
+    def flat(name: str, dtype) -> np.ndarray:
+        arr = lists[name]
+        return np.zeros(0, dtype=dtype) if arr is None else arr.flatten().to_numpy(zero_copy_only=False).astype(dtype)
+
+    offsets = (lists["how"].offsets.to_numpy().astype(np.int64) - int(lists["how"].offsets[0].as_py())
+               if lists["how"] is not None else np.zeros(1, dtype=np.int64))
+    deliveries = flat("deliveries", np.float64)
+    totals = {name: int(table.column(name).to_numpy().sum()) if table.num_rows else 0
+              for name in ("opens", "machine_opens", "clicks", "scanner_clicks", "genuine_opens", "genuine_clicks")}
+    engaged = flat("engaged", np.float64)
+    totals["deliveries"], totals["engaged"] = int(deliveries.sum()), int(engaged.sum())
+    return PersonStats(universal_id=np.asarray(table.column("universal_id").to_numpy(zero_copy_only=False),
+                                               dtype=object),
+                       offsets=offsets, how=flat("how", np.intp), deliveries=deliveries,
+                       weight=flat("weight", np.float64), engaged=engaged, totals=totals)
+
+
+def person_cohorts(client: Client, database: str, universal_id: np.ndarray) -> tuple[np.ndarray, list[str]]:
+    """Each person's candidate cohort (phone calling code, else email domain, else '') as codes into names."""
+    table = client.query_arrow(load_sql("timing/person_features.sql", database),
+                               parameters={"codes": list(calling_codes())}, use_strings=True)
+    ids = np.asarray(table.column("universal_id").to_numpy(zero_copy_only=False), dtype=object)
+    code = np.asarray(table.column("calling_code").to_numpy(zero_copy_only=False), dtype=object)
+    domain = np.asarray(table.column("email_domain").to_numpy(zero_copy_only=False), dtype=object)
+    label = np.where(code != "", PHONE_COHORT + code, np.where(domain != "", EMAIL_COHORT + domain, ""))
+    order = np.argsort(ids)
+    ids, label = ids[order], label[order]
+    at = np.minimum(np.searchsorted(ids, universal_id), max(len(ids) - 1, 0))
+    found = (ids[at] == universal_id) if len(ids) else np.zeros(len(universal_id), dtype=bool)
+    person_label = np.where(found, label[at] if len(ids) else "", "")
+    names, codes = np.unique(np.concatenate([[""], person_label]).astype(str), return_inverse=True)
+    return codes[1:].astype(np.int64), names.tolist()
+
+
+@dataclass
+class Fit:
+    stats: PersonStats
+    priors: Priors
+    cohort_index: np.ndarray  # per person, into priors.cohorts
+    params: EstimatorParams
+
+    def curves(self, lo: int = 0, hi: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(curves [k, 168], evidence, engagements) for people lo..hi."""
+        hi = len(self.stats) if hi is None else hi
+        st = self.stats
+        e, s = st.dense(lo, hi, st.deliveries), st.dense(lo, hi, st.weight)
+        prior = self.priors.curves[self.cohort_index[lo:hi]]
+        engaged = np.add.reduceat(np.append(st.engaged, 0.0), st.offsets[lo:hi])[: hi - lo] \
+            if hi > lo else np.zeros(0)
+        engaged = np.where(np.diff(st.offsets[lo:hi + 1]) > 0, engaged, 0.0)
+        return person_curves(e, s, prior, self.params), s.sum(axis=1), engaged
+
+
+def fit(client: Client, database: str, rules: SignalRules, params: EstimatorParams,
+        delivered_before: datetime = FAR_FUTURE) -> Fit:
+    stats = person_stats(client, database, rules, delivered_before)
+    cohort_code, names = person_cohorts(client, database, stats.universal_id)
+    priors, pc = learn_priors(cohort_code, names, stats.person, stats.how, stats.deliveries, stats.weight, params)
+    return Fit(stats=stats, priors=priors, cohort_index=pc, params=params)
+
+
+def levels(engagements: np.ndarray, cohort_index: np.ndarray, params: EstimatorParams) -> np.ndarray:
+    return np.where(engagements >= params.min_person_engagements, "person",
+                    np.where(cohort_index > 0, "cohort", "global")).astype(object)
+
+
+def _stats_hash(f: Fit) -> np.ndarray:
+    """A per-person fingerprint of the statistics and cohort (wrapping uint64 arithmetic, vectorized)."""
+    st = f.stats
+    with np.errstate(over="ignore"):
+        mix = ((st.how.astype(np.uint64) + np.uint64(1)) * np.uint64(0x9E3779B97F4A7C15)
+               ^ (st.deliveries.astype(np.uint64) * np.uint64(0xC2B2AE3D27D4EB4F))
+               ^ (np.round(st.weight * 1000).astype(np.uint64) * np.uint64(0x165667B19E3779F9)))
+        mix = mix * np.uint64(0xFF51AFD7ED558CCD)
+        total = np.add.reduceat(np.append(mix, np.uint64(0)), st.offsets[:-1]) if len(st) else np.zeros(0, np.uint64)
+        total = np.where(np.diff(st.offsets) > 0, total, np.uint64(0))
+        crc = np.array([zlib.crc32(c.encode()) for c in f.priors.cohorts], dtype=np.uint64)  # a few dozen
+        return total ^ (crc[f.cohort_index] * np.uint64(0x27D4EB2F165667C5))
+
+
+def _changed(previous: pa.Table | None, ids: np.ndarray, new_hash: np.ndarray) -> np.ndarray:
+    """People without a committed row or whose statistics hash differs (sorted-array join)."""
+    if previous is None or previous.num_rows == 0:
+        return np.ones(ids.shape[0], dtype=bool)
+    old_ids = np.asarray(previous.column("universal_id").to_numpy(zero_copy_only=False), dtype=object)
+    old_hash = previous.column("h").to_numpy().astype(np.uint64)
+    at = np.minimum(np.searchsorted(old_ids, ids), old_ids.shape[0] - 1)
+    return (old_ids[at] != ids) | (old_hash[at] != new_hash)
+
+
+def next_version(client: Client, database: str) -> int:
+    """Strictly above anything written, committed or not (a dead run's rows must never look committed)."""
+    row = client.query(
+        f"SELECT greatest((SELECT max(version) FROM {database}.timing_runs), "
+        f"(SELECT max(version) FROM {database}.timing_curves), "
+        f"(SELECT max(version) FROM {database}.timing_priors))").result_rows[0]
+    return int(row[0]) + 1
+
+
+def _previous(client: Client, database: str) -> tuple[pa.Table | None, np.ndarray | None, str | None]:
+    """Committed per-person stats hashes, the committed global prior and the last calibration."""
+    head = client.query(f"SELECT version, calibration FROM {database}.timing_runs ORDER BY version DESC LIMIT 1")
+    if not head.result_rows:
+        return None, None, None
+    version, calibration = head.result_rows[0]
+    rows = client.query_arrow(
+        f"SELECT universal_id, argMax(stats_hash, version) AS h FROM {database}.timing_curves "
+        "WHERE version <= {v:UInt64} GROUP BY universal_id ORDER BY universal_id", parameters={"v": int(version)},
+        use_strings=True)
+    g = client.query(f"SELECT argMax(curve, version) FROM {database}.timing_priors "
+                     "WHERE level = 'global' AND version <= {v:UInt64}", parameters={"v": int(version)}).result_rows
+    prior = np.asarray(g[0][0], dtype=np.float32) if g and g[0][0] else None
+    return rows, prior, calibration
+
+
+def materialize(client: Client, database: str, rules: SignalRules | None = None,
+                params: EstimatorParams | None = None, run_id: str | None = None, full: bool = False,
+                log: Callable[[str], None] = print) -> TimingReport:
+    """Fold, fit, write what changed, commit (timing_runs last)."""
+    rules = rules or SignalRules()
+    params = params or EstimatorParams()
+    report = TimingReport(run_id=run_id or f"timing-{uuid.uuid4().hex[:12]}")
+    t0 = time.perf_counter()
+    report.new_events, report.messages_folded = fold_new_events(client, database, rules, report.run_id)
+    t1 = time.perf_counter()
+    f = fit(client, database, rules, params)
+    t2 = time.perf_counter()
+    report.seconds.update(fold=t1 - t0, aggregate=t2 - t1)
+    report.people, report.totals = len(f.stats), f.stats.totals
+    report.cohorts = len(f.priors.cohorts) - 1
+    version = report.version = next_version(client, database)
+    hashes, old_prior, calibration = _previous(client, database)
+    drift = (np.inf if old_prior is None or old_prior.shape != (HOURS,)
+             else float(np.max(np.abs(f.priors.global_curve - old_prior) / np.maximum(old_prior, 1e-6))))
+    report.full_rewrite = full or drift > PRIOR_DRIFT
+    new_hash = _stats_hash(f)
+    if report.full_rewrite:
+        changed = np.ones(len(f.stats), dtype=bool)
+    else:
+        changed = _changed(hashes, f.stats.universal_id, new_hash)
+    _write_priors(client, database, f.priors, version)
+    by_level: dict[str, int] = {"person": 0, "cohort": 0, "global": 0}
+    for lo in range(0, len(f.stats), CHUNK):
+        hi = min(lo + CHUNK, len(f.stats))
+        curves, evidence, engaged = f.curves(lo, hi)
+        lv = levels(engaged, f.cohort_index[lo:hi], params)
+        for name in by_level:
+            by_level[name] += int((lv == name).sum())
+        rows = np.flatnonzero(changed[lo:hi])
+        if rows.size:
+            _write_curves(client, database, version, f.stats.universal_id[lo:hi][rows], curves[rows],
+                          evidence[rows], engaged[rows], f.stats.dense(lo, hi, f.stats.deliveries).sum(axis=1)[rows],
+                          lv[rows], np.asarray(f.priors.cohorts, dtype=object)[f.cohort_index[lo:hi][rows]],
+                          new_hash[lo:hi][rows])
+            report.people_written += int(rows.size)
+    report.by_level = by_level
+    t3 = time.perf_counter()
+    report.seconds["estimate_and_write"] = t3 - t2
+    metadata = {"shares": report.shares(), "totals": report.totals, "by_level": by_level,
+                "rules": rules.describe(), "params": params.to_dict(), "prior_drift": drift,
+                "seconds": report.seconds, "new_events": report.new_events}
+    client.command(
+        f"INSERT INTO {database}.timing_runs (version, run_id, materialized_at, people, calibration, kind, "
+        "people_written, metadata) VALUES ({v:UInt64}, {r:String}, now64(3), {p:UInt64}, {c:String}, 'curves', "
+        "{w:UInt64}, {m:String})",
+        parameters={"v": version, "r": report.run_id, "p": report.people,
+                    "c": calibration or Calibration.default().to_json(), "w": report.people_written,
+                    "m": json.dumps(metadata, default=float)})
+    report.seconds["total"] = time.perf_counter() - t0
+    log(f"timing v{version}: {report.people} people ({by_level}), {report.people_written} curve rows written, "
+        f"{report.cohorts} cohorts, machine opens {report.shares()['machine_open_share']:.1%}, scanner clicks "
+        f"{report.shares()['scanner_click_share']:.1%}, {report.seconds['total']:.2f}s")
+    return report
+
+
+def _list(matrix: np.ndarray) -> pa.Array:
+    n = matrix.shape[0]
+    offsets = pa.array(np.arange(n + 1, dtype=np.int32) * HOURS)
+    return pa.ListArray.from_arrays(offsets, pa.array(np.ascontiguousarray(matrix, dtype=np.float32).ravel()))
+
+
+def _write_priors(client: Client, database: str, priors: Priors, version: int) -> None:
+    k = len(priors.cohorts)
+    client.insert_arrow(f"{database}.timing_priors", pa.table({
+        "level": pa.array(["global"] + ["cohort"] * (k - 1), pa.string()),
+        "cohort": pa.array(priors.cohorts, pa.string()), "version": pa.array(np.full(k, version), pa.uint64()),
+        "curve": _list(priors.curves), "evidence": pa.array(priors.evidence.astype(np.float32)),
+        "people": pa.array(priors.people.astype(np.uint64))}))
+
+
+def _write_curves(client: Client, database: str, version: int, ids: np.ndarray, curves: np.ndarray,
+                  evidence: np.ndarray, engaged: np.ndarray, deliveries: np.ndarray, lv: np.ndarray,
+                  cohort: np.ndarray, stats_hash: np.ndarray) -> None:
+    n = ids.shape[0]
+    client.insert_arrow(f"{database}.timing_curves", pa.table({
+        "universal_id": pa.array(ids.tolist(), pa.string()), "version": pa.array(np.full(n, version), pa.uint64()),
+        "curve": _list(curves), "evidence": pa.array(evidence.astype(np.float32)),
+        "engagements": pa.array(engaged.astype(np.uint32)), "deliveries": pa.array(deliveries.astype(np.uint32)),
+        "fallback_level": pa.array(lv.tolist(), pa.string()), "cohort": pa.array(cohort.tolist(), pa.string()),
+        "best_hour": pa.array(curves.argmax(axis=1).astype(np.uint8)),
+        "stats_hash": pa.array(stats_hash.astype(np.uint64))}))

@@ -1,0 +1,30 @@
+-- New events of committed ingest ranges beyond the timing watermark (four parallel arrays, end exclusive),
+-- folded into one partial row per message. Per-event kinds (docs/TIMING.md, "Signal cleaning"):
+--   open  kind 2 = flagged machine_open by the ESP, 1 = Apple's proxy (UA exactly 'Mozilla/5.0' or an IP in
+--         Apple's 17.0.0.0/8), 0 = an ordinary mail client;
+--   click kind 2 = flagged bot_click by the ESP, 1 = a security scanner's user agent, 0 = ordinary.
+-- Whether an Apple-proxy open or an ordinary click is a machine's is decided at read time (message_signals.sql),
+-- when the message's delivery time is known.
+INSERT INTO ${database}.timing_messages
+SELECT
+    message_id,
+    max(email),
+    max(klaviyo_id),
+    max(phone),
+    max(external_id),
+    min(if(event_type = 'delivered', occurred_at, toDateTime64('2299-12-31 00:00:00', 3, 'UTC'))),
+    min(occurred_at),
+    groupArrayIf(occurred_at, event_type = 'opened'),
+    groupArrayIf(toUInt8(multiIf(machine_open = 1, 2, user_agent = 'Mozilla/5.0' OR startsWith(ip, '17.'), 1, 0)),
+                 event_type = 'opened'),
+    groupArrayIf(occurred_at, event_type = 'clicked'),
+    groupArrayIf(cityHash64(url), event_type = 'clicked'),
+    groupArrayIf(toUInt8(multiIf(bot_click = 1, 2, match(user_agent, {scanner_agents:String}), 1, 0)),
+                 event_type = 'clicked'),
+    count()
+FROM ${database}.events
+WHERE arrayExists((t, p, s, e) -> kafka_topic = t AND kafka_partition = p AND kafka_offset >= s AND kafka_offset < e,
+                  {topics:Array(String)}, {partitions:Array(UInt32)}, {starts:Array(UInt64)}, {ends:Array(UInt64)})
+  AND message_id != ''
+  AND event_type IN ('delivered', 'opened', 'clicked')
+GROUP BY message_id
