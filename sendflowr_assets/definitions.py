@@ -6,8 +6,10 @@ from dagster import Definitions
 
 from sendflowr_assets.assets.identity import identity_graph
 from sendflowr_assets.assets.ingestion import events
+from sendflowr_assets.assets.timing import timing_curves, timing_evaluation
 from sendflowr_assets.checks.identity_checks import IDENTITY_CHECKS
 from sendflowr_assets.checks.ingestion_checks import INGESTION_CHECKS
+from sendflowr_assets.checks.timing_checks import TIMING_CHECKS
 from sendflowr_assets.resources import default_resource
 from sendflowr_assets.schedules import (
     all_assets_job,
@@ -15,12 +17,14 @@ from sendflowr_assets.schedules import (
     identity_schedule,
     ingest_job,
     ingest_schedule,
+    timing_job,
+    timing_schedule,
 )
 
 defs = Definitions(
-    assets=[events, identity_graph],
-    asset_checks=[*INGESTION_CHECKS, *IDENTITY_CHECKS],
-    jobs=[ingest_job, identity_job, all_assets_job],
-    schedules=[ingest_schedule, identity_schedule],
+    assets=[events, identity_graph, timing_curves, timing_evaluation],
+    asset_checks=[*INGESTION_CHECKS, *IDENTITY_CHECKS, *TIMING_CHECKS],
+    jobs=[ingest_job, identity_job, timing_job, all_assets_job],
+    schedules=[ingest_schedule, identity_schedule, timing_schedule],
     resources={"sendflowr": default_resource()},
 )

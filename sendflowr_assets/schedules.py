@@ -1,5 +1,5 @@
-"""Schedules: ingestion every minute (SENDFLOWR_INGEST_CRON), identity hourly (SENDFLOWR_IDENTITY_CRON); each
-skips a tick while its previous run still runs."""
+"""Schedules: ingestion every minute (SENDFLOWR_INGEST_CRON), identity hourly (SENDFLOWR_IDENTITY_CRON), timing
+daily (SENDFLOWR_TIMING_CRON); each skips a tick while its previous run still runs."""
 
 
 from dagster import (
@@ -46,3 +46,8 @@ identity_job = define_asset_job("identity", selection=AssetSelection.assets("ide
 ingest_schedule = _skipping_while_active("ingest_schedule", ingest_job, get_settings().ingest_cron, "Ingest new events")
 identity_schedule = _skipping_while_active("identity_schedule", identity_job, get_settings().identity_cron,
                                            "Stitch identities of newly ingested events")
+
+timing_job = define_asset_job("timing", selection=AssetSelection.assets("timing_curves", "timing_evaluation"),
+                              description="Rebuild changed timing curves, then evaluate and recalibrate.")
+timing_schedule = _skipping_while_active("timing_schedule", timing_job, get_settings().timing_cron,
+                                         "Rebuild timing curves")
