@@ -119,8 +119,17 @@ def truthy(value: Any) -> bool:
     return bool(value) if isinstance(value, (bool, int)) else False
 
 
-def contract_problem(event: dict[str, Any], now: datetime) -> str | None:
-    """The first reason a constructed event breaks the contract, None when it holds."""
+def _stamp(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+_EARLIEST = _stamp(EARLIEST_OCCURRED_AT)
+
+
+def contract_problem(event: dict[str, Any], now: datetime, latest: str | None = None) -> str | None:
+    """The first reason a constructed event breaks the contract, None when it holds. Mappers write
+    occurred_at as fixed-width UTC text (YYYY-MM-DDTHH:MM:SS.mmmZ), so the range check is a string
+    comparison; `latest` is now + tolerance in that form, computed once per batch."""
     if not event.get("event_id"):
         return "event_id: missing"
     identifiers = event.get("identifiers") or {}
@@ -138,10 +147,11 @@ def contract_problem(event: dict[str, Any], now: datetime) -> str | None:
     occurred = event.get("occurred_at")
     if occurred is None:
         return "occurred_at: missing or not a time"
-    moment = datetime.fromisoformat(occurred.replace("Z", "+00:00"))
-    if moment < EARLIEST_OCCURRED_AT:
+    if len(occurred) != 24 or occurred[-1] != "Z":  # not one of ours: compare as times
+        occurred = _stamp(datetime.fromisoformat(occurred.replace("Z", "+00:00")))
+    if occurred < _EARLIEST:
         return "occurred_at: before 2000-01-01"
-    if moment > now + FUTURE_TOLERANCE:
+    if occurred > (latest or _stamp(now + FUTURE_TOLERANCE)):
         return "occurred_at: more than 5 minutes in the future"
     return None
 
@@ -149,9 +159,10 @@ def contract_problem(event: dict[str, Any], now: datetime) -> str | None:
 def finish(result: Normalized, now: datetime | None = None) -> Normalized:
     """Drop constructed events that break the contract into rejects, keeping the good ones."""
     moment = now or datetime.now(UTC)
+    latest = _stamp(moment + FUTURE_TOLERANCE)
     events, sources = [], []
     for event, source in zip(result.events, result.sources, strict=True):
-        problem = contract_problem(event, moment)
+        problem = contract_problem(event, moment, latest)
         if problem is None:
             events.append(event)
             sources.append(source)
