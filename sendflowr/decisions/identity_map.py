@@ -120,6 +120,18 @@ class IdentityMap:
         at, found = _find(self.raw_hash, hashes)
         return np.where(found, self.raw_node[at] if len(self.raw_node) else 0, 0).astype(np.uint64), found
 
+    def node_of_raw(self, h: int) -> int | None:
+        """Scalar `raw_nodes`: node key of one raw hash (0 = rejected), None when never seen."""
+        at = int(np.searchsorted(self.raw_hash, np.uint64(h)))
+        if at < len(self.raw_hash) and int(self.raw_hash[at]) == h:
+            return int(self.raw_node[at])
+        return None
+
+    def node_uid_of(self, key: int) -> int:
+        """Scalar `node_uids`: uid of one node key, 0 when not in the graph."""
+        at = int(np.searchsorted(self.node_key, np.uint64(key)))
+        return int(self.node_uid[at]) if at < len(self.node_key) and int(self.node_key[at]) == key else 0
+
     def node_uids(self, keys: np.ndarray) -> np.ndarray:
         """uint64 universal id of each node key, 0 for a node not in the graph."""
         at, found = _find(self.node_key, keys)
@@ -146,6 +158,8 @@ def follow_merges(old: np.ndarray, new: np.ndarray, live: np.ndarray) -> tuple[n
     # The latest row wins for an id merged more than once (it came back live and merged again).
     last = len(old) - 1 - np.unique(old[::-1], return_index=True)[1]
     old, new = old[last], new[last]  # np.unique sorts: old is sorted now
+    _, is_live = _find(live, old)
+    old, new = old[~is_live], new[~is_live]  # a live id is a person again: chains stop there
     final = new.copy()
     for _ in range(len(old)):
         at, found = _find(old, final)
@@ -153,9 +167,7 @@ def follow_merges(old: np.ndarray, new: np.ndarray, live: np.ndarray) -> tuple[n
         if (step == final).all():
             break
         final = step
-    _, is_live = _find(live, old)
-    keep = ~is_live
-    return old[keep], final[keep]
+    return old, final
 
 
 def _uids(column: pa.ChunkedArray | pa.Array) -> np.ndarray:

@@ -30,7 +30,7 @@ class Resolution:
     errors: list[dict[str, str] | None]  # field -> why it is unusable, for recipients with uid 0
 
     def universal_id(self, i: int) -> str:
-        return str(graph.format_uid(self.uid[i:i + 1])[0])
+        return f"sf_{int(self.uid[i]):016x}"  # == graph.format_uid, without array set-up
 
 
 def resolve(identity: IdentityMap, cache: NormalizeCache, identifiers: Mapping[str, Sequence[str | None]],
@@ -78,6 +78,40 @@ def resolve(identity: IdentityMap, cache: NormalizeCache, identifiers: Mapping[s
     if any(e is not None for e in errors):
         _explain(errors, identifiers, unusable, cache)
     return Resolution(uid=uid, known=known, redirected=redirected, errors=errors)
+
+
+def resolve_one(identity: IdentityMap, cache: NormalizeCache, identifiers: Mapping[str, str | None],
+                universal_id: str | None) -> Resolution:
+    """`resolve` for one recipient with scalar lookups (a single request must not pay for column set-up); the
+    tests hold it to `resolve` on random inputs."""
+    if universal_id is not None:
+        requested = graph.parse_uid(np.array([universal_id], "U19"))
+        survivor, known = identity.survivors(requested)
+        return Resolution(uid=survivor, known=known, redirected=survivor != requested, errors=[None])
+    new_min = None
+    rejected: dict[str, np.ndarray] = {}
+    for t in IDENTIFIER_PRIORITY:  # highest priority first: the first known identifier decides
+        raw = identifiers.get(t)
+        if raw is None:
+            continue
+        key = identity.node_of_raw(raw_hash(t, raw))
+        if key is None:
+            key = cache.get_many([t], [raw])[0].node_key
+        if key == 0:
+            rejected[t] = np.zeros(1, np.int64)
+            continue
+        uid = identity.node_uid_of(key)
+        if uid:
+            return Resolution(uid=np.array([uid], np.uint64), known=np.ones(1, bool), redirected=np.zeros(1, bool),
+                              errors=[None])
+        new_min = key if new_min is None else min(new_min, key)
+    if new_min is None:
+        errors: list[dict[str, str] | None] = [{}]
+        _explain(errors, {t: [v] for t, v in identifiers.items()}, rejected, cache)
+        return Resolution(uid=np.zeros(1, np.uint64), known=np.zeros(1, bool), redirected=np.zeros(1, bool),
+                          errors=errors)
+    return Resolution(uid=graph.mix(np.array([new_min], np.uint64)), known=np.zeros(1, bool),
+                      redirected=np.zeros(1, bool), errors=[None])
 
 
 def _explain(errors: list[dict[str, str] | None], identifiers: Mapping[str, Sequence[str | None]],

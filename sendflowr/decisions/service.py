@@ -11,7 +11,7 @@ from datetime import datetime
 import numpy as np
 
 from sendflowr.decisions.identity_map import NormalizeCache
-from sendflowr.decisions.resolve import Resolution, resolve
+from sendflowr.decisions.resolve import Resolution, resolve, resolve_one
 from sendflowr.decisions.snapshot import DecisionSnapshot
 from sendflowr.identity import graph
 from sendflowr.identity.normalize import normalize
@@ -102,25 +102,34 @@ class DecisionResult:
     merged_into: bool
 
 
+def curve_for_one(snapshot: DecisionSnapshot, uid: int, email: str | None,
+                  phone: str | None) -> tuple[np.ndarray, float, str, str]:
+    """`curves_for` for one person without building columns: (curve, evidence, level, cohort)."""
+    t = snapshot.timing
+    row = snapshot.timing_row(uid)
+    if row is not None:
+        return t.curves[row], float(t.evidence[row]), str(t.fallback_level[row]), str(t.cohort[row])
+    chosen = curves_for(snapshot, np.array([uid], np.uint64), [email], [phone])
+    return chosen.curves[0], 0.0, str(chosen.level[0]), str(chosen.cohort[0])
+
+
 def decide_one(snapshot: DecisionSnapshot, cache: NormalizeCache, identifiers: Mapping[str, str | None],
                universal_id: str | None, send_after: datetime, send_before: datetime, latency_seconds: float,
                now: datetime) -> DecisionResult:
     """One decision. Raises UnusableIdentifiers or DecisionError (with `.field`) for requests that cannot get one."""
-    res = resolve(snapshot.identity, cache, {k: [v] for k, v in identifiers.items() if v is not None},
-                  [universal_id], 1)
+    res = resolve_one(snapshot.identity, cache, identifiers, universal_id)
     if res.errors[0] is not None:
         raise UnusableIdentifiers(res.errors[0])
-    chosen = curves_for(snapshot, res.uid, [identifiers.get("email")], [identifiers.get("phone")])
-    d = decide(chosen.curves[0], evidence=float(chosen.evidence[0]), fallback_level=str(chosen.level[0]),
-               send_after=send_after, send_before=send_before, latency_seconds=latency_seconds, now=now,
-               calibration=snapshot.timing.calibration)
-    explanation = d.explanation
-    if not res.known[0]:
-        explanation = "unknown person (no events stitched yet); " + explanation
+    uid = int(res.uid[0])
+    curve, evidence, level, cohort = curve_for_one(snapshot, uid, identifiers.get("email"), identifiers.get("phone"))
+    d = decide(curve, evidence=evidence, fallback_level=level, send_after=send_after, send_before=send_before,
+               latency_seconds=latency_seconds, now=now, calibration=snapshot.timing.calibration)
+    known = bool(res.known[0])
+    explanation = d.explanation if known else "unknown person (no events stitched yet); " + d.explanation
     return DecisionResult(universal_id=res.universal_id(0), trigger_at=d.trigger_at, delivery_at=d.delivery_at,
                           confidence=d.confidence, expected_engagement=d.expected_engagement,
-                          fallback_level=d.fallback_level, explanation=explanation, known_person=bool(res.known[0]),
-                          cohort=str(chosen.cohort[0]), merged_into=bool(res.redirected[0]))
+                          fallback_level=d.fallback_level, explanation=explanation, known_person=known,
+                          cohort=cohort, merged_into=bool(res.redirected[0]))
 
 
 @dataclass(frozen=True)

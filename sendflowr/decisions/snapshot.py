@@ -32,6 +32,7 @@ class DecisionSnapshot:
     identity_stamp: tuple = ()
     loaded_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     timing_uid: np.ndarray = field(init=False)  # uint64 ids of timing.universal_id (same order: sorted)
+    version: str = field(init=False)  # "t<timing version>.i<identity updated_at ms>.r<raw identifiers>"
 
     def __post_init__(self) -> None:
         ids = np.asarray(self.timing.universal_id)
@@ -42,13 +43,13 @@ class DecisionSnapshot:
             raise ValueError("timing snapshot has duplicate universal ids")
         object.__setattr__(self, "timing_uid", uid)
         object.__setattr__(self, "_timing_rows", order)
+        object.__setattr__(self, "version", self._version())
 
     @property
     def timing_version(self) -> int:
         return int(self.timing.version)
 
-    @property
-    def version(self) -> str:
+    def _version(self) -> str:
         """Timing run version + identity stamp: equal on every API replica that loaded the same data."""
         updated = self.identity_stamp[0] if self.identity_stamp else None
         ms = int(updated.timestamp() * 1000) if isinstance(updated, datetime) else 0
@@ -61,6 +62,13 @@ class DecisionSnapshot:
             return np.zeros(len(uids), np.int64), np.zeros(len(uids), bool)
         at = np.minimum(np.searchsorted(self.timing_uid, uids), len(self.timing_uid) - 1)
         return self._timing_rows[at], self.timing_uid[at] == uids  # type: ignore[attr-defined]
+
+    def timing_row(self, uid: int) -> int | None:
+        """Scalar `timing_rows` for the single-decision path."""
+        at = int(np.searchsorted(self.timing_uid, np.uint64(uid)))
+        if at < len(self.timing_uid) and int(self.timing_uid[at]) == uid:
+            return int(self._timing_rows[at])  # type: ignore[attr-defined]
+        return None
 
     def age_seconds(self, now: datetime | None = None) -> float:
         """Seconds since the timing run this snapshot serves was materialized."""
