@@ -205,6 +205,34 @@ def test_identifier_sets_depend_on_the_source(emitted):
     assert len({k for counter in by_esp.values() for k in counter}) >= 6  # stitching has work to do
 
 
+def _cross_source_shares(config: WorldConfig) -> dict[str, float]:
+    """Per source, the share of events (of people holding the other identifier) that carry it."""
+    events = [orjson.loads(line) for line in _lines(build_world(config))]
+    kl = [e["identifiers"] for e in events if e["esp"] == "klaviyo" and "klaviyo_id" in e["identifiers"]]
+    backend = [e["identifiers"] for e in events if e["esp"] == "synthetic" and {"phone", "external_id"} & set(
+        e["identifiers"])]
+    return {"klaviyo+phone": sum("phone" in i for i in kl) / len(kl),
+            "klaviyo+external_id": sum("external_id" in i for i in kl) / len(kl),
+            "backend+email": sum("email" in i for i in backend) / len(backend)}
+
+
+def test_cross_source_identifier_rates_are_configurable():
+    """Events that carry identifiers of two sources are what lets stitching bridge them; their frequency is a
+    WorldConfig knob (0 = each source keeps to its own identifiers, as before)."""
+    small = dict(people=400, weeks=4, campaigns_per_week=6.0, seed=5)
+    off = _cross_source_shares(WorldConfig(**small, klaviyo_phone_rate=0.0, klaviyo_external_rate=0.0,
+                                           backend_email_rate=0.0))
+    default = _cross_source_shares(WorldConfig(**small))
+    high = _cross_source_shares(WorldConfig(**small, klaviyo_phone_rate=0.5, klaviyo_external_rate=0.5,
+                                            backend_email_rate=0.5))
+    assert off["klaviyo+phone"] == off["klaviyo+external_id"] == off["backend+email"] == 0.0
+    for key in default:
+        assert default[key] > off[key]
+        assert high[key] > 2 * default[key]  # roughly proportional to the rate times identifier ownership
+    with pytest.raises(SendflowrError, match="klaviyo_phone_rate"):
+        WorldConfig(klaviyo_phone_rate=1.5)
+
+
 def test_genuine_opens_follow_the_true_curve():
     world = build_world(CURVE_CONFIG)
     table = pa.concat_tables(iter_event_batches(world))

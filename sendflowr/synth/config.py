@@ -49,6 +49,10 @@ class WorldConfig:
     shared_phone_share: float = 0.03  # of phone owners, share living in a family that shares the number
     shared_external_share: float = 0.004  # of external-id owners, share whose id was reused for someone else
     junk_identifier_rate: float = 0.02  # events carrying a generic junk identifier next to real ones
+    # Events that carry identifiers of two sources (what lets identity stitching bridge them), per event:
+    klaviyo_phone_rate: float = 0.08  # Klaviyo profile/SMS-consent events with the profile's phone
+    klaviyo_external_rate: float = 0.05  # Klaviyo events with the store's customer id synced to the profile
+    backend_email_rate: float = 0.10  # the brand's backend (orders, accounts) with the customer's email
     # Stream.
     duplicate_rate: float = 0.01  # events delivered twice with the same event_id (ESP retries)
     late_rate: float = 0.02  # events arriving minutes to days after they occurred

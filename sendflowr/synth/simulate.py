@@ -202,6 +202,12 @@ def _assign_identifiers(world: World, esp: int, events: Columns, person: np.ndar
     for want, has in ((want_e, has_e), (want_k, has_k), (want_x, has_x), (want_ph, has_ph)):
         none = ~(want_e | want_k | want_ph | want_x)
         want |= none & has
+    # Identifiers of two sources on one event, as real exports have them (configurable rates).
+    if esp == KLAVIYO:  # SMS consent / profile events carry the phone; the store syncs its customer id
+        want_ph |= want_k & has_ph & (rng.random(m) < cfg.klaviyo_phone_rate)
+        want_x |= want_k & has_x & (rng.random(m) < cfg.klaviyo_external_rate)
+    elif esp == SYNTHETIC:  # order and account events of the backend carry the customer's email
+        want_e |= (want_ph | want_x) & has_e & (rng.random(m) < cfg.backend_email_rate)
 
     junk = rng.random(m) < cfg.junk_identifier_rate
     if esp == KLAVIYO:  # a form fill left "info@company.com" next to a real profile id
