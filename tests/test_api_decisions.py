@@ -202,6 +202,8 @@ def test_batch_agrees_with_single_decisions_and_isolates_bad_rows(world) -> None
 
     too_many = api.post("/timing-decisions", json={**body(), "recipients": [{"klaviyo_id": "k"}] * 10_001})
     assert too_many.status_code == 422 and too_many.json()["detail"][0]["loc"] == ["body", "recipients"]
+    empty = api.post("/timing-decisions", json={**body(), "recipients": [{"klaviyo_id": "k_kim"}, {}]}).json()
+    assert empty["decided"] == 1 and empty["decisions"][1]["error"]["field"] == "identifiers"
     bad_row = api.post("/timing-decisions", json={**body(), "recipients": [{"klaviyo_id": "k"}, {"emial": "x"}]})
     assert bad_row.status_code == 422 and ["body", "recipients", 1, "emial"] in [
         e["loc"] for e in bad_row.json()["detail"]]
