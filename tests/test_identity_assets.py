@@ -152,6 +152,7 @@ def test_identity_graph_on_a_synthetic_world(settings: Settings, ch, tmp_path: P
     more = _materialize(settings, truth_path)
     assert more["new_events_scanned"].value == len(extra)
     assert more["ids_changed_this_run"].value == 0 and more["merges_this_run"].value == 0
+    assert 0 < more["region_identifiers"].value < more["identifiers_total"].value  # only touched people
     assert _ids(ch, db) == nodes
 
     # full rebuild from all events reproduces the same ids

@@ -1,17 +1,22 @@
 """One identity-stitching run: new events -> identifiers -> edges -> people with stable universal ids.
 
 Set work happens in ClickHouse (sql/identity/): finding the new events, the distinct unseen raw identifiers,
-the co-occurrence edges and when each identifier was seen. Python only normalizes the DISTINCT unseen raw
-identifiers (sendflowr.identity.normalize) and runs the graph (sendflowr.identity.graph) on integer arrays.
+the co-occurrence edges, when each identifier was seen, and the *region* a run recomputes. Python only
+normalizes the DISTINCT unseen raw identifiers (sendflowr.identity.normalize) and runs the graph
+(sendflowr.identity.graph.restitch) on integer arrays of the region.
 
 Steps of `stitch_once` (docs/IDENTITY-RESOLUTION.md):
-  a. new events = offsets of committed ingest ranges beyond `identity_progress`, per partition (exact);
+  a. new events = offsets of committed ingest ranges beyond `identity_progress`, per partition (exact); their
+     identifiers go to the scratch table `identity_run_identifiers` (the run's only scan of `events`);
   b. unseen (type, raw) -> normalize + identifier_key -> `identity_identifiers` (rejects -> `identity_blocked`);
-  c. node first/last seen -> `identity_node_seen`, pairs of valid identifiers per event -> `identity_edges`;
-  d. whole graph into memory, `graph.rebuild` against the previous ids, write changed `identity_nodes` rows, the
-     merge log and edge verdict changes (`identity_blocked`);
+  c. resolved to node keys (`identity_run_nodes`) -> node first/last seen -> `identity_node_seen`, pairs of
+     valid identifiers per event -> `identity_run_edges` -> `identity_edges`;
+  d. region = whole pre-guard clusters holding an identifier of the new events, plus the other endpoints of
+     their edges (`identity_region`); `graph.restitch` on it against the previous ids; write the changed
+     `identity_nodes` rows, the merge log and edge verdict changes (`identity_blocked`); running totals go to
+     `identity_runs`. A full rebuild is the same with everything as the region;
   e. record the new watermark in `identity_progress`.
-No new events and no changed rules = nothing written but the watermark: a rerun changes no universal_id.
+No new events and no changed rules = nothing written but the run log: a rerun changes no universal_id.
 """
 
 from __future__ import annotations

@@ -15,8 +15,9 @@ from sendflowr_assets.resources import SendflowrResource
 class IdentityConfig(Config):
     full_rebuild: bool = Field(
         default=False,
-        description="Recompute everything from all events (rules changed, or to start clean). Universal ids of "
-                    "the previous graph are kept where their identifiers still exist.")
+        description="Recompute everything from all events (rules or guards changed, or to start clean). "
+                    "Universal ids of the previous graph are kept where their identifiers still exist. Otherwise "
+                    "a run recomputes only the people its new events touch.")
     ground_truth: str = Field(
         default="",
         description="identifiers.parquet of a synthetic world, for precision/recall metadata "
@@ -66,6 +67,8 @@ def report_metadata(report: IdentityReport, score: PairwiseScore | None = None) 
         "ids_changed_this_run": MetadataValue.int(report.ids_changed),
         "largest_person": MetadataValue.int(report.largest_person),
         "node_rows_written": MetadataValue.int(report.nodes_written),
+        "region_identifiers": MetadataValue.int(report.region_nodes),
+        "region_edges": MetadataValue.int(report.region_edges),
         "seconds": MetadataValue.float(round(report.seconds, 3)),
         "dagster/row_count": MetadataValue.int(report.nodes_total),
         "rules": MetadataValue.md(describe_rules(DEFAULT_RULES)),
