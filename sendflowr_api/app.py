@@ -20,6 +20,7 @@ from sendflowr.decisions.snapshot import SnapshotHolder
 from sendflowr.settings import Settings, get_settings
 from sendflowr_api import decisions, people
 from sendflowr_api.auth import key_digest
+from sendflowr_api.coalesce import Coalescer
 from sendflowr_api.metrics import Metrics, MetricsMiddleware
 from sendflowr_api.models import Health, Readiness
 from sendflowr_api.render import iso_z
@@ -57,6 +58,7 @@ def create_app(settings: Settings | None = None, holder: SnapshotHolder | None =
     app.state.holder = holder
     app.state.api_key_digest = key_digest(settings.api_key)
     app.state.normalize_cache = NormalizeCache(settings.api_normalize_cache_size)
+    app.state.coalescer = Coalescer(app.state.normalize_cache)
     app.state.metrics = Metrics(holder)
     app.state.query_client = None
     app.add_middleware(MetricsMiddleware, metrics_of=lambda scope: scope["app"].state.metrics)
