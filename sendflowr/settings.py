@@ -110,6 +110,9 @@ class Settings(BaseSettings):
         "topic whose signature verifies.")
     webhooks_events_token: str = Field(
         default="", description="Secret: bearer token required on /webhooks/events (our own contract) when set.")
+    webhooks_produce_timeout_seconds: float = Field(
+        default=10.0, gt=0, description="How long a webhook request waits for Kafka to confirm its events "
+        "before answering 503 (the provider then retries).")
 
     @field_validator("clickhouse_url")
     @classmethod

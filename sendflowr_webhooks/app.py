@@ -15,6 +15,7 @@ from typing import Any
 
 import orjson
 from fastapi import FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 
 from sendflowr import __version__
@@ -50,7 +51,7 @@ class Receiver:
         hooks = {k: v for k, v in (("fetch", sns_fetch), ("confirm", sns_confirm)) if v is not None}
         arns = tuple(a.strip() for a in settings.sns_topic_arns.split(",") if a.strip())
         self.sns = SnsVerifier(arns, **hooks) if settings.sns_verify_signatures else None
-        self.producer = ConfirmingProducer(settings)
+        self.producer = ConfirmingProducer(settings, timeout_seconds=settings.webhooks_produce_timeout_seconds)
 
     def close(self) -> None:
         self.producer.close()
@@ -158,10 +159,10 @@ def create_app(settings: Settings | None = None, sns_fetch: Callable[[str], byte
         except ConnectorError as exc:
             raise Rejected(400, str(exc)) from None
         if receiver.sns is not None:
-            try:
-                receiver.sns.verify(envelope)
+            try:  # in a worker thread: the first message of a certificate fetches it over https
+                await run_in_threadpool(receiver.sns.verify, envelope)
                 if envelope["Type"] == "SubscriptionConfirmation":
-                    receiver.sns.confirm_subscription(envelope)
+                    await run_in_threadpool(receiver.sns.confirm_subscription, envelope)
             except SignatureRejected as exc:
                 raise signature_failure(exc) from None
             except OSError as exc:  # SNS resends the confirmation: answer so it does

@@ -53,7 +53,9 @@ def keys() -> WebhookKeys:
 @pytest.fixture
 def client(settings, keys):
     confirmed: list[str] = []
-    app = create_app(settings.model_copy(update=keys.settings_update()), sns_fetch=keys.sns.fetch,
+    # A generous produce timeout: a fresh broker on a loaded box can take seconds to hand out producer ids.
+    update = {**keys.settings_update(), "webhooks_produce_timeout_seconds": 60}
+    app = create_app(settings.model_copy(update=update), sns_fetch=keys.sns.fetch,
                      sns_confirm=confirmed.append)
     with TestClient(app) as test_client:
         test_client.confirmed = confirmed
@@ -200,7 +202,8 @@ def test_events_route_needs_its_token_when_configured(settings) -> None:
 
 
 def test_unreachable_kafka_answers_503(settings) -> None:
-    down = settings.model_copy(update={"kafka_bootstrap_servers": f"127.0.0.1:{free_port()}"})
+    down = settings.model_copy(update={"kafka_bootstrap_servers": f"127.0.0.1:{free_port()}",
+                                       "webhooks_produce_timeout_seconds": 3})
     body = json.dumps(load_fixture("sendgrid_events.json")).encode()
     with TestClient(create_app(down)) as client:
         response = client.post("/webhooks/sendgrid", content=body)

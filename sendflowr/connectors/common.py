@@ -18,9 +18,11 @@ import numpy as np
 import orjson
 
 from sendflowr.events import EARLIEST_OCCURRED_AT, FUTURE_TOLERANCE, IDENTIFIER_TYPES, MAX_EVENT_BYTES
+from sendflowr.synth.fmt import codes_to_str, rfc3339_ms_codes
 
 _MAX_LENGTHS = {"event_id": 256, "esp": 64, "message_id": 256, "campaign_id": 256, "user_agent": 1024,
                 "ip": 64, "url": 2048}
+_MAX_EPOCH = 1e11  # seconds: year 5138; larger values are milliseconds or garbage, not a time
 _IDENTIFIER_MAX = {"email": 320, "klaviyo_id": 128, "phone": 64, "external_id": 256}
 
 
@@ -63,7 +65,9 @@ def stable_id(provider: str, *parts: object) -> str:
 
 def epoch_to_rfc3339(values: list[Any]) -> list[str | None]:
     """Unix seconds (int, float or numeric strings) to `YYYY-MM-DDTHH:MM:SS.mmmZ`, a column at a time;
-    None where a value is missing or not a number."""
+    None where a value is missing, not a number, or outside 1970..5138."""
+    if values and all(type(v) is int and 0 <= v <= _MAX_EPOCH for v in values):  # the usual batch
+        return codes_to_str(rfc3339_ms_codes(np.array(values, dtype=np.int64) * 1000))
     out: list[str | None] = [None] * len(values)
     good: list[int] = []
     millis: list[int] = []
@@ -79,14 +83,14 @@ def epoch_to_rfc3339(values: list[Any]) -> list[str | None]:
                 continue
         else:
             continue
-        if number != number or abs(number) > 1e11:  # NaN or past year 5000: not a Unix time in seconds
+        if not 0 <= number <= _MAX_EPOCH:  # also NaN: not a Unix time in seconds
             continue
         good.append(i)
         millis.append(round(number * 1000))
     if good:
-        text = np.datetime_as_string(np.array(millis, dtype="int64").astype("datetime64[ms]"), unit="ms")
-        for i, stamp in zip(good, text.tolist(), strict=True):
-            out[i] = stamp + "Z"
+        text = codes_to_str(rfc3339_ms_codes(np.array(millis, dtype=np.int64)))
+        for i, stamp in zip(good, text, strict=True):
+            out[i] = stamp
     return out
 
 
@@ -110,6 +114,15 @@ def text(value: Any) -> str | None:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return str(value)
     return None
+
+
+def put(event: dict[str, Any], key: str, value: Any) -> None:
+    """Set an optional text field when the provider gave one (numbers become text); skip empties."""
+    if type(value) is str:
+        if value:
+            event[key] = value
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        event[key] = str(value)
 
 
 def truthy(value: Any) -> bool:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Callable
 
 from confluent_kafka import Producer
@@ -20,21 +21,21 @@ from sendflowr.settings import Settings
 
 
 class _Pending:
+    """Delivery count of one request. Callbacks run only on the poll thread (nothing else polls while it
+    runs), so the counter needs no lock."""
+
     def __init__(self, count: int, done: Callable[[], None]):
         self.left = count
         self.failed = 0
         self.first_error: str | None = None
         self._done = done
-        self._lock = threading.Lock()
 
     def on_delivery(self, err, _msg) -> None:
-        with self._lock:
-            if err is not None:
-                self.failed += 1
-                self.first_error = self.first_error or str(err)
-            self.left -= 1
-            finished = self.left == 0
-        if finished:
+        if err is not None:
+            self.failed += 1
+            self.first_error = self.first_error or str(err)
+        self.left -= 1
+        if self.left == 0:
             self._done()
 
 
@@ -64,7 +65,7 @@ class ConfirmingProducer:
                     self._producer.produce(self.topic, value=value, on_delivery=pending.on_delivery)
                     break
                 except BufferError:
-                    self._producer.poll(0.01)  # local queue full: the poll thread drains it too
+                    time.sleep(0.005)  # local queue full: the poll thread is draining it
 
     def _raise_if_failed(self, pending: _Pending, count: int) -> None:
         if pending.left or pending.failed:
@@ -88,13 +89,13 @@ class ConfirmingProducer:
         done = asyncio.Event()
         pending = _Pending(len(payloads), lambda: loop.call_soon_threadsafe(done.set))
         self._enqueue(payloads, pending)
-        try:
+        try:  # librdkafka fails undelivered messages after message.timeout.ms; this is only a backstop
             await asyncio.wait_for(done.wait(), self.timeout + 5)
         except TimeoutError:
             pass
         self._raise_if_failed(pending, len(payloads))
 
     def close(self, timeout: float = 10.0) -> None:
-        self._producer.flush(timeout)
         self._stop.set()
         self._poller.join(timeout)
+        self._producer.flush(timeout)  # after the poll thread: callbacks never run on two threads

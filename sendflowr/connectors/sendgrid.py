@@ -13,7 +13,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sendflowr.connectors.common import Normalized, compact, epoch_to_rfc3339, finish, text, truthy
+from sendflowr.connectors.common import Normalized, epoch_to_rfc3339, finish, put, text, truthy
 
 ESP = "sendgrid"
 EVENT_TYPES = {
@@ -30,28 +30,20 @@ EVENT_TYPES = {
 SKIPPED = frozenset({"deferred", "group_resubscribe", "account_status_change"})
 
 
-def _bounce_type(kind: str, record: dict[str, Any]) -> str | None:
-    if kind == "dropped":
-        return "dropped"
-    if kind == "bounce":
-        return "soft" if record.get("type") == "blocked" else "hard"
-    return None
-
-
 def normalize(records: list[Any], now: datetime | None = None) -> Normalized:
     result = Normalized()
-    times = epoch_to_rfc3339([r.get("timestamp") if isinstance(r, dict) else None for r in records])
+    times = epoch_to_rfc3339([r.get("timestamp") if type(r) is dict else None for r in records])
     for index, record in enumerate(records):
-        if not isinstance(record, dict):
+        if type(record) is not dict:
             result.reject(index, f"record: expected a JSON object, got {type(record).__name__}")
             continue
         kind = record.get("event")
-        if kind in SKIPPED:
-            result.skipped[f"{ESP}:{kind}"] += 1
-            continue
-        event_type = EVENT_TYPES.get(kind) if isinstance(kind, str) else None
+        event_type = EVENT_TYPES.get(kind) if type(kind) is str else None
         if event_type is None:
-            result.reject(index, f"event: unknown SendGrid event type {str(kind)[:40]!r}")
+            if kind in SKIPPED:
+                result.skipped[f"{ESP}:{kind}"] += 1
+            else:
+                result.reject(index, f"event: unknown SendGrid event type {str(kind)[:40]!r}")
             continue
         sg_event_id = text(record.get("sg_event_id"))
         if sg_event_id is None:
@@ -64,18 +56,20 @@ def normalize(records: list[Any], now: datetime | None = None) -> Normalized:
         if times[index] is None:
             result.reject(index, "timestamp: missing or not Unix seconds")
             continue
-        result.add(index, compact({
-            "event_id": f"{ESP}:{sg_event_id}",
-            "event_type": event_type,
-            "occurred_at": times[index],
-            "identifiers": {"email": email},
-            "esp": ESP,
-            "message_id": text(record.get("sg_message_id")),
-            "campaign_id": text(record.get("marketing_campaign_id")) or text(record.get("singlesend_id")),
-            "user_agent": text(record.get("useragent")) if event_type in ("opened", "clicked") else None,
-            "ip": text(record.get("ip")) if event_type in ("opened", "clicked") else None,
-            "url": text(record.get("url")) if event_type == "clicked" else None,
-            "bounce_type": _bounce_type(kind, record),
-            "machine_open": truthy(record.get("sg_machine_open")) if event_type == "opened" else None,
-        }))
+        event = {"event_id": f"{ESP}:{sg_event_id}", "event_type": event_type, "occurred_at": times[index],
+                 "identifiers": {"email": email}, "esp": ESP}
+        put(event, "message_id", record.get("sg_message_id"))
+        put(event, "campaign_id", record.get("marketing_campaign_id") or record.get("singlesend_id"))
+        if event_type == "opened" or event_type == "clicked":
+            put(event, "user_agent", record.get("useragent"))
+            put(event, "ip", record.get("ip"))
+            if event_type == "opened":
+                event["machine_open"] = truthy(record.get("sg_machine_open"))
+            else:
+                put(event, "url", record.get("url"))
+        elif kind == "bounce":
+            event["bounce_type"] = "soft" if record.get("type") == "blocked" else "hard"
+        elif kind == "dropped":
+            event["bounce_type"] = "dropped"
+        result.add(index, event)
     return finish(result, now)
