@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -19,7 +19,7 @@ from sendflowr.decisions.identity_map import NormalizeCache
 from sendflowr.decisions.snapshot import SnapshotHolder
 from sendflowr.settings import Settings, get_settings
 from sendflowr_api import decisions, people
-from sendflowr_api.auth import key_digest
+from sendflowr_api.auth import key_digest, require_api_key
 from sendflowr_api.coalesce import Coalescer
 from sendflowr_api.metrics import Metrics, MetricsMiddleware
 from sendflowr_api.models import Health, Readiness
@@ -62,8 +62,10 @@ def create_app(settings: Settings | None = None, holder: SnapshotHolder | None =
     app.state.metrics = Metrics(holder)
     app.state.query_client = None
     app.add_middleware(MetricsMiddleware, metrics_of=lambda scope: scope["app"].state.metrics)
-    app.include_router(decisions.router, tags=["decisions"])
-    app.include_router(people.router)
+    # Only with a key configured: an unused dependency still costs its solving on every request.
+    protected = [Depends(require_api_key)] if settings.api_key else []
+    app.include_router(decisions.router, tags=["decisions"], dependencies=protected)
+    app.include_router(people.router, dependencies=protected)
 
     @app.get("/healthz", response_model=Health, summary="Liveness: the process is up.", tags=["operations"])
     async def healthz() -> Health:

@@ -24,7 +24,7 @@ def _digest(value: str) -> bytes:
     return hashlib.sha256(value.encode("utf-8", "surrogatepass")).digest()
 
 
-def require_api_key(request: Request, presented: str | None = Security(_header)) -> None:
+async def require_api_key(request: Request, presented: str | None = Security(_header)) -> None:
     expected: bytes | None = request.app.state.api_key_digest
     if expected is None:
         return

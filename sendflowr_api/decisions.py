@@ -7,14 +7,14 @@ from collections import Counter
 from datetime import UTC, datetime
 
 import orjson
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 
 from sendflowr.decisions.redact import redact_identifiers
 from sendflowr.decisions.service import DecisionError, DecisionRequest, UnusableIdentifiers, decide_batch
-from sendflowr_api.auth import UNAUTHORIZED, require_api_key
-from sendflowr_api.deps import NOT_READY, CurrentSnapshot
+from sendflowr_api.auth import UNAUTHORIZED
+from sendflowr_api.deps import NOT_READY, current_snapshot
 from sendflowr_api.models import (
     IDENTIFIER_FIELDS,
     BatchDecisionRequest,
@@ -25,7 +25,7 @@ from sendflowr_api.models import (
 from sendflowr_api.render import iso_z, iso_z_many
 
 log = logging.getLogger("sendflowr.api")
-router = APIRouter(dependencies=[Depends(require_api_key)])
+router = APIRouter()  # the API-key dependency is added by create_app when a key is set
 _JSON = "application/json"
 
 
@@ -43,9 +43,9 @@ def _unprocessable(errors: list[tuple[str, str, str]]) -> Response:
     "moment in [send_after, send_before) minus the latency. 422 names the field at fault: malformed or naive "
     "timestamps, send_before not after send_after, a window already past or too short for the latency, "
     "negative or absurd latency, no usable identifier, unknown fields.")
-async def timing_decision(body: TimingDecisionRequest, request: Request,
-                          snapshot: CurrentSnapshot) -> Response:
+async def timing_decision(body: TimingDecisionRequest, request: Request) -> Response:
     # async, on the event loop: requests arriving together share one vectorized decision (coalesce.py)
+    snapshot = current_snapshot(request)
     metrics = request.app.state.metrics
     identifiers = body.identifiers()
     try:
@@ -82,9 +82,9 @@ async def timing_decision(body: TimingDecisionRequest, request: Request,
     "Decisions come back in request order with their `index`. A recipient that cannot be decided (no usable "
     "identifier, window too short for the latency) gets an `error` and the others are unaffected; a malformed "
     "request (bad window, wrong types, unknown fields, too many recipients) is a 422 for the whole batch.")
-def timing_decisions(body: BatchDecisionRequest, request: Request,
-                     snapshot: CurrentSnapshot) -> Response:
+def timing_decisions(body: BatchDecisionRequest, request: Request) -> Response:
     # a plain def: a large batch runs in the thread pool instead of stalling the event loop
+    snapshot = current_snapshot(request)
     limit = request.app.state.settings.api_batch_max_size
     recipients = body.recipients
     if len(recipients) > limit:

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from fastapi import Depends, HTTPException, Request
+from fastapi import HTTPException, Request
 
 from sendflowr.decisions.snapshot import DecisionSnapshot
 
@@ -13,12 +11,10 @@ NOT_READY = {503: {"description": "No decision snapshot loaded yet (see /readyz)
 
 
 def current_snapshot(request: Request) -> DecisionSnapshot:
-    # Read the reference once: the whole request uses this one snapshot even if a refresh swaps it meanwhile.
+    # Called in the handler, not as a Depends: dependency solving costs more than the lookup. The reference is
+    # read once, so the whole request uses this one snapshot even if a refresh swaps it meanwhile.
     snapshot = request.app.state.holder.current
     if snapshot is None:
         reason = request.app.state.holder.last_error or "the first load has not finished"
         raise HTTPException(status_code=503, detail=f"no decision snapshot loaded yet: {reason}")
     return snapshot
-
-
-CurrentSnapshot = Annotated[DecisionSnapshot, Depends(current_snapshot)]

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Annotated
 
 import numpy as np
-from fastapi import APIRouter, Depends, HTTPException, Path, Request
+from fastapi import APIRouter, HTTPException, Path, Request
 
 from sendflowr.clickhouse import get_client
 from sendflowr.decisions.resolve import resolve
@@ -19,12 +19,12 @@ from sendflowr.decisions.snapshot import DecisionSnapshot
 from sendflowr.identity import graph
 from sendflowr.sql_files import load_sql
 from sendflowr.timing.decide import slot_name
-from sendflowr_api.auth import UNAUTHORIZED, require_api_key
-from sendflowr_api.deps import NOT_READY, CurrentSnapshot
+from sendflowr_api.auth import UNAUTHORIZED
+from sendflowr_api.deps import NOT_READY, current_snapshot
 from sendflowr_api.models import UID_PATTERN, Identifiers, Person
 from sendflowr_api.render import iso_z
 
-router = APIRouter(dependencies=[Depends(require_api_key)], tags=["people"])
+router = APIRouter(tags=["people"])  # the API-key dependency is added by create_app when a key is set
 TOP_HOURS = 5
 
 
@@ -74,7 +74,8 @@ def _person(request: Request, snapshot: DecisionSnapshot, uid: int, known: bool,
              summary="Find a person by any identifier",
              description="Resolves like /timing-decision. An unknown person is answered too (known_person false) "
              "with the universal_id stitching will assign and the cohort/global curve that would decide.")
-def lookup(body: Identifiers, request: Request, snapshot: CurrentSnapshot) -> dict:
+def lookup(body: Identifiers, request: Request) -> dict:
+    snapshot = current_snapshot(request)
     res = resolve(snapshot.identity, request.app.state.normalize_cache,
                   {k: [v] for k, v in body.identifiers().items() if v is not None}, [body.universal_id], 1)
     if res.errors[0] is not None:
@@ -90,7 +91,8 @@ def lookup(body: Identifiers, request: Request, snapshot: CurrentSnapshot) -> di
             summary="A person by universal_id", description="An id merged into another person answers with the "
             "survivor (`redirected_from` shows the requested id).")
 def person(universal_id: Annotated[str, Path(pattern=UID_PATTERN, examples=["sf_b8783dbfc0024695"])],
-           request: Request, snapshot: CurrentSnapshot) -> dict:
+           request: Request) -> dict:
+    snapshot = current_snapshot(request)
     requested = graph.parse_uid(np.array([universal_id], "U19"))
     survivor, known = snapshot.identity.survivors(requested)
     _, has_curve = snapshot.timing_rows(survivor)
