@@ -163,10 +163,12 @@ def _emails(raw: pa.StringArray, rules: NormalizationRules) -> NormalizedColumn:
     reasons.add(pc.is_null(raw), "email: missing")
     reasons.add(pc.equal(text, ""), "email: empty")
     reasons.add(_blocked_value([text], rules.blocked_values.get("email", ())), "email: blocked value")
-    parts = pc.extract_regex(text, _EMAIL_SHAPE)  # null where the shape does not match
-    reasons.add(pc.invert(parts.is_valid()), "email: not an address")
+    shaped = pc.match_substring_regex(text, _EMAIL_SHAPE)
+    reasons.add(pc.invert(shaped), "email: not an address")
     reasons.add(pc.greater(pc.utf8_length(text), MAX_EMAIL_LENGTH), "email: too long")
-    local, domain = pc.struct_field(parts, "local"), pc.struct_field(parts, "domain")
+    # exactly one '@' where the shape matched: a split is ~3x cheaper than extract_regex's named groups
+    parts = pc.split_pattern(pc.if_else(shaped, text, pa.scalar(None, pa.string())), "@", max_splits=1)
+    local, domain = pc.list_element(parts, 0), pc.list_element(parts, 1)
 
     if rules.email_plus_addressing != "keep":
         strip = (pa.repeat(True, len(raw)) if rules.email_plus_addressing == "all"
