@@ -34,6 +34,14 @@ def raw_hash(identifier_type: str, raw: str) -> int:
     return int.from_bytes(hashlib.md5(f"{identifier_type}\0{raw}".encode()).digest()[:8], "big")
 
 
+def raw_hashes(identifier_type: str, raws: list[str]) -> np.ndarray:
+    """`raw_hash` of many raw values of one type: digests joined into one buffer and read as big-endian uint64
+    by numpy (hashing itself has no column kernel)."""
+    prefix = f"{identifier_type}\0".encode()
+    digests = b"".join([hashlib.md5(prefix + raw.encode()).digest() for raw in raws])
+    return np.frombuffer(digests, dtype=">u8")[0::2].astype(np.uint64)
+
+
 def _find(sorted_keys: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Positions of `keys` in `sorted_keys` and whether each was found (vectorized binary search)."""
     if not len(sorted_keys):

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sendflowr.decisions.identity_map import IDENTIFIER_PRIORITY, IdentityMap, NormalizeCache, raw_hash
+from sendflowr.decisions.identity_map import IDENTIFIER_PRIORITY, IdentityMap, NormalizeCache, raw_hash, raw_hashes
 from sendflowr.identity import graph
 
 NO_KEY = np.iinfo(np.uint64).max
@@ -44,12 +44,12 @@ def resolve(identity: IdentityMap, cache: NormalizeCache, identifiers: Mapping[s
         values = identifiers.get(t)
         if values is None:
             continue
-        rows = np.fromiter((i for i, v in enumerate(values) if v is not None), np.int64)
+        column = np.asarray(values, dtype=object)
+        rows = np.flatnonzero(column != None)  # noqa: E711 (element-wise on an object array)
         if not len(rows):
             continue
-        raws = [values[i] for i in rows.tolist()]
-        # hashing has no column kernel; one md5 per identifier is the cheapest exact key there is
-        keys, seen = identity.raw_nodes(np.fromiter((raw_hash(t, r) for r in raws), np.uint64, len(raws)))
+        raws = column[rows].tolist()
+        keys, seen = identity.raw_nodes(raw_hashes(t, raws))
         unseen = np.flatnonzero(~seen)
         if len(unseen):
             fresh = cache.get_many([t] * len(unseen), [raws[i] for i in unseen.tolist()])
@@ -62,10 +62,11 @@ def resolve(identity: IdentityMap, cache: NormalizeCache, identifiers: Mapping[s
         new_min[new_rows] = np.minimum(new_min[new_rows], new_keys)
         unusable[t] = rows[~valid]
 
-    given = np.fromiter((u is not None for u in universal_ids), bool, n) if n else np.zeros(0, bool)
+    uid_column = np.asarray(universal_ids, dtype=object).reshape(n)
+    given = uid_column != None  # noqa: E711
     requested = np.zeros(n, np.uint64)
     if given.any():
-        requested[given] = graph.parse_uid(np.array([u for u in universal_ids if u is not None], "U19"))
+        requested[given] = graph.parse_uid(uid_column[given].astype("U19"))
     survivor, requested_known = identity.survivors(requested)
     redirected = given & (survivor != requested)
     derived = np.where(new_min != NO_KEY, graph.mix(np.where(new_min != NO_KEY, new_min, 0)), 0).astype(np.uint64)
