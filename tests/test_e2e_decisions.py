@@ -104,9 +104,10 @@ def test_decisions_of_the_served_api_find_the_true_best_slots(settings: Settings
     person = ids["person_id"].to_numpy()
     first = np.unique(person, return_index=True)[1]
     person, email = person[first], np.asarray(ids["raw_value"].to_pylist(), object)[first]
-    truth = pq.read_table(world / "true_curves.parquet", columns=["person_id", "best_hour"])
-    best_of = dict(zip(truth["person_id"].to_pylist(), truth["best_hour"].to_pylist(), strict=True))
-    best = np.array([best_of[p] for p in person.tolist()])
+    truth = pq.read_table(world / "true_curves.parquet", columns=["person_id", "best_hour", "p_open"])
+    at = {p: i for i, p in enumerate(truth["person_id"].to_pylist())}
+    best = truth["best_hour"].to_numpy()[[at[p] for p in person.tolist()]]
+    p_open = np.asarray(truth["p_open"].to_pylist(), np.float64)[[at[p] for p in person.tolist()]]
 
     # a full week starting on an hour boundary: every hour of the week is a candidate, latency 0
     start = (datetime.now(UTC) + timedelta(days=1)).replace(minute=0, second=0, microsecond=0)
@@ -132,9 +133,14 @@ def test_decisions_of_the_served_api_find_the_true_best_slots(settings: Settings
     # clearly above the baseline: by more than three standard errors of the difference of two proportions
     n = len(rows)
     se = math.sqrt((ours.mean() * (1 - ours.mean()) + baseline.mean() * (1 - baseline.mean())) / n)
+    # and the true open probability at the chosen hour beats the global hour's, paired per person
+    chosen = np.array([_hour_of_week(d["delivery_timestamp_utc"]) for d in decided])
+    gain = p_open[rows, chosen] - p_open[rows, _hour_of_week(stranger["delivery_timestamp_utc"])]
     print(f"\nwithin 1 h of the true best slot: API {ours.mean():.1%} vs global fallback {baseline.mean():.1%} "
-          f"({n} people)")
+          f"({n} people); true open probability at the chosen hour {p_open[rows, chosen].mean():.4f} vs "
+          f"{p_open[rows, _hour_of_week(stranger['delivery_timestamp_utc'])].mean():.4f}")
     assert ours.mean() - baseline.mean() > 3 * se, (ours.mean(), baseline.mean(), se)
+    assert gain.mean() > 3 * gain.std() / math.sqrt(n), (gain.mean(), gain.std())
 
     # the seed's contract for one known person agrees with the batch
     i = int(rows[0])
