@@ -58,7 +58,7 @@ async def timing_decision(body: TimingDecisionRequest, request: Request) -> Resp
     except DecisionError as exc:
         metrics.decision_errors.labels("single", exc.field).inc()
         return _unprocessable([(exc.field, str(exc), "undecidable")])
-    metrics.decisions.labels("single", result.fallback_level).inc()
+    metrics.single_decision(result.fallback_level)
     if log.isEnabledFor(logging.DEBUG):
         log.debug("decision %s %s -> %s (%s)", redact_identifiers(identifiers), result.universal_id,
                   result.trigger_at.isoformat(), result.fallback_level)

@@ -62,7 +62,13 @@ class Metrics:
         self.auth_failures = Counter("sendflowr_api_auth_failures", "Requests refused for a missing/invalid key",
                                      registry=self.registry)
         self.registry.register(_SnapshotCollector(holder))
-        self._children: dict[tuple[str, int], tuple] = {}
+        self._children: dict = {}  # resolved label children, by (route, status) or fallback level
+
+    def single_decision(self, level: str) -> None:
+        child = self._children.get(level)
+        if child is None:
+            child = self._children[level] = self.decisions.labels("single", level)
+        child.inc()
 
     def observe(self, route: str, status: int, seconds: float) -> None:
         key = (route, status)

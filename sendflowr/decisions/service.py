@@ -15,7 +15,7 @@ from sendflowr.decisions.resolve import Resolution, resolve, resolve_one
 from sendflowr.decisions.snapshot import DecisionSnapshot
 from sendflowr.identity import graph
 from sendflowr.identity.normalize import normalize
-from sendflowr.timing.decide import DecisionError, decide, decide_many, hour_of_week_ms, slot_name
+from sendflowr.timing.decide import EPOCH_HOW, HOUR_MS, HOURS, DecisionError, decide, decide_many, slot_name
 from sendflowr.timing.store import TimingSnapshot, email_cohort, phone_cohort
 
 IDENTIFIER_FIELDS = ("email", "klaviyo_id", "phone", "external_id")
@@ -187,7 +187,7 @@ def decide_requests(snapshot: DecisionSnapshot, cache: NormalizeCache, requests:
         known = bool(res.known[0])
         value, conf = float(batch.expected_engagement[j]), float(batch.confidence[j])
         explanation = (("" if known else "unknown person (no events stitched yet); ")
-                       + f"{slot_name(int(hour_of_week_ms(np.array([delivery[j]]))[0]))} is the best delivery hour "
+                       + f"{slot_name((delivery[j] // HOUR_MS + EPOCH_HOW) % HOURS)} is the best delivery hour "
                        f"in the window by {_SOURCE.get(levels[j], levels[j])} (evidence {evidence[j]:.1f} "
                        f"engagements, expected engagement {value:.3f}); confidence {conf:.2f}{uncalibrated}")
         out[i] = DecisionResult(
