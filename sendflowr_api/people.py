@@ -28,12 +28,14 @@ router = APIRouter(tags=["people"])  # the API-key dependency is added by create
 TOP_HOURS = 5
 
 
-def _identifiers(request: Request, universal_id: str) -> dict[str, list[dict]]:
+def _identifiers(request: Request, snapshot: DecisionSnapshot, uid: int, universal_id: str) -> dict[str, list[dict]]:
     state = request.app.state
+    keys = snapshot.identity.node_key[snapshot.identity.node_uid == np.uint64(uid)]
     if state.query_client is None:
         state.query_client = get_client(state.settings, connect_timeout=2, send_receive_timeout=10)
     sql = load_sql("decisions/person_identifiers.sql", state.settings.clickhouse_database)
-    rows = state.query_client.query(sql, parameters={"universal_id": universal_id}).result_rows
+    rows = state.query_client.query(sql, parameters={"universal_id": universal_id,
+                                                     "node_keys": [int(k) for k in keys]}).result_rows
     out: dict[str, list[dict]] = {}
     for identifier_type, value, first_seen, last_seen, shared in rows:
         out.setdefault(identifier_type, []).append({
@@ -50,7 +52,7 @@ def _person(request: Request, snapshot: DecisionSnapshot, uid: int, known: bool,
     rows, found = snapshot.timing_rows(np.array([uid], np.uint64))
     top = np.argsort(-curve, kind="stable")[:TOP_HOURS]
     try:
-        identifiers = _identifiers(request, universal_id) if known else {}
+        identifiers = _identifiers(request, snapshot, uid, universal_id) if known else {}
     except Exception as exc:  # ClickHouse down: the snapshot still answers everything else
         raise HTTPException(status_code=503, detail=f"identifier lookup failed: {type(exc).__name__}") from exc
     return {
