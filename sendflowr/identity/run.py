@@ -177,15 +177,17 @@ class _Totals:
 
 def _last_totals(client: Client, database: str, full_rebuild: bool) -> _Totals:
     """The graph's totals after the last run (identity_runs); zeros before a full rebuild. A graph written
-    before identity_runs existed is counted once with full scans."""
+    before identity_runs existed, or by a run that died before logging itself, is counted with full scans."""
     if full_rebuild:
         return _Totals()
     rows = client.query(
-        f"SELECT nodes_total, people_total, edges_total, largest_person, edges_blocked FROM {database}.identity_runs "
-        "ORDER BY finished_at DESC LIMIT 1").result_rows
-    if rows:
-        nodes, people, edges, largest, blocked = rows[0]
+        f"SELECT nodes_total, people_total, edges_total, largest_person, edges_blocked, "
+        f"finished_at >= (SELECT max(updated_at) FROM {database}.identity_nodes) AS clean "
+        f"FROM {database}.identity_runs ORDER BY finished_at DESC LIMIT 1").result_rows
+    if rows and rows[0][5]:
+        nodes, people, edges, largest, blocked, _ = rows[0]
         return _Totals(int(nodes), int(people), int(edges), int(largest), {k: int(v) for k, v in blocked.items()})
+    # No run log yet, or a run died after writing identity_nodes (rows newer than the last log): count once.
     nodes, people, largest = client.query(
         f"SELECT sum(n), count(), max(n) FROM (SELECT universal_id, count() AS n FROM {database}.identity_nodes "
         "FINAL GROUP BY universal_id)").result_rows[0]
