@@ -151,11 +151,13 @@ def test_bad_records_are_rejected_with_reasons_and_good_ones_kept() -> None:
         {**good, "sg_event_id": "x3", "timestamp": 900_000_000},
         {**good, "sg_event_id": "x4", "email": ""},
         {**good, "sg_event_id": "x5", "email": "a" * 400},
+        {**good, "sg_event_id": "x6", "event": "click", "url": "u" * 3000},
+        {**good, "sg_event_id": "i" * 250},
     ]
     result = FORMATS["sendgrid"](batch, NOW)
     assert [e["event_id"] for e in result.events] == ["sendgrid:rWVYmVk90MjZJ9iohOBa3w=="]
     reasons = dict(result.rejects)
-    assert sorted(reasons) == [1, 2, 3, 4, 5, 6, 7, 8]
+    assert sorted(reasons) == [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]
     assert reasons[1].startswith("sg_event_id: missing")
     assert reasons[2] == "event: unknown SendGrid event type 'teleported'"
     assert reasons[3].startswith("record: expected a JSON object")
@@ -164,6 +166,15 @@ def test_bad_records_are_rejected_with_reasons_and_good_ones_kept() -> None:
     assert reasons[6] == "occurred_at: before 2000-01-01"
     assert reasons[7] == "email: missing"
     assert reasons[8].startswith("identifiers.email: longer than 320")
+    assert reasons[9] == "url: longer than 2048 characters"
+    assert reasons[10] == "event_id: longer than 256 characters"
+    for index, reason in reasons.items():  # the same verdicts the full contract check gives
+        if index >= 5:
+            event = {"event_id": "sendgrid:" + str(batch[index]["sg_event_id"]), "event_type": "clicked",
+                     "occurred_at": epoch_to_rfc3339([batch[index]["timestamp"]])[0] or "x",
+                     "identifiers": {"email": batch[index]["email"]} if batch[index]["email"] else {},
+                     **({"url": batch[index]["url"]} if "url" in batch[index] else {})}
+            assert event_errors(event, NOW), reason
 
 
 def test_cheap_contract_check_agrees_with_the_validator() -> None:

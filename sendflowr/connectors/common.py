@@ -116,13 +116,36 @@ def text(value: Any) -> str | None:
     return None
 
 
+class FieldTooLong(ValueError):
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
 def put(event: dict[str, Any], key: str, value: Any) -> None:
-    """Set an optional text field when the provider gave one (numbers become text); skip empties."""
-    if type(value) is str:
-        if value:
-            event[key] = value
-    elif isinstance(value, (int, float)) and not isinstance(value, bool):
-        event[key] = str(value)
+    """Set an optional text field when the provider gave one (numbers become text; empties skipped),
+    checking the contract's length limit on the way (FieldTooLong), so hot mappers need no second pass."""
+    if type(value) is not str:
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            return
+        value = str(value)
+    if value:
+        if len(value) > _MAX_LENGTHS[key]:
+            raise FieldTooLong(f"{key}: longer than {_MAX_LENGTHS[key]} characters")
+        event[key] = value
+
+
+def time_problem(occurred: str, latest: str) -> str | None:
+    """Range check of a time in our fixed-width form against `latest` (now + tolerance, same form)."""
+    if occurred < _EARLIEST:
+        return "occurred_at: before 2000-01-01"
+    if occurred > latest:
+        return "occurred_at: more than 5 minutes in the future"
+    return None
+
+
+def latest_allowed(now: datetime | None = None) -> str:
+    return _stamp((now or datetime.now(UTC)) + FUTURE_TOLERANCE)
 
 
 def truthy(value: Any) -> bool:

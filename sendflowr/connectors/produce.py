@@ -59,10 +59,11 @@ class ConfirmingProducer:
             self._producer.poll(0.05)
 
     def _enqueue(self, payloads: list[bytes], pending: _Pending) -> None:
+        produce, topic, callback = self._producer.produce, self.topic, pending.on_delivery
         for value in payloads:
             while True:
                 try:
-                    self._producer.produce(self.topic, value=value, on_delivery=pending.on_delivery)
+                    produce(topic, value, on_delivery=callback)
                     break
                 except BufferError:
                     time.sleep(0.005)  # local queue full: the poll thread is draining it
