@@ -171,3 +171,19 @@ def test_a_run_that_dies_midway_leaves_correct_totals_for_the_next(settings: Set
     # (the redo counted the dead run's events twice in the edge counters, which can reorder edges where a guard
     # binds; a full rebuild recounts them -- docs/IDENTITY-RESOLUTION.md)
     _assert_totals_match_the_tables(ch, db, stitch_once(settings, ch, full_rebuild=True, log=quiet))
+
+
+def test_a_run_whose_identifiers_are_all_rejected_changes_nothing(settings: Settings, ch) -> None:
+    db = settings.clickhouse_database
+    quiet = lambda _: None  # noqa: E731
+    junk = [{"event_id": f"j{i}", "event_type": "opened", "occurred_at": "2026-10-01T10:00:00Z",
+             "identifiers": ids} for i, ids in enumerate([{"email": "noreply@shop.com"}, {"phone": "0000000000"},
+                                                          {"email": "test@test.com", "external_id": "null"}])]
+    for batch in (junk[:2], junk[2:]):
+        produce_all(settings, [(None, json.dumps(e).encode()) for e in batch])
+        ingest_once(settings, ch, IngestOptions(until_caught_up=True), log=quiet)
+        report = stitch_once(settings, ch, log=quiet)
+        assert report.new_events == len(batch) and report.region_nodes == 0
+        assert (report.people_total, report.nodes_total, report.edges_total) == (0, 0, 0)
+    assert ch.command(f"SELECT count() FROM {db}.identity_blocked WHERE kind = 'identifier'") == 4
+    assert ch.command(f"SELECT count() FROM {db}.identity_nodes") == 0
