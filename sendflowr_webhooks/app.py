@@ -24,7 +24,7 @@ from sendflowr.connectors.common import ConnectorError, serialize
 from sendflowr.connectors.produce import ConfirmingProducer
 from sendflowr.connectors.signatures import KlaviyoVerifier, MailgunVerifier, SendgridVerifier, SignatureRejected
 from sendflowr.connectors.sns import SnsVerifier, parse_envelope
-from sendflowr.kafka_io import KafkaUnavailable
+from sendflowr.kafka_io import KafkaUnavailable, ensure_topic
 from sendflowr.settings import Settings, get_settings
 
 log = logging.getLogger("sendflowr.webhooks")
@@ -102,6 +102,10 @@ def create_app(settings: Settings | None = None, sns_fetch: Callable[[str], byte
     async def lifespan(app: FastAPI):
         receiver = Receiver(settings or get_settings(), sns_fetch, sns_confirm)
         app.state.receiver = receiver
+        try:  # best effort: a broker that is down now may be up by the first webhook
+            await run_in_threadpool(ensure_topic, receiver.settings, None, None, 10.0)
+        except KafkaUnavailable as exc:
+            log.warning("could not check the events topic at start-up: %s", exc)
         unsigned = [name for name, v in (("sendgrid", receiver.sendgrid), ("mailgun", receiver.mailgun),
                                           ("klaviyo", receiver.klaviyo), ("ses", receiver.sns)) if v is None]
         if unsigned:

@@ -20,7 +20,7 @@ import orjson
 
 from sendflowr.connectors import FORMATS
 from sendflowr.connectors.common import ConnectorError, serialize
-from sendflowr.kafka_io import produce_all
+from sendflowr.kafka_io import ensure_topic, produce_all
 from sendflowr.settings import Settings
 
 CHUNK_ROWS = 20_000
@@ -117,6 +117,7 @@ def import_files(settings: Settings, fmt: str, paths: list[Path], as_csv: bool =
         if not path.is_file():
             raise ConnectorError(f"{path}: no such file")
     normalize = FORMATS[fmt]
+    ensure_topic(settings)  # a missing topic would otherwise fail every message at the end of the run
     report = ImportReport()
     rejects_path = rejects_path or paths[0].with_name(paths[0].name + ".rejects.jsonl")
     started = time.perf_counter()
