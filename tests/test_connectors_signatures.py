@@ -71,6 +71,25 @@ def test_sendgrid_own_keys_round_trip() -> None:
     SendgridVerifier(public, 600).verify(body, signature, stamp)
 
 
+# mailgun/mailgun-php tests/Api/WebhookTest.php: the SDK's signing vector (key, timestamp, token, signature).
+MG_KEY = "key-3ax6xnjp29jd6fds4gc373sgvjxteol0"
+MG_VECTOR = {"timestamp": "1403645220", "token": "5egbgr1vjgqxtrnp65xfznchgdccwh5d6i09vijqi3whgowmn6",
+             "signature": "9cfc5c41582e51246e73c88d34db3af0a3a2692a76fbab81492842f000256d33"}
+
+
+def test_mailgun_published_vector_verifies_and_tampering_fails() -> None:
+    MailgunVerifier(MG_KEY, 600).verify(MG_VECTOR, now=1403645230)
+    for tampered in ({**MG_VECTOR, "token": "owyldpe6nxhmrn78epljl6bj0orrki1u3d2v5e6cnlmmuox8jr"},
+                     {**MG_VECTOR, "timestamp": "1403645221"},
+                     {**MG_VECTOR, "signature": MG_VECTOR["signature"][:-1] + "4"}):
+        with pytest.raises(SignatureRejected, match="does not match"):
+            MailgunVerifier(MG_KEY, 600).verify(tampered, now=1403645230)
+    with pytest.raises(SignatureRejected, match="stale"):
+        MailgunVerifier(MG_KEY, 600).verify(MG_VECTOR)  # the vector is from 2014: far too old for now
+    with pytest.raises(SignatureRejected, match="does not match"):
+        MailgunVerifier("another-key", 600).verify(MG_VECTOR, now=1403645230)
+
+
 def mailgun_block(key: str, token: str, stamp: str) -> dict:
     digest = hmac.new(key.encode(), (stamp + token).encode(), hashlib.sha256).hexdigest()
     return {"timestamp": stamp, "token": token, "signature": digest}
