@@ -335,7 +335,7 @@ def _stitch_region(client: Client, database: str, guards: Guards, run_id: str, r
     report.people_total = before.people_total - people_before + len(people_after)
     report.edges_total = before.edges_total + new_pairs if not full_rebuild else len(edges)
     report.largest_person = max(before.largest_person, int(people_after.max(initial=0)))
-    now = Counter({k: v for k, v in res_audit(res.blocked_reason).items()})
+    now = Counter(_blocked_counts(res.blocked_reason))
     total = Counter(before.edges_blocked)
     total.subtract(Counter(blocked_before))
     total.update(now)
@@ -343,7 +343,7 @@ def _stitch_region(client: Client, database: str, guards: Guards, run_id: str, r
     log(f"region: {len(region)} identifiers, {len(edges)} edges, {n - len(region)} boundary identifiers")
 
 
-def res_audit(reason_code: np.ndarray) -> dict[str, int]:
+def _blocked_counts(reason_code: np.ndarray) -> dict[str, int]:
     """Number of blocked edges per guard reason."""
     counts = np.bincount(reason_code, minlength=len(REASONS))
     return {REASONS[code]: int(c) for code, c in enumerate(counts) if c and code != graph.ACCEPTED}
