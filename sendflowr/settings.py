@@ -66,8 +66,8 @@ class Settings(BaseSettings):
     timing_click_weight: float = Field(
         default=2.0, ge=0, description="Extra weight of a genuinely clicked delivery in the timing signal.")
     timing_prior_strength: float = Field(
-        default=2.0, gt=0,
-        description="Pseudo-deliveries of the cohort prior per hour in a person's curve (shrinkage strength).")
+        default=1.0, gt=0,
+        description="Pseudo-engagements of the cohort prior per hour in a person's curve (shrinkage strength).")
     ingest_max_messages_per_partition: int = Field(
         default=1_000_000, ge=1, description="Most offsets one scheduled ingestion run reads per partition.")
     ingest_max_rejected_share: float = Field(

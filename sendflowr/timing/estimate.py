@@ -10,8 +10,9 @@ instead of histogramming open times that can only follow 10:00.
 2. Priors: global rate G = sum over people of smoothed S / smoothed E; a cohort's rate is shrunk toward G
    with `cohort_strength` pseudo-deliveries per hour.
 3. Person: an overall level lambda = (sum S + a) / (expected S under the prior + a) (Poisson-Gamma), then
-   r[h] = (S~[h] + m * lambda * R[h]) / (E~[h] + m): the data win where deliveries are many, the prior where
-   they are few (m = prior_strength pseudo-deliveries).
+   r[h] = (S~[h] + k) / (E~[h] + k / (lambda * R[h])): a Gamma prior worth k pseudo-engagements at the prior
+   mean, so the data win where engagements are many and a few unanswered deliveries barely move a low rate
+   (k = prior_strength).
 """
 
 from __future__ import annotations
@@ -26,13 +27,16 @@ from sendflowr.timing.decide import HOURS
 
 @dataclass(frozen=True)
 class EstimatorParams:
-    prior_strength: float = 2.0  # m: pseudo-deliveries per hour pulling a person toward their prior
+    prior_strength: float = 1.0  # k: pseudo-engagements per hour pulling a person toward their prior
     level_strength: float = 2.0  # a: pseudo-engagements pulling a person's overall level toward the prior's
     hour_bandwidth: float = 1.5  # Gaussian sigma (hours) of neighbouring-hour smoothing
     day_pooling: float = 0.7  # weight of the same hour on the other days of the week
     cohort_strength: float = 200.0  # pseudo-deliveries per hour pulling a cohort toward the global curve
     min_person_engagements: int = 3  # from here on a curve is labelled 'person'
     min_cohort_people: int = 30  # a cohort needs this many people with deliveries to be learned
+    clusters: int = 0  # activity clusters of the ML prior (0 = off: cohort priors only)
+    cluster_min_engagements: int = 5  # people the clusters are learned from
+    seed: int = 7
 
     def to_dict(self) -> dict[str, float]:
         return asdict(self)
@@ -107,5 +111,53 @@ def person_curves(e: np.ndarray, s: np.ndarray, prior: np.ndarray, params: Estim
     """[n, 168] posterior curves from dense deliveries e, weighted engagement s and each row's prior rate."""
     expected = (e * prior).sum(axis=1)
     level = (s.sum(axis=1) + params.level_strength) / (expected + params.level_strength)
-    m = params.prior_strength
-    return ((smooth(s, params) + m * level[:, None] * prior) / (smooth(e, params) + m)).astype(np.float32)
+    mean = level[:, None] * prior
+    # Gamma prior worth `prior_strength` pseudo-engagements at every hour (so 1/mean pseudo-deliveries): a few
+    # deliveries without engagement barely move a low rate, many engagements move any rate.
+    k = params.prior_strength
+    pseudo = k / np.maximum(mean, 1e-6)
+    return ((smooth(s, params) + k) / (smooth(e, params) + pseudo)).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class ActivityClusters:
+    """The ML prior: K typical weekly shapes learned by k-means (scikit-learn) from data-rich people's curves,
+    and P(cluster | cohort). A person's prior becomes the mixture of the shapes weighted by the posterior of
+    their own deliveries and engagements (Poisson likelihood), so a few engagements at 03:00 UTC place them
+    among night owls or far-east readers, which no phone or email cohort can."""
+
+    shapes: np.ndarray  # float32 [K, 168], mean 1
+    cohort_mix: np.ndarray  # float64 [n_cohorts, K], rows sum to 1
+
+
+def learn_clusters(rich_curves: np.ndarray, rich_cohort: np.ndarray, n_cohorts: int,
+                   params: EstimatorParams) -> ActivityClusters | None:
+    from sklearn.cluster import KMeans
+
+    k = params.clusters
+    if k <= 0 or rich_curves.shape[0] < 5 * k:
+        return None
+    shapes = rich_curves / np.maximum(rich_curves.mean(axis=1, keepdims=True), 1e-9)
+    model = KMeans(n_clusters=k, n_init=3, random_state=params.seed).fit(shapes)
+    centers = np.maximum(model.cluster_centers_, 1e-3)
+    centers = (centers / centers.mean(axis=1, keepdims=True)).astype(np.float32)
+    counts = np.zeros((n_cohorts, k))
+    np.add.at(counts, (rich_cohort, model.labels_), 1.0)
+    overall = counts.sum(axis=0) / counts.sum()
+    mix = (counts + 5.0 * overall) / (counts.sum(axis=1, keepdims=True) + 5.0)
+    return ActivityClusters(shapes=centers, cohort_mix=mix)
+
+
+def mixture_prior(e: np.ndarray, s: np.ndarray, prior: np.ndarray, cohort: np.ndarray,
+                  clusters: ActivityClusters, params: EstimatorParams) -> np.ndarray:
+    """[n, 168] priors: cluster shapes at each row's prior level, weighted by P(cluster | cohort, own data)."""
+    level = prior.mean(axis=1, keepdims=True)  # [n, 1]
+    shapes = clusters.shapes  # [K, 168]
+    expected = (e @ shapes.T) * level  # [n, K] expected engagement under each cluster at the prior's level
+    lam = (s.sum(axis=1, keepdims=True) + params.level_strength) / (expected + params.level_strength)
+    loglik = s @ np.log(shapes).T + s.sum(axis=1, keepdims=True) * np.log(lam) - lam * expected
+    logpost = loglik + np.log(clusters.cohort_mix[cohort])
+    logpost -= logpost.max(axis=1, keepdims=True)
+    w = np.exp(logpost)
+    w /= w.sum(axis=1, keepdims=True)
+    return ((w @ shapes) * level).astype(np.float32)

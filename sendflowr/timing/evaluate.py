@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import base64
 import io
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -28,8 +28,8 @@ import pyarrow.parquet as pq
 from clickhouse_connect.driver.client import Client
 
 from sendflowr.timing.decide import HOUR_MS, HOURS, Calibration, decide_many, hour_of_week_ms
-from sendflowr.timing.estimate import EstimatorParams
-from sendflowr.timing.run import Fit, fit, levels, person_cohorts
+from sendflowr.timing.estimate import EstimatorParams, mixture_prior
+from sendflowr.timing.run import Fit, fit, learn_ml_prior, levels, person_cohorts
 from sendflowr.timing.signals import SignalRules
 
 BUCKETS = ((0, 0, "0"), (1, 4, "1-4"), (5, 19, "5-19"), (20, 10**9, "20+"))
@@ -169,7 +169,13 @@ def evaluate(client: Client, database: str, truth_dir: Path, rules: SignalRules 
     first_held = int(np.floor(sends.size * (1 - config.holdout_share)))
     held = sends[first_held:]
     cutoff = datetime.fromtimestamp(int(held[0]) / 1000, tz=UTC)
-    f = fit(client, database, rules, params, delivered_before=cutoff)
+    base = fit(client, database, rules, replace(params, clusters=0), delivered_before=cutoff)
+    # Both priors on the same statistics: the non-ML cohort prior and the ML activity-cluster prior.
+    ml_params = replace(params, clusters=params.clusters or 12)
+    ml = Fit(base.stats, base.priors, base.cohort_index, ml_params)
+    ml.clusters = learn_ml_prior(ml)
+    use_ml = params.clusters > 0 and ml.clusters is not None
+    f = ml if use_ml else base
 
     people = truth_people(client, database, truth_dir)
     uid = np.asarray(people.column("universal_id").to_numpy(zero_copy_only=False), dtype=object)
@@ -178,6 +184,9 @@ def evaluate(client: Client, database: str, truth_dir: Path, rules: SignalRules 
     true_curves = pa.concat_arrays([c.flatten() for c in true.chunks]).to_numpy().reshape(-1, HOURS)[person_id]
 
     curves, evidence, engagements, lv, cohort_index = _curves_for(client, database, f, uid, params)
+    other = base if use_ml else ml
+    other_curves = _curves_for(client, database, other, uid, params)[0] if other.clusters is not None or use_ml \
+        else None
     recent = recent_open_hour(client, database, cutoff, uid, config.recent_opens)
 
     # decisions: every (person, held-out campaign), subsampled to max_decisions
@@ -231,6 +240,13 @@ def evaluate(client: Client, database: str, truth_dir: Path, rules: SignalRules 
            "recent_open_hour": (_circ(hour_of_week_ms(recent_ms), oracle_slot) <= 1).astype(np.float64)}
 
     report = EvalReport(cutoff=cutoff, decisions=int(row.size), people=int(n_people))
+    if other_curves is not None:
+        alt = decide_many(other_curves[row], evidence[row], lv[row], after, before, 0.0, now, cal)
+        alt_value = value_at(alt.delivery_at.astype(np.int64))
+        ml_value, plain_value = (value["ours"], alt_value) if use_ml else (alt_value, value["ours"])
+        report.ml = _ml_summary(ml_value, plain_value, best, row, _bucket_of(engagements)[row], config, rng)
+        report.ml["used"] = bool(use_ml)
+        report.ml["clusters"] = int(ml_params.clusters)
     bucket = _bucket_of(engagements)[row]
     for b, (_, _, name) in enumerate(BUCKETS):
         rows = bucket == b
@@ -278,8 +294,33 @@ def _curves_for(client: Client, database: str, f: Fit, uid: np.ndarray, params: 
         lookup = {name: i for i, name in enumerate(f.priors.cohorts)}
         mapped = np.array([lookup.get(name, 0) for name in names], dtype=np.int64)  # a few dozen names
         cohort_index[~known] = mapped[code]
-        curves[~known] = f.priors.curves[cohort_index[~known]]
+        prior = f.priors.curves[cohort_index[~known]]
+        if f.clusters is not None:
+            empty = np.zeros_like(prior)
+            prior = mixture_prior(empty, empty, prior, cohort_index[~known], f.clusters, f.params)
+        curves[~known] = prior
     return curves, evidence, engagements, levels(engagements, cohort_index, params), cohort_index
+
+
+def _ml_summary(ml: np.ndarray, plain: np.ndarray, best: np.ndarray, person_row: np.ndarray, bucket: np.ndarray,
+                config: EvalConfig, rng: np.random.Generator) -> dict:
+    """ML prior vs the non-ML cohort prior per bucket: shares of the oracle and the lift with a 95% interval."""
+    out: dict = {"buckets": {}}
+    for b, (_, _, name) in enumerate(list(BUCKETS) + [(0, 0, "all")]):
+        rows = bucket == b if name != "all" else np.ones(bucket.size, dtype=bool)
+        if not rows.any() or plain[rows].sum() <= 0:
+            continue
+        people, inverse = np.unique(person_row[rows], return_inverse=True)
+        weights = rng.poisson(1.0, size=(config.bootstrap, people.size)).astype(np.float64)
+        a = weights @ np.bincount(inverse, weights=ml[rows], minlength=people.size)
+        c = weights @ np.bincount(inverse, weights=plain[rows], minlength=people.size)
+        lo, hi = np.percentile(a / np.maximum(c, 1e-12) - 1.0, [2.5, 97.5])
+        oracle = float(best[rows].sum())
+        out["buckets"][name] = {"share_ml": float(ml[rows].sum() / oracle),
+                                "share_non_ml": float(plain[rows].sum() / oracle),
+                                "lift": float(ml[rows].sum() / plain[rows].sum() - 1.0),
+                                "ci95": [float(lo), float(hi)]}
+    return out
 
 
 def _summarize(rows: np.ndarray, person_row: np.ndarray, value: dict, best: np.ndarray, hit: dict,

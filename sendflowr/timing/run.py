@@ -23,7 +23,15 @@ from clickhouse_connect.driver.client import Client
 
 from sendflowr.sql_files import load_sql
 from sendflowr.timing.decide import HOURS, Calibration
-from sendflowr.timing.estimate import EstimatorParams, Priors, learn_priors, person_curves
+from sendflowr.timing.estimate import (
+    ActivityClusters,
+    EstimatorParams,
+    Priors,
+    learn_clusters,
+    learn_priors,
+    mixture_prior,
+    person_curves,
+)
 from sendflowr.timing.signals import FAR_FUTURE, SignalRules
 from sendflowr.timing.store import EMAIL_COHORT, PHONE_COHORT, calling_codes
 
@@ -122,7 +130,9 @@ def person_stats(client: Client, database: str, rules: SignalRules,
            "sum(machine_opens) AS machine_opens, sum(clicks) AS clicks, sum(scanner_clicks) AS scanner_clicks, "
            "sum(genuine_opens) AS genuine_opens, sum(genuine_clicks) AS genuine_clicks "
            f"FROM ({inner}) GROUP BY universal_id ORDER BY universal_id")
-    table = client.query_arrow(sql, parameters=rules.parameters(delivered_before), use_strings=True)
+    # timing_messages is sorted by message_id: its regrouping streams in order instead of hashing.
+    table = client.query_arrow(sql, parameters=rules.parameters(delivered_before), use_strings=True,
+                               settings={"optimize_aggregation_in_order": 1})
     lists = {name: pa.concat_arrays(table.column(name).chunks) if table.num_rows else None
              for name in ("how", "deliveries", "weight", "engaged")}
 
@@ -166,6 +176,7 @@ class Fit:
     priors: Priors
     cohort_index: np.ndarray  # per person, into priors.cohorts
     params: EstimatorParams
+    clusters: ActivityClusters | None = None  # the ML prior, when enabled and learnable
 
     def curves(self, lo: int = 0, hi: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(curves [k, 168], evidence, engagements) for people lo..hi."""
@@ -173,6 +184,8 @@ class Fit:
         st = self.stats
         e, s = st.dense(lo, hi, st.deliveries), st.dense(lo, hi, st.weight)
         prior = self.priors.curves[self.cohort_index[lo:hi]]
+        if self.clusters is not None:
+            prior = mixture_prior(e, s, prior, self.cohort_index[lo:hi], self.clusters, self.params)
         engaged = np.add.reduceat(np.append(st.engaged, 0.0), st.offsets[lo:hi])[: hi - lo] \
             if hi > lo else np.zeros(0)
         engaged = np.where(np.diff(st.offsets[lo:hi + 1]) > 0, engaged, 0.0)
@@ -184,7 +197,29 @@ def fit(client: Client, database: str, rules: SignalRules, params: EstimatorPara
     stats = person_stats(client, database, rules, delivered_before)
     cohort_code, names = person_cohorts(client, database, stats.universal_id)
     priors, pc = learn_priors(cohort_code, names, stats.person, stats.how, stats.deliveries, stats.weight, params)
-    return Fit(stats=stats, priors=priors, cohort_index=pc, params=params)
+    f = Fit(stats=stats, priors=priors, cohort_index=pc, params=params)
+    if params.clusters > 0:
+        f.clusters = learn_ml_prior(f)
+    return f
+
+
+def learn_ml_prior(f: Fit) -> ActivityClusters | None:
+    """Learn the ML prior's shapes from the cohort-prior curves of data-rich people."""
+    engaged = np.add.reduceat(np.append(f.stats.engaged, 0.0), f.stats.offsets[:-1]) if len(f.stats) else np.zeros(0)
+    rich = np.flatnonzero((np.diff(f.stats.offsets) > 0) & (engaged >= f.params.cluster_min_engagements))
+    if rich.size == 0:
+        return None
+    st = f.stats
+    keep = np.zeros(len(st), dtype=bool)
+    keep[rich] = True
+    rows = keep[st.person]  # the flat (person, hour) rows of the rich people, still grouped by person
+    sub = PersonStats(universal_id=st.universal_id[rich],
+                      offsets=np.concatenate([[0], np.cumsum(np.diff(st.offsets)[rich])]).astype(np.int64),
+                      how=st.how[rows], deliveries=st.deliveries[rows], weight=st.weight[rows],
+                      engaged=st.engaged[rows])
+    curves = person_curves(sub.dense(0, len(sub), sub.deliveries), sub.dense(0, len(sub), sub.weight),
+                           f.priors.curves[f.cohort_index[rich]], f.params)
+    return learn_clusters(curves, f.cohort_index[rich], len(f.priors.cohorts), f.params)
 
 
 def levels(engagements: np.ndarray, cohort_index: np.ndarray, params: EstimatorParams) -> np.ndarray:

@@ -50,13 +50,14 @@ def _latest_report(sendflowr: SendflowrResource) -> dict | None:
 
 
 @asset_check(asset="timing_evaluation", description="For people with no data, our choice is never worse than the "
-                                                    "global fallback's (lift vs global best hour >= 0 in bucket 0).")
+                                                    "global fallback's: the 95% interval of the lift vs the global "
+                                                    "best hour in bucket 0 does not lie below zero.")
 def no_data_not_worse_than_global(sendflowr: SendflowrResource) -> AssetCheckResult:
     report = _latest_report(sendflowr)
     lift = (((report or {}).get("buckets", {}).get("0") or {}).get("lift") or {}).get("global_best_hour")
     if lift is None:
         return AssetCheckResult(passed=True, metadata={"skipped": MetadataValue.text("no evaluation with bucket 0")})
-    return AssetCheckResult(passed=lift["lift"] >= 0, metadata={"lift": MetadataValue.float(lift["lift"]),
+    return AssetCheckResult(passed=lift["ci95"][1] >= 0, metadata={"lift": MetadataValue.float(lift["lift"]),
                                                                 "ci95": MetadataValue.json(lift["ci95"])})
 
 
