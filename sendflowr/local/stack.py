@@ -13,6 +13,8 @@ import os
 import shutil
 import subprocess
 import sys
+import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -112,6 +114,21 @@ def produce_world_once(settings: Settings, people: int, seed: int) -> None:
     marker.write_text(json.dumps({"people": people, "seed": seed}))
 
 
+def _api_readiness(base: str, timeout: float = 120.0) -> str:
+    """/readyz once the API has loaded its decision snapshot (a background load after start-up); its 503 body
+    (why not ready) when no timing run is materialized yet."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(f"{base}/readyz", timeout=10) as response:
+                return response.read().decode()
+        except urllib.error.HTTPError as exc:
+            body = exc.read().decode()
+            if "has not finished" not in body or time.monotonic() >= deadline:  # a definite "not ready: why"
+                return body
+        time.sleep(0.5)
+
+
 def up(settings: Settings, people: int, seed: int, materialize: bool = True) -> None:
     print(f"state directory: {settings.home}")
     kafka = LocalKafka(settings)
@@ -136,8 +153,7 @@ def up(settings: Settings, people: int, seed: int, materialize: bool = True) -> 
     start_api(settings)
     base = f"http://{settings.api_host}:{settings.api_port}"
     print(f"api: {base} (docs {base}/docs)")
-    with urllib.request.urlopen(f"{base}/readyz", timeout=10) as response:
-        print(f"api readiness: {response.read().decode()}")
+    print(f"api readiness: {_api_readiness(base)}")
     start_webhooks(settings)
     print(f"webhooks: http://{settings.webhooks_host}:{settings.webhooks_port}/webhooks/<provider> "
           "(docs/CONNECTORS.md)")
