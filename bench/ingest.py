@@ -1,6 +1,6 @@
 """Ingestion benchmark: our `events` asset path against two anchors measured in the same run.
 
-    .venv/bin/python bench/ingest.py [--events 1000000] [--partitions 4]
+    .venv/bin/python bench/ingest.py [--events 1000000] [--partitions 4] [--attempt-messages 200000]
 
 1. produce N realistic events from the synthetic world to a fresh topic (local broker, own ports);
 2. anchor "raw": a bare confluent-kafka consumer reading the topic and decoding each JSON (orjson);
@@ -127,10 +127,11 @@ def bench_kafka_engine(settings: Settings, topic: str, count: int, partitions: i
     return elapsed
 
 
-def bench_ours(settings: Settings, count: int) -> tuple[float, int]:
+def bench_ours(settings: Settings, count: int, attempt_messages: int) -> tuple[float, int]:
     client = get_client(settings)
     started = time.perf_counter()
-    report = ingest_once(settings, client, IngestOptions(max_messages_per_partition=count, until_caught_up=True),
+    report = ingest_once(settings, client, IngestOptions(max_messages_per_partition=count, until_caught_up=True,
+                                                         attempt_messages=attempt_messages),
                          log=lambda _line: None)
     elapsed = time.perf_counter() - started
     return elapsed, report.messages
@@ -141,6 +142,8 @@ def main() -> int:
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--partitions", type=int, default=4)
     parser.add_argument("--seed", type=int, default=11)
+    parser.add_argument("--attempt-messages", type=int, default=IngestOptions.attempt_messages,
+                        help="messages per loaded attempt (the next attempt is read while this one loads)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary state directory")
     args = parser.parse_args()
 
@@ -164,7 +167,7 @@ def main() -> int:
         print(f"raw consumer + JSON decode : {produced / raw:12,.0f} events/s ({raw:.2f}s)", flush=True)
         engine = bench_kafka_engine(settings, settings.kafka_topic, produced, args.partitions, workdir)
         print(f"ClickHouse Kafka engine    : {produced / engine:12,.0f} events/s ({engine:.2f}s)", flush=True)
-        ours, read = bench_ours(settings, produced)
+        ours, read = bench_ours(settings, produced, args.attempt_messages)
         print(f"sendflowr events asset     : {read / ours:12,.0f} events/s ({ours:.2f}s, {read} messages)",
               flush=True)
 

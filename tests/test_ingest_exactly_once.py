@@ -231,6 +231,7 @@ from sendflowr.ingest.run import Hooks, IngestOptions, ingest_once
 from sendflowr.settings import Settings
 
 point, nth, per_partition = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+per_attempt = int(sys.argv[4]) if len(sys.argv) > 4 else 200_000
 
 class Crash(Hooks):
     inserts = 0
@@ -248,15 +249,17 @@ class Crash(Hooks):
 
 settings = Settings()
 ingest_once(settings, get_client(settings),
-            IngestOptions(max_messages_per_partition=per_partition, until_caught_up=True), hooks=Crash())
+            IngestOptions(max_messages_per_partition=per_partition, until_caught_up=True,
+                          attempt_messages=per_attempt, batch_messages=min(50_000, per_attempt)), hooks=Crash())
 print("finished without crashing", flush=True)
 """
 
 
-def run_and_crash(settings: Settings, point: str, nth: int = 1, per_partition: int = 1_000_000) -> str:
+def run_and_crash(settings: Settings, point: str, nth: int = 1, per_partition: int = 1_000_000,
+                  per_attempt: int = 200_000) -> str:
     """An ingestion run in its own process, killed (os._exit) at `point`: nothing is cleaned up."""
     proc = subprocess.run(
-        [sys.executable, "-c", CRASHING_RUN, point, str(nth), str(per_partition)],
+        [sys.executable, "-c", CRASHING_RUN, point, str(nth), str(per_partition), str(per_attempt)],
         env={**os.environ, **settings.as_env()},
         cwd=PROJECT_ROOT,
         capture_output=True,
@@ -340,6 +343,58 @@ def test_killed_between_insert_and_bookkeeping(settings: Settings, ch) -> None:
     )
 
 
+def test_killed_while_the_next_attempt_is_staged(settings: Settings, ch) -> None:
+    """One pass, many attempts: attempt two dies after writing `events` while attempt three may already be
+    staged. Only attempt two is left planned; the replay loads exactly it, then the rest follows."""
+    corpus = make_corpus(unique=6000, duplicates=500, invalid=150, tag="kill-pipelined")
+    produce(settings, corpus)
+
+    out = run_and_crash(settings, "insert", nth=5, per_attempt=1000)  # attempt one: loads 1-3, two: 4-6
+    assert "crashing after insert of events" in out
+    committed, pending = ranges_by_state(ch, settings)
+    assert committed and pending
+    assert 0 < sum(r.size for r in committed) < len(corpus.messages)
+    assert sum(r.size for r in pending) < len(corpus.messages) - sum(r.size for r in committed)
+    ends = {}
+    for r in committed:
+        ends[r.partition] = max(ends.get(r.partition, 0), r.end)
+    assert all(r.start == ends.get(r.partition, 0) for r in pending)  # right after the committed attempt
+    in_pending = " OR ".join(
+        f"(kafka_partition = {r.partition} AND kafka_offset >= {r.start} AND kafka_offset < {r.end})" for r in pending
+    )
+    db = settings.clickhouse_database
+    assert ch.command(f"SELECT count() FROM {db}.events WHERE {in_pending}") > 0  # written, not committed
+
+    report = catch_up(settings, ch, attempt_messages=1000, batch_messages=500)
+    assert report.replayed
+    assert report.lag == {p: 0 for p in range(settings.kafka_partitions)}
+    assert_exact(settings, corpus, ch)
+    assert committed_stats(ch, settings) == (
+        len(corpus.messages),
+        corpus.unique + corpus.duplicates,
+        corpus.invalid,
+    )
+
+
+def test_many_attempts_in_one_pass_report_every_message(settings: Settings, ch) -> None:
+    corpus = make_corpus(unique=5000, duplicates=400, invalid=100, tag="attempts")
+    produce(settings, corpus)
+
+    report = ingest_once(settings, ch, IngestOptions(attempt_messages=700, batch_messages=300), log=lambda _m: None)
+    assert (report.messages, report.inserted, report.duplicates, report.rejected) == (
+        len(corpus.messages),
+        corpus.unique,
+        corpus.duplicates,
+        corpus.invalid,
+    )
+    committed, _ = ranges_by_state(ch, settings)
+    assert len(committed) > settings.kafka_partitions  # several attempts, each with its own ranges
+    assert {p: (s.start, s.end) for p, s in report.partitions.items()} == {
+        p: (0, high) for p, high in high_watermarks(settings).items()
+    }
+    assert_exact(settings, corpus, ch)
+
+
 def test_killed_right_after_staging(settings: Settings, ch) -> None:
     corpus = make_corpus(unique=3000, duplicates=300, invalid=60, tag="kill-stage")
     produce(settings, corpus)
@@ -370,7 +425,7 @@ def test_broker_restarted_mid_run(settings: Settings, kafka: LocalKafka) -> None
     outcome: dict[str, object] = {}
 
     def log(message: str) -> None:
-        if message.startswith("staged"):
+        if message.startswith("read "):
             staged_once.set()
 
     def restart_broker() -> None:
@@ -561,7 +616,7 @@ def test_consumer_group_rebalance_does_not_disturb_the_run(settings: Settings) -
             other.close()
 
     def log(message: str) -> None:
-        if message.startswith("staged") and not staged.is_set():
+        if message.startswith("read ") and not staged.is_set():
             staged.set()
             assert assigned.wait(timeout=30), "the other group member never got an assignment"
 

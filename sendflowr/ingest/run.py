@@ -2,15 +2,17 @@
 
 Order of effects (docs/INGESTION.md):
   1. lease the topic (one writer at a time)      4. insert event_ids, events and rejects, each with
-  2. record planned ranges                          a deduplication token derived from the ranges
-  3. stage the raw messages of those ranges       5. record the ranges committed, then mirror the
-     (ClickHouse parses and validates them)          offsets into the Kafka consumer group
-A crash before 5 leaves 'planned' ranges that the next run replays byte-for-byte; the engine then drops
-the blocks it already has by their token.
-"""
+  2. plan ranges, split them into attempts          a deduplication token derived from the ranges
+  3. stage an attempt's raw messages (ClickHouse  5. record the ranges committed, then mirror the
+     parses and validates them), then record its     offsets into the Kafka consumer group
+     ranges planned
+Attempts load strictly one after another while the next one is read and staged. A crash before 5 leaves
+one attempt's 'planned' ranges that the next run replays byte-for-byte; the engine then drops the blocks
+it already has by their token."""
 
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
 from collections import deque
@@ -27,10 +29,10 @@ from sendflowr.ingest.plan import OffsetRange
 from sendflowr.settings import Settings
 from sendflowr.sql_files import load_sql
 
-STAGING_IN_FLIGHT = 2
+ATTEMPTS_IN_FLIGHT = 2  # read, staged or loading but not yet committed
 # A total ORDER BY, one insert thread and row-count squashing make an INSERT ... SELECT build the same
 # blocks on a replay; the SELECT itself may read and sort with every core.
-DETERMINISTIC_INSERT = {"max_insert_threads": 1, "max_block_size": 65536,
+DETERMINISTIC_INSERT = {"deduplicate_insert_select": "force_enable", "max_insert_threads": 1, "max_block_size": 65536,
                         "min_insert_block_size_rows": 1_048_576, "min_insert_block_size_bytes": 0}
 EVENT_COLUMNS = ("event_id, event_type, occurred_at, person_key, email, klaviyo_id, phone, external_id, esp, "
                  "message_id, campaign_id, user_agent, ip, url, bounce_type, machine_open, bot_click, "
@@ -42,6 +44,9 @@ class IngestOptions:
     max_messages_per_partition: int = 1_000_000
     until_caught_up: bool = False  # keep running ranges until the lag is zero (manual catch-up)
     batch_messages: int = 50_000
+    # Messages loaded as one attempt (one set of tokens). Reading the next attempt overlaps the load of
+    # this one: smaller attempts overlap more but pay the fixed cost of an attempt more often.
+    attempt_messages: int = 200_000
 
 
 @dataclass
@@ -111,7 +116,9 @@ def ingest_once(settings: Settings, client: Client, options: IngestOptions = Ing
                     log(f"partition {partition}: {lost} offsets were deleted by Kafka retention before ingestion")
                 if not work.ranges:
                     break
-                _run_ranges(settings, client, consumer, work.ranges, run_id, options, report, log, hooks)
+                # A replay must load exactly the crashed attempt's ranges again, as one attempt.
+                per_attempt = sum(r.size for r in work.ranges) if work.replay else options.attempt_messages
+                _run_pass(settings, client, consumer, work.ranges, per_attempt, run_id, options, report, log, hooks)
                 lease.renew(client, database, topic, holder)
                 if not (options.until_caught_up or work.replay):
                     break
@@ -123,35 +130,97 @@ def ingest_once(settings: Settings, client: Client, options: IngestOptions = Ing
     return report
 
 
-def _run_ranges(settings: Settings, client: Client, consumer, ranges: list[OffsetRange], run_id: str,
-                options: IngestOptions, report: IngestReport, log: Callable[[str], None], hooks: Hooks) -> None:
+@dataclass
+class _Attempt:
+    id: str
+    ranges: list[OffsetRange]
+    loaded: bool = False
+
+
+def _run_pass(settings: Settings, client: Client, consumer, ranges: list[OffsetRange], per_attempt: int,
+              run_id: str, options: IngestOptions, report: IngestReport, log: Callable[[str], None],
+              hooks: Hooks) -> None:
+    """Read `ranges` once and load what was read in attempts of about `per_attempt` messages, while the
+    next attempt is being read.
+
+    An attempt ends at a batch boundary, where every message read so far lies below the consumer's
+    read-through offsets: its ranges run from the previous cut to those offsets, so they are contiguous
+    and cover exactly its messages. Three stages overlap: Kafka polling (this thread), ClickHouse parsing
+    the previous attempt (stager thread) and loading the one before it (loader thread: attempts in order,
+    a failed one stops every later one). At most ATTEMPTS_IN_FLIGHT attempts are held in memory.
+    """
     database, topic = settings.clickhouse_database, settings.kafka_topic
-    attempt = f"{run_id}-{uuid.uuid4().hex[:8]}"
-    plan.record_ranges(client, database, ranges, "planned", run_id)
+    ends = {r.partition: r.end for r in ranges}
+    cut = {r.partition: r.start for r in ranges}
     total = sum(r.size for r in ranges)
     log(f"reading {total} messages from {len(ranges)} partition(s) of {topic!r}")
+    attempts: list[_Attempt] = []
+    tables: list[pa.Table] = []
     read = 0
-    # Stage while reading: Kafka polling (this thread) overlaps ClickHouse's parsing of the previous
-    # batch (another process), with at most STAGING_IN_FLIGHT inserts outstanding.
-    with ThreadPoolExecutor(max_workers=STAGING_IN_FLIGHT, thread_name_prefix="stage") as pool:
-        in_flight: deque[Future] = deque()
-        for table in consume.read_ranges(consumer, ranges, batch_messages=options.batch_messages):
-            staged = table.append_column("attempt_id", _constant(attempt, table.num_rows)) \
-                          .append_column("kafka_topic", _constant(topic, table.num_rows))
-            in_flight.append(pool.submit(client.insert_arrow, f"{database}.ingest_staging", staged))
-            read += table.num_rows
-            while len(in_flight) >= STAGING_IN_FLIGHT:
-                in_flight.popleft().result()
-            log(f"staged {read}/{total} messages")
-        for future in in_flight:
-            future.result()
-    log(f"staged {read} messages; ClickHouse parsed and validated them")
-    hooks.after_stage()
-    params = {"attempt": attempt, "topic": topic, "partitions": [r.partition for r in ranges],
-              "starts": [r.start for r in ranges], "ends": [r.end for r in ranges]}
-    token = plan.attempt_token(ranges)
-    new_events = load_sql("ingest/new_events.sql", database)
+    loads: deque[Future] = deque()
     try:
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="load") as loader, \
+                ThreadPoolExecutor(max_workers=1, thread_name_prefix="stage") as stager:
+            for batch in consume.read_ranges(consumer, ranges, batch_messages=options.batch_messages):
+                if batch.table.num_rows:
+                    tables.append(batch.table)
+                    read += batch.table.num_rows
+                    log(f"read {read}/{total} messages")
+                finished = all(batch.read_through[p] >= end for p, end in ends.items())
+                if sum(t.num_rows for t in tables) >= per_attempt or finished:
+                    attempt = _Attempt(f"{run_id}-{uuid.uuid4().hex[:8]}",
+                                       [OffsetRange(topic, p, cut[p], batch.read_through[p])
+                                        for p in sorted(cut) if batch.read_through[p] > cut[p]])
+                    if attempt.ranges:
+                        while len(loads) >= ATTEMPTS_IN_FLIGHT:
+                            loads.popleft().result()
+                        attempts.append(attempt)
+                        staged = stager.submit(_stage, client, database, topic, attempt, tables)
+                        loads.append(loader.submit(_load_attempt, loads[-1] if loads else None, staged, settings,
+                                                   client, attempt, run_id, report, log, hooks))
+                        cut, tables = dict(batch.read_through), []
+                for done in [f for f in loads if f.done()]:
+                    done.result()  # a failed stage or load stops the read at once
+            for future in loads:
+                future.result()
+    finally:
+        for attempt in attempts:
+            if not attempt.loaded:
+                with contextlib.suppress(Exception):  # the next run truncates staging anyway
+                    _drop_attempt(client, database, attempt.id)
+    mirror_error = consume.commit_group_offsets(consumer, ranges)
+    if mirror_error:
+        log(f"offsets are committed in ClickHouse, but mirroring them to consumer group "
+            f"{consume.CONSUMER_GROUP!r} failed: {mirror_error}")
+
+
+def _stage(client: Client, database: str, topic: str, attempt: _Attempt, tables: list[pa.Table]) -> None:
+    """One insert per attempt, rows in (partition, offset) order, one record batch: a replay of the same
+    ranges stages a byte-identical part, which the engine needs to recognise the replay's INSERT ... SELECT
+    blocks by their deduplication tokens (tests/test_ingest_exactly_once.py)."""
+    if not tables:
+        return
+    table = pa.concat_tables(tables).sort_by([("kafka_partition", "ascending"), ("kafka_offset", "ascending")])
+    table = table.append_column("attempt_id", _constant(attempt.id, table.num_rows)) \
+                 .append_column("kafka_topic", _constant(topic, table.num_rows)).combine_chunks()
+    client.insert_arrow(f"{database}.ingest_staging", table)
+
+
+def _load_attempt(previous: Future | None, staged: Future, settings: Settings, client: Client, attempt: _Attempt,
+                  run_id: str, report: IngestReport, log: Callable[[str], None], hooks: Hooks) -> None:
+    if previous is not None:
+        previous.result()  # never load past an attempt that failed: its ranges must be replayed first
+    staged.result()
+    database, topic, ranges = settings.clickhouse_database, settings.kafka_topic, attempt.ranges
+    try:
+        # Planned only now, right before the first insert: at most one attempt is ever left to replay.
+        plan.record_ranges(client, database, ranges, "planned", run_id)
+        log(f"staged attempt {attempt.id}: ClickHouse parsed and validated its messages")
+        hooks.after_stage()
+        params = {"attempt": attempt.id, "topic": topic, "partitions": [r.partition for r in ranges],
+                  "starts": [r.start for r in ranges], "ends": [r.end for r in ranges]}
+        token = plan.attempt_token(ranges)
+        new_events = load_sql("ingest/new_events.sql", database)
         # event_ids first: a crash before `events` is written then replays both with the same tokens.
         ids = client.command(
             f"INSERT INTO {database}.event_ids (event_id, kafka_topic, kafka_partition, kafka_offset) "
@@ -167,13 +236,14 @@ def _run_ranges(settings: Settings, client: Client, consumer, ranges: list[Offse
         hooks.after_insert("rejected_events")
         stats = _range_stats(client, database, ranges, params, ids.written_rows, report, log)
         plan.record_ranges(client, database, ranges, "committed", run_id, stats)
-        mirror_error = consume.commit_group_offsets(consumer, ranges)
-        if mirror_error:
-            log(f"offsets are committed in ClickHouse, but mirroring them to consumer group "
-                f"{consume.CONSUMER_GROUP!r} failed: {mirror_error}")
     finally:
-        # attempt ids are generated hex, safe as a literal (partition expressions take no parameters)
-        client.command(f"ALTER TABLE {database}.ingest_staging DROP PARTITION '{attempt}'")
+        attempt.loaded = True
+        _drop_attempt(client, database, attempt.id)
+
+
+def _drop_attempt(client: Client, database: str, attempt_id: str) -> None:
+    # attempt ids are generated hex, safe as a literal (partition expressions take no parameters)
+    client.command(f"ALTER TABLE {database}.ingest_staging DROP PARTITION '{attempt_id}'")
 
 
 def _range_stats(client: Client, database: str, ranges: list[OffsetRange], params: dict, inserted: int,
@@ -188,7 +258,10 @@ def _range_stats(client: Client, database: str, ranges: list[OffsetRange], param
             log(f"partition {rng.partition}: {rng.size - messages} offsets in [{rng.start}, {rng.end}) had no "
                 "message (compaction or transaction markers)")
         stats[rng.partition] = (messages, valid, rejected)
-        report.partitions[rng.partition] = PartitionStats(rng.start, rng.end, messages, valid, rejected)
+        seen = report.partitions.get(rng.partition)
+        report.partitions[rng.partition] = PartitionStats(rng.start, rng.end, messages, valid, rejected) \
+            if seen is None else PartitionStats(min(seen.start, rng.start), max(seen.end, rng.end),
+                                                seen.messages + messages, seen.valid + valid, seen.rejected + rejected)
     valid_total = sum(s[1] for s in stats.values())
     report.inserted += inserted
     report.duplicates += valid_total - inserted
