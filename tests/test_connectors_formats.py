@@ -200,3 +200,48 @@ def test_native_events_are_validated_by_the_contract() -> None:
     result = FORMATS["native"](lines + [{"event_id": "x"}], NOW)
     assert result.events == lines
     assert result.rejects and result.rejects[0][0] == 2
+
+
+JUNK = (None, 0, -1, 1e300, True, "", "x", "9" * 3000, [], [1], {}, {"a": 1})
+
+
+def _paths(value, prefix=()):
+    yield prefix
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield from _paths(item, (*prefix, key))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from _paths(item, (*prefix, index))
+
+
+def _replaced(value, path, junk):
+    if not path:
+        return junk
+    copy_ = copy.copy(value)
+    copy_[path[0]] = _replaced(value[path[0]], path[1:], junk)
+    return copy_
+
+
+def _documented_records():
+    yield "sendgrid", load("sendgrid_events.json")
+    for name in ("mailgun_delivered.json", "mailgun_opened_apple.json", "mailgun_clicked.json", "mailgun_failed.json"):
+        yield "mailgun", [load(name)]
+    yield "ses", load("ses_events.json")
+    yield "klaviyo", load("klaviyo_webhook.json")["data"]
+
+
+def test_any_field_replaced_by_junk_is_a_reject_or_a_valid_event_never_a_crash() -> None:
+    cases = 0
+    for fmt, records in _documented_records():
+        for record in records:
+            for path in _paths(record):
+                for junk in JUNK:
+                    result = FORMATS[fmt]([_replaced(record, path, junk), record], NOW)
+                    for event in result.events:
+                        assert event_errors(event, NOW) == [], (fmt, path, junk, event)
+                    assert all(source in (0, 1) for source in result.sources)
+                    good = FORMATS[fmt]([record], NOW).events
+                    assert result.events[len(result.events) - len(good):] == good  # the good neighbour is kept
+                    cases += 1
+    assert cases > 5000

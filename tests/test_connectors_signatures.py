@@ -192,3 +192,15 @@ def test_sns_rejects_foreign_certificates_topics_and_unsigned_messages() -> None
     with pytest.raises(SignatureRejected) as missing:
         SnsVerifier(fetch=good.fetch).verify(unsigned)
     assert missing.value.missing
+
+
+@pytest.mark.parametrize("field", ["Signature", "SignatureVersion", "SigningCertURL", "Subject", "Timestamp"])
+@pytest.mark.parametrize("junk", [None, 7, [], {}, ""])
+def test_sns_junk_envelope_fields_are_rejected_not_crashes(field: str, junk) -> None:
+    signer = SnsSigner()
+    envelope = {**parse_envelope(signer.notification(load_fixture("ses_events.json")[0])), field: junk}
+    if field == "Subject" and junk is None:  # an absent Subject is not signed: still the same message
+        SnsVerifier(fetch=signer.fetch).verify(envelope)
+        return
+    with pytest.raises(SignatureRejected):
+        SnsVerifier(fetch=signer.fetch).verify(envelope)

@@ -60,8 +60,12 @@ def _unwrap(record: Any) -> tuple[dict | None, str | None, list]:
     return (event if isinstance(event, dict) else None), topic, included
 
 
+def _object(value: Any) -> dict:
+    return value if isinstance(value, dict) else {}
+
+
 def _related_id(event: dict, name: str) -> str | None:
-    rel = (event.get("relationships") or {}).get(name)
+    rel = _object(event.get("relationships")).get(name)
     data = rel.get("data") if isinstance(rel, dict) else None
     return text(data.get("id")) if isinstance(data, dict) else None
 
@@ -77,13 +81,13 @@ def _included(included: list, kind: str, ident: str | None) -> dict:
 def normalize(records: list[Any], now: datetime | None = None) -> Normalized:
     result = Normalized()
     unwrapped = [_unwrap(r) for r in records]
-    epochs = epoch_to_rfc3339([(e.get("attributes") or {}).get("timestamp") if e else None for e, _, _ in unwrapped])
+    epochs = epoch_to_rfc3339([_object(e.get("attributes")).get("timestamp") if e else None for e, _, _ in unwrapped])
     for index, (event, topic, included) in enumerate(unwrapped):
         if event is None:
             result.reject(index, "payload: expected a Klaviyo event object")
             continue
-        attributes = event.get("attributes") if isinstance(event.get("attributes"), dict) else {}
-        props = attributes.get("event_properties") if isinstance(attributes.get("event_properties"), dict) else {}
+        attributes = _object(event.get("attributes"))
+        props = _object(attributes.get("event_properties"))
         metric_id = _related_id(event, "metric")
         name = topic or _included(included, "metric", metric_id).get("name") or attributes.get("metric_name")
         if not isinstance(name, str):

@@ -60,7 +60,7 @@ def normalize(records: list[Any], now: datetime | None = None) -> Normalized:
             result.reject(index, "event-data: expected a JSON object")
             continue
         kind = data.get("event")
-        if kind in SKIPPED:
+        if isinstance(kind, str) and kind in SKIPPED:
             result.skipped[f"{ESP}:{kind}"] += 1
             continue
         event_type = EVENT_TYPES.get(kind) if isinstance(kind, str) else None

@@ -53,7 +53,7 @@ def normalize(records: list[Any], now: datetime | None = None) -> Normalized:
         kind = record.get("event")
         event_type = EVENT_TYPES.get(kind) if type(kind) is str else None
         if event_type is None:
-            if kind in SKIPPED:
+            if type(kind) is str and kind in SKIPPED:
                 result.skipped[f"{ESP}:{kind}"] += 1
             else:
                 result.reject(index, f"event: unknown SendGrid event type {str(kind)[:40]!r}")

@@ -55,7 +55,8 @@ def _expand(kind: str, record: dict[str, Any], mail: dict[str, Any]) -> tuple[st
     if kind == "Delivery":
         return "delivered", _emails(detail.get("recipients")) or destination, stamp, {}
     if kind == "Bounce":
-        kind_of = BOUNCE_TYPES.get(detail.get("bounceType"), "soft")
+        stated = detail.get("bounceType")
+        kind_of = BOUNCE_TYPES.get(stated, "soft") if isinstance(stated, str) else "soft"
         return "bounced", _emails(detail.get("bouncedRecipients"), "emailAddress"), stamp, {"bounce_type": kind_of}
     if kind == "Complaint":
         return "complained", _emails(detail.get("complainedRecipients"), "emailAddress"), stamp, {}
@@ -82,7 +83,7 @@ def normalize(records: list[Any], now: datetime | None = None) -> Normalized:
             result.reject(index, "Message: not a JSON object (expected an SES event record)")
             continue
         kind = record.get("eventType") or record.get("notificationType")
-        if kind in SKIPPED:
+        if isinstance(kind, str) and kind in SKIPPED:
             result.skipped[f"{ESP}:{kind}"] += 1
             continue
         mail = record.get("mail")

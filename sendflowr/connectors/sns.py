@@ -111,7 +111,7 @@ class SnsVerifier:
         if self.topic_arns and envelope["TopicArn"] not in self.topic_arns:
             raise SignatureRejected(f"SNS TopicArn {envelope['TopicArn']!r} is not in SENDFLOWR_SNS_TOPIC_ARNS")
         version = str(envelope.get("SignatureVersion", ""))
-        if version not in _HASHES or not envelope.get("Signature"):
+        if version not in _HASHES or not isinstance(envelope.get("Signature"), str) or not envelope["Signature"]:
             raise SignatureRejected("SNS Signature or SignatureVersion (1 or 2) missing", missing=True)
         key = self._public_key(aws_url(envelope.get("SigningCertURL"), "SigningCertURL"))
         try:
