@@ -101,9 +101,16 @@ def test_curves_and_evaluation_on_a_synthetic_world(settings: Settings, ch, tmp_
         lift = buckets[name]["lift"]["random"]
         assert lift["lift"] > 0 and lift["ci95"][0] > 0
 
-    # Incremental: nothing new -> a new version, no curve rewritten, same snapshot.
+    # Incremental: nothing new -> nothing to do, no new version.
     again = materialize_timing(ch, db)
-    assert again.new_events == 0 and again.people_written == 0 and not again.full_rewrite
+    assert again.skipped and again.new_events == 0 and again.version == snap.version
+    # Identity wrote again (a rerun stamps no node: add one stray identifier) -> a run, but statistics are
+    # unchanged, so no curve is rewritten and the snapshot keeps the curves and carries the calibration.
+    ch.command(f"INSERT INTO {db}.identity_nodes SELECT 18446744073709551557, 'email', 'stray@nowhere.test', "
+               "now64(3), now64(3), 18446744073709551557, "
+               "0, 'sf_stray', now64(6)")
+    again = materialize_timing(ch, db)
+    assert not again.skipped and again.people_written == 0 and not again.full_rewrite
     snap2 = load_snapshot(ch, db)
     assert snap2.version == again.version > snap.version
     np.testing.assert_array_equal(snap2.curves, snap.curves)

@@ -74,6 +74,7 @@ class TimingReport:
     people: int = 0
     people_written: int = 0
     full_rewrite: bool = False
+    skipped: bool = False  # nothing new since the last committed run: no new version
     by_level: dict[str, int] = field(default_factory=dict)
     cohorts: int = 0
     totals: dict[str, int] = field(default_factory=dict)
@@ -130,9 +131,7 @@ def person_stats(client: Client, database: str, rules: SignalRules,
            "sum(machine_opens) AS machine_opens, sum(clicks) AS clicks, sum(scanner_clicks) AS scanner_clicks, "
            "sum(genuine_opens) AS genuine_opens, sum(genuine_clicks) AS genuine_clicks "
            f"FROM ({inner}) GROUP BY universal_id ORDER BY universal_id")
-    # timing_messages is sorted by message_id: its regrouping streams in order instead of hashing.
-    table = client.query_arrow(sql, parameters=rules.parameters(delivered_before), use_strings=True,
-                               settings={"optimize_aggregation_in_order": 1})
+    table = client.query_arrow(sql, parameters=rules.parameters(delivered_before), use_strings=True)
     lists = {name: pa.concat_arrays(table.column(name).chunks) if table.num_rows else None
              for name in ("how", "deliveries", "weight", "engaged")}
 
@@ -251,6 +250,19 @@ def _changed(previous: pa.Table | None, ids: np.ndarray, new_hash: np.ndarray) -
     return (old_ids[at] != ids) | (old_hash[at] != new_hash)
 
 
+def identity_mark(client: Client, database: str) -> list:
+    """Changes whenever identity writes (node rows are only ever added, with a newer updated_at)."""
+    count, newest = client.query(f"SELECT count(), toString(max(updated_at)) FROM {database}.identity_nodes"
+                                 ).result_rows[0]
+    return [int(count), str(newest)]
+
+
+def _last_mark(client: Client, database: str) -> list | None:
+    rows = client.query(f"SELECT metadata FROM {database}.timing_runs WHERE kind = 'curves' "
+                        "ORDER BY version DESC LIMIT 1").result_rows
+    return json.loads(rows[0][0]).get("identity_mark") if rows else None
+
+
 def next_version(client: Client, database: str) -> int:
     """Strictly above anything written, committed or not (a dead run's rows must never look committed)."""
     row = client.query(
@@ -285,6 +297,13 @@ def materialize(client: Client, database: str, rules: SignalRules | None = None,
     report = TimingReport(run_id=run_id or f"timing-{uuid.uuid4().hex[:12]}")
     t0 = time.perf_counter()
     report.new_events, report.messages_folded = fold_new_events(client, database, rules, report.run_id)
+    mark = identity_mark(client, database)
+    if not full and report.new_events == 0 and _last_mark(client, database) == mark:
+        report.skipped = True
+        report.version = int(client.command(f"SELECT max(version) FROM {database}.timing_runs"))
+        report.seconds["total"] = time.perf_counter() - t0
+        log(f"timing: no new events and no identity change since v{report.version}: nothing to do")
+        return report
     t1 = time.perf_counter()
     f = fit(client, database, rules, params)
     t2 = time.perf_counter()
@@ -319,7 +338,7 @@ def materialize(client: Client, database: str, rules: SignalRules | None = None,
     report.by_level = by_level
     t3 = time.perf_counter()
     report.seconds["estimate_and_write"] = t3 - t2
-    metadata = {"shares": report.shares(), "totals": report.totals, "by_level": by_level,
+    metadata = {"identity_mark": mark, "shares": report.shares(), "totals": report.totals, "by_level": by_level,
                 "rules": rules.describe(), "params": params.to_dict(), "prior_drift": drift,
                 "seconds": report.seconds, "new_events": report.new_events}
     client.command(

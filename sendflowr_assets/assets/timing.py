@@ -56,8 +56,12 @@ def timing_curves(context: AssetExecutionContext, config: TimingConfig,
 def curves_metadata(report: TimingReport, rules: SignalRules) -> dict[str, MetadataValue]:
     shares = report.shares()
     t = report.totals
+    if report.skipped:
+        return {"version": MetadataValue.int(report.version), "skipped": MetadataValue.bool(True),
+                "new_events": MetadataValue.int(0)}
     return {
         "version": MetadataValue.int(report.version),
+        "skipped": MetadataValue.bool(False),
         "people": MetadataValue.int(report.people),
         "people_written": MetadataValue.int(report.people_written),
         "full_rewrite": MetadataValue.bool(report.full_rewrite),
