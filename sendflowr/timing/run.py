@@ -105,8 +105,10 @@ def fold_new_events(client: Client, database: str, rules: SignalRules, run_id: s
         return 0, 0
     params = {"topics": [k[0] for k in bounds], "partitions": [k[1] for k in bounds],
               "starts": [v[0] for v in bounds.values()], "ends": [v[1] for v in bounds.values()],
-              "scanner_agents": rules.scanner_agents}
-    summary = client.command(load_sql("timing/fold_messages.sql", database), parameters=params)
+              "scanner_agents": list(rules.scanner_agents)}
+    # Rows are already one per message: skip the engine's in-insert collapsing (merges combine them later).
+    summary = client.command(load_sql("timing/fold_messages.sql", database), parameters=params,
+                             settings={"optimize_on_insert": 0})
     written = int(getattr(summary, "written_rows", 0) or 0)
     events = sum(e - s for s, e in bounds.values())
     client.insert_arrow(f"{database}.timing_progress", pa.table({

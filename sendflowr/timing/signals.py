@@ -9,9 +9,11 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 
-# Security gateways and link checkers that follow every link of a message (case-insensitive).
-SCANNER_AGENTS = (r"(?i)(mimecast|proofpoint|barracuda|python-requests|go-http-client|curl/|wget/|"
-                  r"url ?defen[cs]e|safelinks|trident/7\.0; rv:11\.0\) like gecko$|bot\b|crawler|spider|scanner)")
+# Security gateways and link checkers that follow every link of a message: user-agent substrings, matched
+# case-insensitively (a substring search: far cheaper per event than a regular expression).
+SCANNER_AGENTS = ("mimecast", "proofpoint", "barracuda", "python-requests", "go-http-client", "curl/", "wget/",
+                  "urldefense", "url defense", "safelinks", "trident/7.0; rv:11.0) like gecko", "bot/", "bot;",
+                  "crawler", "spider", "scanner", "headlesschrome")
 FAR_FUTURE = datetime(2299, 1, 1, tzinfo=UTC)
 
 
@@ -23,10 +25,10 @@ class SignalRules:
     scanner_burst_links: int = 3
     open_weight: float = 1.0
     click_weight: float = 2.0
-    scanner_agents: str = SCANNER_AGENTS
+    scanner_agents: tuple[str, ...] = SCANNER_AGENTS
 
     def parameters(self, delivered_before: datetime = FAR_FUTURE) -> dict:
-        return {**asdict(self), "delivered_before": delivered_before}
+        return {**asdict(self), "scanner_agents": list(self.scanner_agents), "delivered_before": delivered_before}
 
     def describe(self) -> str:
         return (f"machine open: flagged machine_open, or a message's first Apple-proxy open (UA 'Mozilla/5.0' or "

@@ -19,12 +19,14 @@ SELECT
                  event_type = 'opened'),
     groupArrayIf(occurred_at, event_type = 'clicked'),
     groupArrayIf(cityHash64(url), event_type = 'clicked'),
-    groupArrayIf(toUInt8(multiIf(bot_click = 1, 2, match(user_agent, {scanner_agents:String}), 1, 0)),
+    groupArrayIf(toUInt8(multiIf(bot_click = 1, 2,
+                                 multiSearchAnyCaseInsensitive(user_agent, {scanner_agents:Array(String)}), 1, 0)),
                  event_type = 'clicked'),
     count()
 FROM ${database}.events
-WHERE arrayExists((t, p, s, e) -> kafka_topic = t AND kafka_partition = p AND kafka_offset >= s AND kafka_offset < e,
-                  {topics:Array(String)}, {partitions:Array(UInt32)}, {starts:Array(UInt64)}, {ends:Array(UInt64)})
+-- one range per (topic, partition): found by position rather than by testing every range on every row
+WHERE (indexOf(arrayZip({topics:Array(String)}, {partitions:Array(UInt32)}), (kafka_topic, kafka_partition)) AS range) > 0
+  AND kafka_offset >= {starts:Array(UInt64)}[range] AND kafka_offset < {ends:Array(UInt64)}[range]
   AND message_id != ''
   AND event_type IN ('delivered', 'opened', 'clicked')
 GROUP BY message_id
