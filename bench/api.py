@@ -236,6 +236,13 @@ def main() -> int:
         print(f"  ratio API / bare: {statistics.median(ratios):.2f}x throughput (median of {len(ratios)} rounds; "
               f"best/best {api['rps'] / bare['rps']:.2f}x)", flush=True)
 
+        counters = {ln.split()[0]: float(ln.split()[1]) for ln in httpx.get(
+            f"http://127.0.0.1:{api_port}/metrics").text.splitlines() if ln.startswith("sendflowr_api_coalesced_")}
+        per_call = (counters["sendflowr_api_coalesced_decisions_total"]
+                    / max(counters["sendflowr_api_coalesced_flushes_total"], 1))
+        print(f"  single decisions per vectorized decide call: {per_call:.1f} on average (whole run so far)",
+              flush=True)
+
         target = api["rps"] / 2
         conns = 8
         paced = lua(workdir, bodies, "paced", pace_ms=conns * 1000.0 / target)

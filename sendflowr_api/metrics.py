@@ -10,7 +10,7 @@ import time
 from datetime import UTC, datetime
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from sendflowr.decisions.snapshot import SnapshotHolder
 
@@ -48,8 +48,23 @@ class _SnapshotCollector:
             yield gauge
 
 
+class _CoalescerCollector:
+    def __init__(self, coalescer) -> None:
+        self.coalescer = coalescer
+
+    def collect(self):
+        for name, doc, value in (
+            ("sendflowr_api_coalesced_flushes", "Vectorized decide calls made for single decisions",
+             self.coalescer.flushes),
+            ("sendflowr_api_coalesced_decisions", "Single decisions made through those calls", self.coalescer.decided),
+        ):
+            family = CounterMetricFamily(name, doc)
+            family.add_metric([], value)
+            yield family
+
+
 class Metrics:
-    def __init__(self, holder: SnapshotHolder) -> None:
+    def __init__(self, holder: SnapshotHolder, coalescer=None) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter("sendflowr_api_requests", "HTTP requests by route and status",
                                 ["route", "status"], registry=self.registry)
@@ -62,6 +77,8 @@ class Metrics:
         self.auth_failures = Counter("sendflowr_api_auth_failures", "Requests refused for a missing/invalid key",
                                      registry=self.registry)
         self.registry.register(_SnapshotCollector(holder))
+        if coalescer is not None:  # requests per flush = decisions / flushes: how much coalescing happens
+            self.registry.register(_CoalescerCollector(coalescer))
         self._children: dict = {}  # resolved label children, by (route, status) or fallback level
 
     def single_decision(self, level: str) -> None:
