@@ -31,9 +31,11 @@ from sendflowr.sql_files import load_sql
 
 ATTEMPTS_IN_FLIGHT = 2  # read, staged or loading but not yet committed
 # A total ORDER BY, one insert thread and row-count squashing make an INSERT ... SELECT build the same
-# blocks on a replay; the SELECT itself may read and sort with every core.
-DETERMINISTIC_INSERT = {"deduplicate_insert_select": "force_enable", "max_insert_threads": 1, "max_block_size": 65536,
-                        "min_insert_block_size_rows": 1_048_576, "min_insert_block_size_bytes": 0}
+# blocks on a replay; the SELECT itself may read and sort with every core. force_enable: should the engine
+# ever judge the SELECT unstable, the insert fails instead of silently running without deduplication.
+DETERMINISTIC_INSERT = {"deduplicate_insert_select": "force_enable", "max_insert_threads": 1,
+                        "max_block_size": 65536, "min_insert_block_size_rows": 1_048_576,
+                        "min_insert_block_size_bytes": 0}
 EVENT_COLUMNS = ("event_id, event_type, occurred_at, person_key, email, klaviyo_id, phone, external_id, esp, "
                  "message_id, campaign_id, user_agent, ip, url, bounce_type, machine_open, bot_click, "
                  "schema_version, kafka_topic, kafka_partition, kafka_offset")
