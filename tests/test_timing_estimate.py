@@ -65,3 +65,26 @@ def test_priors_learn_cohorts_with_support_and_drop_small_ones() -> None:
     assert index[:10].tolist() == [0] * 10 and set(index[10:300].tolist()) == {1} and set(index[300:]) == {0}
     assert priors.curves.shape == (2, HOURS) and np.isfinite(priors.curves).all() and (priors.curves >= 0).all()
     assert priors.global_evidence == weight.sum()
+
+
+def test_person_stats_chunks_agree_with_one_block() -> None:
+    from sendflowr.timing.estimate import Priors
+    from sendflowr.timing.run import Fit, PersonStats
+
+    rng = np.random.default_rng(4)
+    counts = rng.integers(1, 6, 50)
+    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    how = np.concatenate([rng.choice(HOURS, c, replace=False) for c in counts.tolist()]).astype(np.intp)
+    m = how.size
+    deliveries = rng.integers(1, 4, m).astype(np.float64)
+    engaged = np.minimum(deliveries, rng.integers(0, 3, m)).astype(np.float64)
+    stats = PersonStats(universal_id=np.array([f"u{i:03d}" for i in range(50)], dtype=object), offsets=offsets,
+                        how=how, deliveries=deliveries, weight=engaged * 1.5, engaged=engaged)
+    flat = np.full((1, HOURS), 0.2, dtype=np.float32)
+    f = Fit(stats=stats, priors=Priors(flat[0], 1.0, [""], flat, np.ones(1), np.ones(1, np.int64)),
+            cohort_index=np.zeros(50, dtype=np.int64), params=P)
+    whole = f.curves()
+    parts = [f.curves(lo, min(lo + 7, 50)) for lo in range(0, 50, 7)]
+    for a, b in zip(whole, (np.concatenate([p[i] for p in parts]) for i in range(3)), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6)
+    np.testing.assert_array_equal(whole[2], np.add.reduceat(engaged, offsets[:-1]))

@@ -187,7 +187,9 @@ class Fit:
         prior = self.priors.curves[self.cohort_index[lo:hi]]
         if self.clusters is not None:
             prior = mixture_prior(e, s, prior, self.cohort_index[lo:hi], self.clusters, self.params)
-        engaged = np.add.reduceat(np.append(st.engaged, 0.0), st.offsets[lo:hi])[: hi - lo] \
+        # reduceat over this chunk's bounds (the appended 0 makes the end bound a valid index); a person without
+        # rows would get the next row's value, hence the where
+        engaged = np.add.reduceat(np.append(st.engaged, 0.0), st.offsets[lo:hi + 1])[: hi - lo] \
             if hi > lo else np.zeros(0)
         engaged = np.where(np.diff(st.offsets[lo:hi + 1]) > 0, engaged, 0.0)
         return person_curves(e, s, prior, self.params), s.sum(axis=1), engaged
