@@ -6,7 +6,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: install kafka-jars demo up down status test lint bench-ingest clean-state
+.PHONY: install kafka-jars demo up down status test lint bench-ingest bench-connectors clean-state
 
 install: $(VENV)/.installed
 
@@ -40,6 +40,9 @@ lint: install
 
 bench-ingest: install kafka-jars
 	$(BIN)/python bench/ingest.py
+
+bench-connectors: install kafka-jars
+	$(BIN)/python bench/connectors.py
 
 clean-state: down
 	rm -rf .sendflowr
