@@ -6,7 +6,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: install kafka-jars demo up down status test lint bench-ingest bench-connectors clean-state
+.PHONY: install kafka-jars demo up down status test lint bench-ingest bench-connectors bench-timing clean-state
 
 install: $(VENV)/.installed
 
@@ -43,6 +43,9 @@ bench-ingest: install kafka-jars
 
 bench-connectors: install kafka-jars
 	$(BIN)/python bench/connectors.py
+
+bench-timing: install
+	$(BIN)/python bench/timing.py
 
 clean-state: down
 	rm -rf .sendflowr
