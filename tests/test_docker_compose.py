@@ -39,18 +39,30 @@ CLICKHOUSE_INIT_SQL = ROOT / "deploy" / "clickhouse" / "init" / "01-readonly-api
 PYPROJECT = ROOT / "pyproject.toml"
 
 ENV_PREFIX = Settings.model_config["env_prefix"]
-APP_SERVICES = ("dagster-webserver", "dagster-daemon", "api")
+APP_SERVICES = ("dagster-webserver", "dagster-daemon", "api", "webhooks")
 DAGSTER_SERVICES = ("dagster-webserver", "dagster-daemon")
 READONLY_API_USER = "sendflowr_api"
 INITDB_DIR = "/docker-entrypoint-initdb.d"
 # The modules the image runs: the Dagster code location and the ASGI app of the API.
-ENTRY_MODULES = ("sendflowr_assets.definitions", "sendflowr_api.app")
+ENTRY_MODULES = ("sendflowr_assets.definitions", "sendflowr_api.app", "sendflowr_webhooks.app")
 # Keys the api may set differently from x-sendflowr-env (it binds 0.0.0.0 and reads as sendflowr_api).
 API_ENV_OVERRIDES = {
     f"{ENV_PREFIX}CLICKHOUSE_USER",
     f"{ENV_PREFIX}CLICKHOUSE_PASSWORD",
     f"{ENV_PREFIX}API_HOST",
 }
+# The webhook receiver binds 0.0.0.0, never touches ClickHouse (so gets the read-only account) and alone
+# holds the ESP signing secrets.
+WEBHOOKS_ENV_OVERRIDES = {
+    f"{ENV_PREFIX}CLICKHOUSE_USER",
+    f"{ENV_PREFIX}CLICKHOUSE_PASSWORD",
+    f"{ENV_PREFIX}WEBHOOKS_HOST",
+    f"{ENV_PREFIX}SENDGRID_VERIFICATION_KEY",
+    f"{ENV_PREFIX}MAILGUN_SIGNING_KEY",
+    f"{ENV_PREFIX}KLAVIYO_WEBHOOK_SECRET",
+    f"{ENV_PREFIX}WEBHOOKS_EVENTS_TOKEN",
+}
+ENV_OVERRIDES = {"api": API_ENV_OVERRIDES, "webhooks": WEBHOOKS_ENV_OVERRIDES}
 
 
 # ----------------------------------------------------------------------------------------------- helpers
@@ -326,7 +338,7 @@ def test_sendflowr_environment_is_one_shared_list():
         env = environment(services()[name])
         missing = sorted(set(shared) - set(env))
         assert not missing, f"{name} lacks shared variables {missing}"
-        allowed = API_ENV_OVERRIDES if name == "api" else set()
+        allowed = ENV_OVERRIDES.get(name, set())
         changed = sorted(k for k, v in shared.items() if env[k] != v and k not in allowed)
         assert not changed, f"{name} overrides shared SENDFLOWR_* values {changed}"
         extra = sorted(k for k in env if k.startswith(ENV_PREFIX) and k not in shared and k not in allowed)
@@ -357,7 +369,7 @@ def test_service_environment_builds_valid_settings(name, env_source, monkeypatch
     assert settings.kafka_bootstrap_servers in kafka_env["KAFKA_ADVERTISED_LISTENERS"]
     assert settings.kafka_partitions == int(kafka_env["KAFKA_NUM_PARTITIONS"])
 
-    if name == "api":
+    if name in ("api", "webhooks"):
         assert settings.clickhouse_user == READONLY_API_USER
         assert settings.clickhouse_password != clickhouse_env["CLICKHOUSE_PASSWORD"]
     else:
@@ -370,6 +382,7 @@ def test_published_ports_match_settings_defaults():
     kafka_port = int(setting_default("kafka_bootstrap_servers").split(",")[0].rsplit(":", 1)[1])
     expected = {
         "api": setting_default("api_port"),
+        "webhooks": setting_default("webhooks_port"),
         "dagster-webserver": setting_default("dagster_port"),
         "clickhouse": clickhouse_url.port or 8123,
         "kafka": kafka_port,
@@ -389,8 +402,11 @@ def test_published_ports_match_settings_defaults():
     assert int(web_argv[web_argv.index("-p") + 1]) in {
         t for _, t in published_ports(all_services["dagster-webserver"])
     }
+    hooks_argv = command_argv(all_services["webhooks"]["command"])
+    assert int(hooks_argv[hooks_argv.index("--port") + 1]) in {t for _, t in published_ports(all_services["webhooks"])}
     shared = load_compose()["x-sendflowr-env"]
     assert int(shared[f"{ENV_PREFIX}API_PORT"]) == expected["api"]
+    assert int(shared[f"{ENV_PREFIX}WEBHOOKS_PORT"]) == expected["webhooks"]
     assert int(shared[f"{ENV_PREFIX}DAGSTER_PORT"]) == expected["dagster-webserver"]
 
 

@@ -35,11 +35,12 @@ def _events(clickhouse_port: int) -> int:
 
 def test_up_materializes_everything_and_down_keeps_data(tmp_path: Path) -> None:
     ports = {"api": free_port(), "dagster": free_port(), "clickhouse": free_port(), "kafka": free_port(),
-             "controller": free_port()}
+             "controller": free_port(), "webhooks": free_port()}
     env = {**os.environ,
            "SENDFLOWR_HOME": str(tmp_path / "state"),
            "SENDFLOWR_API_PORT": str(ports["api"]),
            "SENDFLOWR_DAGSTER_PORT": str(ports["dagster"]),
+           "SENDFLOWR_WEBHOOKS_PORT": str(ports["webhooks"]),
            "SENDFLOWR_CLICKHOUSE_URL": f"http://127.0.0.1:{ports['clickhouse']}",
            "SENDFLOWR_KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{ports['kafka']}",
            "SENDFLOWR_KAFKA_CONTROLLER_PORT": str(ports["controller"])}
