@@ -9,7 +9,9 @@ from __future__ import annotations
 import logging
 from contextlib import asynccontextmanager
 
-from fastapi import APIRouter, Depends, FastAPI
+import orjson
+from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -47,6 +49,18 @@ def _add_routes(app: FastAPI, router: APIRouter, tags: list[str], dependencies: 
                           summary=route.summary, description=route.description, name=route.name)
 
 
+def _text(value):
+    return value.encode("utf-8", "replace").decode() if isinstance(value, str) else value
+
+
+async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
+    """422 with loc/msg/type per error. The offending input is not echoed: it may be an identifier (privacy), a
+    10,000-recipient list (size) or text JSON cannot encode (a lone surrogate would turn the 422 into a 500)."""
+    detail = [{"loc": [_text(part) for part in err.get("loc", ())], "msg": _text(str(err.get("msg", ""))),
+               "type": _text(str(err.get("type", "")))} for err in exc.errors()]
+    return Response(orjson.dumps({"detail": detail}), status_code=422, media_type="application/json")
+
+
 def create_app(settings: Settings | None = None, holder: SnapshotHolder | None = None,
                refresher: bool = True) -> FastAPI:
     """`holder`: a prepared snapshot holder (tests); `refresher`: poll ClickHouse in the background."""
@@ -75,6 +89,8 @@ def create_app(settings: Settings | None = None, holder: SnapshotHolder | None =
     protected = [Depends(require_api_key)] if settings.api_key else []
     for router, tags in ((decisions.router, ["decisions"]), (people.router, ["people"])):
         _add_routes(app, router, tags, protected)
+
+    app.add_exception_handler(RequestValidationError, _validation_error)
 
     @app.get("/healthz", response_model=Health, summary="Liveness: the process is up.", tags=["operations"])
     async def healthz() -> Health:

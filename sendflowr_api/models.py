@@ -46,6 +46,18 @@ def _to_utc(value: datetime) -> datetime:
 UtcTimestamp = Annotated[AwareDatetime, BeforeValidator(_timestamp_string), AfterValidator(_to_utc)]
 
 
+def _valid_text(value: str) -> str:
+    # JSON may carry lone surrogates ("\ud800"): not text, and nothing downstream could encode them.
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise PydanticCustomError("invalid_text", "must be valid Unicode text (no lone surrogates)") from exc
+    return value
+
+
+Text = Annotated[str, AfterValidator(_valid_text)]
+
+
 def _identifier(description: str, example: str, max_length: int = 320):
     return Field(default=None, min_length=1, max_length=max_length, description=description, examples=[example])
 
@@ -55,12 +67,12 @@ class IdentifierFields(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    email: str | None = _identifier("E-mail address as the ESP knows it (normalized the way stitching does: "
+    email: Text | None = _identifier("E-mail address as the ESP knows it (normalized the way stitching does: "
                                     "case, Gmail dots, plus-tags of known providers).", "user@example.com")
-    klaviyo_id: str | None = _identifier("ESP profile id (e.g. a Klaviyo profile id); case-sensitive.", "k_abc123")
-    phone: str | None = _identifier("Phone number, ideally E.164 (`+14155552671`); numbers without a country code "
+    klaviyo_id: Text | None = _identifier("ESP profile id (e.g. a Klaviyo profile id); case-sensitive.", "k_abc123")
+    phone: Text | None = _identifier("Phone number, ideally E.164 (`+14155552671`); numbers without a country code "
                                     "are read as US.", "+14155552671", 64)
-    external_id: str | None = _identifier("Your own customer id; case-sensitive.", "cust-0042")
+    external_id: Text | None = _identifier("Your own customer id; case-sensitive.", "cust-0042")
     universal_id: str | None = Field(
         default=None, pattern=UID_PATTERN, description="SendFlowr id (`sf_` + 16 hex). Wins over the other "
         "identifiers; an id merged into another person resolves to the survivor.", examples=["sf_b8783dbfc0024695"])
