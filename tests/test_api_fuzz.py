@@ -8,12 +8,16 @@ points the app at a fresh database holding a small world and loads its snapshot.
 
 from __future__ import annotations
 
+import json
 import uuid
+from datetime import UTC
 
 import pytest
 import schemathesis
 from api_world import standard_world
-from hypothesis import HealthCheck, settings
+from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from schemathesis.checks import not_a_server_error
 
 from sendflowr.clickhouse import get_client
@@ -49,3 +53,24 @@ def loaded_world(base_settings: Settings, clickhouse: Settings):
 @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
 def test_no_input_yields_a_server_error(case) -> None:
     case.call_and_validate(checks=[not_a_server_error])
+
+
+_any_text = st.text(st.characters(exclude_categories=()), max_size=40)  # surrogates included
+_identifiers = st.fixed_dictionaries({}, optional={
+    "email": _any_text, "klaviyo_id": _any_text, "phone": _any_text, "external_id": _any_text,
+    "universal_id": st.one_of(_any_text, st.from_regex(r"\Asf_[0-9a-f]{16}\Z"))})
+_moment = st.one_of(_any_text, st.datetimes(timezones=st.just(UTC)).map(lambda d: d.isoformat()),
+                    st.integers(), st.none())
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+@given(ids=_identifiers, after=_moment, before=_moment,
+       latency=st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(), _any_text))
+def test_any_text_in_any_field_is_never_a_server_error(ids, after, before, latency) -> None:
+    """Beyond the schema: arbitrary Unicode (lone surrogates too, as JSON escapes them) in every field."""
+    client = TestClient(app, raise_server_exceptions=False)
+    window = {"send_after": after, "send_before": before, "latency_estimate_seconds": latency}
+    for path, payload in (("/timing-decision", {**ids, **window}), ("/people/lookup", ids),
+                          ("/timing-decisions", {**window, "recipients": [ids, ids]})):
+        r = client.post(path, content=json.dumps(payload), headers={"Content-Type": "application/json"})
+        assert r.status_code < 500, (path, payload, r.text)
