@@ -207,29 +207,29 @@ def decide_many(curves: np.ndarray, evidence: np.ndarray, fallback_levels: np.nd
     ok = err_field == None  # noqa: E711
     start = np.where(ok, start, 0)  # keep failed rows (NaT = int64 min) out of the arithmetic below
     # Candidates: the first moment, then the hour boundaries after it inside the window (at most a week),
-    # in time order, so argmax's first maximum is the earliest moment on ties.
+    # in time order, so argmax's first maximum is the earliest moment on ties. Candidate j sits at position
+    # j - 1 hours after the first boundary's hour, so its hour of week is (first_slot + j - 1) % 168: the
+    # values are one contiguous run of a doubled curve per row (a block copy, not a per-element gather).
     first_boundary = (np.floor_divide(start, HOUR_MS) + 1) * HOUR_MS  # strictly after start
     boundaries = np.clip(-np.floor_divide(first_boundary - before, HOUR_MS), 0, MAX_CANDIDATES - 1)
-    steps = np.arange(MAX_CANDIDATES - 1, dtype=np.int16)
-    valid = np.empty((n, MAX_CANDIDATES), dtype=bool)
-    valid[:, 0] = ok
-    valid[:, 1:] = (steps[None, :] < boundaries[:, None]) & ok[:, None]
-    slot = np.empty((n, MAX_CANDIDATES), dtype=np.int16)
-    slot[:, 0] = hour_of_week_ms(start)
-    slot[:, 1:] = (hour_of_week_ms(first_boundary)[:, None] + steps[None, :]) % HOURS
-    values = np.take_along_axis(curves, slot.astype(np.intp), axis=1)
+    count = np.where(ok, boundaries + 1, 0)  # valid candidates form a prefix of this length
+    first_slot = hour_of_week_ms(first_boundary)
+    doubled = np.concatenate([curves, curves, curves[:, :1]], axis=1)
+    windows = np.lib.stride_tricks.sliding_window_view(doubled, MAX_CANDIDATES, axis=1)
+    rows = np.arange(n)
+    values = windows[rows, (first_slot - 1) % HOURS]  # [n, 169], a copy
+    position = np.arange(MAX_CANDIDATES, dtype=np.int16)
+    valid = position[None, :] < count[:, None]
     scored = np.where(valid, values, np.float32(-np.inf))
     best = np.argmax(scored, axis=1)  # first maximum = earliest on ties
-    rows = np.arange(n)
     chosen_ms = np.where(best == 0, start, first_boundary + (best - 1).astype(np.int64) * HOUR_MS)
-    chosen_slot = slot[rows, best]
     best_value = values[rows, best].astype(np.float64)
 
     # Margin score: best vs the best candidate more than an hour away (circularly), relative to the best,
     # scaled by sqrt(1 + evidence) (noise of a rate shrinks like 1/sqrt(n)).
-    dist = np.abs(slot - chosen_slot[:, None])
+    dist = np.abs(position[None, :] - best.astype(np.int16)[:, None])  # candidates are consecutive hours
     far = valid & (dist > 1) & (dist < HOURS - 1)
-    runner_up = np.where(far, values, np.float32(-np.inf)).max(axis=1).astype(np.float64)
+    runner_up = np.where(far, scored, np.float32(-np.inf)).max(axis=1).astype(np.float64)
     has_far = far.any(axis=1)
     rel = np.where(best_value > 0, (best_value - np.where(has_far, runner_up, 0.0)) / np.maximum(best_value, 1e-12),
                    0.0)
