@@ -133,3 +133,17 @@ def test_coalescer_batches_concurrent_requests(snapshot) -> None:
         assert type(result) is type(alone)
         if not isinstance(result, Exception):
             assert result.universal_id == alone.universal_id and result.fallback_level == alone.fallback_level
+
+
+def test_column_cohorts_agree_with_the_store_rule(snapshot) -> None:
+    from sendflowr.decisions.service import cohorts_for
+    from sendflowr.timing.store import cohort_for_identifiers
+
+    t = snapshot.timing
+    t.priors.setdefault("phone:+44", np.ones(HOURS, np.float32))  # module snapshot: add a phone cohort once
+    emails = [None, "a@corp.io", "B@Corp.IO", "x@other.org", "not-an-email", "", "c@corp.io", None, "d@corp.io"]
+    phones = [None, None, "+44 20 7946 0000", "+442079460001", "+1 415 555 2671", "garbage", "", "+44207946",
+              "+4420794600"]
+    expected = [cohort_for_identifiers(t, e, p) for e, p in zip(emails, phones, strict=True)]
+    assert cohorts_for(t, emails, phones) == expected
+    assert {"email:corp.io", "phone:+44", None} <= set(expected)
