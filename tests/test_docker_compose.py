@@ -45,11 +45,13 @@ READONLY_API_USER = "sendflowr_api"
 INITDB_DIR = "/docker-entrypoint-initdb.d"
 # The modules the image runs: the Dagster code location and the ASGI app of the API.
 ENTRY_MODULES = ("sendflowr_assets.definitions", "sendflowr_api.app", "sendflowr_webhooks.app")
-# Keys the api may set differently from x-sendflowr-env (it binds 0.0.0.0 and reads as sendflowr_api).
+# Keys the api may set differently from x-sendflowr-env (it binds 0.0.0.0, reads as sendflowr_api and alone
+# holds the API key).
 API_ENV_OVERRIDES = {
     f"{ENV_PREFIX}CLICKHOUSE_USER",
     f"{ENV_PREFIX}CLICKHOUSE_PASSWORD",
     f"{ENV_PREFIX}API_HOST",
+    f"{ENV_PREFIX}API_KEY",
 }
 # The webhook receiver binds 0.0.0.0, never touches ClickHouse (so gets the read-only account) and alone
 # holds the ESP signing secrets.
