@@ -34,5 +34,10 @@ async def require_api_key(request: Request, presented: str | None = Security(_he
                             headers={"WWW-Authenticate": API_KEY_HEADER})
 
 
+def key_matches(expected: bytes | None, presented: str | None) -> bool:
+    """`require_api_key`'s test without raising (the fast decision path); no key configured -> True."""
+    return expected is None or hmac.compare_digest(_digest(presented or ""), expected)
+
+
 def key_digest(api_key: str) -> bytes | None:
     return _digest(api_key) if api_key else None

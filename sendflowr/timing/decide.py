@@ -149,19 +149,18 @@ def _ms_column(value, n: int, name: str) -> np.ndarray:
     arr = np.asarray(value)
     if arr.dtype.kind != "M":
         raise DecisionError(name, f"{name} must be a datetime or a datetime64 array")
-    arr = arr.astype("datetime64[ms]")
     if arr.shape not in ((n,), ()):
         raise DecisionError(name, f"{name} has {arr.size} values for {n} rows")
-    out = np.broadcast_to(arr.astype(np.int64), (n,)).copy()
-    out[np.isnat(np.broadcast_to(arr, (n,)))] = np.iinfo(np.int64).min
-    return out
+    # NaT's int64 value is int64 min, the missing marker decide_many checks; astype copies.
+    out = arr.astype("datetime64[ms]").astype(np.int64)
+    return out if arr.shape == (n,) else np.full(n, out, np.int64)
 
 
 def _latency_column(value, n: int) -> np.ndarray:
     arr = np.asarray(value, dtype=np.float64)
     if arr.shape not in ((n,), ()):
         raise DecisionError("latency_estimate_seconds", f"latency has {arr.size} values for {n} rows")
-    return np.broadcast_to(arr, (n,)).copy()
+    return np.full(n, arr, np.float64)  # a copy, like broadcast + copy, without broadcast_to's set-up
 
 
 def decide_many(curves: np.ndarray, evidence: np.ndarray, fallback_levels: np.ndarray, send_after, send_before,
@@ -172,8 +171,11 @@ def decide_many(curves: np.ndarray, evidence: np.ndarray, fallback_levels: np.nd
     if curves.ndim != 2 or curves.shape[1] != HOURS:
         raise DecisionError("curve", f"curves must have shape (n, {HOURS}), got {curves.shape}")
     n = curves.shape[0]
-    evidence = np.broadcast_to(np.asarray(evidence, dtype=np.float64), (n,))
-    levels = np.broadcast_to(np.asarray(fallback_levels, dtype=object), (n,)).copy()
+    evidence = np.asarray(evidence, dtype=np.float64)
+    if evidence.shape != (n,):
+        evidence = np.broadcast_to(evidence, (n,))
+    levels = np.asarray(fallback_levels, dtype=object)
+    levels = levels.copy() if levels.shape == (n,) else np.broadcast_to(levels, (n,)).copy()
     after = _ms_column(send_after, n, "send_after")
     before = _ms_column(send_before, n, "send_before")
     latency = _latency_column(latency_seconds, n)
@@ -215,7 +217,10 @@ def decide_many(curves: np.ndarray, evidence: np.ndarray, fallback_levels: np.nd
     count = np.where(ok, boundaries + 1, 0)  # valid candidates form a prefix of this length
     first_slot = hour_of_week_ms(first_boundary)
     doubled = np.concatenate([curves, curves, curves[:, :1]], axis=1)
-    windows = np.lib.stride_tricks.sliding_window_view(doubled, MAX_CANDIDATES, axis=1)
+    # sliding_window_view(doubled, MAX_CANDIDATES, axis=1), built directly (its checks cost more than a small n)
+    step_row, step_col = doubled.strides
+    windows = np.lib.stride_tricks.as_strided(doubled, (n, doubled.shape[1] - MAX_CANDIDATES + 1, MAX_CANDIDATES),
+                                              (step_row, step_col, step_col), writeable=False)
     rows = np.arange(n)
     values = windows[rows, (first_slot - 1) % HOURS]  # [n, 169], a copy
     position = np.arange(MAX_CANDIDATES, dtype=np.int16)

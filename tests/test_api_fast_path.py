@@ -1,0 +1,127 @@
+"""POST /timing-decision's fast path (sendflowr_api.decisions.DecisionRoute) answers exactly like FastAPI's own
+handler: pydantic's JSON parser accepts no body that Python's json + the model rejects, and over HTTP the two
+paths give byte-identical responses (decisions, 422s, 401s) on an in-memory snapshot (no services)."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from pydantic import ValidationError
+
+from sendflowr.decisions.identity_map import IdentityMap, raw_hash
+from sendflowr.decisions.snapshot import DecisionSnapshot, SnapshotHolder
+from sendflowr.identity import graph
+from sendflowr.settings import Settings
+from sendflowr.timing.decide import HOURS, Calibration
+from sendflowr.timing.store import TimingSnapshot
+from sendflowr_api.app import create_app
+from sendflowr_api.models import TimingDecisionRequest
+
+N = 30
+START = (datetime.now(UTC) + timedelta(days=2)).replace(minute=0, second=0, microsecond=0)
+WINDOW = {"send_after": START.strftime("%Y-%m-%dT%H:%M:%SZ"),
+          "send_before": (START + timedelta(days=5)).strftime("%Y-%m-%dT%H:%M:%SZ"), "latency_estimate_seconds": 300}
+SLOW = "application/json; charset=utf-8"  # a JSON content type the fast path leaves to FastAPI
+
+
+def _snapshot() -> DecisionSnapshot:
+    rng = np.random.default_rng(5)
+    keys = np.sort(rng.integers(1, 2**63, N).astype(np.uint64))
+    uids = graph.mix(keys)
+    hashes = np.array([raw_hash("klaviyo_id", f"K{i}") for i in range(N)], np.uint64)
+    order = np.argsort(hashes)
+    identity = IdentityMap(node_key=keys, node_uid=uids, raw_hash=hashes[order], raw_node=keys[order],
+                           live_uid=np.unique(uids), merged_old=np.zeros(0, np.uint64),
+                           merged_final=np.zeros(0, np.uint64))
+    ids = np.sort(graph.format_uid(uids)[: N - 5])
+    n = len(ids)
+    timing = TimingSnapshot(
+        version=1, materialized_at=datetime.now(UTC), universal_id=ids.astype(object),
+        curves=rng.gamma(2.0, 0.05, (n, HOURS)).astype(np.float32), evidence=rng.gamma(2, 5, n).astype(np.float32),
+        engagements=np.ones(n, np.uint32), fallback_level=np.array(["person"] * n, object),
+        cohort=np.array([""] * n, object), best_hour=np.zeros(n, np.uint8),
+        priors={"email:corp.io": rng.random(HOURS).astype(np.float32)}, prior_evidence={"email:corp.io": 50.0},
+        global_curve=rng.random(HOURS).astype(np.float32), global_evidence=900.0, calibration=Calibration.default())
+    return DecisionSnapshot(identity=identity, timing=timing)
+
+
+@pytest.fixture(scope="module", params=["", "s3cret"], ids=["open", "keyed"])
+def api(request):
+    holder = SnapshotHolder(lambda: None, "unused", 3600)
+    holder.current = _snapshot()
+    with TestClient(create_app(Settings(api_key=request.param), holder=holder, refresher=False)) as client:
+        yield client, request.param
+
+
+def _both(client: TestClient, raw: bytes, key: str | None):
+    out = []
+    for content_type in ("application/json", SLOW):
+        headers = {"Content-Type": content_type, **({"X-API-Key": key} if key is not None else {})}
+        r = client.post("/timing-decision", content=raw, headers=headers)
+        out.append((r.status_code, r.content))
+    return out
+
+
+BODIES = [
+    {"klaviyo_id": "K3", **WINDOW},
+    {"email": "Some.One+tag@Corp.io", "phone": "+14155552671", **WINDOW},
+    {"external_id": "x-9", "universal_id": "sf_0123456789abcdef", **WINDOW},
+    {"klaviyo_id": "K1", **WINDOW, "latency_estimate_seconds": -1},
+    {"klaviyo_id": "K1", **WINDOW, "latency_estimate_seconds": "300"},
+    {"klaviyo_id": "K1", **WINDOW, "send_after": "2026-01-10T00:00:00"},
+    {"klaviyo_id": "K1", **WINDOW, "send_before": WINDOW["send_after"]},
+    {"klaviyo_id": "K1", **WINDOW, "send_befor": WINDOW["send_before"]},
+    {"email": "not an address", **WINDOW},
+    {"email": "user@example.com", **WINDOW, "latency_estimate_seconds": 6 * 86400},
+    WINDOW,
+]
+RAW = [b"", b"{", b"[]", b"null", b'{"klaviyo_id": "K1"}', b'{"klaviyo_id": "\\ud800", "send_after": 1}',
+       json.dumps({"klaviyo_id": "K2", **WINDOW}).encode().replace(b"300", b"NaN"),
+       b'{"klaviyo_id": "K2", "klaviyo_id": "K4", ' + json.dumps(WINDOW).encode()[1:]]
+
+
+@pytest.mark.parametrize("raw", [json.dumps(b).encode() for b in BODIES] + RAW)
+def test_fast_and_fastapi_paths_answer_byte_for_byte(api, raw) -> None:
+    client, key = api
+    for presented in ({key or None, "wrong", None} if key else {None}):
+        fast, slow = _both(client, raw, presented)
+        assert fast == slow, (raw, presented)
+        if key and presented != key:  # FastAPI reads the body before the key: bad JSON is a 422 first
+            assert fast[0] in (401, 422)
+
+
+def test_fast_path_serves_the_seed_contract(api) -> None:
+    client, key = api
+    r = client.post("/timing-decision", json={"klaviyo_id": "K3", **WINDOW}, headers={"X-API-Key": key})
+    assert r.status_code == 200
+    assert list(r.json())[:3] == ["universal_id", "trigger_timestamp_utc", "confidence_score"]
+    if key:
+        r = client.post("/timing-decision", json={"klaviyo_id": "K3", **WINDOW}, headers={"X-API-Key": key + "x"})
+        assert r.status_code == 401 and r.json() == {"detail": "missing or invalid API key"}
+
+
+_scalars = st.one_of(st.none(), st.booleans(), st.integers(-10**20, 10**20), st.floats(allow_nan=True),
+                     st.text(max_size=8), st.sampled_from(["2026-01-10T00:00:00Z", "2026-01-10T00:00:00+01:00",
+                                                           "2026-01-10T00:00:00", "sf_0123456789abcdef", "\ud800"]))
+_fields = st.sampled_from(["email", "klaviyo_id", "phone", "external_id", "universal_id", "send_after",
+                           "send_before", "latency_estimate_seconds", "other"])
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(pairs=st.lists(st.tuples(_fields, _scalars), max_size=8), keep_window=st.booleans())
+def test_json_parser_accepts_nothing_the_fastapi_path_rejects(pairs, keep_window) -> None:
+    items = ([(k, v) for k, v in WINDOW.items()] if keep_window else []) + pairs
+    # duplicate keys kept: the text is built by hand, so both parsers see them
+    raw = ("{" + ", ".join(f"{json.dumps(k)}: {json.dumps(v)}" for k, v in items) + "}").encode("utf-8",
+                                                                                               "surrogatepass")
+    try:
+        fast = TimingDecisionRequest.model_validate_json(raw)
+    except ValidationError:
+        return  # rejected: the request goes to FastAPI's handler
+    assert fast == TimingDecisionRequest.model_validate(json.loads(raw))
