@@ -1,6 +1,7 @@
 """POST /timing-decision's fast path (sendflowr_api.decisions.DecisionRoute) answers exactly like FastAPI's own
 handler: pydantic's JSON parser accepts no body that Python's json + the model rejects, and over HTTP the two
-paths give byte-identical responses (decisions, 422s, 401s) on an in-memory snapshot (no services)."""
+paths give byte-identical responses (decisions, 422s, 401s) on an in-memory snapshot (no services). Coalesced
+decisions agree with single ones on both sides of the scalar/column switch."""
 
 from __future__ import annotations
 
@@ -13,8 +14,10 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
+from test_api_service import _one, _requests, _same
 
-from sendflowr.decisions.identity_map import IdentityMap, raw_hash
+from sendflowr.decisions.identity_map import IdentityMap, NormalizeCache, raw_hash
+from sendflowr.decisions.service import COLUMN_MIN, decide_requests
 from sendflowr.decisions.snapshot import DecisionSnapshot, SnapshotHolder
 from sendflowr.identity import graph
 from sendflowr.settings import Settings
@@ -125,3 +128,16 @@ def test_json_parser_accepts_nothing_the_fastapi_path_rejects(pairs, keep_window
     except ValidationError:
         return  # rejected: the request goes to FastAPI's handler
     assert fast == TimingDecisionRequest.model_validate(json.loads(raw))
+
+
+def test_few_requests_decided_together_agree_with_each_alone() -> None:
+    """decide_requests resolves fewer than COLUMN_MIN requests with scalar lookups, more as columns: both agree
+    with decide_one, flush sizes either side of the switch."""
+    snapshot, now = _snapshot(), datetime.now(UTC)
+    reqs = _requests(9, 60)
+    at = 0
+    for size in (1, 2, COLUMN_MIN - 1, COLUMN_MIN, COLUMN_MIN + 1, 3, 20):
+        chunk = reqs[at:at + size]
+        at += size
+        for req, result in zip(chunk, decide_requests(snapshot, NormalizeCache(), chunk, now), strict=True):
+            _same(result, _one(snapshot, req, now))

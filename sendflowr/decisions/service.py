@@ -151,50 +151,80 @@ def _ms(moment: datetime) -> int:
     return (moment - _EPOCH) // timedelta(milliseconds=1)
 
 
+COLUMN_MIN = 8  # from this many requests, resolving them as columns costs less than one scalar lookup each
+
+
+def _who(snapshot: DecisionSnapshot, cache: NormalizeCache, requests: Sequence[DecisionRequest], out: list):
+    """Resolution and curve of each request that names a person (the others get UnusableIdentifiers in `out`):
+    (rows, uid, known, redirected, curves, evidence, levels, cohorts). Scalar lookups for a few requests, column
+    calls (resolve, curves_for: the batch endpoint's) for many; both give the same values (tests hold them so)."""
+    n = len(requests)
+    if n < COLUMN_MIN:
+        rows, uid, known, redirected, curves, evidence, levels, cohorts = [], [], [], [], [], [], [], []
+        for i, req in enumerate(requests):
+            res = resolve_one(snapshot.identity, cache, req.identifiers, req.universal_id)
+            if res.errors[0] is not None:
+                out[i] = UnusableIdentifiers(res.errors[0])
+                continue
+            curve, ev, level, cohort = curve_for_one(snapshot, int(res.uid[0]), req.identifiers.get("email"),
+                                                     req.identifiers.get("phone"))
+            rows.append(i)
+            uid.append(int(res.uid[0]))
+            known.append(bool(res.known[0]))
+            redirected.append(bool(res.redirected[0]))
+            curves.append(curve)
+            evidence.append(ev)
+            levels.append(level)
+            cohorts.append(cohort)
+        return rows, uid, known, redirected, np.stack(curves) if rows else None, evidence, levels, cohorts
+    columns = {t: [req.identifiers.get(t) for req in requests] for t in IDENTIFIER_FIELDS}
+    res = resolve(snapshot.identity, cache, columns, [req.universal_id for req in requests], n)
+    rows = []
+    for i, fields in enumerate(res.errors):
+        if fields is None:
+            rows.append(i)
+        else:
+            out[i] = UnusableIdentifiers(fields)
+    if not rows:
+        return rows, [], [], [], None, [], [], []
+    chosen = curves_for(snapshot, res.uid[rows], [columns["email"][i] for i in rows],
+                        [columns["phone"][i] for i in rows])
+    return (rows, res.uid[rows].tolist(), res.known[rows].tolist(), res.redirected[rows].tolist(), chosen.curves,
+            chosen.evidence.tolist(), chosen.level.tolist(), chosen.cohort.tolist())
+
+
 def decide_requests(snapshot: DecisionSnapshot, cache: NormalizeCache, requests: Sequence[DecisionRequest],
                     now: datetime) -> list[DecisionResult | UnusableIdentifiers | DecisionError]:
     """Independent single decisions (each its own window) through ONE decide_many call: the numpy set-up of the
     decision rule is paid once for all the requests that arrived together. Same results as `decide_one` each."""
     out: list = [None] * len(requests)
-    rows, curves, evidence, levels, meta = [], [], [], [], []
-    for i, req in enumerate(requests):
-        res = resolve_one(snapshot.identity, cache, req.identifiers, req.universal_id)
-        if res.errors[0] is not None:
-            out[i] = UnusableIdentifiers(res.errors[0])
-            continue
-        curve, ev, level, cohort = curve_for_one(snapshot, int(res.uid[0]), req.identifiers.get("email"),
-                                                 req.identifiers.get("phone"))
-        rows.append(i)
-        curves.append(curve)
-        evidence.append(ev)
-        levels.append(level)
-        meta.append((res, cohort))
+    rows, uids, known_people, redirected, curves, evidence, levels, cohorts = _who(snapshot, cache, requests, out)
     if not rows:
         return out
     picked = [requests[i] for i in rows]
-    batch = decide_many(np.stack(curves), np.array(evidence), np.array(levels, object),
+    batch = decide_many(curves, np.array(evidence, np.float64), np.array(levels, object),
                         np.array([_ms(r.send_after) for r in picked], "datetime64[ms]"),
                         np.array([_ms(r.send_before) for r in picked], "datetime64[ms]"),
                         np.array([r.latency_seconds for r in picked], np.float64), now, snapshot.timing.calibration)
     delivery = batch.delivery_at.astype(np.int64).tolist()
     trigger = batch.trigger_at.astype(np.int64).tolist()
+    values, confidences = batch.expected_engagement.tolist(), batch.confidence.tolist()
     uncalibrated = "" if snapshot.timing.calibration.fitted else " (uncalibrated)"
     for j, i in enumerate(rows):
         if batch.error_field[j] is not None:
             out[i] = DecisionError(batch.error_field[j], batch.error_message[j])
             continue
-        res, cohort = meta[j]
-        known = bool(res.known[0])
-        value, conf = float(batch.expected_engagement[j]), float(batch.confidence[j])
+        known = known_people[j]
+        value, conf = values[j], confidences[j]
         explanation = (("" if known else "unknown person (no events stitched yet); ")
                        + f"{slot_name((delivery[j] // HOUR_MS + EPOCH_HOW) % HOURS)} is the best delivery hour "
                        f"in the window by {_SOURCE.get(levels[j], levels[j])} (evidence {evidence[j]:.1f} "
                        f"engagements, expected engagement {value:.3f}); confidence {conf:.2f}{uncalibrated}")
         out[i] = DecisionResult(
-            universal_id=res.universal_id(0), trigger_at=_EPOCH + timedelta(milliseconds=trigger[j]),
+            universal_id=f"sf_{uids[j]:016x}", trigger_at=_EPOCH + timedelta(milliseconds=trigger[j]),
             delivery_at=_EPOCH + timedelta(milliseconds=delivery[j]), confidence=conf, expected_engagement=value,
-            fallback_level=levels[j], explanation=explanation, known_person=known, cohort=cohort,
-            merged_into=bool(res.redirected[0]))
+            fallback_level=levels[j], explanation=explanation, known_person=known, cohort=cohorts[j],
+            merged_into=redirected[j])
     return out
 
 

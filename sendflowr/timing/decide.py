@@ -83,8 +83,13 @@ class Calibration:
     def apply(self, raw: np.ndarray, levels: np.ndarray) -> np.ndarray:
         """Probabilities for raw scores (inf -> 1: certain by construction); unknown levels use 'global'."""
         raw = np.asarray(raw, dtype=np.float64)
-        out = np.empty(raw.shape, dtype=np.float64)
         levels = np.asarray(levels, dtype=object)
+        one = self.knots.get(levels.flat[0]) if levels.size else None
+        if one is not None and (levels == levels.flat[0]).all():  # one level (the usual case): one interp
+            out = np.interp(raw, *one)
+            out[np.isposinf(raw)] = 1.0
+            return out
+        out = np.empty(raw.shape, dtype=np.float64)
         fallback = self.knots.get("global") or next(iter(self.knots.values()))
         known = np.zeros(raw.shape, dtype=bool)
         for level, (x, y) in self.knots.items():
@@ -184,29 +189,31 @@ def decide_many(curves: np.ndarray, evidence: np.ndarray, fallback_levels: np.nd
     err_field = np.full(n, None, dtype=object)
     err_msg = np.full(n, None, dtype=object)
 
-    def fail(mask: np.ndarray, name: str, message: str) -> None:
-        rows = mask & (err_field == None)  # noqa: E711 (element-wise on an object array)
-        err_field[rows] = name
-        err_msg[rows] = message
-
     nat = np.iinfo(np.int64).min
-    fail(after == nat, "send_after", "send_after is missing")
-    fail(before == nat, "send_before", "send_before is missing")
-    fail(before <= after, "send_before", "send_before must be later than send_after (the window is empty)")
-    fail(before <= now_ms, "send_before", "the window is already past: send_before is not after now")
     bad_latency = ~np.isfinite(latency) | (latency < 0)
-    fail(bad_latency, "latency_estimate_seconds", "latency must be a finite number of seconds >= 0")
     # Clipped at ~30,000 years so that absurd latencies fail on the window check instead of overflowing.
     lat_ms = np.ceil(np.clip(np.where(bad_latency, 0.0, latency), 0.0, 1e12) * 1000.0).astype(np.int64)
     start = np.maximum(after, now_ms + lat_ms)  # earliest delivery whose trigger is not before now
-    fail(start >= before, "latency_estimate_seconds",
-         "latency is larger than what is left of the window: a trigger now would deliver after send_before")
-    bad_curve = ~np.isfinite(curves).all(axis=1) | (curves < 0).any(axis=1)
-    fail(bad_curve, "curve", "curve values must be finite and >= 0")
-    bad_evidence = ~np.isfinite(evidence) | (evidence < 0)
-    fail(bad_evidence, "evidence", "evidence must be finite and >= 0")
+    # In order of blame: a row's error is the first check it fails.
+    checks = (
+        (after == nat, "send_after", "send_after is missing"),
+        (before == nat, "send_before", "send_before is missing"),
+        (before <= after, "send_before", "send_before must be later than send_after (the window is empty)"),
+        (before <= now_ms, "send_before", "the window is already past: send_before is not after now"),
+        (bad_latency, "latency_estimate_seconds", "latency must be a finite number of seconds >= 0"),
+        (start >= before, "latency_estimate_seconds",
+         "latency is larger than what is left of the window: a trigger now would deliver after send_before"),
+        (~np.isfinite(curves).all(axis=1) | (curves < 0).any(axis=1), "curve", "curve values must be finite and >= 0"),
+        (~np.isfinite(evidence) | (evidence < 0), "evidence", "evidence must be finite and >= 0"),
+    )
+    bad = np.logical_or.reduce([mask for mask, _, _ in checks])
+    if bad.any():  # rare: the per-check assignments only when some row fails
+        for mask, name, message in checks:
+            rows = mask & (err_field == None)  # noqa: E711 (element-wise on an object array)
+            err_field[rows] = name
+            err_msg[rows] = message
+    ok = ~bad
 
-    ok = err_field == None  # noqa: E711
     start = np.where(ok, start, 0)  # keep failed rows (NaT = int64 min) out of the arithmetic below
     # Candidates: the first moment, then the hour boundaries after it inside the window (at most a week),
     # in time order, so argmax's first maximum is the earliest moment on ties. Candidate j sits at position
