@@ -12,6 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from fastapi.routing import APIRoute
 from pydantic import ValidationError
+from starlette.middleware.body_limit import MAX_BODY_SIZE_SCOPE_KEY
 
 from sendflowr.decisions.redact import redact_identifiers
 from sendflowr.decisions.service import DecisionError, DecisionRequest, UnusableIdentifiers, decide_batch
@@ -40,36 +41,62 @@ def _unprocessable(errors: list[tuple[str, str, str]]) -> Response:
 class DecisionRoute(APIRoute):
     """POST /timing-decision with a fast path for well-formed requests, same responses.
 
-    FastAPI's request handler (Python JSON parsing, then validation, content-type parsing with the email
-    package, dependency solving, telemetry hooks) cost more per request than the decision itself. A request
+    FastAPI's request handling (Python JSON parsing, then validation, content-type parsing with the email
+    package, dependency solving, two exit stacks per request) cost more than the decision itself. A request
     with `Content-Type: application/json`, a valid API key (when one is configured) and a body the request
-    model accepts is validated straight from bytes by pydantic's JSON parser and decided. Anything else (bad
-    JSON, a 422, a 401, other content types, body limits) goes through FastAPI's own handler, so every error
-    is exactly the one FastAPI gives. pydantic's parser accepts no body that Python's json + the model would
-    reject (tests/test_api_decisions.py holds the two paths to the same results).
+    model accepts is validated straight from bytes by pydantic's JSON parser and decided, at the ASGI level.
+    Anything else (bad JSON, a 422, a 401, other content types, body limits, no snapshot yet) is replayed into
+    FastAPI's own handler, so every error is exactly the one FastAPI gives. pydantic's parser accepts no body
+    that Python's json + the model would reject (tests/test_api_fast_path.py holds the two paths to the same
+    responses).
     """
 
-    def get_route_handler(self):
-        slow = super().get_route_handler()
-        # Only dependencies this module knows how to check inline; anything else always takes FastAPI's path.
-        if not all(d.dependency is require_api_key for d in self.dependencies):
-            return slow
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        # Only dependencies this module checks inline, and no route body limit; otherwise FastAPI's path only.
+        if self.max_body_size is None and all(d.dependency is require_api_key for d in self.dependencies):
+            self.app = _fast(self.app)
 
-        async def handler(request: Request) -> Response:
+
+def _fast(slow):
+    async def app(scope, receive, send) -> None:
+        chunks, more = [], True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":  # a disconnect: FastAPI's handler deals with it
+                return await slow(scope, _replay(b"".join(chunks), receive, message), send)
+            chunks.append(message.get("body", b""))
+            more = message.get("more_body", False)
+        raw = b"".join(chunks)
+        content_type = presented = None
+        for name, value in scope["headers"]:  # first occurrence wins, as in Starlette's Headers.get
+            if name == b"content-type" and content_type is None:
+                content_type = value
+            elif name == b"x-api-key" and presented is None:
+                presented = value.decode("latin-1")
+        state = scope["app"].state
+        if (raw and content_type == b"application/json" and MAX_BODY_SIZE_SCOPE_KEY not in scope
+                and state.holder.current is not None and key_matches(state.api_key_digest, presented)):
             try:
-                raw = await request.body()
-            except Exception:  # disconnects, body limits: FastAPI's handler reports them its own way
-                return await slow(request)
-            if (raw and request.headers.get("content-type") == _JSON
-                    and key_matches(request.app.state.api_key_digest, request.headers.get("x-api-key"))):
-                try:
-                    body = TimingDecisionRequest.model_validate_json(raw)
-                except ValidationError:
-                    return await slow(request)  # re-validated there for FastAPI's exact 422
-                return await timing_decision(body, request)
-            return await slow(request)
+                body = TimingDecisionRequest.model_validate_json(raw)
+            except ValidationError:
+                body = None  # re-validated by FastAPI's handler for its exact 422
+            if body is not None:
+                response = await timing_decision(body, Request(scope, receive, send))
+                return await response(scope, receive, send)
+        return await slow(scope, _replay(raw, receive), send)
 
-        return handler
+    return app
+
+
+def _replay(raw: bytes, receive, then: dict | None = None):
+    """`receive` that hands the already-read body out again, then `then` (if any), then the real channel."""
+    pending = [{"type": "http.request", "body": raw, "more_body": False}] + ([then] if then else [])
+
+    async def replayed() -> dict:
+        return pending.pop(0) if pending else await receive()
+
+    return replayed
 
 
 async def timing_decision(body: TimingDecisionRequest, request: Request) -> Response:
