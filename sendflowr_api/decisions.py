@@ -91,7 +91,8 @@ def _fast(slow):
 
 def _replay(raw: bytes, receive, then: dict | None = None):
     """`receive` that hands the already-read body out again, then `then` (if any), then the real channel."""
-    pending = [{"type": "http.request", "body": raw, "more_body": False}] + ([then] if then else [])
+    # before a disconnect the body was incomplete: more_body stays True so Starlette sees the disconnect next
+    pending = [{"type": "http.request", "body": raw, "more_body": then is not None}] + ([then] if then else [])
 
     async def replayed() -> dict:
         return pending.pop(0) if pending else await receive()

@@ -141,3 +141,29 @@ def test_few_requests_decided_together_agree_with_each_alone() -> None:
         at += size
         for req, result in zip(chunk, decide_requests(snapshot, NormalizeCache(), chunk, now), strict=True):
             _same(result, _one(snapshot, req, now))
+
+
+def test_a_client_gone_mid_body_gets_what_fastapi_gives(api) -> None:
+    client, key = api
+    app = client.app
+
+    async def post(content_type: bytes) -> list[dict]:
+        messages = [{"type": "http.request", "body": b'{"klaviyo_id": "K3", ', "more_body": True},
+                    {"type": "http.disconnect"}]
+        sent: list[dict] = []
+
+        async def receive() -> dict:
+            return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+        async def send(message: dict) -> None:
+            sent.append(message)
+
+        scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+                 "scheme": "http", "path": "/timing-decision", "raw_path": b"/timing-decision", "root_path": "",
+                 "query_string": b"", "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 2), "state": {},
+                 "headers": [(b"content-type", content_type), (b"x-api-key", key.encode())]}
+        await app(scope, receive, send)
+        return sent
+
+    fast, slow = (client.portal.call(post, ct) for ct in (b"application/json", SLOW.encode()))
+    assert fast == slow and fast[0]["status"] == 400
