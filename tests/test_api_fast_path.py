@@ -21,7 +21,7 @@ from sendflowr.decisions.service import COLUMN_MIN, decide_requests
 from sendflowr.decisions.snapshot import DecisionSnapshot, SnapshotHolder
 from sendflowr.identity import graph
 from sendflowr.settings import Settings
-from sendflowr.timing.decide import HOURS, Calibration
+from sendflowr.timing.decide import HOURS, Calibration, decide_many
 from sendflowr.timing.store import TimingSnapshot
 from sendflowr_api.app import create_app
 from sendflowr_api.models import TimingDecisionRequest
@@ -167,3 +167,28 @@ def test_a_client_gone_mid_body_gets_what_fastapi_gives(api) -> None:
 
     fast, slow = (client.portal.call(post, ct) for ct in (b"application/json", SLOW.encode()))
     assert fast == slow and fast[0]["status"] == 400
+
+
+def test_one_row_decisions_equal_the_vector_rule_field_for_field() -> None:
+    """decide_many takes a plain-Python path for one row (a lone API request): on random rows (ties, errors of
+    every kind, windows past, short and long) it equals the vector path in every column."""
+    from test_timing_decide import CAL, MONDAY, _random_requests
+
+    rng = np.random.default_rng(17)
+    curves, evidence, levels, after, before, latency = _random_requests(rng, 400)
+    curves[rng.random(400) < 0.02, 5] = np.nan
+    curves[rng.random(400) < 0.02, 9] = -1.0
+    evidence[rng.random(400) < 0.02] = np.inf
+    after[rng.random(400) < 0.02] = np.datetime64("NaT")
+    whole = decide_many(curves, evidence, levels, after, before, latency, MONDAY, CAL)
+    fields = ("delivery_at", "trigger_at", "confidence", "expected_engagement", "fallback_level", "error_field",
+              "error_message", "raw_score")
+    for i in range(400):
+        one = decide_many(curves[i:i + 1], evidence[i:i + 1], levels[i:i + 1], after[i:i + 1], before[i:i + 1],
+                          latency[i:i + 1], MONDAY, CAL)
+        for name in fields:
+            a, b = getattr(one, name), getattr(whole, name)[i:i + 1]
+            assert a.dtype == b.dtype and a.shape == b.shape, (i, name)
+            assert np.array_equal(a, b, equal_nan=a.dtype.kind == "f") or (a.dtype.kind == "M" and np.isnat(a).all()
+                                                                            and np.isnat(b).all()), (i, name)
+    assert len({f for f in whole.error_field if f}) >= 4  # several kinds of errors were exercised

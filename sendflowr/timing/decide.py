@@ -16,6 +16,7 @@ lie within one hour of the chosen one is certain by construction (confidence 1).
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -186,6 +187,9 @@ def decide_many(curves: np.ndarray, evidence: np.ndarray, fallback_levels: np.nd
     latency = _latency_column(latency_seconds, n)
     now_ms = _to_ms(now, "now")
 
+    if n == 1:  # a lone request (the API at low load): the same rule in plain Python, without array set-up
+        return _decide_row(curves[0], float(evidence[0]), levels, int(after[0]), int(before[0]), float(latency[0]),
+                           now_ms, calibration)
     err_field = np.full(n, None, dtype=object)
     err_msg = np.full(n, None, dtype=object)
 
@@ -255,6 +259,62 @@ def decide_many(curves: np.ndarray, evidence: np.ndarray, fallback_levels: np.nd
         confidence=np.where(ok, confidence, np.nan), expected_engagement=np.where(ok, best_value, np.nan),
         fallback_level=levels, error_field=err_field, error_message=err_msg, raw_score=np.where(ok, raw, np.nan),
     )
+
+
+def _decide_row(curve: np.ndarray, evidence: float, levels: np.ndarray, after: int, before: int, latency: float,
+                now_ms: int, calibration: Calibration) -> DecisionBatch:
+    """decide_many for one row, step for step (same checks in the same order, same float32 comparisons, same
+    float64 arithmetic; tests/test_timing_decide.py compares it with the vector path on random rows)."""
+    nat = np.iinfo(np.int64).min
+    bad_latency = not math.isfinite(latency) or latency < 0
+    lat_ms = math.ceil(min(max(0.0 if bad_latency else latency, 0.0), 1e12) * 1000.0)
+    start = max(after, now_ms + lat_ms)
+    error = None
+    if after == nat:
+        error = ("send_after", "send_after is missing")
+    elif before == nat:
+        error = ("send_before", "send_before is missing")
+    elif before <= after:
+        error = ("send_before", "send_before must be later than send_after (the window is empty)")
+    elif before <= now_ms:
+        error = ("send_before", "the window is already past: send_before is not after now")
+    elif bad_latency:
+        error = ("latency_estimate_seconds", "latency must be a finite number of seconds >= 0")
+    elif start >= before:
+        error = ("latency_estimate_seconds",
+                 "latency is larger than what is left of the window: a trigger now would deliver after send_before")
+    elif not np.isfinite(curve).all() or (curve < 0).any():
+        error = ("curve", "curve values must be finite and >= 0")
+    elif not math.isfinite(evidence) or evidence < 0:
+        error = ("evidence", "evidence must be finite and >= 0")
+    if error is not None:
+        nan, never = np.array([np.nan]), np.array([nat], "datetime64[ms]")
+        return DecisionBatch(delivery_at=never, trigger_at=never.copy(),
+                             confidence=nan, expected_engagement=nan.copy(), fallback_level=levels,
+                             error_field=np.array([error[0]], object), error_message=np.array([error[1]], object),
+                             raw_score=nan.copy())
+    first_boundary = (start // HOUR_MS + 1) * HOUR_MS
+    count = min(max(-((first_boundary - before) // HOUR_MS), 0), MAX_CANDIDATES - 1) + 1
+    offset = ((first_boundary // HOUR_MS + EPOCH_HOW) % HOURS - 1) % HOURS
+    week = curve.tolist()  # float32 -> float exactly: comparisons as in float32
+    values = [week[(offset + j) % HOURS] for j in range(count)]
+    best, best_value = 0, values[0]
+    for j in range(1, count):
+        if values[j] > best_value:  # strictly greater: the first maximum, the earliest moment
+            best, best_value = j, values[j]
+    far = [v for j, v in enumerate(values) if 1 < abs(j - best) < HOURS - 1]
+    if far:
+        runner_up = max(far)
+        rel = (best_value - runner_up) / max(best_value, 1e-12) if best_value > 0 else 0.0
+        raw = rel * math.sqrt(1.0 + evidence)
+    else:
+        raw = math.inf
+    chosen = start if best == 0 else first_boundary + (best - 1) * HOUR_MS
+    return DecisionBatch(
+        delivery_at=np.array([chosen], "datetime64[ms]"), trigger_at=np.array([chosen - lat_ms], "datetime64[ms]"),
+        confidence=calibration.apply(np.array([raw]), levels), expected_engagement=np.array([best_value]),
+        fallback_level=levels, error_field=np.array([None], object), error_message=np.array([None], object),
+        raw_score=np.array([raw]))
 
 
 def _from_ms(ms: int) -> datetime:
