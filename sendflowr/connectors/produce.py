@@ -45,10 +45,11 @@ class ConfirmingProducer:
         self.topic = topic or settings.kafka_topic
         self.timeout = timeout_seconds
         self._servers = settings.kafka_bootstrap_servers
-        # A short linger keeps webhook latency low; message.timeout.ms bounds how long a request can wait
-        # for an unreachable broker before it fails (and the provider retries).
-        config = producer_config(settings, **{"linger.ms": 5, "message.timeout.ms": int(timeout_seconds * 1000),
-                                              **overrides})
+        # The project's producer settings (linger, batch size, lz4), the same as bench/connectors.py's anchor:
+        # concurrent requests share the bigger broker batches, and 20 ms of linger is small next to a
+        # provider's webhook timeout. message.timeout.ms bounds how long a request can wait for an
+        # unreachable broker before it fails (and the provider retries).
+        config = producer_config(settings, **{"message.timeout.ms": int(timeout_seconds * 1000), **overrides})
         self._producer = Producer(config)
         self._stop = threading.Event()
         self._poller = threading.Thread(target=self._poll, name="sendflowr-delivery", daemon=True)
