@@ -78,10 +78,6 @@ def parse_json(body: bytes) -> Any:
         raise Rejected(400, f"body: invalid JSON ({exc})") from None
 
 
-def signature_failure(exc: SignatureRejected) -> Rejected:
-    return Rejected(401 if exc.missing else 403, exc.reason)
-
-
 async def deliver(receiver: Receiver, provider: str, result: Normalized) -> JSONResponse:
     rejected = [{"index": i, "reason": r} for i, r in result.rejects]
     if rejected:
@@ -120,6 +116,10 @@ def create_app(settings: Settings | None = None, sns_fetch: Callable[[str], byte
     async def rejected_handler(_request: Request, exc: Rejected) -> JSONResponse:
         return JSONResponse({"detail": exc.detail, **exc.extra}, status_code=exc.status)
 
+    @app.exception_handler(SignatureRejected)
+    async def signature_handler(_request: Request, exc: SignatureRejected) -> JSONResponse:
+        return JSONResponse({"detail": exc.reason}, status_code=401 if exc.missing else 403)
+
     def receiver_of(request: Request) -> Receiver:
         return request.app.state.receiver
 
@@ -132,11 +132,8 @@ def create_app(settings: Settings | None = None, sns_fetch: Callable[[str], byte
         receiver = receiver_of(request)
         body = await read_body(request, receiver.settings.webhooks_max_body_bytes)
         if receiver.sendgrid is not None:
-            try:
-                receiver.sendgrid.verify(body, request.headers.get(SendgridVerifier.SIGNATURE_HEADER),
-                                         request.headers.get(SendgridVerifier.TIMESTAMP_HEADER))
-            except SignatureRejected as exc:
-                raise signature_failure(exc) from None
+            receiver.sendgrid.verify(body, request.headers.get(SendgridVerifier.SIGNATURE_HEADER),
+                                     request.headers.get(SendgridVerifier.TIMESTAMP_HEADER))
         records = parse_json(body)
         if not isinstance(records, list):
             raise Rejected(400, "body: SendGrid posts a JSON array of events")
@@ -149,10 +146,7 @@ def create_app(settings: Settings | None = None, sns_fetch: Callable[[str], byte
         if not isinstance(payload, dict) or not isinstance(payload.get("event-data"), dict):
             raise Rejected(400, "body: Mailgun posts a JSON object with `signature` and `event-data`")
         if receiver.mailgun is not None:
-            try:
-                receiver.mailgun.verify(payload.get("signature"))
-            except SignatureRejected as exc:
-                raise signature_failure(exc) from None
+            receiver.mailgun.verify(payload.get("signature"))
         return await deliver(receiver, "mailgun", FORMATS["mailgun"]([payload]))
 
     @app.post("/webhooks/ses", summary="Amazon SES event publishing through an SNS HTTPS subscription.")
@@ -167,8 +161,6 @@ def create_app(settings: Settings | None = None, sns_fetch: Callable[[str], byte
                 await run_in_threadpool(receiver.sns.verify, envelope)
                 if envelope["Type"] == "SubscriptionConfirmation":
                     await run_in_threadpool(receiver.sns.confirm_subscription, envelope)
-            except SignatureRejected as exc:
-                raise signature_failure(exc) from None
             except OSError as exc:  # SNS resends the confirmation: answer so it does
                 raise Rejected(503, f"could not visit SubscribeURL: {exc}") from None
         if envelope["Type"] != "Notification":
@@ -182,11 +174,8 @@ def create_app(settings: Settings | None = None, sns_fetch: Callable[[str], byte
         receiver = receiver_of(request)
         body = await read_body(request, receiver.settings.webhooks_max_body_bytes)
         if receiver.klaviyo is not None:
-            try:
-                receiver.klaviyo.verify(body, request.headers.get(KlaviyoVerifier.SIGNATURE_HEADER),
-                                        request.headers.get(KlaviyoVerifier.TIMESTAMP_HEADER))
-            except SignatureRejected as exc:
-                raise signature_failure(exc) from None
+            receiver.klaviyo.verify(body, request.headers.get(KlaviyoVerifier.SIGNATURE_HEADER),
+                                    request.headers.get(KlaviyoVerifier.TIMESTAMP_HEADER))
         payload = parse_json(body)
         if not isinstance(payload, dict) or not isinstance(payload.get("data"), list):
             raise Rejected(400, "body: Klaviyo posts a JSON object with a `data` array")

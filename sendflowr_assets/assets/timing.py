@@ -48,9 +48,10 @@ def _params(resource: SendflowrResource) -> EstimatorParams:
 def timing_curves(context: AssetExecutionContext, config: TimingConfig,
                   sendflowr: SendflowrResource) -> MaterializeResult:
     client = sendflowr.client()
-    report = materialize(client, sendflowr.clickhouse_database, _rules(sendflowr), _params(sendflowr),
+    rules = _rules(sendflowr)
+    report = materialize(client, sendflowr.clickhouse_database, rules, _params(sendflowr),
                          run_id=context.run.run_id, full=config.full, log=context.log.info)
-    return MaterializeResult(metadata=curves_metadata(report, _rules(sendflowr)))
+    return MaterializeResult(metadata=curves_metadata(report, rules))
 
 
 def curves_metadata(report: TimingReport, rules: SignalRules) -> dict[str, MetadataValue]:
