@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass
 from functools import cache
 
 import numpy as np
+from scipy import sparse
 
 from sendflowr.timing.decide import HOURS
 
@@ -54,8 +55,10 @@ def kernel(bandwidth: float, day_pooling: float) -> np.ndarray:
     return weight.astype(np.float32)
 
 
-def smooth(x: np.ndarray, params: EstimatorParams) -> np.ndarray:
-    return x @ kernel(params.hour_bandwidth, params.day_pooling)
+def smooth(x, params: EstimatorParams) -> np.ndarray:
+    """x [n, 168] (dense, or scipy sparse rows: a product per stored value) times the kernel, dense."""
+    out = x @ kernel(params.hour_bandwidth, params.day_pooling)
+    return np.asarray(out)
 
 
 def rate(engagement: np.ndarray, deliveries: np.ndarray, params: EstimatorParams,
@@ -107,16 +110,26 @@ def learn_priors(person_cohort: np.ndarray, cohort_names: list[str], person: np.
     return priors, pc
 
 
-def person_curves(e: np.ndarray, s: np.ndarray, prior: np.ndarray, params: EstimatorParams) -> np.ndarray:
-    """[n, 168] posterior curves from dense deliveries e, weighted engagement s and each row's prior rate."""
-    expected = (e * prior).sum(axis=1)
-    level = (s.sum(axis=1) + params.level_strength) / (expected + params.level_strength)
-    mean = level[:, None] * prior
+def person_curves(e, s, prior: np.ndarray, params: EstimatorParams) -> np.ndarray:
+    """[n, 168] posterior curves from deliveries e, weighted engagement s (dense arrays or scipy sparse rows:
+    the same math) and each row's prior rate."""
+    if sparse.issparse(e):
+        expected = np.asarray(e.multiply(prior).sum(axis=1)).ravel()
+        total = np.asarray(s.sum(axis=1)).ravel()
+    else:
+        expected, total = (e * prior).sum(axis=1), s.sum(axis=1)
+    level = ((total + params.level_strength) / (expected + params.level_strength)).astype(np.float32)
     # Gamma prior worth `prior_strength` pseudo-engagements at every hour (so 1/mean pseudo-deliveries): a few
     # deliveries without engagement barely move a low rate, many engagements move any rate.
-    k = params.prior_strength
-    pseudo = k / np.maximum(mean, 1e-6)
-    return ((smooth(s, params) + k) / (smooth(e, params) + pseudo)).astype(np.float32)
+    k = np.float32(params.prior_strength)
+    pseudo = np.multiply(level[:, None], prior, dtype=np.float32)  # the prior mean, in place from here on
+    np.maximum(pseudo, np.float32(1e-6), out=pseudo)
+    np.divide(k, pseudo, out=pseudo)
+    pseudo += smooth(e, params)
+    curve = smooth(s, params)
+    curve += k
+    curve /= pseudo
+    return curve.astype(np.float32, copy=False)
 
 
 @dataclass(frozen=True)

@@ -13,13 +13,16 @@ import json
 import time
 import uuid
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import numpy as np
 import pyarrow as pa
 from clickhouse_connect.driver.client import Client
+from scipy import sparse
 
 from sendflowr.sql_files import load_sql
 from sendflowr.timing.decide import HOURS, Calibration
@@ -58,6 +61,18 @@ class PersonStats:
     def person(self) -> np.ndarray:
         return np.repeat(np.arange(len(self)), np.diff(self.offsets))
 
+    def sparse(self, lo: int, hi: int, values: np.ndarray) -> sparse.csr_matrix:
+        """[hi - lo, 168] float32 rows of people lo..hi (a person has a handful of hours, not 168)."""
+        a, b = int(self.offsets[lo]), int(self.offsets[hi])
+        return sparse.csr_matrix((values[a:b].astype(np.float32), self.how[a:b], self.offsets[lo:hi + 1] - a),
+                                 shape=(hi - lo, HOURS))
+
+    def row_sums(self, lo: int, hi: int, values: np.ndarray) -> np.ndarray:
+        """Per-person sums of a flat column for people lo..hi (0 for a person without rows)."""
+        sums = np.add.reduceat(np.append(values, 0.0), self.offsets[lo:hi + 1])[: hi - lo] if hi > lo else np.zeros(0)
+        # reduceat gives a person without rows the next row's value
+        return np.where(np.diff(self.offsets[lo:hi + 1]) > 0, sums, 0.0)
+
     def dense(self, lo: int, hi: int, values: np.ndarray) -> np.ndarray:
         a, b = int(self.offsets[lo]), int(self.offsets[hi])
         out = np.zeros((hi - lo, HOURS), dtype=np.float32)
@@ -70,7 +85,6 @@ class TimingReport:
     run_id: str
     version: int = 0
     new_events: int = 0
-    messages_folded: int = 0
     people: int = 0
     people_written: int = 0
     full_rewrite: bool = False
@@ -87,71 +101,101 @@ class TimingReport:
                 "engaged_delivery_share": t.get("engaged", 0) / max(t.get("deliveries", 0), 1)}
 
 
-def pending_bounds(client: Client, database: str) -> dict[tuple[str, int], tuple[int, int]]:
-    """(topic, partition) -> [timing watermark, committed end) where committed events are not folded yet."""
-    committed = {(t, int(p)): int(e) for t, p, e in client.query(
+def committed_ends(client: Client, database: str) -> dict[tuple[str, int], int]:
+    """(topic, partition) -> end of its committed ingest ranges: the events a run reads."""
+    return {(t, int(p)): int(e) for t, p, e in client.query(
         f"SELECT toString(kafka_topic), kafka_partition, max(end_offset) FROM {database}.ingest_ranges "
         "WHERE state = 'committed' GROUP BY kafka_topic, kafka_partition").result_rows}
+
+
+def pending_bounds(client: Client, database: str,
+                   committed: dict[tuple[str, int], int] | None = None) -> dict[tuple[str, int], tuple[int, int]]:
+    """(topic, partition) -> [timing watermark, committed end) where events were committed since the last run."""
+    committed = committed_ends(client, database) if committed is None else committed
     done = {(t, int(p)): int(e) for t, p, e in client.query(
         f"SELECT toString(kafka_topic), kafka_partition, max(end_offset) FROM {database}.timing_progress "
         "GROUP BY kafka_topic, kafka_partition").result_rows}
     return {k: (done.get(k, 0), end) for k, end in sorted(committed.items()) if end > done.get(k, 0)}
 
 
-def fold_new_events(client: Client, database: str, rules: SignalRules, run_id: str) -> tuple[int, int]:
-    """Fold events of newly committed offsets into timing_messages; returns (events, messages) folded."""
-    bounds = pending_bounds(client, database)
-    if not bounds:
-        return 0, 0
-    params = {"topics": [k[0] for k in bounds], "partitions": [k[1] for k in bounds],
-              "starts": [v[0] for v in bounds.values()], "ends": [v[1] for v in bounds.values()],
-              "scanner_agents": list(rules.scanner_agents)}
-    # Rows are already one per message: skip the engine's in-insert collapsing (merges combine them later).
-    summary = client.command(load_sql("timing/fold_messages.sql", database), parameters=params,
-                             settings={"optimize_on_insert": 0})
-    written = int(getattr(summary, "written_rows", 0) or 0)
-    events = sum(e - s for s, e in bounds.values())
-    client.insert_arrow(f"{database}.timing_progress", pa.table({
-        "kafka_topic": pa.array(params["topics"], pa.string()),
-        "kafka_partition": pa.array(params["partitions"], pa.uint32()),
-        "end_offset": pa.array(params["ends"], pa.uint64()),
-        "run_id": pa.array([run_id] * len(bounds), pa.string()),
-        "at": pa.array([datetime.now(UTC)] * len(bounds), pa.timestamp("us", tz="UTC"))}))
-    return events, written
+def record_progress(client: Client, database: str, run_id: str) -> tuple[int, dict[tuple[str, int], int]]:
+    """Advance the watermark to the committed ends; returns (events newly committed, committed end per range).
+
+    Nothing is folded: every run reads the committed events straight from `events` (person_stats.sql), so the
+    watermark only tells whether anything is new since the last run."""
+    ends = committed_ends(client, database)
+    bounds = pending_bounds(client, database, ends)
+    if bounds:
+        client.insert_arrow(f"{database}.timing_progress", pa.table({
+            "kafka_topic": pa.array([k[0] for k in bounds], pa.string()),
+            "kafka_partition": pa.array([k[1] for k in bounds], pa.uint32()),
+            "end_offset": pa.array([v[1] for v in bounds.values()], pa.uint64()),
+            "run_id": pa.array([run_id] * len(bounds), pa.string()),
+            "at": pa.array([datetime.now(UTC)] * len(bounds), pa.timestamp("us", tz="UTC"))}))
+    return sum(e - s for s, e in bounds.values()), ends
 
 
-def signals_sql(database: str) -> str:
-    return load_sql("timing/message_signals.sql", database)
+def _range_parameters(ends: dict[tuple[str, int], int]) -> dict[str, list]:
+    """Committed ranges as the (topic index << 32 | partition) -> end arrays person_stats.sql looks up."""
+    topics = sorted({t for t, _ in ends})
+    index = {t: i + 1 for i, t in enumerate(topics)}
+    return {"topics": topics, "topic_index": [index[t] for t in topics],
+            "range_keys": [(index[t] << 32) | p for t, p in ends], "range_ends": list(ends.values())}
 
 
-def person_stats(client: Client, database: str, rules: SignalRules,
-                 delivered_before: datetime = FAR_FUTURE) -> PersonStats:
-    """Per-person sparse statistics aggregated in ClickHouse; one list row per person."""
-    inner = load_sql("timing/person_stats.sql", database).replace("${signals}", signals_sql(database))
-    sql = ("SELECT universal_id, groupArray(how) AS how, groupArray(deliveries) AS deliveries, "
-           "groupArray(weight) AS weight, groupArray(engaged) AS engaged, sum(opens) AS opens, "
-           "sum(machine_opens) AS machine_opens, sum(clicks) AS clicks, sum(scanner_clicks) AS scanner_clicks, "
-           "sum(genuine_opens) AS genuine_opens, sum(genuine_clicks) AS genuine_clicks "
-           f"FROM ({inner}) GROUP BY universal_id ORDER BY universal_id")
-    table = client.query_arrow(sql, parameters=rules.parameters(delivered_before), use_strings=True)
-    lists = {name: pa.concat_arrays(table.column(name).chunks) if table.num_rows else None
-             for name in ("how", "deliveries", "weight", "engaged")}
+@contextmanager
+def owner_map(client: Client, database: str) -> Iterator[tuple[str, np.ndarray]]:
+    """A run-private Join-engine table: identifier hash -> person index, and universal_id by index - 1.
+    Dropped when the block ends (also on error)."""
+    name = f"{database}.timing_owners_{uuid.uuid4().hex[:16]}"
+    client.command(load_sql("timing/owners_table.sql", database).replace("${owners}", name))
+    try:
+        client.command(load_sql("timing/owners.sql", database).replace("${owners}", name))
+        table = client.query_arrow(f"SELECT p, any(universal_id) AS universal_id FROM {name} GROUP BY p ORDER BY p",
+                                   use_strings=True)
+        yield name, np.asarray(table.column("universal_id").to_numpy(zero_copy_only=False), dtype=object)
+    finally:
+        client.command(f"DROP TABLE IF EXISTS {name}")
 
-    def flat(name: str, dtype) -> np.ndarray:
-        arr = lists[name]
-        return np.zeros(0, dtype=dtype) if arr is None else arr.flatten().to_numpy(zero_copy_only=False).astype(dtype)
 
-    offsets = (lists["how"].offsets.to_numpy().astype(np.int64) - int(lists["how"].offsets[0].as_py())
-               if lists["how"] is not None else np.zeros(1, dtype=np.int64))
-    deliveries = flat("deliveries", np.float64)
-    totals = {name: int(table.column(name).to_numpy().sum()) if table.num_rows else 0
-              for name in ("opens", "machine_opens", "clicks", "scanner_clicks", "genuine_opens", "genuine_clicks")}
-    engaged = flat("engaged", np.float64)
-    totals["deliveries"], totals["engaged"] = int(deliveries.sum()), int(engaged.sum())
-    return PersonStats(universal_id=np.asarray(table.column("universal_id").to_numpy(zero_copy_only=False),
-                                               dtype=object),
-                       offsets=offsets, how=flat("how", np.intp), deliveries=deliveries,
-                       weight=flat("weight", np.float64), engaged=engaged, totals=totals)
+def person_stats(client: Client, database: str, rules: SignalRules, owners: str, persons: np.ndarray,
+                 delivered_before: datetime = FAR_FUTURE,
+                 ends: dict[tuple[str, int], int] | None = None) -> tuple[PersonStats, np.ndarray]:
+    """Per-person sparse statistics aggregated in ClickHouse from the committed events, rows sorted by person
+    (universal_id order) and hour; also each person's index in the owner map."""
+    ends = committed_ends(client, database) if ends is None else ends
+    table = client.query_arrow(load_sql("timing/person_stats.sql", database), parameters={
+        **rules.parameters(delivered_before), **_range_parameters(ends), "owners": owners})
+    col = {name: table.column(name).to_numpy() for name in table.column_names}
+    p = col["p"].astype(np.int64)
+    starts = np.flatnonzero(np.concatenate([[True], p[1:] != p[:-1]])) if p.size else np.zeros(0, np.int64)
+    totals = {name: int(col[name].sum()) for name in ("opens", "machine_opens", "clicks", "scanner_clicks",
+                                                       "genuine_opens", "genuine_clicks", "deliveries", "engaged")}
+    stats = PersonStats(universal_id=persons[p[starts] - 1], offsets=np.append(starts, p.size).astype(np.int64),
+                        how=col["how"].astype(np.intp), deliveries=col["deliveries"].astype(np.float64),
+                        weight=col["weight"].astype(np.float64), engaged=col["engaged"].astype(np.float64),
+                        totals=totals)
+    return stats, p[starts]
+
+
+def cohorts_by_index(client: Client, database: str, owners: str, index: np.ndarray) -> tuple[np.ndarray, list[str]]:
+    """person_cohorts for people given by their owner-map index: the features are joined to the map in
+    ClickHouse and come back one row per cohort name, so no universal_id string is matched in Python."""
+    sql = load_sql("timing/person_cohorts.sql", database).replace(
+        "${features}", load_sql("timing/person_features.sql", database)).replace("${owners}", owners)
+    table = client.query_arrow(sql, parameters={"codes": list(calling_codes()), "phone": PHONE_COHORT,
+                                                "email": EMAIL_COHORT}, use_strings=True)
+    labels = table.column("label").to_pylist()
+    names = [""] + [name for name in labels if name != ""]  # sorted by ClickHouse; '' (no cohort) is code 0
+    code = np.zeros(int(index.max()) + 1 if index.size else 1, dtype=np.int64)
+    if table.num_rows:
+        ps = pa.concat_arrays(table.column("ps").chunks)
+        lengths = np.diff(ps.offsets.to_numpy())
+        member = ps.flatten().to_numpy().astype(np.int64)
+        keep = member < code.size
+        position = {name: i for i, name in enumerate(names)}
+        code[member[keep]] = np.repeat(np.array([position[name] for name in labels]), lengths)[keep]
+    return code[index], names
 
 
 def person_cohorts(client: Client, database: str, universal_id: np.ndarray) -> tuple[np.ndarray, list[str]]:
@@ -183,22 +227,21 @@ class Fit:
         """(curves [k, 168], evidence, engagements) for people lo..hi."""
         hi = len(self.stats) if hi is None else hi
         st = self.stats
-        e, s = st.dense(lo, hi, st.deliveries), st.dense(lo, hi, st.weight)
         prior = self.priors.curves[self.cohort_index[lo:hi]]
         if self.clusters is not None:
+            e, s = st.dense(lo, hi, st.deliveries), st.dense(lo, hi, st.weight)
             prior = mixture_prior(e, s, prior, self.cohort_index[lo:hi], self.clusters, self.params)
-        # reduceat over this chunk's bounds (the appended 0 makes the end bound a valid index); a person without
-        # rows would get the next row's value, hence the where
-        engaged = np.add.reduceat(np.append(st.engaged, 0.0), st.offsets[lo:hi + 1])[: hi - lo] \
-            if hi > lo else np.zeros(0)
-        engaged = np.where(np.diff(st.offsets[lo:hi + 1]) > 0, engaged, 0.0)
-        return person_curves(e, s, prior, self.params), s.sum(axis=1), engaged
+        else:  # the same math on sparse rows: smoothing costs per (person, hour) row, not per 168x168 product
+            e, s = st.sparse(lo, hi, st.deliveries), st.sparse(lo, hi, st.weight)
+        evidence = np.asarray(s.sum(axis=1), dtype=np.float32).ravel()
+        return person_curves(e, s, prior, self.params), evidence, st.row_sums(lo, hi, st.engaged)
 
 
 def fit(client: Client, database: str, rules: SignalRules, params: EstimatorParams,
-        delivered_before: datetime = FAR_FUTURE) -> Fit:
-    stats = person_stats(client, database, rules, delivered_before)
-    cohort_code, names = person_cohorts(client, database, stats.universal_id)
+        delivered_before: datetime = FAR_FUTURE, ends: dict[tuple[str, int], int] | None = None) -> Fit:
+    with owner_map(client, database) as (owners, persons):
+        stats, index = person_stats(client, database, rules, owners, persons, delivered_before, ends)
+        cohort_code, names = cohorts_by_index(client, database, owners, index)
     priors, pc = learn_priors(cohort_code, names, stats.person, stats.how, stats.deliveries, stats.weight, params)
     f = Fit(stats=stats, priors=priors, cohort_index=pc, params=params)
     if params.clusters > 0:
@@ -300,7 +343,7 @@ def materialize(client: Client, database: str, rules: SignalRules | None = None,
     params = params or EstimatorParams()
     report = TimingReport(run_id=run_id or f"timing-{uuid.uuid4().hex[:12]}")
     t0 = time.perf_counter()
-    report.new_events, report.messages_folded = fold_new_events(client, database, rules, report.run_id)
+    report.new_events, ends = record_progress(client, database, report.run_id)
     mark = identity_mark(client, database)
     if not full and report.new_events == 0 and _last_mark(client, database) == mark:
         report.skipped = True
@@ -309,9 +352,9 @@ def materialize(client: Client, database: str, rules: SignalRules | None = None,
         log(f"timing: no new events and no identity change since v{report.version}: nothing to do")
         return report
     t1 = time.perf_counter()
-    f = fit(client, database, rules, params)
+    f = fit(client, database, rules, params, ends=ends)
     t2 = time.perf_counter()
-    report.seconds.update(fold=t1 - t0, aggregate=t2 - t1)
+    report.seconds.update(progress=t1 - t0, aggregate=t2 - t1)
     report.people, report.totals = len(f.stats), f.stats.totals
     report.cohorts = len(f.priors.cohorts) - 1
     version = report.version = next_version(client, database)
@@ -326,19 +369,28 @@ def materialize(client: Client, database: str, rules: SignalRules | None = None,
         changed = _changed(hashes, f.stats.universal_id, new_hash)
     _write_priors(client, database, f.priors, version)
     by_level: dict[str, int] = {"person": 0, "cohort": 0, "global": 0}
-    for lo in range(0, len(f.stats), CHUNK):
-        hi = min(lo + CHUNK, len(f.stats))
-        curves, evidence, engaged = f.curves(lo, hi)
-        lv = levels(engaged, f.cohort_index[lo:hi], params)
-        for name in by_level:
-            by_level[name] += int((lv == name).sum())
-        rows = np.flatnonzero(changed[lo:hi])
-        if rows.size:
-            _write_curves(client, database, version, f.stats.universal_id[lo:hi][rows], curves[rows],
-                          evidence[rows], engaged[rows], f.stats.dense(lo, hi, f.stats.deliveries).sum(axis=1)[rows],
-                          lv[rows], np.asarray(f.priors.cohorts, dtype=object)[f.cohort_index[lo:hi][rows]],
-                          new_hash[lo:hi][rows])
-            report.people_written += int(rows.size)
+    cohorts = np.asarray(f.priors.cohorts, dtype=object)
+    # One writer thread: chunk i goes over the wire (and ClickHouse parses and sorts it) while numpy estimates
+    # chunk i + 1. At most one write in flight; the commit marker waits for all of them.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="timing-write") as writer:
+        pending: Future | None = None
+        for lo in range(0, len(f.stats), CHUNK):
+            hi = min(lo + CHUNK, len(f.stats))
+            curves, evidence, engaged = f.curves(lo, hi)
+            lv = levels(engaged, f.cohort_index[lo:hi], params)
+            for name in by_level:
+                by_level[name] += int((lv == name).sum())
+            rows = np.flatnonzero(changed[lo:hi])
+            if rows.size:
+                table = _curves_table(version, f.stats.universal_id[lo:hi][rows], curves[rows], evidence[rows],
+                                      engaged[rows], f.stats.row_sums(lo, hi, f.stats.deliveries)[rows], lv[rows],
+                                      cohorts[f.cohort_index[lo:hi][rows]], new_hash[lo:hi][rows])
+                if pending is not None:
+                    pending.result()
+                pending = writer.submit(client.insert_arrow, f"{database}.timing_curves", table)
+                report.people_written += int(rows.size)
+        if pending is not None:
+            pending.result()
     report.by_level = by_level
     t3 = time.perf_counter()
     report.seconds["estimate_and_write"] = t3 - t2
@@ -374,14 +426,13 @@ def _write_priors(client: Client, database: str, priors: Priors, version: int) -
         "people": pa.array(priors.people.astype(np.uint64))}))
 
 
-def _write_curves(client: Client, database: str, version: int, ids: np.ndarray, curves: np.ndarray,
-                  evidence: np.ndarray, engaged: np.ndarray, deliveries: np.ndarray, lv: np.ndarray,
-                  cohort: np.ndarray, stats_hash: np.ndarray) -> None:
+def _curves_table(version: int, ids: np.ndarray, curves: np.ndarray, evidence: np.ndarray, engaged: np.ndarray,
+                  deliveries: np.ndarray, lv: np.ndarray, cohort: np.ndarray, stats_hash: np.ndarray) -> pa.Table:
     n = ids.shape[0]
-    client.insert_arrow(f"{database}.timing_curves", pa.table({
-        "universal_id": pa.array(ids.tolist(), pa.string()), "version": pa.array(np.full(n, version), pa.uint64()),
+    return pa.table({
+        "universal_id": pa.array(ids, pa.string()), "version": pa.array(np.full(n, version), pa.uint64()),
         "curve": _list(curves), "evidence": pa.array(evidence.astype(np.float32)),
         "engagements": pa.array(engaged.astype(np.uint32)), "deliveries": pa.array(deliveries.astype(np.uint32)),
-        "fallback_level": pa.array(lv.tolist(), pa.string()), "cohort": pa.array(cohort.tolist(), pa.string()),
+        "fallback_level": pa.array(lv, pa.string()), "cohort": pa.array(cohort, pa.string()),
         "best_hour": pa.array(curves.argmax(axis=1).astype(np.uint8)),
-        "stats_hash": pa.array(stats_hash.astype(np.uint64))}))
+        "stats_hash": pa.array(stats_hash.astype(np.uint64))})

@@ -1,29 +1,76 @@
--- Sufficient statistics per (universal_id, delivery hour of week): deliveries, genuinely engaged deliveries
--- and their weight. A message belongs to the person of its first identifier (email, klaviyo_id,
--- external_id, phone) that identity resolution accepted and did not mark shared: one hash join per
--- identifier type (each raw identifier maps to at most one person), no regrouping by message.
-WITH ids AS (
-    SELECT i.identifier_type AS t, i.raw_value AS v, n.universal_id AS u
-    FROM ${database}.identity_identifiers AS i FINAL
-    INNER JOIN (SELECT node_key, universal_id FROM ${database}.identity_nodes FINAL WHERE shared = 0) AS n
-        ON i.node_key = n.node_key
-    WHERE i.reason = ''
-)
-SELECT universal_id, how, count() AS deliveries, sum(engaged) AS engaged, sum(weight) AS weight,
+-- Sufficient statistics per (person, delivery hour of week) straight from `events`, in one pass: events of
+-- committed ingest ranges -> one row per message (grouped on a 64-bit hash of message_id) with its genuine
+-- signal -> its owner -> GROUP BY (p, how). Nothing per message is stored: late events of a message are simply
+-- in `events` the next time; every run reads the committed events once (docs/TIMING.md, "Pipeline").
+--
+-- Signal cleaning (docs/TIMING.md, "Signal cleaning"), per message once all its events are known:
+--   * machine opens: the ESP's machine_open flags, else the message's FIRST Apple-proxy open (UA exactly
+--     'Mozilla/5.0' or an IP in 17.0.0.0/8) when it comes within mpp_window_ms of delivery (Apple prefetches
+--     once, on delivery); later Apple-proxy opens are the reader's. Only the earliest Apple-proxy open matters,
+--     so opens are counted, not collected;
+--   * scanner clicks: the ESP's bot_click flags (kind 2), a scanner user agent (kind 1), any click within
+--     scanner_window_ms of delivery, and every click of a burst reaching scanner_burst_links distinct links
+--     within scanner_burst_ms of the message's first click (gateways follow every link at once).
+-- A message belongs to the person of its first identifier (email, klaviyo_id, external_id, phone) that
+-- identity accepted and did not mark shared (the ${owners} map, sql/timing/owners.sql).
+-- delivered_before bounds the deliveries read (the evaluation trains on the past only).
+-- Committed ranges: (topic index << 32 | partition) -> committed end, topic index from the topic name.
+WITH
+    toUnixTimestamp64Milli(delivered_at) AS delivered_ms,
+    arrayMin(arrayConcat(click_ms, [toInt64(9e18)])) AS first_click,
+    length(arrayDistinct(arrayFilter((u, t) -> t - first_click < {scanner_burst_ms:Int64}, click_url, click_ms)))
+        >= {scanner_burst_links:UInt32} AS burst
+SELECT p, how, count() AS deliveries, sum(engaged) AS engaged, sum(weight) AS weight,
        sum(machine_opens) AS machine_opens, sum(scanner_clicks) AS scanner_clicks,
        sum(genuine_opens) AS genuine_opens, sum(genuine_clicks) AS genuine_clicks, sum(opens) AS opens,
        sum(clicks) AS clicks
 FROM
 (
-    SELECT s.how AS how, s.engaged AS engaged, s.weight AS weight, s.machine_opens AS machine_opens,
-           s.scanner_clicks AS scanner_clicks, s.genuine_opens AS genuine_opens,
-           s.genuine_clicks AS genuine_clicks, s.opens AS opens, s.clicks AS clicks,
-           multiIf(e.u != '', e.u, k.u != '', k.u, x.u != '', x.u, p.u) AS universal_id
-    FROM (${signals}) AS s
-    LEFT JOIN (SELECT v, u FROM ids WHERE t = 'email') AS e ON e.v = s.email
-    LEFT JOIN (SELECT v, u FROM ids WHERE t = 'klaviyo_id') AS k ON k.v = s.klaviyo_id
-    LEFT JOIN (SELECT v, u FROM ids WHERE t = 'external_id') AS x ON x.v = s.external_id
-    LEFT JOIN (SELECT v, u FROM ids WHERE t = 'phone') AS p ON p.v = s.phone
+    SELECT
+        multiIf((joinGet({owners:String}, 'p', cityHash64('email', email)) AS p_email) > 0, p_email,
+                (joinGet({owners:String}, 'p', cityHash64('klaviyo_id', klaviyo_id)) AS p_klaviyo) > 0, p_klaviyo,
+                (joinGet({owners:String}, 'p', cityHash64('external_id', external_id)) AS p_external) > 0, p_external,
+                joinGet({owners:String}, 'p', cityHash64('phone', phone))) AS p,
+        toUInt8((toDayOfWeek(delivered_at) - 1) * 24 + toHour(delivered_at)) AS how,
+        opens,
+        flagged_opens + if(flagged_opens = 0 AND first_apple_open_ms - delivered_ms < {mpp_window_ms:Int64}, 1, 0)
+            AS machine_opens,
+        opens - machine_opens AS genuine_opens,
+        length(click_kind) AS clicks,
+        arrayCount((k, t) -> k > 0 OR t - delivered_ms < {scanner_window_ms:Int64}
+                                  OR (burst AND t - first_click < {scanner_burst_ms:Int64}),
+                   click_kind, click_ms) AS scanner_clicks,
+        clicks - scanner_clicks AS genuine_clicks,
+        toUInt8(genuine_opens > 0 OR genuine_clicks > 0) AS engaged,
+        {open_weight:Float64} * (genuine_opens > 0) + {click_weight:Float64} * (genuine_clicks > 0) AS weight
+    FROM
+    (
+        SELECT
+            cityHash64(message_id) AS message,
+            max(email) AS email, max(klaviyo_id) AS klaviyo_id, max(phone) AS phone, max(external_id) AS external_id,
+            min(if(event_type = 'delivered', occurred_at, toDateTime64('2299-12-31 00:00:00', 3, 'UTC')))
+                AS delivered_at,
+            countIf(event_type = 'opened') AS opens,
+            countIf(event_type = 'opened' AND machine_open = 1) AS flagged_opens,
+            min(if(event_type = 'opened' AND machine_open != 1 AND (user_agent = 'Mozilla/5.0' OR startsWith(ip, '17.')),
+                   toUnixTimestamp64Milli(occurred_at), toInt64(9e18))) AS first_apple_open_ms,
+            groupArrayIf(toUnixTimestamp64Milli(occurred_at), event_type = 'clicked') AS click_ms,
+            groupArrayIf(cityHash64(url), event_type = 'clicked') AS click_url,
+            groupArrayIf(toUInt8(multiIf(bot_click = 1, 2,
+                                         multiSearchAnyCaseInsensitive(user_agent, {scanner_agents:Array(String)}), 1,
+                                         0)),
+                         event_type = 'clicked') AS click_kind
+        FROM ${database}.events
+        WHERE kafka_offset < transform(
+                  toUInt64(kafka_partition) + 4294967296 * transform(kafka_topic, {topics:Array(String)},
+                                                                     {topic_index:Array(UInt64)}, toUInt64(0)),
+                  {range_keys:Array(UInt64)}, {range_ends:Array(UInt64)}, toUInt64(0))
+          AND message_id != ''
+          AND event_type IN ('delivered', 'opened', 'clicked')
+        GROUP BY message
+        HAVING delivered_at < {delivered_before:DateTime64(3, 'UTC')}
+    )
 )
-WHERE universal_id != ''
-GROUP BY universal_id, how
+WHERE p > 0
+GROUP BY p, how
+ORDER BY p, how
