@@ -209,11 +209,28 @@ def finish(result: Normalized, now: datetime | None = None) -> Normalized:
     return result
 
 
+_HEAD = b'{"event_id":'
+_BETWEEN = b'},{"event_id":'
+
+
 def serialize(events: list[dict[str, Any]]) -> list[bytes]:
-    out = [orjson.dumps(event) for event in events]
-    for raw in out:
-        if len(raw) > MAX_EVENT_BYTES:  # unreachable with the length limits above; a guard, not a path
-            raise ConnectorError(f"an event serialized to {len(raw)} bytes (limit {MAX_EVENT_BYTES})")
+    """One JSON value per event, byte for byte what orjson.dumps(event) gives, from one dumps of the whole
+    list split at the event boundaries (less than half the cost of a call per event on the webhook's hot
+    path). The split is exact: inside a JSON string a `"` is always escaped, so `},{"event_id":` only occurs
+    between objects of a list, and events nest no list of objects; so when every event leads with event_id,
+    exactly len(events) - 1 separators are the top-level boundaries. Anything else: one dumps per event."""
+    out = None
+    # first keys, C-level; an empty event ends the map early (StopIteration), which the length check catches
+    leads = list(map(next, map(iter, events)))
+    if events and len(leads) == len(events) and leads.count("event_id") == len(events):
+        parts = orjson.dumps(events)[len(_HEAD) + 1:-2].split(_BETWEEN)
+        if len(parts) == len(events):
+            out = [_HEAD + part + b"}" for part in parts]
+    if out is None:
+        out = [orjson.dumps(event) for event in events]
+    longest = max(map(len, out), default=0)
+    if longest > MAX_EVENT_BYTES:  # unreachable with the length limits above; a guard, not a path
+        raise ConnectorError(f"an event serialized to {longest} bytes (limit {MAX_EVENT_BYTES})")
     return out
 
 
