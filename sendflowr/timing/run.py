@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from clickhouse_connect.driver.client import Client
 from scipy import sparse
 
@@ -38,7 +39,7 @@ from sendflowr.timing.estimate import (
 from sendflowr.timing.signals import FAR_FUTURE, SignalRules
 from sendflowr.timing.store import EMAIL_COHORT, PHONE_COHORT, calling_codes
 
-CHUNK = 100_000  # people per dense [chunk, 168] block
+CHUNK = 50_000  # people per [chunk, 168] block (a writer thread sends one while the next is estimated)
 PRIOR_DRIFT = 0.05  # relative change of the global prior that rewrites every curve
 
 
@@ -166,11 +167,13 @@ def person_stats(client: Client, database: str, rules: SignalRules, owners: str,
     ends = committed_ends(client, database) if ends is None else ends
     table = client.query_arrow(load_sql("timing/person_stats.sql", database), parameters={
         **rules.parameters(delivered_before), **_range_parameters(ends), "owners": owners})
-    col = {name: table.column(name).to_numpy() for name in table.column_names}
+    # only the per-row columns become numpy arrays; the signal counts are needed as totals only
+    col = {name: table.column(name).to_numpy() for name in ("p", "how", "deliveries", "weight", "engaged")}
     p = col["p"].astype(np.int64)
     starts = np.flatnonzero(np.concatenate([[True], p[1:] != p[:-1]])) if p.size else np.zeros(0, np.int64)
-    totals = {name: int(col[name].sum()) for name in ("opens", "machine_opens", "clicks", "scanner_clicks",
-                                                       "genuine_opens", "genuine_clicks", "deliveries", "engaged")}
+    totals = {name: int(pc.sum(table.column(name)).as_py() or 0) for name in (
+        "opens", "machine_opens", "clicks", "scanner_clicks", "genuine_opens", "genuine_clicks", "deliveries",
+        "engaged")}
     stats = PersonStats(universal_id=persons[p[starts] - 1], offsets=np.append(starts, p.size).astype(np.int64),
                         how=col["how"].astype(np.intp), deliveries=col["deliveries"].astype(np.float64),
                         weight=col["weight"].astype(np.float64), engaged=col["engaged"].astype(np.float64),
@@ -227,7 +230,7 @@ class Fit:
         """(curves [k, 168], evidence, engagements) for people lo..hi."""
         hi = len(self.stats) if hi is None else hi
         st = self.stats
-        prior = self.priors.curves[self.cohort_index[lo:hi]]
+        prior = np.take(self.priors.curves, self.cohort_index[lo:hi], axis=0)
         if self.clusters is not None:
             e, s = st.dense(lo, hi, st.deliveries), st.dense(lo, hi, st.weight)
             prior = mixture_prior(e, s, prior, self.cohort_index[lo:hi], self.clusters, self.params)
@@ -387,7 +390,7 @@ def materialize(client: Client, database: str, rules: SignalRules | None = None,
                                       cohorts[f.cohort_index[lo:hi][rows]], new_hash[lo:hi][rows])
                 if pending is not None:
                     pending.result()
-                pending = writer.submit(client.insert_arrow, f"{database}.timing_curves", table)
+                pending = writer.submit(_insert_curves, client, database, table)
                 report.people_written += int(rows.size)
         if pending is not None:
             pending.result()
@@ -424,6 +427,16 @@ def _write_priors(client: Client, database: str, priors: Priors, version: int) -
         "cohort": pa.array(priors.cohorts, pa.string()), "version": pa.array(np.full(k, version), pa.uint64()),
         "curve": _list(priors.curves), "evidence": pa.array(priors.evidence.astype(np.float32)),
         "people": pa.array(priors.people.astype(np.uint64))}))
+
+
+def _insert_curves(client: Client, database: str, table: pa.Table) -> None:
+    """An uncompressed Arrow stream (the endpoint is local or near: LZ4 would cost both ends more CPU than the
+    bytes it saves), without in-insert replacing (a run writes each person once; versions are resolved on read)."""
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as stream:
+        stream.write_table(table)
+    client.raw_insert(f"{database}.timing_curves", table.schema.names, sink.getvalue(),
+                      settings={"optimize_on_insert": 0}, fmt="ArrowStream")
 
 
 def _curves_table(version: int, ids: np.ndarray, curves: np.ndarray, evidence: np.ndarray, engaged: np.ndarray,
