@@ -205,7 +205,8 @@ def _stage(client: Client, database: str, topic: str, attempt: _Attempt, tables:
     table = pa.concat_tables(tables).sort_by([("kafka_partition", "ascending"), ("kafka_offset", "ascending")])
     table = table.append_column("attempt_id", _constant(attempt.id, table.num_rows)) \
                  .append_column("kafka_topic", _constant(topic, table.num_rows)).combine_chunks()
-    client.insert_arrow(f"{database}.ingest_staging", table)
+    # Into the Null-engine inbox: its materialized views certify and stage each row (migration 0008).
+    client.insert_arrow(f"{database}.ingest_inbox", table)
 
 
 def _load_attempt(previous: Future | None, staged: Future, settings: Settings, client: Client, attempt: _Attempt,
