@@ -167,17 +167,26 @@ def person_stats(client: Client, database: str, rules: SignalRules, owners: str,
     ends = committed_ends(client, database) if ends is None else ends
     table = client.query_arrow(load_sql("timing/person_stats.sql", database), parameters={
         **rules.parameters(delivered_before), **_range_parameters(ends), "owners": owners})
-    # only the per-row columns become numpy arrays; the signal counts are needed as totals only
-    col = {name: table.column(name).to_numpy() for name in ("p", "how", "deliveries", "weight", "engaged")}
-    p = col["p"].astype(np.int64)
+    n = table.num_rows
+    col = {name: table.column(name).to_numpy() for name in ("p", "how", "engaged", "weight")}
+    # per (person, hour): a sort by the combined key, then sums over runs of equal keys
+    key = col["p"].astype(np.int64) * HOURS + col["how"]
+    order = np.argsort(key)
+    key = key[order]
+    first = np.flatnonzero(np.concatenate([[True], key[1:] != key[:-1]])) if n else np.zeros(0, np.int64)
+    deliveries = np.diff(np.append(first, n)).astype(np.float64)
+    engaged = np.add.reduceat(col["engaged"][order].astype(np.float64), first) if n else np.zeros(0)
+    weight = np.add.reduceat(col["weight"][order], first) if n else np.zeros(0)
+    p, how = key[first] // HOURS, key[first] % HOURS
     starts = np.flatnonzero(np.concatenate([[True], p[1:] != p[:-1]])) if p.size else np.zeros(0, np.int64)
-    totals = {name: int(pc.sum(table.column(name)).as_py() or 0) for name in (
-        "opens", "machine_opens", "clicks", "scanner_clicks", "genuine_opens", "genuine_clicks", "deliveries",
-        "engaged")}
+    totals = {name: int(pc.sum(table.column(name)).as_py() or 0)
+              for name in ("opens", "machine_opens", "clicks", "scanner_clicks")}
+    totals.update(genuine_opens=totals["opens"] - totals["machine_opens"],
+                  genuine_clicks=totals["clicks"] - totals["scanner_clicks"],
+                  deliveries=n, engaged=int(engaged.sum()))
     stats = PersonStats(universal_id=persons[p[starts] - 1], offsets=np.append(starts, p.size).astype(np.int64),
-                        how=col["how"].astype(np.intp), deliveries=col["deliveries"].astype(np.float64),
-                        weight=col["weight"].astype(np.float64), engaged=col["engaged"].astype(np.float64),
-                        totals=totals)
+                        how=how.astype(np.intp), deliveries=deliveries, weight=weight.astype(np.float64),
+                        engaged=engaged, totals=totals)
     return stats, p[starts]
 
 

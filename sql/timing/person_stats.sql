@@ -1,7 +1,8 @@
--- Sufficient statistics per (person, delivery hour of week) straight from `events`, in one pass: events of
--- committed ingest ranges -> one row per message (grouped on a 64-bit hash of message_id) with its genuine
--- signal -> its owner -> GROUP BY (p, how). Nothing per message is stored: late events of a message are simply
--- in `events` the next time; every run reads the committed events once (docs/TIMING.md, "Pipeline").
+-- One row per owned, delivered message straight from `events`, in one pass: events of committed ingest ranges
+-- -> one row per message (grouped on a 64-bit hash of message_id) with its genuine signal -> its owner p and
+-- delivery hour of week. run.py sums the rows per (p, how) with numpy (a second GROUP BY here cost more than the
+-- sort). Nothing per message is stored: late events of a message are simply in `events` the next time; every
+-- run reads the committed events once (docs/TIMING.md, "Pipeline").
 --
 -- Signal cleaning (docs/TIMING.md, "Signal cleaning"), per message once all its events are known:
 --   * machine opens: the ESP's machine_open flags, else the message's FIRST Apple-proxy open (UA exactly
@@ -20,10 +21,8 @@ WITH
     arrayMin(arrayConcat(click_ms, [toInt64(9e18)])) AS first_click,
     length(arrayDistinct(arrayFilter((u, t) -> t - first_click < {scanner_burst_ms:Int64}, click_url, click_ms)))
         >= {scanner_burst_links:UInt32} AS burst
-SELECT p, how, count() AS deliveries, sum(engaged) AS engaged, sum(weight) AS weight,
-       sum(machine_opens) AS machine_opens, sum(scanner_clicks) AS scanner_clicks,
-       sum(genuine_opens) AS genuine_opens, sum(genuine_clicks) AS genuine_clicks, sum(opens) AS opens,
-       sum(clicks) AS clicks
+SELECT p, how, engaged, weight, toUInt32(opens) AS opens, toUInt32(machine_opens) AS machine_opens,
+       toUInt32(clicks) AS clicks, toUInt32(scanner_clicks) AS scanner_clicks
 FROM
 (
     SELECT
@@ -72,5 +71,3 @@ FROM
     )
 )
 WHERE p > 0
-GROUP BY p, how
-ORDER BY p, how
