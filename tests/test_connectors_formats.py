@@ -245,3 +245,53 @@ def test_any_field_replaced_by_junk_is_a_reject_or_a_valid_event_never_a_crash()
                     assert result.events[len(result.events) - len(good):] == good  # the good neighbour is kept
                     cases += 1
     assert cases > 5000
+
+
+def _sendgrid_batch(rng, size: int) -> list[dict]:
+    """Realistic SendGrid records of every kind, as bench/connectors.py posts them."""
+    now = int(NOW.timestamp())
+    kinds = ("processed", "delivered", "open", "click", "bounce", "dropped", "unsubscribe", "group_unsubscribe",
+             "spamreport", "deferred")
+    records = []
+    for i in range(size):
+        kind = kinds[rng.randrange(len(kinds))]
+        record = {"email": f"p{rng.randrange(50)}@example.com", "timestamp": now - rng.randrange(90 * 86400),
+                  "event": kind, "sg_event_id": f"ev{i}-{rng.getrandbits(40):x}", "sg_message_id": f"m{i}.filter0",
+                  "category": ["news"], rng.choice(("marketing_campaign_id", "singlesend_id")): str(rng.randrange(9))}
+        if kind in ("open", "click"):
+            record.update(useragent="Mozilla/5.0 (iPhone)", ip=f"203.0.113.{rng.randrange(256)}")
+        if kind == "open":
+            record["sg_machine_open"] = rng.choice((True, False, "true", 0))
+        if kind == "click":
+            record["url"] = f"https://shop.example.com/p/{rng.randrange(99)}?q=\u00e9"
+        if kind == "bounce":
+            record["type"] = rng.choice(("bounce", "blocked"))
+        records.append(record)
+    return records
+
+
+def test_sendgrid_column_path_gives_exactly_the_record_path_events() -> None:
+    from sendflowr.connectors import sendgrid
+    from sendflowr.connectors.common import latest_allowed
+
+    rng = __import__("random").Random(5)
+    latest = latest_allowed(NOW)
+    for _ in range(20):
+        batch = _sendgrid_batch(rng, 300)
+        clean, records = sendgrid._normalize_clean(batch, latest), sendgrid._normalize_records(batch, latest)
+        assert clean is not None, "a usual batch takes the column path"
+        assert (clean.events, clean.sources, clean.rejects, clean.skipped) == (
+            records.events, records.sources, records.rejects, records.skipped)
+        assert [list(e) for e in clean.events] == [list(e) for e in records.events]  # key order: same bytes
+    # one unusual value anywhere sends the batch record by record, which gives that record its reason
+    for key, junk in [("sg_event_id", None), ("email", ""), ("timestamp", "1513299569"), ("timestamp", True),
+                      ("timestamp", int((NOW + timedelta(hours=1)).timestamp())), ("event", "teleported"),
+                      ("event", ["open"]), ("sg_message_id", 7), ("marketing_campaign_id", "c" * 300),
+                      ("useragent", "a" * 1025), ("url", {"u": 1}), ("email", "x" * 321)]:
+        batch = _sendgrid_batch(rng, 50)
+        target = next(i for i, r in enumerate(batch) if r["event"] == "click")
+        batch[target] = {**batch[target], key: junk}
+        assert sendgrid._normalize_clean(batch, latest) is None, (key, junk)
+        result = FORMATS["sendgrid"](batch, NOW)
+        assert result.events == sendgrid._normalize_records(batch, latest).events
+        assert len(result.events) + len(result.rejects) + sum(result.skipped.values()) == 50

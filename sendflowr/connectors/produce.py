@@ -4,15 +4,23 @@ One long-lived producer per process (connections and batching are shared by all 
 reports are served on the event loop's own thread by a timer that runs while any request waits: a
 separate poll thread would need the GIL back for every single report while the loop thread is busy
 mapping the next batch, and the two threads convoy on it (each hand-over waits out the interpreter's
-switch interval). Each request waits on its own counter, so a slow request never waits for another's
-messages (flush() would). All-or-nothing per request: if any message fails or time runs out, the caller
-answers 503, the provider retries the whole batch, and ingestion's dedup by event_id drops the copies
-that did arrive.
+switch interval). All-or-nothing per request: if any message fails or time runs out, the caller answers
+503, the provider retries the whole batch, and ingestion's dedup by event_id drops the copies that did
+arrive.
+
+Counting without a Python call per delivered message: the producer reports only failures
+(`delivery.report.only.error`), each to its request's own callback object. confluent-kafka holds one
+reference to a message's callback from produce() until that message's report has been served (delivered
+or failed), so the callback's reference count above its baseline is the number of the request's messages
+still in flight; a Python callback per success cost more than producing the message. That accounting is
+checked on every request right after queueing (exactly one reference per queued message, or the request
+fails loudly with 503), so a client library that stopped holding them could never answer early.
 """
 
 from __future__ import annotations
 
 import asyncio
+import sys
 
 from confluent_kafka import Producer
 
@@ -24,23 +32,24 @@ POLL_INTERVAL_SECONDS = 0.002
 
 
 class _Pending:
-    """Delivery count of one request. Reports are served only on the loop's thread, so no lock."""
+    """One request: its failure callback (whose extra references are its messages in flight), failures."""
 
-    __slots__ = ("left", "failed", "first_error", "future")
+    __slots__ = ("callback", "baseline", "count", "failed", "first_error", "future")
 
     def __init__(self, count: int, future: asyncio.Future):
-        self.left = count
+        self.count = count
         self.failed = 0
         self.first_error: str | None = None
         self.future = future
+        self.callback = self.on_failure  # one bound-method object shared by all of the request's messages
+        self.baseline = sys.getrefcount(self.callback)
 
-    def on_delivery(self, err, _msg) -> None:
-        if err is not None:
-            self.failed += 1
-            self.first_error = self.first_error or str(err)
-        self.left -= 1
-        if self.left == 0 and not self.future.done():
-            self.future.set_result(None)
+    def on_failure(self, err, _msg) -> None:
+        self.failed += 1
+        self.first_error = self.first_error or str(err)
+
+    def in_flight(self) -> int:
+        return sys.getrefcount(self.callback) - self.baseline
 
 
 class ConfirmingProducer:
@@ -53,13 +62,17 @@ class ConfirmingProducer:
         # concurrent requests share the bigger broker batches, and 20 ms of linger is small next to a
         # provider's webhook timeout. message.timeout.ms bounds how long a request can wait for an
         # unreachable broker before it fails (and the provider retries).
-        config = producer_config(settings, **{"message.timeout.ms": int(timeout_seconds * 1000), **overrides})
+        config = producer_config(settings, **{"message.timeout.ms": int(timeout_seconds * 1000),
+                                              "delivery.report.only.error": True, **overrides})
         self._producer = Producer(config)
-        self._waiting = 0  # requests awaiting reports; the timer runs while there are any
+        self._waiting: list[_Pending] = []  # the timer runs while any request waits
         self._timer: asyncio.TimerHandle | None = None
+        self._verified = False  # the reference accounting held on a request
 
-    def _enqueue(self, payloads: list[bytes], pending: _Pending) -> None:
-        produce, topic, callback = self._producer.produce, self.topic, pending.on_delivery
+    def _enqueue(self, payloads: list[bytes], pending: _Pending) -> bool:
+        """Queue every payload; True when reports had to be served meanwhile (local queue full)."""
+        produce, topic, callback = self._producer.produce, self.topic, pending.callback
+        served = False
         for value in payloads:
             while True:
                 try:
@@ -68,11 +81,24 @@ class ConfirmingProducer:
                     produce(topic, value, None, -1, callback)
                     break
                 except BufferError:  # local queue full: serve reports (this is the polling thread) and retry
-                    self._producer.poll(0.005)
+                    self._serve_now()
+                    served = True
+        return served
+
+    def _serve_now(self) -> None:
+        self._producer.poll(0)
+        still = []
+        for pending in self._waiting:
+            if pending.in_flight() == 0:
+                if not pending.future.done():
+                    pending.future.set_result(None)
+            else:
+                still.append(pending)
+        self._waiting = still
 
     def _serve(self, loop: asyncio.AbstractEventLoop) -> None:
         try:
-            self._producer.poll(0)
+            self._serve_now()
         finally:  # the timer must outlive a failing report, or every waiting request would time out
             self._timer = loop.call_later(POLL_INTERVAL_SECONDS, self._serve, loop) if self._waiting else None
 
@@ -83,8 +109,15 @@ class ConfirmingProducer:
             return
         loop = asyncio.get_running_loop()
         pending = _Pending(len(payloads), loop.create_future())
-        self._enqueue(payloads, pending)
-        self._waiting += 1
+        self._waiting.append(pending)  # before queueing: a full queue serves reports while this one queues
+        served = self._enqueue(payloads, pending)
+        # Reports are served only on this thread, so with none served meanwhile every queued message must
+        # hold exactly one reference; once that held, a queue-full request (some served) is counted alike.
+        if served and not self._verified or not served and pending.in_flight() != len(payloads):
+            self._waiting.remove(pending)
+            raise KafkaUnavailable("cannot count deliveries: the Kafka client does not hold one callback reference "
+                                   "per queued message; events not confirmed")
+        self._verified = True
         if self._timer is None:
             self._timer = loop.call_later(POLL_INTERVAL_SECONDS, self._serve, loop)
         try:  # librdkafka fails undelivered messages after message.timeout.ms; this is only a backstop
@@ -92,9 +125,11 @@ class ConfirmingProducer:
         except TimeoutError:
             pass
         finally:
-            self._waiting -= 1
-        if pending.left or pending.failed:
-            raise KafkaUnavailable(f"{pending.failed + pending.left} of {len(payloads)} event(s) not confirmed by "
+            if pending in self._waiting:
+                self._waiting.remove(pending)
+        left = pending.in_flight()
+        if left or pending.failed:
+            raise KafkaUnavailable(f"{pending.failed + left} of {len(payloads)} event(s) not confirmed by "
                                    f"{self._servers}: {pending.first_error or 'timed out'}")
 
     def close(self, timeout: float = 10.0) -> None:
