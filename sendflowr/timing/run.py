@@ -145,25 +145,32 @@ def _range_parameters(ends: dict[tuple[str, int], int]) -> dict[str, list]:
 
 
 @contextmanager
-def owner_map(client: Client, database: str) -> Iterator[tuple[str, np.ndarray]]:
-    """A run-private Join-engine table: identifier hash -> person index, and universal_id by index - 1.
+def owner_map(client: Client, database: str) -> Iterator[str]:
+    """A run-private Join-engine table (its name): identifier hash -> person index and universal_id.
     Dropped when the block ends (also on error)."""
     name = f"{database}.timing_owners_{uuid.uuid4().hex[:16]}"
     client.command(load_sql("timing/owners_table.sql", database).replace("${owners}", name))
     try:
         client.command(load_sql("timing/owners.sql", database).replace("${owners}", name))
-        table = client.query_arrow(f"SELECT p, any(universal_id) AS universal_id FROM {name} GROUP BY p ORDER BY p",
-                                   use_strings=True)
-        yield name, np.asarray(table.column("universal_id").to_numpy(zero_copy_only=False), dtype=object)
+        yield name
     finally:
         client.command(f"DROP TABLE IF EXISTS {name}")
 
 
-def person_stats(client: Client, database: str, rules: SignalRules, owners: str, persons: np.ndarray,
+def owner_persons(client: Client, owners: str) -> np.ndarray:
+    """universal_id by owner-map index - 1."""
+    table = client.query_arrow(f"SELECT p, any(universal_id) AS universal_id FROM {owners} GROUP BY p ORDER BY p",
+                               use_strings=True)
+    return np.asarray(table.column("universal_id").to_numpy(zero_copy_only=False), dtype=object)
+
+
+def person_stats(client: Client, database: str, rules: SignalRules, owners: str,
+                 persons: Callable[[], np.ndarray],
                  delivered_before: datetime = FAR_FUTURE,
                  ends: dict[tuple[str, int], int] | None = None) -> tuple[PersonStats, np.ndarray]:
     """Per-person sparse statistics aggregated in ClickHouse from the committed events, rows sorted by person
-    (universal_id order) and hour; also each person's index in the owner map."""
+    (universal_id order) and hour; also each person's index in the owner map. persons() gives the owner map's
+    universal_ids (read beside this query)."""
     ends = committed_ends(client, database) if ends is None else ends
     table = client.query_arrow(load_sql("timing/person_stats.sql", database), parameters={
         **rules.parameters(delivered_before), **_range_parameters(ends), "owners": owners})
@@ -184,19 +191,23 @@ def person_stats(client: Client, database: str, rules: SignalRules, owners: str,
     totals.update(genuine_opens=totals["opens"] - totals["machine_opens"],
                   genuine_clicks=totals["clicks"] - totals["scanner_clicks"],
                   deliveries=n, engaged=int(engaged.sum()))
-    stats = PersonStats(universal_id=persons[p[starts] - 1], offsets=np.append(starts, p.size).astype(np.int64),
+    stats = PersonStats(universal_id=persons()[p[starts] - 1], offsets=np.append(starts, p.size).astype(np.int64),
                         how=how.astype(np.intp), deliveries=deliveries, weight=weight.astype(np.float64),
                         engaged=engaged, totals=totals)
     return stats, p[starts]
 
 
-def cohorts_by_index(client: Client, database: str, owners: str, index: np.ndarray) -> tuple[np.ndarray, list[str]]:
-    """person_cohorts for people given by their owner-map index: the features are joined to the map in
-    ClickHouse and come back one row per cohort name, so no universal_id string is matched in Python."""
+def cohort_members(client: Client, database: str, owners: str) -> pa.Table:
+    """Each cohort name with the owner-map indexes of its people: the features are joined to the map in
+    ClickHouse, one row per name, so no universal_id string is matched in Python."""
     sql = load_sql("timing/person_cohorts.sql", database).replace(
         "${features}", load_sql("timing/person_features.sql", database)).replace("${owners}", owners)
-    table = client.query_arrow(sql, parameters={"codes": list(calling_codes()), "phone": PHONE_COHORT,
-                                                "email": EMAIL_COHORT}, use_strings=True)
+    return client.query_arrow(sql, parameters={"codes": list(calling_codes()), "phone": PHONE_COHORT,
+                                               "email": EMAIL_COHORT}, use_strings=True)
+
+
+def cohorts_by_index(table: pa.Table, index: np.ndarray) -> tuple[np.ndarray, list[str]]:
+    """person_cohorts for people given by their owner-map index, from cohort_members."""
     labels = table.column("label").to_pylist()
     names = [""] + [name for name in labels if name != ""]  # sorted by ClickHouse; '' (no cohort) is code 0
     code = np.zeros(int(index.max()) + 1 if index.size else 1, dtype=np.int64)
@@ -251,9 +262,13 @@ class Fit:
 
 def fit(client: Client, database: str, rules: SignalRules, params: EstimatorParams,
         delivered_before: datetime = FAR_FUTURE, ends: dict[tuple[str, int], int] | None = None) -> Fit:
-    with owner_map(client, database) as (owners, persons):
-        stats, index = person_stats(client, database, rules, owners, persons, delivered_before, ends)
-        cohort_code, names = cohorts_by_index(client, database, owners, index)
+    with owner_map(client, database) as owners, ThreadPoolExecutor(1, thread_name_prefix="timing-side") as side:
+        # The owner map's universal_ids and cohorts are read on a side thread while the events pass runs
+        # (ClickHouse has a core to spare in its single-threaded stretches, and during the numpy sums).
+        persons = side.submit(owner_persons, client, owners)
+        members = side.submit(cohort_members, client, database, owners)
+        stats, index = person_stats(client, database, rules, owners, persons.result, delivered_before, ends)
+        cohort_code, names = cohorts_by_index(members.result(), index)
     priors, pc = learn_priors(cohort_code, names, stats.person, stats.how, stats.deliveries, stats.weight, params)
     f = Fit(stats=stats, priors=priors, cohort_index=pc, params=params)
     if params.clusters > 0:
