@@ -158,7 +158,7 @@ def _run_pass(settings: Settings, client: Client, consumer, ranges: list[OffsetR
     log(f"reading {total} messages from {len(ranges)} partition(s) of {topic!r}")
     attempts: list[_Attempt] = []
     tables: list[pa.Table] = []
-    read = 0
+    read = read_cut = 0  # messages read, and read into attempts already cut
     loads: deque[Future] = deque()
     try:
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="load") as loader, \
@@ -169,7 +169,8 @@ def _run_pass(settings: Settings, client: Client, consumer, ranges: list[OffsetR
                     read += batch.table.num_rows
                     log(f"read {read}/{total} messages")
                 finished = all(batch.read_through[p] >= end for p, end in ends.items())
-                if sum(t.num_rows for t in tables) >= per_attempt or finished:
+                if sum(t.num_rows for t in tables) >= _target(per_attempt, total, len(attempts), total - read_cut) \
+                        or finished:
                     attempt = _Attempt(f"{run_id}-{uuid.uuid4().hex[:8]}",
                                        [OffsetRange(topic, p, cut[p], batch.read_through[p])
                                         for p in sorted(cut) if batch.read_through[p] > cut[p]])
@@ -180,7 +181,7 @@ def _run_pass(settings: Settings, client: Client, consumer, ranges: list[OffsetR
                         staged = stager.submit(_stage, client, database, topic, attempt, tables)
                         loads.append(loader.submit(_load_attempt, loads[-1] if loads else None, staged, settings,
                                                    client, attempt, run_id, report, log, hooks))
-                        cut, tables = dict(batch.read_through), []
+                        cut, tables, read_cut = dict(batch.read_through), [], read
                 for done in [f for f in loads if f.done()]:
                     done.result()  # a failed stage or load stops the read at once
             for future in loads:
@@ -196,13 +197,26 @@ def _run_pass(settings: Settings, client: Client, consumer, ranges: list[OffsetR
             f"{consume.CONSUMER_GROUP!r} failed: {mirror_error}")
 
 
+def _target(per_attempt: int, total: int, cut_so_far: int, left: int) -> int:
+    """Size of the next attempt: half-size first and shrinking last attempts. Reading the first attempt
+    alone opens a pass and loading the last one alone closes it, each with a core idle for as long as that
+    attempt takes; in between, full attempts keep the fixed cost per attempt low. A pass that fits one
+    attempt (a replay always does) stays one attempt."""
+    if per_attempt >= total:
+        return per_attempt
+    if cut_so_far == 0:
+        return min(per_attempt, max(per_attempt // 2, 1))
+    return min(per_attempt, max(per_attempt // 4, left // 2, 1))
+
+
 def _stage(client: Client, database: str, topic: str, attempt: _Attempt, tables: list[pa.Table]) -> None:
-    """One insert per attempt, rows in (partition, offset) order, one record batch: a replay of the same
-    ranges stages a byte-identical part, which the engine needs to recognise the replay's INSERT ... SELECT
-    blocks by their deduplication tokens (tests/test_ingest_exactly_once.py)."""
+    """One insert per attempt, one record batch: a replay of the same ranges stages the same rows in one
+    block, and MergeTree sorts each part by (topic, partition, offset) itself, so the staged parts are
+    identical. The engine needs that to recognise the replay's INSERT ... SELECT blocks by their
+    deduplication tokens (tests/test_ingest_exactly_once.py)."""
     if not tables:
         return
-    table = pa.concat_tables(tables).sort_by([("kafka_partition", "ascending"), ("kafka_offset", "ascending")])
+    table = pa.concat_tables(tables)
     table = table.append_column("attempt_id", _constant(attempt.id, table.num_rows)) \
                  .append_column("kafka_topic", _constant(topic, table.num_rows)).combine_chunks()
     # Into the Null-engine inbox: its materialized views certify and stage each row (migration 0008).
