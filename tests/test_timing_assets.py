@@ -3,6 +3,7 @@ evaluation, signal cleaning against the world's truth, incremental reruns, hand-
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections import Counter
 from pathlib import Path
@@ -156,3 +157,20 @@ def test_machine_opens_and_scanner_clicks_are_removed(settings: Settings, ch) ->
     snap = load_snapshot(ch, db)
     assert latest_version(ch, db) == snap.version and len(snap) == 4
     assert snap.engagements.tolist().count(1) == 3 and snap.engagements.tolist().count(0) == 1
+    # the run's private owner map (a Join-engine table) is gone with the run
+    assert ch.command(f"SELECT count() FROM system.tables WHERE database = '{db}' "
+                      "AND startsWith(name, 'timing_owners_')") == 0
+
+
+def test_owner_maps_left_by_dead_runs_are_dropped_after_a_day(settings: Settings, ch) -> None:
+    db = settings.clickhouse_database
+    now = int(time.time())
+    for name in (f"timing_owners_{now - 2 * 86_400}_deadbeef0001", f"timing_owners_{now - 60}_cafe00000002"):
+        ch.command(f"CREATE TABLE {db}.{name} (k UInt64, p UInt32, universal_id String) "
+                   "ENGINE = Join(ANY, LEFT, k) SETTINGS persistent = 0")
+    report = materialize_timing(ch, db, log=lambda _line: None)  # no events yet: an empty build
+    assert report.people == 0
+    left = ch.query(f"SELECT name FROM system.tables WHERE database = '{db}' AND startsWith(name, 'timing_owners_')"
+                    ).result_rows
+    # the two-day-old one is a dead run's; a minute-old one may belong to a run still going
+    assert [row[0] for row in left] == [f"timing_owners_{now - 60}_cafe00000002"]

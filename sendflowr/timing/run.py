@@ -144,17 +144,31 @@ def _range_parameters(ends: dict[tuple[str, int], int]) -> dict[str, list]:
             "range_keys": [(index[t] << 32) | p for t, p in ends], "range_ends": list(ends.values())}
 
 
+OWNER_MAP_PREFIX = "timing_owners_"
+STALE_OWNER_MAP_SECONDS = 86_400  # a run-private owner map older than this was left by a dead process
+
+
 @contextmanager
 def owner_map(client: Client, database: str) -> Iterator[str]:
     """A run-private Join-engine table (its name): identifier hash -> person index and universal_id.
-    Dropped when the block ends (also on error)."""
-    name = f"{database}.timing_owners_{uuid.uuid4().hex[:16]}"
+    Dropped when the block ends (also on error); maps a killed process left behind are dropped a day later."""
+    _drop_stale_owner_maps(client, database)
+    name = f"{database}.{OWNER_MAP_PREFIX}{int(time.time())}_{uuid.uuid4().hex[:12]}"
     client.command(load_sql("timing/owners_table.sql", database).replace("${owners}", name))
     try:
         client.command(load_sql("timing/owners.sql", database).replace("${owners}", name))
         yield name
     finally:
         client.command(f"DROP TABLE IF EXISTS {name}")
+
+
+def _drop_stale_owner_maps(client: Client, database: str) -> None:
+    names = client.query("SELECT name FROM system.tables WHERE database = {d:String} AND startsWith(name, {p:String})",
+                         parameters={"d": database, "p": OWNER_MAP_PREFIX}).result_rows
+    for (name,) in names:
+        born = name[len(OWNER_MAP_PREFIX):].split("_")[0]
+        if born.isdigit() and time.time() - int(born) > STALE_OWNER_MAP_SECONDS:
+            client.command(f"DROP TABLE IF EXISTS {database}.{name}")
 
 
 def owner_persons(client: Client, owners: str) -> np.ndarray:
