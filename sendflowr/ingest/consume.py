@@ -104,9 +104,9 @@ def read_ranges(consumer: Consumer, ranges: list[OffsetRange], batch_messages: i
 
 
 def _without_errors(messages: list[Message], topic: str) -> list[Message]:
-    failed = [m for m in messages if m.error() is not None]
-    if not failed:
+    if not any(map(Message.error, messages)):  # the common case, in one C-level pass
         return messages
+    failed = [m for m in messages if m.error() is not None]
     for message in failed:
         if message.error().code() != KafkaError._PARTITION_EOF:
             raise SendflowrError(f"Kafka error while reading {topic!r}: {message.error()}")
