@@ -91,7 +91,7 @@ def test_the_client_holds_one_callback_reference_per_queued_message(settings) ->
             await producer.produce_async([b"warm-up"])
             from sendflowr.connectors.produce import _Pending
 
-            pending = _Pending(250, asyncio.get_running_loop().create_future())
+            pending = _Pending(asyncio.get_running_loop().create_future())
             producer._enqueue([b"x"] * 250, pending)
             queued = pending.in_flight()
             producer._producer.flush(60)

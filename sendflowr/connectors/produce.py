@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from functools import partial
 
 from confluent_kafka import Producer
 
@@ -31,22 +32,21 @@ from sendflowr.settings import Settings
 POLL_INTERVAL_SECONDS = 0.002
 
 
+def _record_failure(failures: list[str], err, _msg) -> None:
+    failures.append(str(err))
+
+
 class _Pending:
     """One request: its failure callback (whose extra references are its messages in flight), failures."""
 
-    __slots__ = ("callback", "baseline", "count", "failed", "first_error", "future")
+    __slots__ = ("callback", "baseline", "failures", "future")
 
-    def __init__(self, count: int, future: asyncio.Future):
-        self.count = count
-        self.failed = 0
-        self.first_error: str | None = None
+    def __init__(self, future: asyncio.Future):
+        self.failures: list[str] = []
         self.future = future
-        self.callback = self.on_failure  # one bound-method object shared by all of the request's messages
+        # one object shared by all of the request's messages (a partial, so it does not refer back to self)
+        self.callback = partial(_record_failure, self.failures)
         self.baseline = sys.getrefcount(self.callback)
-
-    def on_failure(self, err, _msg) -> None:
-        self.failed += 1
-        self.first_error = self.first_error or str(err)
 
     def in_flight(self) -> int:
         return sys.getrefcount(self.callback) - self.baseline
@@ -108,12 +108,12 @@ class ConfirmingProducer:
         if not payloads:
             return
         loop = asyncio.get_running_loop()
-        pending = _Pending(len(payloads), loop.create_future())
+        pending = _Pending(loop.create_future())
         self._waiting.append(pending)  # before queueing: a full queue serves reports while this one queues
         served = self._enqueue(payloads, pending)
         # Reports are served only on this thread, so with none served meanwhile every queued message must
         # hold exactly one reference; once that held, a queue-full request (some served) is counted alike.
-        if served and not self._verified or not served and pending.in_flight() != len(payloads):
+        if (served and not self._verified) or (not served and pending.in_flight() != len(payloads)):
             self._waiting.remove(pending)
             raise KafkaUnavailable("cannot count deliveries: the Kafka client does not hold one callback reference "
                                    "per queued message; events not confirmed")
@@ -127,10 +127,10 @@ class ConfirmingProducer:
         finally:
             if pending in self._waiting:
                 self._waiting.remove(pending)
-        left = pending.in_flight()
-        if left or pending.failed:
-            raise KafkaUnavailable(f"{pending.failed + left} of {len(payloads)} event(s) not confirmed by "
-                                   f"{self._servers}: {pending.first_error or 'timed out'}")
+        left, failures = pending.in_flight(), pending.failures
+        if left or failures:
+            raise KafkaUnavailable(f"{len(failures) + left} of {len(payloads)} event(s) not confirmed by "
+                                   f"{self._servers}: {failures[0] if failures else 'timed out'}")
 
     def close(self, timeout: float = 10.0) -> None:
         if self._timer is not None:
