@@ -174,3 +174,30 @@ def test_owner_maps_left_by_dead_runs_are_dropped_after_a_day(settings: Settings
                     ).result_rows
     # the two-day-old one is a dead run's; a minute-old one may belong to a run still going
     assert [row[0] for row in left] == [f"timing_owners_{now - 60}_cafe00000002"]
+
+
+def test_a_late_event_of_an_old_message_counts_and_rewrites_only_its_person(settings: Settings, ch) -> None:
+    db = settings.clickhouse_database
+    human = {"user_agent": "Mozilla/5.0 (Windows NT 10.0; Win64; x64) Chrome/126.0", "ip": "84.1.2.3"}
+    produce_all(settings, [
+        _event("delivered", "2026-11-02T10:00:00.000Z", "m1", "ann.smith@gmail.com"),
+        _event("delivered", "2026-11-02T10:00:00.000Z", "m2", "bob.jones@acme-corp.com"),
+        _event("opened", "2026-11-02T13:00:00.000Z", "m2", "bob.jones@acme-corp.com", **human),
+    ])
+    resources = {"sendflowr": _resource(settings)}
+    assert materialize([events, identity_graph, timing_curves], resources=resources).success
+    first = load_snapshot(ch, db)
+    ann = first.universal_id.tolist().index(ch.command(
+        f"SELECT n.universal_id FROM {db}.identity_identifiers AS i FINAL INNER JOIN {db}.identity_nodes AS n FINAL "
+        "ON i.node_key = n.node_key WHERE i.raw_value = 'ann.smith@gmail.com'"))
+    assert first.engagements[ann] == 0 and first.engagements.sum() == 1
+    # days later Ann opens m1, the message delivered in the first batch: nothing else arrives
+    produce_all(settings, [_event("opened", "2026-11-05T09:00:00.000Z", "m1", "ann.smith@gmail.com", **human)])
+    result = materialize([events, identity_graph, timing_curves], resources=resources)
+    meta = result.asset_materializations_for_node("timing_curves")[0].metadata
+    assert meta["new_events"].value == 1
+    second = load_snapshot(ch, db)
+    assert second.version > first.version and second.engagements[ann] == 1
+    # the global prior moved (one more engaged delivery of two) so every curve may be rewritten; if not,
+    # only Ann's changed statistics are
+    assert meta["people_written"].value == (2 if meta["full_rewrite"].value else 1)
