@@ -379,7 +379,8 @@ def _previous(client: Client, database: str) -> tuple[pa.Table | None, np.ndarra
 def materialize(client: Client, database: str, rules: SignalRules | None = None,
                 params: EstimatorParams | None = None, run_id: str | None = None, full: bool = False,
                 log: Callable[[str], None] = print) -> TimingReport:
-    """Fold, fit, write what changed, commit (timing_runs last)."""
+    """Check for anything new, fit, write what changed, commit (timing_runs last). The client is used from a
+    side and a writer thread too: it must not hold an HTTP session (sendflowr.clickhouse.get_client's never do)."""
     rules = rules or SignalRules()
     params = params or EstimatorParams()
     report = TimingReport(run_id=run_id or f"timing-{uuid.uuid4().hex[:12]}")
