@@ -101,3 +101,27 @@ def test_the_client_holds_one_callback_reference_per_queued_message(settings) ->
 
     queued, after = asyncio.run(run())
     assert (queued, after) == (250, 0)
+
+
+def test_a_request_larger_than_the_local_queue_is_confirmed_whole(settings) -> None:
+    """Queueing waits for room by serving reports itself; the request still returns only when all of its
+    messages are acknowledged, and the first request (before the accounting was seen to hold) cannot
+    skip the check: it fails instead of guessing."""
+    payloads = [f"q{i}".encode() for i in range(1000)]
+
+    async def run() -> str:
+        producer = ConfirmingProducer(settings, timeout_seconds=60, **{"queue.buffering.max.messages": 100})
+        try:
+            with pytest.raises(KafkaUnavailable) as unverified:
+                await producer.produce_async(payloads[:150])  # over the queue before any request verified
+            producer._producer.flush(60)
+            await producer.produce_async(payloads[:50])  # fits: verifies the accounting
+            await producer.produce_async(payloads)  # ten times the local queue
+            return str(unverified.value)
+        finally:
+            producer.close()
+
+    message = asyncio.run(run())
+    assert "cannot count deliveries" in message
+    landed = on_topic(settings, settings.kafka_topic)
+    assert sorted(set(landed)) == sorted(payloads) and len(landed) == 150 + 50 + 1000
