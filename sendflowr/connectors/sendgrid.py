@@ -42,10 +42,6 @@ SKIPPED = frozenset({"deferred", "group_resubscribe", "account_status_change"})
 _MAX_ID = 256 - len(ESP) - 1
 
 
-# Opens' and clicks' optional text fields, in output order: (our key, SendGrid's key, our length limit).
-_ENGAGED = (("user_agent", "useragent", 1024), ("ip", "ip", 64))
-
-
 _NONE = type(None)
 _KINDS = frozenset(EVENT_TYPES) | SKIPPED
 
@@ -155,12 +151,8 @@ def _normalize_records(records: list[Any], latest: str) -> Normalized:
             else:
                 reject(index, f"event: unknown SendGrid event type {str(kind)[:40]!r}")
             continue
-        sg_event_id = get("sg_event_id")
-        if type(sg_event_id) is not str or not sg_event_id:
-            sg_event_id = text(sg_event_id)
-        email = get("email")
-        if type(email) is not str or not email:
-            email = text(email)
+        sg_event_id = text(get("sg_event_id"))
+        email = text(get("email"))
         occurred = times[index]
         problem = ("sg_event_id: missing (needed to deduplicate retries)" if sg_event_id is None
                    else "email: missing" if email is None
@@ -173,37 +165,16 @@ def _normalize_records(records: list[Any], latest: str) -> Normalized:
             continue
         event = {"event_id": f"{ESP}:{sg_event_id}", "event_type": event_type, "occurred_at": occurred,
                  "identifiers": {"email": email}, "esp": ESP}
-        try:
-            value = get("sg_message_id")
-            if type(value) is str and len(value) <= 256:
-                if value:
-                    event["message_id"] = value
-            elif value is not None:
-                put(event, "message_id", value)
-            value = get("marketing_campaign_id") or get("singlesend_id")
-            if type(value) is str and len(value) <= 256:
-                if value:
-                    event["campaign_id"] = value
-            elif value is not None:
-                put(event, "campaign_id", value)
+        try:  # the fallback path: plain `put` per field (the usual batch never comes here)
+            put(event, "message_id", get("sg_message_id"))
+            put(event, "campaign_id", get("marketing_campaign_id") or get("singlesend_id"))
             if event_type == "opened" or event_type == "clicked":
-                for key, source, limit in _ENGAGED:
-                    value = get(source)
-                    if type(value) is str and len(value) <= limit:
-                        if value:
-                            event[key] = value
-                    elif value is not None:
-                        put(event, key, value)
+                put(event, "user_agent", get("useragent"))
+                put(event, "ip", get("ip"))
                 if event_type == "opened":
-                    value = get("sg_machine_open")
-                    event["machine_open"] = value if type(value) is bool else truthy(value)
+                    event["machine_open"] = truthy(get("sg_machine_open"))
                 else:
-                    value = get("url")
-                    if type(value) is str and len(value) <= 2048:
-                        if value:
-                            event["url"] = value
-                    elif value is not None:
-                        put(event, "url", value)
+                    put(event, "url", get("url"))
             elif kind == "bounce":
                 event["bounce_type"] = "soft" if get("type") == "blocked" else "hard"
             elif kind == "dropped":
