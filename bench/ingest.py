@@ -4,7 +4,7 @@
 
 1. produce N realistic events from the synthetic world to a fresh topic (local broker, own ports);
 2. anchor "raw": a bare confluent-kafka consumer reading the topic and decoding each JSON (orjson);
-3. anchor "kafka engine": ClickHouse's own Kafka table engine (inside chDB) reading the topic as
+3. anchor "kafka engine": ClickHouse's own Kafka table engine (chDB, in a child process) reading the topic as
    JSONAsString into a MergeTree through a materialized view that extracts the same fields we do;
 4. ours: sendflowr.ingest.ingest_once end to end — consume, stage over HTTP into the chDB endpoint
    process, validate and parse in ClickHouse, dedup, insert with tokens, commit.
