@@ -1,7 +1,7 @@
 """Signal cleaning rules: which opens and clicks are machines' (docs/TIMING.md, "Signal cleaning").
 
-The rules run in ClickHouse (sql/timing/fold_messages.sql classifies each event, message_signals.sql decides
-per message once its delivery time is known); this module holds their parameters.
+The rules run in ClickHouse (sql/timing/person_stats.sql classifies each event and decides per message once
+its delivery time is known, in the same pass); this module holds their parameters.
 """
 
 from __future__ import annotations
