@@ -1,5 +1,5 @@
 -- One row per owned, delivered message straight from `events`, in one pass: events of committed ingest ranges
--- -> one row per message (grouped on a 64-bit hash of message_id) with its genuine signal -> its owner p and
+-- -> one row per message (grouped on a 128-bit hash of message_id: no collision in practice) with its genuine signal -> its owner p and
 -- delivery hour of week. run.py sums the rows per (p, how) with numpy (a second GROUP BY here cost more than the
 -- sort). Nothing per message is stored: late events of a message are simply in `events` the next time; every
 -- run reads the committed events once (docs/TIMING.md, "Pipeline").
@@ -45,7 +45,7 @@ FROM
     FROM
     (
         SELECT
-            cityHash64(message_id) AS message,
+            murmurHash3_128(message_id) AS message,
             max(email) AS email, max(klaviyo_id) AS klaviyo_id, max(phone) AS phone, max(external_id) AS external_id,
             min(if(event_type = 'delivered', occurred_at, toDateTime64('2299-12-31 00:00:00', 3, 'UTC')))
                 AS delivered_at,
