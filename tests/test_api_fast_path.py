@@ -14,15 +14,13 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
-from test_api_service import _one, _requests, _same
+from test_api_service import _one, _requests, _same, synthetic_snapshot
 
-from sendflowr.decisions.identity_map import IdentityMap, NormalizeCache, raw_hash
+from sendflowr.decisions.identity_map import NormalizeCache
 from sendflowr.decisions.service import COLUMN_MIN, decide_requests
 from sendflowr.decisions.snapshot import DecisionSnapshot, SnapshotHolder
-from sendflowr.identity import graph
 from sendflowr.settings import Settings
-from sendflowr.timing.decide import HOURS, Calibration, decide_many
-from sendflowr.timing.store import TimingSnapshot
+from sendflowr.timing.decide import decide_many
 from sendflowr_api.app import create_app
 from sendflowr_api.models import TimingDecisionRequest
 
@@ -34,24 +32,7 @@ SLOW = "application/json; charset=utf-8"  # a JSON content type the fast path le
 
 
 def _snapshot() -> DecisionSnapshot:
-    rng = np.random.default_rng(5)
-    keys = np.sort(rng.integers(1, 2**63, N).astype(np.uint64))
-    uids = graph.mix(keys)
-    hashes = np.array([raw_hash("klaviyo_id", f"K{i}") for i in range(N)], np.uint64)
-    order = np.argsort(hashes)
-    identity = IdentityMap(node_key=keys, node_uid=uids, raw_hash=hashes[order], raw_node=keys[order],
-                           live_uid=np.unique(uids), merged_old=np.zeros(0, np.uint64),
-                           merged_final=np.zeros(0, np.uint64))
-    ids = np.sort(graph.format_uid(uids)[: N - 5])
-    n = len(ids)
-    timing = TimingSnapshot(
-        version=1, materialized_at=datetime.now(UTC), universal_id=ids.astype(object),
-        curves=rng.gamma(2.0, 0.05, (n, HOURS)).astype(np.float32), evidence=rng.gamma(2, 5, n).astype(np.float32),
-        engagements=np.ones(n, np.uint32), fallback_level=np.array(["person"] * n, object),
-        cohort=np.array([""] * n, object), best_hour=np.zeros(n, np.uint8),
-        priors={"email:corp.io": rng.random(HOURS).astype(np.float32)}, prior_evidence={"email:corp.io": 50.0},
-        global_curve=rng.random(HOURS).astype(np.float32), global_evidence=900.0, calibration=Calibration.default())
-    return DecisionSnapshot(identity=identity, timing=timing)
+    return synthetic_snapshot(N, seed=5, without_curve=5, version=1)
 
 
 @pytest.fixture(scope="module", params=["", "s3cret"], ids=["open", "keyed"])

@@ -27,21 +27,20 @@ from sendflowr_api.coalesce import Coalescer
 N = 50
 
 
-@pytest.fixture(scope="module")
-def snapshot() -> DecisionSnapshot:
-    rng = np.random.default_rng(2)
-    keys = np.sort(rng.integers(1, 2**63, N).astype(np.uint64))
+def synthetic_snapshot(n_people: int, seed: int, without_curve: int, version: int) -> DecisionSnapshot:
+    """People known by one klaviyo_id each (K0, K1, ...); the last `without_curve` have no curve yet."""
+    rng = np.random.default_rng(seed)
+    keys = np.sort(rng.integers(1, 2**63, n_people).astype(np.uint64))
     uids = graph.mix(keys)
-    hashes = np.array([raw_hash("klaviyo_id", f"K{i}") for i in range(N)], np.uint64)
+    hashes = np.array([raw_hash("klaviyo_id", f"K{i}") for i in range(n_people)], np.uint64)
     order = np.argsort(hashes)
     identity = IdentityMap(node_key=keys, node_uid=uids, raw_hash=hashes[order], raw_node=keys[order],
                            live_uid=np.unique(uids), merged_old=np.zeros(0, np.uint64),
                            merged_final=np.zeros(0, np.uint64))
-    ids = graph.format_uid(uids)
-    with_curve = np.sort(ids[: N - 10])  # the last 10 people have no curve yet
+    with_curve = np.sort(graph.format_uid(uids)[: n_people - without_curve])
     n = len(with_curve)
     timing = TimingSnapshot(
-        version=3, materialized_at=datetime.now(UTC), universal_id=with_curve.astype(object),
+        version=version, materialized_at=datetime.now(UTC), universal_id=with_curve.astype(object),
         curves=rng.gamma(2.0, 0.05, (n, HOURS)).astype(np.float32), evidence=rng.gamma(2, 5, n).astype(np.float32),
         engagements=np.ones(n, np.uint32), fallback_level=np.array(["person"] * n, object),
         cohort=np.array([""] * n, object), best_hour=np.zeros(n, np.uint8),
@@ -49,6 +48,11 @@ def snapshot() -> DecisionSnapshot:
         global_curve=rng.random(HOURS).astype(np.float32), global_evidence=900.0,
         calibration=Calibration.default())
     return DecisionSnapshot(identity=identity, timing=timing)
+
+
+@pytest.fixture(scope="module")
+def snapshot() -> DecisionSnapshot:
+    return synthetic_snapshot(N, seed=2, without_curve=10, version=3)
 
 
 def _requests(seed: int, n: int) -> list[DecisionRequest]:
