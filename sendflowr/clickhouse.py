@@ -5,6 +5,7 @@ The embedded default (chDB behind `sendflowr clickhouse serve`) and a real serve
 
 from __future__ import annotations
 
+import ipaddress
 import time
 
 import clickhouse_connect
@@ -33,6 +34,8 @@ def get_client(settings: Settings, *, with_database: bool = True, **kwargs) -> C
             # No HTTP session: sessions serialize a client's queries, and every SendFlowr client is shared
             # by threads (pipelined inserts) without needing temporary tables.
             autogenerate_session_id=False,
+            # Over loopback, compressing bodies (LZ4 both ways) costs both processes CPU and saves nothing.
+            compress=kwargs.pop("compress", not is_loopback(settings.clickhouse_host)),
             connect_timeout=kwargs.pop("connect_timeout", 5),
             send_receive_timeout=kwargs.pop("send_receive_timeout", 600),
             **kwargs,
@@ -43,6 +46,13 @@ def get_client(settings: Settings, *, with_database: bool = True, **kwargs) -> C
             f"{str(exc).splitlines()[0][:300]}). For the embedded default run `sendflowr clickhouse start` "
             f"(or `make up`); otherwise check SENDFLOWR_CLICKHOUSE_URL."
         ) from exc
+
+
+def is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 def wait_for_clickhouse(settings: Settings, timeout: float = 30.0) -> Client:

@@ -13,7 +13,6 @@ it already has by their token."""
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import time
 import uuid
 from collections import deque
@@ -179,8 +178,7 @@ def _run_pass(settings: Settings, client: Client, consumer, ranges: list[OffsetR
                         while len(loads) >= ATTEMPTS_IN_FLIGHT:
                             loads.popleft().result()
                         attempts.append(attempt)
-                        staged = stager.submit(_stage, client, database, topic, attempt, tables,
-                                               _is_loopback(settings.clickhouse_host))
+                        staged = stager.submit(_stage, client, database, topic, attempt, tables)
                         loads.append(loader.submit(_load_attempt, loads[-1] if loads else None, staged, settings,
                                                    client, attempt, run_id, report, log, hooks))
                         cut, tables, read_cut = dict(batch.read_through), [], read
@@ -211,8 +209,7 @@ def _target(per_attempt: int, total: int, cut_so_far: int, left: int) -> int:
     return min(per_attempt, max(per_attempt // 4, left // 2, 1))
 
 
-def _stage(client: Client, database: str, topic: str, attempt: _Attempt, tables: list[pa.Table],
-           local: bool = False) -> None:
+def _stage(client: Client, database: str, topic: str, attempt: _Attempt, tables: list[pa.Table]) -> None:
     """One insert per attempt, one record batch: a replay of the same ranges stages the same rows in one
     block, and MergeTree sorts each part by (topic, partition, offset) itself, so the staged parts are
     identical. The engine needs that to recognise the replay's INSERT ... SELECT blocks by their
@@ -223,14 +220,7 @@ def _stage(client: Client, database: str, topic: str, attempt: _Attempt, tables:
     table = table.append_column("attempt_id", _constant(attempt.id, table.num_rows)) \
                  .append_column("kafka_topic", _constant(topic, table.num_rows)).combine_chunks()
     # Into the Null-engine inbox: its materialized views certify and stage each row (migration 0008).
-    if local:
-        # Over loopback, compressing the body (insert_arrow's LZ4) costs both processes CPU and saves nothing.
-        sink = pa.BufferOutputStream()
-        with pa.ipc.new_file(sink, table.schema) as writer:
-            writer.write_table(table)
-        client.raw_insert(f"{database}.ingest_inbox", table.schema.names, sink.getvalue().to_pybytes(), fmt="Arrow")
-    else:
-        client.insert_arrow(f"{database}.ingest_inbox", table)
+    client.insert_arrow(f"{database}.ingest_inbox", table)
 
 
 def _load_attempt(previous: Future | None, staged: Future, settings: Settings, client: Client, attempt: _Attempt,
@@ -300,13 +290,6 @@ def _range_stats(client: Client, database: str, ranges: list[OffsetRange], param
 def _drop_stale_staging(client: Client, database: str) -> None:
     # Only the lease holder stages, so every partition left behind belongs to a dead attempt.
     client.command(f"TRUNCATE TABLE {database}.ingest_staging")
-
-
-def _is_loopback(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return host == "localhost"
 
 
 def _constant(value: str, rows: int) -> pa.Array:

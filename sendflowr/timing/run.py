@@ -469,13 +469,8 @@ def _write_priors(client: Client, database: str, priors: Priors, version: int) -
 
 
 def _insert_curves(client: Client, database: str, table: pa.Table) -> None:
-    """An uncompressed Arrow stream (the endpoint is local or near: LZ4 would cost both ends more CPU than the
-    bytes it saves), without in-insert replacing (a run writes each person once; versions are resolved on read)."""
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, table.schema) as stream:
-        stream.write_table(table)
-    client.raw_insert(f"{database}.timing_curves", table.schema.names, sink.getvalue(),
-                      settings={"optimize_on_insert": 0}, fmt="ArrowStream")
+    """Without in-insert replacing: a run writes each person once; versions are resolved on read."""
+    client.insert_arrow(f"{database}.timing_curves", table, settings={"optimize_on_insert": 0})
 
 
 def _curves_table(version: int, ids: np.ndarray, curves: np.ndarray, evidence: np.ndarray, engaged: np.ndarray,
