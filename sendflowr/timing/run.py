@@ -292,7 +292,7 @@ def fit(client: Client, database: str, rules: SignalRules, params: EstimatorPara
 
 def learn_ml_prior(f: Fit) -> ActivityClusters | None:
     """Learn the ML prior's shapes from the cohort-prior curves of data-rich people."""
-    engaged = np.add.reduceat(np.append(f.stats.engaged, 0.0), f.stats.offsets[:-1]) if len(f.stats) else np.zeros(0)
+    engaged = f.stats.row_sums(0, len(f.stats), f.stats.engaged)
     rich = np.flatnonzero((np.diff(f.stats.offsets) > 0) & (engaged >= f.params.cluster_min_engagements))
     if rich.size == 0:
         return None
