@@ -55,7 +55,8 @@ FROM
                    toUnixTimestamp64Milli(occurred_at), toInt64(9e18))) AS first_apple_open_ms,
             groupArrayIf(toUnixTimestamp64Milli(occurred_at), event_type = 'clicked') AS click_ms,
             groupArrayIf(cityHash64(url), event_type = 'clicked') AS click_url,
-            groupArrayIf(toUInt8(multiIf(bot_click = 1, 2,
+            -- the event_type guard first: the user-agent search runs on clicks only, not on every event
+            groupArrayIf(toUInt8(multiIf(event_type != 'clicked', 0, bot_click = 1, 2,
                                          multiSearchAnyCaseInsensitive(user_agent, {scanner_agents:Array(String)}), 1,
                                          0)),
                          event_type = 'clicked') AS click_kind
