@@ -422,15 +422,17 @@ def materialize(client: Client, database: str, rules: SignalRules | None = None,
             lv = levels(engaged, f.cohort_index[lo:hi], params)
             for name in by_level:
                 by_level[name] += int((lv == name).sum())
-            rows = np.flatnonzero(changed[lo:hi])
-            if rows.size:
+            mask = changed[lo:hi]
+            if mask.any():
+                # everyone in the chunk changed (a full build): views instead of a fancy-indexed copy of the curves
+                rows = slice(None) if mask.all() else np.flatnonzero(mask)
                 table = _curves_table(version, f.stats.universal_id[lo:hi][rows], curves[rows], evidence[rows],
                                       engaged[rows], f.stats.row_sums(lo, hi, f.stats.deliveries)[rows], lv[rows],
                                       cohorts[f.cohort_index[lo:hi][rows]], new_hash[lo:hi][rows])
                 if pending is not None:
                     pending.result()
                 pending = writer.submit(_insert_curves, client, database, table)
-                report.people_written += int(rows.size)
+                report.people_written += table.num_rows
         if pending is not None:
             pending.result()
     report.by_level = by_level
