@@ -237,6 +237,8 @@ def _load_attempt(previous: Future | None, staged: Future, settings: Settings, c
         params = {"attempt": attempt.id, "topic": topic, "partitions": [r.partition for r in ranges],
                   "starts": [r.start for r in ranges], "ends": [r.end for r in ranges]}
         token = plan.attempt_token(ranges)
+        # Ids already ingested from other ranges, found once: both inserts below exclude them with a cheap probe.
+        client.command(load_sql("ingest/known_ids.sql", database), parameters=params)
         new_events = load_sql("ingest/new_events.sql", database)
         # event_ids first: a crash before `events` is written then replays both with the same tokens.
         ids = client.command(
@@ -258,9 +260,13 @@ def _load_attempt(previous: Future | None, staged: Future, settings: Settings, c
         _drop_attempt(client, database, attempt.id)
 
 
+SCRATCH_TABLES = ("ingest_staging", "ingest_known_ids")  # partitioned by attempt_id, dropped with the attempt
+
+
 def _drop_attempt(client: Client, database: str, attempt_id: str) -> None:
     # attempt ids are generated hex, safe as a literal (partition expressions take no parameters)
-    client.command(f"ALTER TABLE {database}.ingest_staging DROP PARTITION '{attempt_id}'")
+    for table in SCRATCH_TABLES:
+        client.command(f"ALTER TABLE {database}.{table} DROP PARTITION '{attempt_id}'")
 
 
 def _range_stats(client: Client, database: str, ranges: list[OffsetRange], params: dict, inserted: int,
@@ -289,7 +295,8 @@ def _range_stats(client: Client, database: str, ranges: list[OffsetRange], param
 
 def _drop_stale_staging(client: Client, database: str) -> None:
     # Only the lease holder stages, so every partition left behind belongs to a dead attempt.
-    client.command(f"TRUNCATE TABLE {database}.ingest_staging")
+    for table in SCRATCH_TABLES:
+        client.command(f"TRUNCATE TABLE {database}.{table}")
 
 
 def _constant(value: str, rows: int) -> pa.Array:
