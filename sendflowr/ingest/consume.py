@@ -83,10 +83,10 @@ def read_ranges(consumer: Consumer, ranges: list[OffsetRange], batch_messages: i
                 continue
             last_message_at = time.monotonic()
             messages = _without_errors(messages, topic)
-            # Column-wise: one list comprehension per field instead of a Python loop per message.
-            part = np.array([m.partition() for m in messages], dtype=np.int64)
-            offset = np.array([m.offset() for m in messages], dtype=np.int64)
-            values += [m.value() for m in messages]
+            # Column-wise: one C-level map per field instead of a Python loop per message.
+            part = np.fromiter(map(Message.partition, messages), dtype=np.int64, count=len(messages))
+            offset = np.fromiter(map(Message.offset, messages), dtype=np.int64, count=len(messages))
+            values += map(Message.value, messages)
             parts.append(part)
             offsets.append(offset)
             pending += len(messages)
