@@ -211,9 +211,9 @@ def _target(per_attempt: int, total: int, cut_so_far: int, left: int) -> int:
 
 def _stage(client: Client, database: str, topic: str, attempt: _Attempt, tables: list[pa.Table]) -> None:
     """One insert per attempt, one record batch: a replay of the same ranges stages the same rows in one
-    block, and MergeTree sorts each part by (topic, partition, offset) itself, so the staged parts are
-    identical. The engine needs that to recognise the replay's INSERT ... SELECT blocks by their
-    deduplication tokens (tests/test_ingest_exactly_once.py)."""
+    block, and every load SELECT orders them totally by (topic, partition, offset), so the replay's
+    INSERT ... SELECT builds the same blocks and the engine recognises them by their deduplication tokens
+    (tests/test_ingest_exactly_once.py)."""
     if not tables:
         return
     table = pa.concat_tables(tables)
@@ -260,13 +260,14 @@ def _load_attempt(previous: Future | None, staged: Future, settings: Settings, c
         _drop_attempt(client, database, attempt.id)
 
 
-SCRATCH_TABLES = ("ingest_staging", "ingest_known_ids")  # partitioned by attempt_id, dropped with the attempt
+SCRATCH_TABLES = ("ingest_staging", "ingest_known_ids")  # in memory, keyed by attempt_id (migrations 0011, 0012)
 
 
 def _drop_attempt(client: Client, database: str, attempt_id: str) -> None:
-    # attempt ids are generated hex, safe as a literal (partition expressions take no parameters)
+    # A Memory table applies the delete at once; it holds at most ATTEMPTS_IN_FLIGHT attempts.
     for table in SCRATCH_TABLES:
-        client.command(f"ALTER TABLE {database}.{table} DROP PARTITION '{attempt_id}'")
+        client.command(f"ALTER TABLE {database}.{table} DELETE WHERE attempt_id = {{attempt:String}}",
+                       parameters={"attempt": attempt_id})
 
 
 def _range_stats(client: Client, database: str, ranges: list[OffsetRange], params: dict, inserted: int,
