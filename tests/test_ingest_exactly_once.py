@@ -194,7 +194,9 @@ def assert_exact(settings: Settings, corpus: Corpus, client=None) -> None:
         assert {p: committed.get(p, 0) for p in highs} == highs
         # every offset is accounted for exactly once: an event, a duplicate or a reject
         assert sum(highs.values()) == len(corpus.messages)
+        # per-attempt scratch (Memory tables) is deleted with each attempt
         assert client.command(f"SELECT count() FROM {db}.ingest_staging") == 0
+        assert client.command(f"SELECT count() FROM {db}.ingest_known_ids") == 0
 
         for finding in (
             checks.duplicate_event_ids(client, db),

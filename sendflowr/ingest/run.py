@@ -295,7 +295,7 @@ def _range_stats(client: Client, database: str, ranges: list[OffsetRange], param
 
 
 def _drop_stale_staging(client: Client, database: str) -> None:
-    # Only the lease holder stages, so every partition left behind belongs to a dead attempt.
+    # Only the lease holder stages, so every row left behind belongs to a dead attempt.
     for table in SCRATCH_TABLES:
         client.command(f"TRUNCATE TABLE {database}.{table}")
 
