@@ -38,7 +38,7 @@ from clickhouse_connect.driver.client import Client
 from sendflowr.identity import graph
 from sendflowr.identity.graph import REASONS, TYPE_NAMES, Edges, Guards, Nodes
 from sendflowr.identity.normalize import DEFAULT_RULES, NormalizationRules, normalize_many
-from sendflowr.ingest import lease
+from sendflowr.ingest import lease, plan
 from sendflowr.settings import Settings
 from sendflowr.sql_files import load_sql
 
@@ -80,17 +80,6 @@ def _sql(name: str, database: str) -> str:
     return load_sql(f"identity/{name}.sql", database)
 
 
-def pending_bounds(client: Client, database: str) -> dict[tuple[str, int], tuple[int, int]]:
-    """(topic, partition) -> [identity watermark, committed end) for every partition with unstitched events."""
-    committed = {(t, int(p)): int(e) for t, p, e in client.query(
-        f"SELECT toString(kafka_topic), kafka_partition, max(end_offset) FROM {database}.ingest_ranges "
-        "WHERE state = 'committed' GROUP BY kafka_topic, kafka_partition").result_rows}
-    done = {(t, int(p)): int(e) for t, p, e in client.query(
-        f"SELECT toString(kafka_topic), kafka_partition, max(end_offset) FROM {database}.identity_progress "
-        "GROUP BY kafka_topic, kafka_partition").result_rows}
-    return {k: (done.get(k, 0), end) for k, end in sorted(committed.items()) if end > done.get(k, 0)}
-
-
 def stitch_once(settings: Settings, client: Client, rules: NormalizationRules = DEFAULT_RULES,
                 guards: Guards | None = None, full_rebuild: bool = False, run_id: str | None = None,
                 log: Callable[[str], None] = print, forget_ids: bool = False) -> IdentityReport:
@@ -125,7 +114,7 @@ def _run(client: Client, database: str, rules: NormalizationRules, guards: Guard
     report.edges_before = before.edges_total
 
     # (a) new events: one scan of `events` into the run's scratch table
-    bounds = pending_bounds(client, database)
+    bounds = plan.pending_bounds(client, database, "identity_progress")
     params = {"topics": [k[0] for k in bounds], "partitions": [k[1] for k in bounds],
               "starts": [v[0] for v in bounds.values()], "ends": [v[1] for v in bounds.values()]}
     new_pairs = 0

@@ -25,6 +25,7 @@ import pyarrow.compute as pc
 from clickhouse_connect.driver.client import Client
 from scipy import sparse
 
+from sendflowr.ingest import plan
 from sendflowr.sql_files import load_sql
 from sendflowr.timing.decide import HOURS, Calibration
 from sendflowr.timing.estimate import (
@@ -102,30 +103,13 @@ class TimingReport:
                 "engaged_delivery_share": t.get("engaged", 0) / max(t.get("deliveries", 0), 1)}
 
 
-def committed_ends(client: Client, database: str) -> dict[tuple[str, int], int]:
-    """(topic, partition) -> end of its committed ingest ranges: the events a run reads."""
-    return {(t, int(p)): int(e) for t, p, e in client.query(
-        f"SELECT toString(kafka_topic), kafka_partition, max(end_offset) FROM {database}.ingest_ranges "
-        "WHERE state = 'committed' GROUP BY kafka_topic, kafka_partition").result_rows}
-
-
-def pending_bounds(client: Client, database: str,
-                   committed: dict[tuple[str, int], int] | None = None) -> dict[tuple[str, int], tuple[int, int]]:
-    """(topic, partition) -> [timing watermark, committed end) where events were committed since the last run."""
-    committed = committed_ends(client, database) if committed is None else committed
-    done = {(t, int(p)): int(e) for t, p, e in client.query(
-        f"SELECT toString(kafka_topic), kafka_partition, max(end_offset) FROM {database}.timing_progress "
-        "GROUP BY kafka_topic, kafka_partition").result_rows}
-    return {k: (done.get(k, 0), end) for k, end in sorted(committed.items()) if end > done.get(k, 0)}
-
-
 def record_progress(client: Client, database: str, run_id: str) -> tuple[int, dict[tuple[str, int], int]]:
     """Advance the watermark to the committed ends; returns (events newly committed, committed end per range).
 
     Nothing is folded: every run reads the committed events straight from `events` (person_stats.sql), so the
     watermark only tells whether anything is new since the last run."""
-    ends = committed_ends(client, database)
-    bounds = pending_bounds(client, database, ends)
+    ends = plan.committed_ends(client, database)
+    bounds = plan.pending_bounds(client, database, "timing_progress", ends)
     if bounds:
         client.insert_arrow(f"{database}.timing_progress", pa.table({
             "kafka_topic": pa.array([k[0] for k in bounds], pa.string()),
@@ -185,7 +169,7 @@ def person_stats(client: Client, database: str, rules: SignalRules, owners: str,
     """Per-person sparse statistics aggregated in ClickHouse from the committed events, rows sorted by person
     (universal_id order) and hour; also each person's index in the owner map. persons() gives the owner map's
     universal_ids (read beside this query)."""
-    ends = committed_ends(client, database) if ends is None else ends
+    ends = plan.committed_ends(client, database) if ends is None else ends
     table = client.query_arrow(load_sql("timing/person_stats.sql", database), parameters={
         **rules.parameters(delivered_before), **_range_parameters(ends), "owners": owners})
     n = table.num_rows
