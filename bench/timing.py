@@ -17,7 +17,16 @@
 6. the floor any exposure-corrected build must pay, whatever its design: (a) a bare `GROUP BY` of the events on
    the message key with one count() (each engagement must meet its message's delivery time), best of two, and
    (b) writing the built timing_curves rows once into an empty copy of the table, with no computation: by the
-   build's own Arrow path (same chunks, same insert settings) and by a server-side INSERT ... SELECT.
+   build's own Arrow path (same chunks, same insert settings) and by a server-side INSERT ... SELECT (less a
+   read of the same rows, timed apart);
+7. the floor of THESE signal rules: (a) the same grouping carrying every per-event input the rules read, in the
+   cheapest form measured (one array of packed 64-bit facts per message: time, type, flags, Apple proxy,
+   scanner agent, a 16-bit URL hash) plus the owner probe of one identifier, no rule applied, best of two;
+   (b) the estimate alone (numpy, every person's curve from the built statistics, nothing written); (c) the
+   cheaper curve write of 6(b). Their sum is what the build could cost if nothing else did.
+The events table is merged to one part per partition before anything is timed (OPTIMIZE ... FINAL, not timed),
+and before each timed block the benchmark waits for merges to end and flushes dirty pages (os.sync): right after
+the load, merges and the kernel's writeback ran under the anchor and made it ~2x slower (5.2 s against 2.3 s).
 Prints wall seconds and, robust to a loaded box, CPU seconds (the chDB endpoint process + this process) with
 ratios to the anchor. Nothing here is asserted: see docs/TIMING.md.
 """
@@ -37,7 +46,9 @@ from sendflowr.local import chdb_server, processes
 from sendflowr.local.processes import free_port
 from sendflowr.migrations import apply_migrations
 from sendflowr.settings import Settings
-from sendflowr.timing.run import CHUNK, _insert_curves, materialize
+from sendflowr.timing.estimate import EstimatorParams
+from sendflowr.timing.run import CHUNK, _insert_curves, fit, materialize, owner_map
+from sendflowr.timing.signals import SignalRules
 
 TOPIC = "bench.timing"
 PARTITIONS = 4
@@ -89,6 +100,27 @@ ANCHOR_SQL = ("SELECT count(), sum(c) FROM (SELECT person_key, (toDayOfWeek(occu
 
 MESSAGES_SQL = ("SELECT count(), sum(c) FROM (SELECT murmurHash3_128(message_id) AS m, count() AS c "
                 "FROM {db}.events GROUP BY m)")
+# Every input the signal rules read, per event, packed into one UInt64 (42 bits of milliseconds, then type,
+# flagged machine open / bot click, Apple proxy open, scanner user agent on a click, 16 bits of URL hash), and
+# the owner probe of one identifier type: a lower bound on the rules' grouping, not a correct implementation.
+RULES_FLOOR_SQL = """
+SELECT count(), sum(length(facts)), sum(joinGet({{owners:String}}, 'p', owner_key))
+FROM (
+    SELECT murmurHash3_128(message_id) AS message,
+           groupArray(bitShiftLeft(toUInt64(toUnixTimestamp64Milli(occurred_at)), 21)
+                      + bitShiftLeft(toUInt64(indexOf(['delivered', 'opened', 'clicked'], event_type)), 19)
+                      + bitShiftLeft(toUInt64(machine_open = 1 OR bot_click = 1), 18)
+                      + bitShiftLeft(toUInt64(event_type = 'opened'
+                                              AND (user_agent = 'Mozilla/5.0' OR startsWith(ip, '17.'))), 17)
+                      + bitShiftLeft(toUInt64(event_type = 'clicked' AND multiSearchAnyCaseInsensitive(
+                                                  user_agent, {{agents:Array(String)}})), 16)
+                      + if(event_type = 'clicked', cityHash64(url) % 65536, 0)) AS facts,
+           max(if(email = '', 0, cityHash64('email', email))) AS owner_key
+    FROM {db}.events
+    WHERE message_id != '' AND event_type IN ('delivered', 'opened', 'clicked')
+    GROUP BY message
+)
+"""
 TICK = os.sysconf("SC_CLK_TCK")
 
 
@@ -124,21 +156,41 @@ def best_of_two(cpu: Cpu, fn):
 def write_floor(client, db: str, cpu: Cpu) -> tuple[tuple, tuple, int]:
     """Write the built curve rows once into an empty copy of timing_curves, no computation: (a) the build's Arrow
     path (read back untimed, sent in the build's chunks with its insert settings), (b) INSERT ... SELECT on the
-    server (what a design computing curves in SQL would at least pay; it also reads the rows back)."""
+    server (what a design computing curves in SQL would at least pay), less the cost of reading the same rows
+    (SELECT ... FORMAT Null, timed separately), so the floor counts the write alone."""
     rows = client.query_arrow(f"SELECT * FROM {db}.timing_curves", use_strings=True)
     client.command(f"CREATE TABLE {db}.floor_curves AS {db}.timing_curves")
     try:
+        settle(client, db)
+
         def arrow():
             for lo in range(0, rows.num_rows, CHUNK):
                 _insert_curves(client, db, rows.slice(lo, CHUNK), into="floor_curves")
         _, *arrow_cost = cpu.timed(arrow)
         client.command(f"TRUNCATE TABLE {db}.floor_curves")
+        settle(client, db)
         _, *server_cost = cpu.timed(lambda: client.command(
             f"INSERT INTO {db}.floor_curves SELECT * FROM {db}.timing_curves", settings={"optimize_on_insert": 0}))
         written = int(client.command(f"SELECT count() FROM {db}.floor_curves"))
+        settle(client, db)
+        _, *read_cost = cpu.timed(lambda: client.command(f"SELECT * FROM {db}.timing_curves FORMAT Null"))
     finally:
         client.command(f"DROP TABLE IF EXISTS {db}.floor_curves")
-    return tuple(arrow_cost), tuple(server_cost), written
+    write_alone = tuple(max(s - r, 0.0) for s, r in zip(server_cost, read_cost, strict=True))
+    return tuple(arrow_cost), write_alone, written
+
+
+def estimate_only(client, db: str, cpu: Cpu) -> tuple[float, float, int]:
+    """(wall, Python CPU, people) of estimating every person's curve from the built statistics, nothing written
+    (the statistics are aggregated again first, not timed)."""
+    f = fit(client, db, SignalRules(), EstimatorParams())
+
+    def estimate():
+        for lo in range(0, len(f.stats), CHUNK):
+            f.curves(lo, min(lo + CHUNK, len(f.stats)))
+    settle(client, db)
+    _, wall, _, py = cpu.timed(estimate)  # Python alone: the engine only merges in the background meanwhile
+    return wall, py, len(f.stats)
 
 
 def load(client, db: str, people: int, events: int) -> None:
@@ -150,6 +202,19 @@ def load(client, db: str, people: int, events: int) -> None:
         f"INSERT INTO {db}.ingest_ranges (kafka_topic, kafka_partition, start_offset, end_offset, state, run_id, "
         f"messages, valid, rejected) SELECT '{TOPIC}', number, 0, {events}, 'committed', 'bench', 0, 0, 0 "
         f"FROM numbers({PARTITIONS})")
+    client.command(f"OPTIMIZE TABLE {db}.events FINAL")
+    settle(client, db)
+
+
+def settle(client, db: str, timeout: float = 300.0) -> None:
+    """Wait until no merge runs in the database and written pages are on disk: otherwise the engine's merges and
+    the kernel's writeback of the last big write (the load, the build's curves) run under whatever is timed next
+    (measured at full size: the anchor took 5.2 s right after the load, 2.3 s once settled)."""
+    deadline = time.monotonic() + timeout
+    while (int(client.command(f"SELECT count() FROM system.merges WHERE database = '{db}'"))
+           and time.monotonic() < deadline):
+        time.sleep(0.5)
+    os.sync()
 
 
 def main() -> int:
@@ -192,15 +257,28 @@ def main() -> int:
         again = materialize(client, db, log=lambda line: print("  " + line, flush=True))
         rerun = time.perf_counter() - t
 
+        settle(client, db)  # the build's curve parts merge in the background after it returns
         ((messages, _), group, group_ch, group_py), groups_wall = best_of_two(
             cpu, lambda: client.query(MESSAGES_SQL.format(db=db)).result_rows[0])
         arrow, server, written = write_floor(client, db, cpu)
         write = min(arrow, server, key=lambda c: c[0])
         floor, floor_cpu = group + write[0], group_ch + group_py + write[1] + write[2]
+        with owner_map(client, db) as owners:
+            settle(client, db)
+            ((rules_messages, _, _), rules, rules_ch, rules_py), rules_wall = best_of_two(
+                cpu, lambda: client.query(RULES_FLOOR_SQL.format(db=db), parameters={
+                    "owners": owners, "agents": list(SignalRules().scanner_agents)}).result_rows[0])
+        est, est_cpu, est_people = estimate_only(client, db, cpu)
+        rules_floor, rules_floor_cpu = rules + est + write[0], rules_ch + rules_py + est_cpu + write[1] + write[2]
         print(f"\nfloor: GROUP BY message key, count(): {group:.2f}s, CPU {group_ch + group_py:.2f}s "
               f"({int(messages):,} messages; runs {', '.join(f'{a:.2f}s' for a in groups_wall)}); write {written:,} "
               f"curve rows into an empty copy: Arrow path {arrow[0]:.2f}s (CPU {arrow[1]:.2f}s chDB + "
-              f"{arrow[2]:.2f}s Python), INSERT ... SELECT {server[0]:.2f}s (CPU {server[1] + server[2]:.2f}s)")
+              f"{arrow[2]:.2f}s Python), INSERT ... SELECT less the read {server[0]:.2f}s "
+              f"(CPU {server[1] + server[2]:.2f}s)")
+        print(f"rules floor: GROUP BY message key with the rules' inputs and one owner probe: {rules:.2f}s, CPU "
+              f"{rules_ch + rules_py:.2f}s ({int(rules_messages):,} messages; runs "
+              f"{', '.join(f'{a:.2f}s' for a in rules_wall)}); estimate only: {est:.2f}s, CPU {est_cpu:.2f}s "
+              f"({est_people:,} people)")
 
         print("\n" + "=" * 72)
         print("                                     wall             CPU (chDB + Python)")
@@ -221,6 +299,9 @@ def main() -> int:
         line("floor: sum", floor, floor_cpu)
         over = (full_ch + full_py) / floor_cpu
         print(f"full build over the floor      {full / floor:>13.2f}x             {over:>7.2f}x")
+        line("rules floor: grouping+inputs", rules, rules_ch + rules_py)
+        line("rules floor: estimate only", est, est_cpu)
+        line("rules floor: sum (+ write)", rules_floor, rules_floor_cpu)
         print(f"rerun, nothing new             {rerun:>13.2f}s {rerun / anchor:6.2f}x "
               f"({again.people_written:,} curves rewritten)")
         return 0
