@@ -10,7 +10,7 @@ from functools import cached_property
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -45,6 +45,9 @@ class Settings(BaseSettings):
 
     kafka_bootstrap_servers: str = Field(default="127.0.0.1:9092", description="Kafka bootstrap servers.")
     kafka_topic: str = Field(default="sendflowr.events", description="Topic carrying engagement events.")
+    decision_log_topic: str = Field(
+        default="sendflowr.decisions",
+        description="Topic carrying the decision log (every decision the API serves); empty turns the log off.")
     kafka_partitions: int = Field(default=4, ge=1, description="Partitions of the events topic when created.")
     kafka_replication_factor: int = Field(default=1, ge=1, description="Replication factor when created.")
     kafka_version: str = Field(
@@ -61,6 +64,11 @@ class Settings(BaseSettings):
     ingest_cron: str = Field(default="* * * * *", description="Schedule of the ingestion asset (cron, UTC).")
     identity_cron: str = Field(default="0 * * * *", description="Schedule of the identity graph asset (cron, UTC).")
     timing_cron: str = Field(default="0 3 * * *", description="Schedule of the timing curves asset (cron, UTC).")
+    uplift_cron: str = Field(default="15 * * * *", description="Schedule of the timing_uplift asset (cron, UTC).")
+    uplift_horizon_hours: int = Field(
+        default=72, ge=1, le=720,
+        description="A decision counts as engaged when its delivery is genuinely engaged with within this many "
+        "hours; younger deliveries are not scored yet.")
     timing_open_weight: float = Field(
         default=1.0, ge=0, description="Weight of a genuinely opened delivery in the timing signal.")
     timing_click_weight: float = Field(
@@ -84,6 +92,18 @@ class Settings(BaseSettings):
         default=10_000, ge=1, description="Most recipients one POST /timing-decisions request may carry.")
     api_normalize_cache_size: int = Field(
         default=100_000, ge=1, description="Identifiers unknown to the snapshot whose normalization the API caches.")
+    api_control_share: float = Field(
+        default=0.0, ge=0, le=1,
+        description="Share of decisions in the randomized control arm (a uniformly random moment in the window), "
+        "assigned by a hash of universal_id and campaign_id; 0 turns the control arm off.")
+    api_clock_offset_seconds: float = Field(
+        default=0.0, ge=0,
+        description="Simulation only: the API decides as if the time were this many seconds earlier "
+        "(`sendflowr campaign` replays campaigns in the past); keep 0.")
+    decision_log_queue_size: int = Field(
+        default=100_000, ge=1,
+        description="Most decisions the API holds for Kafka; beyond that, decisions are answered but their log "
+        "records are dropped and counted in /metrics.")
     dagster_port: int = Field(default=3000, description="Port of the Dagster UI (dagster dev).")
 
     webhooks_host: str = Field(default="127.0.0.1", description="Address the ESP webhook receiver binds.")
@@ -121,6 +141,13 @@ class Settings(BaseSettings):
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"SENDFLOWR_CLICKHOUSE_URL must look like http://host:port, got {value!r}")
         return value.rstrip("/")
+
+    @field_validator("decision_log_topic")
+    @classmethod
+    def _own_topic(cls, value: str, info: ValidationInfo) -> str:
+        if value and value == info.data.get("kafka_topic"):
+            raise ValueError("SENDFLOWR_DECISION_LOG_TOPIC must differ from SENDFLOWR_KAFKA_TOPIC")
+        return value
 
     @cached_property
     def chdb_data_dir(self) -> Path:

@@ -18,6 +18,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sendflowr import __version__
 from sendflowr.clickhouse import get_client
 from sendflowr.decisions.identity_map import NormalizeCache
+from sendflowr.decisions.log import DecisionLog
+from sendflowr.decisions.service import decision_clock
 from sendflowr.decisions.snapshot import SnapshotHolder
 from sendflowr.settings import Settings, get_settings
 from sendflowr_api import decisions, people
@@ -70,12 +72,16 @@ def create_app(settings: Settings | None = None, holder: SnapshotHolder | None =
         holder = SnapshotHolder(lambda: get_client(settings, connect_timeout=2, send_receive_timeout=300),
                                 settings.clickhouse_database, settings.api_snapshot_refresh_seconds)
 
+    decision_log = DecisionLog(settings)  # every served decision to Kafka, off the request path
+
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         if refresher:
             holder.start()
+        decision_log.start()
         yield
         holder.stop()
+        decision_log.stop()
 
     # FastAPI's native OpenTelemetry is off: metrics are Prometheus (/metrics), and its per-request check for a
     # configured provider cost tens of microseconds on every request.
@@ -85,8 +91,11 @@ def create_app(settings: Settings | None = None, holder: SnapshotHolder | None =
     app.state.holder = holder
     app.state.api_key_digest = key_digest(settings.api_key)
     app.state.normalize_cache = NormalizeCache(settings.api_normalize_cache_size)
-    app.state.coalescer = Coalescer(app.state.normalize_cache)
-    app.state.metrics = Metrics(holder, app.state.coalescer)
+    app.state.clock = decision_clock(settings.api_clock_offset_seconds)
+    app.state.decision_log = decision_log
+    app.state.coalescer = Coalescer(app.state.normalize_cache, app.state.clock, settings.api_control_share,
+                                    decision_log)
+    app.state.metrics = Metrics(holder, app.state.coalescer, decision_log)
     app.state.query_client = None
     app.add_middleware(MetricsMiddleware, metrics_of=lambda scope: scope["app"].state.metrics)
     # Only with a key configured: an unused dependency still costs its solving on every request.

@@ -1,21 +1,32 @@
 """Send-time decisions from a snapshot: resolve identifiers, pick the curve (person, else cohort, else global),
-then the timing engineer's decision rule (sendflowr.timing.decide). No FastAPI here; the API is a thin adapter.
+then the timing engineer's decision rule (sendflowr.timing.decide), then the randomized control arm (arms.py):
+a share of decisions is served a uniformly random moment instead. No FastAPI here; the API is a thin adapter.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
 
+from sendflowr.decisions import arms
 from sendflowr.decisions.identity_map import NormalizeCache
 from sendflowr.decisions.resolve import Resolution, resolve, resolve_one
 from sendflowr.decisions.snapshot import DecisionSnapshot
 from sendflowr.identity import graph
 from sendflowr.identity.normalize import normalize
-from sendflowr.timing.decide import EPOCH_HOW, HOUR_MS, HOURS, DecisionError, decide, decide_many, slot_name
+from sendflowr.timing.decide import (
+    EPOCH_HOW,
+    HOUR_MS,
+    HOURS,
+    DecisionError,
+    decide,
+    decide_many,
+    hour_of_week_ms,
+    slot_name,
+)
 from sendflowr.timing.store import TimingSnapshot, email_cohort, phone_cohort
 
 IDENTIFIER_FIELDS = ("email", "klaviyo_id", "phone", "external_id")
@@ -100,6 +111,10 @@ class DecisionResult:
     known_person: bool
     cohort: str
     merged_into: bool
+    evidence: float = 0.0
+    arm: str = arms.TREATMENT
+    model_delivery_at: datetime | None = None  # the model's choice (differs from delivery_at in the control arm)
+    model_expected_engagement: float | None = None
 
 
 def curve_for_one(snapshot: DecisionSnapshot, uid: int, email: str | None,
@@ -116,7 +131,8 @@ def curve_for_one(snapshot: DecisionSnapshot, uid: int, email: str | None,
 def decide_one(snapshot: DecisionSnapshot, cache: NormalizeCache, identifiers: Mapping[str, str | None],
                universal_id: str | None, send_after: datetime, send_before: datetime, latency_seconds: float,
                now: datetime) -> DecisionResult:
-    """One decision. Raises UnusableIdentifiers or DecisionError (with `.field`) for requests that cannot get one."""
+    """The model's decision for one request (the treatment arm; `decide_requests` adds the control arm). Raises
+    UnusableIdentifiers or DecisionError (with `.field`) for requests that cannot get one."""
     res = resolve_one(snapshot.identity, cache, identifiers, universal_id)
     if res.errors[0] is not None:
         raise UnusableIdentifiers(res.errors[0])
@@ -129,7 +145,8 @@ def decide_one(snapshot: DecisionSnapshot, cache: NormalizeCache, identifiers: M
     return DecisionResult(universal_id=res.universal_id(0), trigger_at=d.trigger_at, delivery_at=d.delivery_at,
                           confidence=d.confidence, expected_engagement=d.expected_engagement,
                           fallback_level=d.fallback_level, explanation=explanation, known_person=known,
-                          cohort=cohort, merged_into=bool(res.redirected[0]))
+                          cohort=cohort, merged_into=bool(res.redirected[0]), evidence=evidence,
+                          model_delivery_at=d.delivery_at, model_expected_engagement=d.expected_engagement)
 
 
 @dataclass(frozen=True)
@@ -141,6 +158,8 @@ class DecisionRequest:
     send_after: datetime
     send_before: datetime
     latency_seconds: float
+    campaign_id: str | None = None  # with universal_id, decides the arm
+    message_id: str | None = None  # only recorded (the decision log), never decides anything
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -149,6 +168,35 @@ _SOURCE = {"person": "this person's curve", "cohort": "their cohort's curve", "g
 
 def _ms(moment: datetime) -> int:
     return (moment - _EPOCH) // timedelta(milliseconds=1)
+
+
+def decision_clock(offset_seconds: float = 0.0) -> Callable[[], datetime]:
+    """The clock decisions are made by: the time now, or (simulations only, SENDFLOWR_API_CLOCK_OFFSET_SECONDS)
+    that many seconds earlier."""
+    if not offset_seconds:
+        return lambda: datetime.now(UTC)
+    shift = timedelta(seconds=offset_seconds)
+    return lambda: datetime.now(UTC) - shift
+
+
+def _control_arm(curves: np.ndarray, uid: np.ndarray, campaign, after_ms: np.ndarray, before_ms: np.ndarray,
+                 latency: np.ndarray, now: datetime, decided: np.ndarray, share: float
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(in control, served delivery ms, served expected engagement) for rows that got a decision (`decided`);
+    control rows get their random moment and the curve's value there (arms.py)."""
+    control, u1, u2 = arms.assign(uid, campaign, share)
+    control &= decided
+    n = len(control)
+    delivery, expected = np.zeros(n, np.int64), np.zeros(n, np.float64)
+    rows = np.flatnonzero(control)
+    if len(rows):
+        # the decision rule's earliest moment whose trigger is not before now (sendflowr.timing.decide)
+        lat_ms = np.ceil(np.clip(latency[rows], 0.0, 1e12) * 1000.0).astype(np.int64)
+        start = np.maximum(after_ms[rows], _ms(now) + lat_ms)
+        moment = arms.control_moments(after_ms[rows], before_ms[rows], start, u1[rows], u2[rows])
+        delivery[rows] = moment
+        expected[rows] = curves[rows, hour_of_week_ms(moment)]
+    return control, delivery, expected
 
 
 COLUMN_MIN = 8  # from this many requests, resolving them as columns costs less than one scalar lookup each
@@ -193,22 +241,36 @@ def _who(snapshot: DecisionSnapshot, cache: NormalizeCache, requests: Sequence[D
             chosen.evidence.tolist(), chosen.level.tolist(), chosen.cohort.tolist())
 
 
+def _moment(ms: int) -> datetime:
+    return _EPOCH + timedelta(milliseconds=ms)
+
+
 def decide_requests(snapshot: DecisionSnapshot, cache: NormalizeCache, requests: Sequence[DecisionRequest],
-                    now: datetime) -> list[DecisionResult | UnusableIdentifiers | DecisionError]:
+                    now: datetime, control_share: float = 0.0
+                    ) -> list[DecisionResult | UnusableIdentifiers | DecisionError]:
     """Independent single decisions (each its own window) through ONE decide_many call: the numpy set-up of the
-    decision rule is paid once for all the requests that arrived together. Same results as `decide_one` each."""
+    decision rule is paid once for all the requests that arrived together. Same results as `decide_one` each, except
+    that a `control_share` of them (by universal_id and campaign_id) are served a random moment (arms.py)."""
     out: list = [None] * len(requests)
     rows, uids, known_people, redirected, curves, evidence, levels, cohorts = _who(snapshot, cache, requests, out)
     if not rows:
         return out
     picked = [requests[i] for i in rows]
+    after = np.array([_ms(r.send_after) for r in picked], np.int64)
+    before = np.array([_ms(r.send_before) for r in picked], np.int64)
+    latency = np.array([r.latency_seconds for r in picked], np.float64)
     batch = decide_many(curves, np.array(evidence, np.float64), np.array(levels, object),
-                        np.array([_ms(r.send_after) for r in picked], "datetime64[ms]"),
-                        np.array([_ms(r.send_before) for r in picked], "datetime64[ms]"),
-                        np.array([r.latency_seconds for r in picked], np.float64), now, snapshot.timing.calibration)
+                        after.astype("datetime64[ms]"), before.astype("datetime64[ms]"), latency, now,
+                        snapshot.timing.calibration)
     delivery = batch.delivery_at.astype(np.int64).tolist()
     trigger = batch.trigger_at.astype(np.int64).tolist()
     values, confidences = batch.expected_engagement.tolist(), batch.confidence.tolist()
+    control = [False] * len(rows)
+    if control_share > 0:
+        keys = np.array([arms.campaign_key(r.campaign_id) for r in picked], np.uint64)
+        mask, served, served_value = _control_arm(curves, np.array(uids, np.uint64), keys, after, before, latency, now,
+                                                  batch.error_field == None, control_share)  # noqa: E711
+        control, served, served_value = mask.tolist(), served.tolist(), served_value.tolist()
     uncalibrated = "" if snapshot.timing.calibration.fitted else " (uncalibrated)"
     for j, i in enumerate(rows):
         if batch.error_field[j] is not None:
@@ -216,15 +278,24 @@ def decide_requests(snapshot: DecisionSnapshot, cache: NormalizeCache, requests:
             continue
         known = known_people[j]
         value, conf = values[j], confidences[j]
-        explanation = (("" if known else "unknown person (no events stitched yet); ")
-                       + f"{slot_name((delivery[j] // HOUR_MS + EPOCH_HOW) % HOURS)} is the best delivery hour "
-                       f"in the window by {_SOURCE.get(levels[j], levels[j])} (evidence {evidence[j]:.1f} "
-                       f"engagements, expected engagement {value:.3f}); confidence {conf:.2f}{uncalibrated}")
+        source = _SOURCE.get(levels[j], levels[j])
+        lead = "" if known else "unknown person (no events stitched yet); "
+        if control[j]:
+            moment, shift, arm = served[j], delivery[j] - trigger[j], arms.CONTROL
+            served_at = served_value[j]
+            explanation = (lead + f"control arm: a uniformly random moment in the window "
+                           f"({slot_name((moment // HOUR_MS + EPOCH_HOW) % HOURS)}), held out to measure the uplift "
+                           f"(docs/EVALUATION.md); expected engagement there {served_at:.3f} by {source}")
+        else:
+            moment, shift, arm, served_at = delivery[j], delivery[j] - trigger[j], arms.TREATMENT, value
+            explanation = (lead + f"{slot_name((moment // HOUR_MS + EPOCH_HOW) % HOURS)} is the best delivery hour "
+                           f"in the window by {source} (evidence {evidence[j]:.1f} engagements, expected engagement "
+                           f"{value:.3f}); confidence {conf:.2f}{uncalibrated}")
         out[i] = DecisionResult(
-            universal_id=f"sf_{uids[j]:016x}", trigger_at=_EPOCH + timedelta(milliseconds=trigger[j]),
-            delivery_at=_EPOCH + timedelta(milliseconds=delivery[j]), confidence=conf, expected_engagement=value,
-            fallback_level=levels[j], explanation=explanation, known_person=known, cohort=cohorts[j],
-            merged_into=redirected[j])
+            universal_id=f"sf_{uids[j]:016x}", trigger_at=_moment(moment - shift), delivery_at=_moment(moment),
+            confidence=conf, expected_engagement=served_at, fallback_level=levels[j], explanation=explanation,
+            known_person=known, cohort=cohorts[j], merged_into=redirected[j], evidence=evidence[j], arm=arm,
+            model_delivery_at=_moment(delivery[j]), model_expected_engagement=value)
     return out
 
 
@@ -234,13 +305,18 @@ class BatchResult:
 
     universal_id: np.ndarray  # str ('' where unresolvable)
     trigger_at: np.ndarray  # datetime64[ms]
-    delivery_at: np.ndarray  # datetime64[ms]
+    delivery_at: np.ndarray  # datetime64[ms], the moment served
     confidence: np.ndarray
-    expected_engagement: np.ndarray
+    expected_engagement: np.ndarray  # at the moment served
     fallback_level: np.ndarray
     known_person: np.ndarray
     error_field: list[str | None]
     error_message: list[str | None]
+    control: np.ndarray  # bool: in the control arm
+    model_delivery_at: np.ndarray  # datetime64[ms], the model's choice
+    model_expected_engagement: np.ndarray
+    evidence: np.ndarray
+    cohort: np.ndarray
 
     def __len__(self) -> int:
         return len(self.universal_id)
@@ -248,9 +324,10 @@ class BatchResult:
 
 def decide_batch(snapshot: DecisionSnapshot, cache: NormalizeCache, identifiers: Mapping[str, Sequence[str | None]],
                  universal_ids: Sequence[str | None], send_after, send_before, latency_seconds,
-                 now: datetime) -> BatchResult:
+                 now: datetime, control_share: float = 0.0, campaign_id: str | None = None) -> BatchResult:
     """A whole campaign at once: column-wise resolution and decide_many. Window and latency are scalars or
-    per-recipient arrays (datetime64[ms] / float). A bad recipient gets an error row; the others are decided."""
+    per-recipient arrays (datetime64[ms] / float). A bad recipient gets an error row; the others are decided.
+    A `control_share` of the recipients (by universal_id and campaign_id) are served a random moment (arms.py)."""
     n = len(universal_ids)
     res: Resolution = resolve(snapshot.identity, cache, identifiers, universal_ids, n)
     none = [None] * n
@@ -266,13 +343,33 @@ def decide_batch(snapshot: DecisionSnapshot, cache: NormalizeCache, identifiers:
     bad = np.array([f is not None for f in error_field], bool) if n else np.zeros(0, bool)
     uid = np.where(res.uid != 0, graph.format_uid(res.uid), "") if n else np.zeros(0, "U19")
     nat = np.datetime64("NaT", "ms")
+    model_delivery = np.where(bad, nat, batch.delivery_at)
+    model_value = np.where(bad, np.nan, batch.expected_engagement)
+    delivery, trigger, value = model_delivery, np.where(bad, nat, batch.trigger_at), model_value
+    control = np.zeros(n, bool)
+    if control_share > 0 and n:
+        after, before = _ms_column(send_after, n), _ms_column(send_before, n)
+        latency = np.broadcast_to(np.asarray(latency_seconds, np.float64), (n,))
+        control, served, served_value = _control_arm(chosen.curves, res.uid, arms.campaign_key(campaign_id), after,
+                                                     before, latency, now, ~bad, control_share)
+        shift = np.where(bad, 0, (batch.delivery_at - batch.trigger_at).astype(np.int64))  # the latency in ms
+        delivery = np.where(control, served.astype("datetime64[ms]"), delivery)
+        trigger = np.where(control, (served - shift).astype("datetime64[ms]"), trigger)
+        value = np.where(control, served_value, value)
     return BatchResult(
-        universal_id=uid, trigger_at=np.where(bad, nat, batch.trigger_at),
-        delivery_at=np.where(bad, nat, batch.delivery_at), confidence=np.where(bad, np.nan, batch.confidence),
-        expected_engagement=np.where(bad, np.nan, batch.expected_engagement),
+        universal_id=uid, trigger_at=trigger, delivery_at=delivery,
+        confidence=np.where(bad, np.nan, batch.confidence), expected_engagement=value,
         fallback_level=np.where(bad, None, chosen.level), known_person=res.known,
-        error_field=error_field, error_message=error_message)
+        error_field=error_field, error_message=error_message, control=control, model_delivery_at=model_delivery,
+        model_expected_engagement=model_value, evidence=chosen.evidence, cohort=chosen.cohort)
+
+
+def _ms_column(value, n: int) -> np.ndarray:
+    """Epoch ms per row from a datetime or a datetime64 scalar/array."""
+    if isinstance(value, datetime):
+        return np.full(n, _ms(value), np.int64)
+    return np.broadcast_to(np.asarray(value).astype("datetime64[ms]").astype(np.int64), (n,))
 
 
 __all__ = ["BatchResult", "DecisionError", "DecisionRequest", "DecisionResult", "UnusableIdentifiers", "decide_batch",
-           "decide_one", "decide_requests"]
+           "decide_one", "decide_requests", "decision_clock"]

@@ -1,14 +1,15 @@
-"""One ingestion run: lease, plan, read, stage, load, commit. Safe to kill at any point and rerun.
+"""One ingestion run of one topic: lease, plan, read, stage, load, commit. Safe to kill at any point and rerun.
 
 Order of effects (docs/INGESTION.md):
-  1. lease the topic (one writer at a time)      4. insert event_ids, events and rejects, each with
-  2. plan ranges, split them into attempts          a deduplication token derived from the ranges
-  3. stage an attempt's raw messages (ClickHouse  5. record the ranges committed, then mirror the
-     parses and validates them), then record its     offsets into the Kafka consumer group
-     ranges planned
+  1. lease the topic (one writer at a time)      4. insert the sink's rows and rejects (events: event_ids,
+  2. plan ranges, split them into attempts          events, rejects), each with a deduplication token
+  3. stage an attempt's raw messages (ClickHouse    derived from the ranges
+     parses and validates them), then record its 5. record the ranges committed, then mirror the
+     ranges planned                                 offsets into the Kafka consumer group
 Attempts load strictly one after another while the next one is read and staged. A crash before 5 leaves
 one attempt's 'planned' ranges that the next run replays byte-for-byte; the engine then drops the blocks
-it already has by their token."""
+it already has by their token. What is staged and loaded is the sink's (sink.py): the events topic and the
+decision log share this one mechanism."""
 
 from __future__ import annotations
 
@@ -26,19 +27,12 @@ from clickhouse_connect.driver.client import Client
 
 from sendflowr.ingest import consume, lease, plan
 from sendflowr.ingest.plan import OffsetRange
+from sendflowr.ingest.sink import EVENTS, Hooks, Sink
 from sendflowr.settings import Settings
-from sendflowr.sql_files import load_sql
+
+__all__ = ["Hooks", "IngestOptions", "IngestReport", "ingest_once"]
 
 ATTEMPTS_IN_FLIGHT = 2  # read, staged or loading but not yet committed
-# A total ORDER BY, one insert thread and row-count squashing make an INSERT ... SELECT build the same
-# blocks on a replay; the SELECT itself may read and sort with every core. force_enable: should the engine
-# ever judge the SELECT unstable, the insert fails instead of silently running without deduplication.
-DETERMINISTIC_INSERT = {"deduplicate_insert_select": "force_enable", "max_insert_threads": 1,
-                        "max_block_size": 65536, "min_insert_block_size_rows": 1_048_576,
-                        "min_insert_block_size_bytes": 0}
-EVENT_COLUMNS = ("event_id, event_type, occurred_at, person_key, email, klaviyo_id, phone, external_id, esp, "
-                 "message_id, campaign_id, user_agent, ip, url, bounce_type, machine_open, bot_click, "
-                 "schema_version, kafka_topic, kafka_partition, kafka_offset")
 
 
 @dataclass(frozen=True)
@@ -69,8 +63,8 @@ class IngestReport:
     lag: dict[int, int] = field(default_factory=dict)
     skipped_by_retention: dict[int, int] = field(default_factory=dict)
     seconds: float = 0.0
-    inserted: int = 0  # new events written to `events`
-    duplicates: int = 0  # valid messages whose event_id was already known or repeated
+    inserted: int = 0  # new rows written to the sink's table (events: new events)
+    duplicates: int = 0  # valid messages not written because an equal one was (events: a known event_id)
 
     @property
     def messages(self) -> int:
@@ -89,26 +83,19 @@ class IngestReport:
         return self.rejected / self.messages if self.messages else 0.0
 
 
-class Hooks:
-    """Test seams at the dangerous points; production runs use the no-op defaults."""
-
-    def after_insert(self, table: str) -> None: ...
-
-    def after_stage(self) -> None: ...
-
-
 def ingest_once(settings: Settings, client: Client, options: IngestOptions = IngestOptions(),
-                run_id: str | None = None, log: Callable[[str], None] = print, hooks: Hooks | None = None
-                ) -> IngestReport:
+                run_id: str | None = None, log: Callable[[str], None] = print, hooks: Hooks | None = None,
+                sink: Sink = EVENTS) -> IngestReport:
+    """Ingest the sink's topic (by default the events topic) from where its committed ranges end."""
     run_id = run_id or f"ingest-{uuid.uuid4().hex[:12]}"
     hooks = hooks or Hooks()
-    database, topic = settings.clickhouse_database, settings.kafka_topic
+    database, topic = settings.clickhouse_database, sink.topic(settings)
     report = IngestReport(run_id=run_id, topic=topic)
     started = time.perf_counter()
     consumer = consume.make_consumer(settings)
     try:
         with lease.ingest_lease(client, database, topic, run_id) as holder:
-            _drop_stale_staging(client, database)
+            _drop_stale_staging(client, database, sink)
             while True:
                 marks = consume.watermarks(consumer, topic)
                 work = plan.plan_ranges(client, database, topic, marks, options.max_messages_per_partition)
@@ -120,7 +107,8 @@ def ingest_once(settings: Settings, client: Client, options: IngestOptions = Ing
                     break
                 # A replay must load exactly the crashed attempt's ranges again, as one attempt.
                 per_attempt = sum(r.size for r in work.ranges) if work.replay else options.attempt_messages
-                _run_pass(settings, client, consumer, work.ranges, per_attempt, run_id, options, report, log, hooks)
+                _run_pass(settings, client, consumer, work.ranges, per_attempt, run_id, options, report, log, hooks,
+                          sink)
                 lease.renew(client, database, topic, holder)
                 if not (options.until_caught_up or work.replay):
                     break
@@ -141,7 +129,7 @@ class _Attempt:
 
 def _run_pass(settings: Settings, client: Client, consumer, ranges: list[OffsetRange], per_attempt: int,
               run_id: str, options: IngestOptions, report: IngestReport, log: Callable[[str], None],
-              hooks: Hooks) -> None:
+              hooks: Hooks, sink: Sink) -> None:
     """Read `ranges` once and load what was read in attempts of about `per_attempt` messages, while the
     next attempt is being read.
 
@@ -151,7 +139,7 @@ def _run_pass(settings: Settings, client: Client, consumer, ranges: list[OffsetR
     the previous attempt (stager thread) and loading the one before it (loader thread: attempts in order,
     a failed one stops every later one). At most ATTEMPTS_IN_FLIGHT attempts are held in memory.
     """
-    database, topic = settings.clickhouse_database, settings.kafka_topic
+    database, topic = settings.clickhouse_database, sink.topic(settings)
     ends = {r.partition: r.end for r in ranges}
     cut = {r.partition: r.start for r in ranges}
     total = sum(r.size for r in ranges)
@@ -178,9 +166,9 @@ def _run_pass(settings: Settings, client: Client, consumer, ranges: list[OffsetR
                         while len(loads) >= ATTEMPTS_IN_FLIGHT:
                             loads.popleft().result()
                         attempts.append(attempt)
-                        staged = stager.submit(_stage, client, database, topic, attempt, tables)
+                        staged = stager.submit(_stage, client, database, topic, attempt, tables, sink)
                         loads.append(loader.submit(_load_attempt, loads[-1] if loads else None, staged, settings,
-                                                   client, attempt, run_id, report, log, hooks))
+                                                   client, attempt, run_id, report, log, hooks, sink))
                         cut, tables, read_cut = dict(batch.read_through), [], read
                 for done in [f for f in loads if f.done()]:
                     done.result()  # a failed stage or load stops the read at once
@@ -190,7 +178,7 @@ def _run_pass(settings: Settings, client: Client, consumer, ranges: list[OffsetR
         for attempt in attempts:
             if not attempt.loaded:
                 with contextlib.suppress(Exception):  # the next run truncates staging anyway
-                    _drop_attempt(client, database, attempt.id)
+                    _drop_attempt(client, database, attempt.id, sink)
     mirror_error = consume.commit_group_offsets(consumer, ranges)
     if mirror_error:
         log(f"offsets are committed in ClickHouse, but mirroring them to consumer group "
@@ -209,7 +197,7 @@ def _target(per_attempt: int, total: int, cut_so_far: int, left: int) -> int:
     return min(per_attempt, max(per_attempt // 4, left // 2, 1))
 
 
-def _stage(client: Client, database: str, topic: str, attempt: _Attempt, tables: list[pa.Table]) -> None:
+def _stage(client: Client, database: str, topic: str, attempt: _Attempt, tables: list[pa.Table], sink: Sink) -> None:
     """One insert per attempt, one record batch: a replay of the same ranges stages the same rows in one
     block, and every load SELECT orders them totally by (topic, partition, offset), so the replay's
     INSERT ... SELECT builds the same blocks and the engine recognises them by their deduplication tokens
@@ -219,62 +207,41 @@ def _stage(client: Client, database: str, topic: str, attempt: _Attempt, tables:
     table = pa.concat_tables(tables)
     table = table.append_column("attempt_id", _constant(attempt.id, table.num_rows)) \
                  .append_column("kafka_topic", _constant(topic, table.num_rows)).combine_chunks()
-    # Into the Null-engine inbox: its materialized views certify and stage each row (migration 0008).
-    client.insert_arrow(f"{database}.ingest_inbox", table)
+    sink.stage(client, database, table)
 
 
 def _load_attempt(previous: Future | None, staged: Future, settings: Settings, client: Client, attempt: _Attempt,
-                  run_id: str, report: IngestReport, log: Callable[[str], None], hooks: Hooks) -> None:
+                  run_id: str, report: IngestReport, log: Callable[[str], None], hooks: Hooks, sink: Sink) -> None:
     if previous is not None:
         previous.result()  # never load past an attempt that failed: its ranges must be replayed first
     staged.result()
-    database, topic, ranges = settings.clickhouse_database, settings.kafka_topic, attempt.ranges
+    database, topic, ranges = settings.clickhouse_database, sink.topic(settings), attempt.ranges
     try:
         # Planned only now, right before the first insert: at most one attempt is ever left to replay.
-        plan.record_ranges(client, database, ranges, "planned", run_id)
+        plan.record_ranges(client, database, ranges, "planned", run_id, sink=sink.name)
         log(f"staged attempt {attempt.id}: ClickHouse parsed and validated its messages")
         hooks.after_stage()
         params = {"attempt": attempt.id, "topic": topic, "partitions": [r.partition for r in ranges],
                   "starts": [r.start for r in ranges], "ends": [r.end for r in ranges]}
-        token = plan.attempt_token(ranges)
-        # Ids already ingested from other ranges, found once: both inserts below exclude them with a cheap probe.
-        client.command(load_sql("ingest/known_ids.sql", database), parameters=params)
-        new_events = load_sql("ingest/new_events.sql", database)
-        # event_ids first: a crash before `events` is written then replays both with the same tokens.
-        ids = client.command(
-            f"INSERT INTO {database}.event_ids (event_id, kafka_topic, kafka_partition, kafka_offset) "
-            f"SELECT event_id, kafka_topic, kafka_partition, kafka_offset FROM ({new_events})",
-            parameters=params, settings={**DETERMINISTIC_INSERT, "insert_deduplication_token": f"{token}:ids"})
-        hooks.after_insert("event_ids")
-        client.command(
-            f"INSERT INTO {database}.events ({EVENT_COLUMNS}) SELECT {EVENT_COLUMNS} FROM ({new_events})",
-            parameters=params, settings={**DETERMINISTIC_INSERT, "insert_deduplication_token": f"{token}:events"})
-        hooks.after_insert("events")
-        client.command(load_sql("ingest/insert_rejected.sql", database), parameters=params,
-                       settings={**DETERMINISTIC_INSERT, "insert_deduplication_token": f"{token}:rejected"})
-        hooks.after_insert("rejected_events")
-        stats = _range_stats(client, database, ranges, params, ids.written_rows, report, log)
-        plan.record_ranges(client, database, ranges, "committed", run_id, stats)
+        inserted = sink.load(client, database, params, plan.attempt_token(ranges), hooks)
+        stats = _range_stats(client, database, ranges, params, inserted, report, log, sink)
+        plan.record_ranges(client, database, ranges, "committed", run_id, stats, sink=sink.name)
     finally:
         attempt.loaded = True
-        _drop_attempt(client, database, attempt.id)
+        _drop_attempt(client, database, attempt.id, sink)
 
 
-SCRATCH_TABLES = ("ingest_staging", "ingest_known_ids")  # in memory, keyed by attempt_id (migrations 0011, 0012)
-
-
-def _drop_attempt(client: Client, database: str, attempt_id: str) -> None:
+def _drop_attempt(client: Client, database: str, attempt_id: str, sink: Sink) -> None:
     # A Memory table applies the delete at once; it holds at most ATTEMPTS_IN_FLIGHT attempts.
-    for table in SCRATCH_TABLES:
+    for table in sink.scratch_tables:
         client.command(f"ALTER TABLE {database}.{table} DELETE WHERE attempt_id = {{attempt:String}}",
                        parameters={"attempt": attempt_id})
 
 
 def _range_stats(client: Client, database: str, ranges: list[OffsetRange], params: dict, inserted: int,
-                 report: IngestReport, log: Callable[[str], None]) -> dict[int, tuple[int, int, int]]:
-    """Per partition: messages, valid, rejected (from staging); new events are counted for the attempt."""
-    staged = {row[0]: row[1:] for row in client.query(
-        load_sql("ingest/range_counts.sql", database), parameters=params).result_rows}
+                 report: IngestReport, log: Callable[[str], None], sink: Sink) -> dict[int, tuple[int, int, int]]:
+    """Per partition: messages, valid, rejected (from staging); new rows are counted for the attempt."""
+    staged = sink.counts(client, database, params)
     stats: dict[int, tuple[int, int, int]] = {}
     for rng in ranges:
         messages, rejected, valid = staged.get(rng.partition, (0, 0, 0))
@@ -287,16 +254,17 @@ def _range_stats(client: Client, database: str, ranges: list[OffsetRange], param
             if seen is None else PartitionStats(min(seen.start, rng.start), max(seen.end, rng.end),
                                                 seen.messages + messages, seen.valid + valid, seen.rejected + rejected)
     valid_total = sum(s[1] for s in stats.values())
+    duplicates = sink.duplicates(valid_total, inserted)
     report.inserted += inserted
-    report.duplicates += valid_total - inserted
-    log(f"{inserted} events inserted, {valid_total - inserted} duplicates dropped, "
+    report.duplicates += duplicates
+    log(f"{inserted} {sink.name} rows inserted, {duplicates} duplicates dropped, "
         f"{sum(s[2] for s in stats.values())} rejected")
     return stats
 
 
-def _drop_stale_staging(client: Client, database: str) -> None:
-    # Only the lease holder stages, so every row left behind belongs to a dead attempt.
-    for table in SCRATCH_TABLES:
+def _drop_stale_staging(client: Client, database: str, sink: Sink) -> None:
+    # Only the topic's lease holder stages, so every row of its scratch tables belongs to a dead attempt.
+    for table in sink.scratch_tables:
         client.command(f"TRUNCATE TABLE {database}.{table}")
 
 

@@ -1,0 +1,114 @@
+"""What differs between the topics ingestion reads: how an attempt's raw messages are staged, loaded and counted.
+
+Everything else (the topic's lease, planned offset ranges, attempts, deduplication tokens derived from the
+ranges, committed ranges, the consumer-group mirror) is one mechanism in run.py, shared by every sink. A sink's
+inserts must be deterministic for the same staged messages, so that the engine drops a replay's blocks by their
+tokens (DETERMINISTIC_INSERT and a total ORDER BY).
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+from clickhouse_connect.driver.client import Client
+
+from sendflowr.settings import Settings
+from sendflowr.sql_files import load_sql
+
+# A total ORDER BY, one insert thread and row-count squashing make an INSERT ... SELECT build the same
+# blocks on a replay; the SELECT itself may read and sort with every core. force_enable: should the engine
+# ever judge the SELECT unstable, the insert fails instead of silently running without deduplication.
+DETERMINISTIC_INSERT = {"deduplicate_insert_select": "force_enable", "max_insert_threads": 1,
+                        "max_block_size": 65536, "min_insert_block_size_rows": 1_048_576,
+                        "min_insert_block_size_bytes": 0}
+
+
+class Hooks:
+    """Test seams at the dangerous points; production runs use the no-op defaults."""
+
+    def after_insert(self, table: str) -> None: ...
+
+    def after_stage(self) -> None: ...
+
+
+class Sink:
+    """One topic's staging and loading. `params` of load/counts: attempt, topic, and the attempt's ranges as
+    parallel partitions/starts/ends arrays; `token` is the attempt's deduplication token."""
+
+    name = ""  # recorded with each range in ingest_ranges.sink
+    scratch_tables: tuple[str, ...] = ()  # per-attempt rows keyed by attempt_id, deleted when the attempt ends
+
+    def topic(self, settings: Settings) -> str:
+        raise NotImplementedError
+
+    def stage(self, client: Client, database: str, table: pa.Table) -> None:
+        """Stage raw messages: columns kafka_partition, kafka_offset, raw, attempt_id, kafka_topic."""
+        raise NotImplementedError
+
+    def staged(self, database: str) -> str:
+        """A table expression of the staged messages with attempt_id, kafka_topic, kafka_partition, kafka_offset,
+        reason ('' when valid), payload and raw_size (what rejects and counts read)."""
+        raise NotImplementedError
+
+    def load(self, client: Client, database: str, params: dict, token: str, hooks: Hooks) -> int:
+        """Insert the attempt's valid messages; returns the rows written to the sink's table."""
+        raise NotImplementedError
+
+    def duplicates(self, valid: int, inserted: int) -> int:
+        """Valid messages not written because an equal one was (0 when messages and rows do not pair up)."""
+        return 0
+
+    def insert_rejected(self, client: Client, database: str, params: dict, token: str) -> None:
+        client.command(load_sql("ingest/insert_rejected.sql", database).replace("${staging}", self.staged(database)),
+                       parameters=params,
+                       settings={**DETERMINISTIC_INSERT, "insert_deduplication_token": f"{token}:rejected"})
+
+    def counts(self, client: Client, database: str, params: dict) -> dict[int, tuple[int, int, int]]:
+        """Per partition of the attempt: (messages, rejected, valid)."""
+        sql = load_sql("ingest/range_counts.sql", database).replace("${staging}", self.staged(database))
+        return {row[0]: tuple(row[1:]) for row in client.query(sql, parameters=params).result_rows}
+
+
+EVENT_COLUMNS = ("event_id, event_type, occurred_at, person_key, email, klaviyo_id, phone, external_id, esp, "
+                 "message_id, campaign_id, user_agent, ip, url, bounce_type, machine_open, bot_click, "
+                 "schema_version, kafka_topic, kafka_partition, kafka_offset")
+
+
+class EventsSink(Sink):
+    """Engagement events (the contract in sendflowr/schemas/event.v1.json) into `events`, one row per event_id."""
+
+    name = "events"
+    scratch_tables = ("ingest_staging", "ingest_known_ids")  # in memory (migrations 0011, 0012)
+
+    def topic(self, settings: Settings) -> str:
+        return settings.kafka_topic
+
+    def stage(self, client: Client, database: str, table: pa.Table) -> None:
+        # Into the Null-engine inbox: its materialized views certify and stage each row (migration 0008).
+        client.insert_arrow(f"{database}.ingest_inbox", table)
+
+    def staged(self, database: str) -> str:
+        return f"{database}.ingest_staging"
+
+    def load(self, client: Client, database: str, params: dict, token: str, hooks: Hooks) -> int:
+        # Ids already ingested from other ranges, found once: both inserts below exclude them with a cheap probe.
+        client.command(load_sql("ingest/known_ids.sql", database), parameters=params)
+        new_events = load_sql("ingest/new_events.sql", database)
+        # event_ids first: a crash before `events` is written then replays both with the same tokens.
+        ids = client.command(
+            f"INSERT INTO {database}.event_ids (event_id, kafka_topic, kafka_partition, kafka_offset) "
+            f"SELECT event_id, kafka_topic, kafka_partition, kafka_offset FROM ({new_events})",
+            parameters=params, settings={**DETERMINISTIC_INSERT, "insert_deduplication_token": f"{token}:ids"})
+        hooks.after_insert("event_ids")
+        client.command(
+            f"INSERT INTO {database}.events ({EVENT_COLUMNS}) SELECT {EVENT_COLUMNS} FROM ({new_events})",
+            parameters=params, settings={**DETERMINISTIC_INSERT, "insert_deduplication_token": f"{token}:events"})
+        hooks.after_insert("events")
+        self.insert_rejected(client, database, params, token)
+        hooks.after_insert("rejected_events")
+        return ids.written_rows
+
+    def duplicates(self, valid: int, inserted: int) -> int:
+        return valid - inserted
+
+
+EVENTS = EventsSink()
