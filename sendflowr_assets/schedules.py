@@ -1,5 +1,6 @@
-"""Schedules: ingestion every minute (SENDFLOWR_INGEST_CRON), identity hourly (SENDFLOWR_IDENTITY_CRON), timing
-daily (SENDFLOWR_TIMING_CRON); each skips a tick while its previous run still runs."""
+"""Schedules: ingestion of events and the decision log every minute (SENDFLOWR_INGEST_CRON), identity hourly
+(SENDFLOWR_IDENTITY_CRON), timing daily (SENDFLOWR_TIMING_CRON), the uplift hourly (SENDFLOWR_UPLIFT_CRON); each
+skips a tick while its previous run still runs."""
 
 
 from dagster import (
@@ -16,8 +17,8 @@ from dagster import (
 
 from sendflowr.settings import get_settings
 
-ingest_job = define_asset_job("ingest_events", selection=AssetSelection.assets("events"),
-                              description="Pull new Kafka offsets into ClickHouse.")
+ingest_job = define_asset_job("ingest_events", selection=AssetSelection.assets("events", "decision_log"),
+                              description="Pull new Kafka offsets (events, decision log) into ClickHouse.")
 all_assets_job = define_asset_job("sendflowr_all", selection=AssetSelection.all(),
                                   description="Materialize every SendFlowr asset (the demo's main job).")
 
@@ -51,3 +52,8 @@ timing_job = define_asset_job("timing", selection=AssetSelection.assets("timing_
                               description="Rebuild changed timing curves, then evaluate and recalibrate.")
 timing_schedule = _skipping_while_active("timing_schedule", timing_job, get_settings().timing_cron,
                                          "Rebuild timing curves")
+
+uplift_job = define_asset_job("uplift", selection=AssetSelection.assets("events", "decision_log", "timing_uplift"),
+                              description="Ingest new events and decisions, then measure the uplift against control.")
+uplift_schedule = _skipping_while_active("uplift_schedule", uplift_job, get_settings().uplift_cron,
+                                         "Measure the uplift of treatment over control")
