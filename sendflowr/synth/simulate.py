@@ -56,17 +56,25 @@ def _pick(rng: np.random.Generator, forms: np.ndarray, n_forms: np.ndarray, p_fi
     return forms[np.arange(n_forms.size), k]
 
 
-def simulate_campaign(world: World, c: int, state: SimState) -> Columns:
+def simulate_campaign(world: World, c: int, state: SimState, person: np.ndarray | None = None,
+                      sent: np.ndarray | None = None) -> Columns:
+    """Campaign c's events. By default its audience is drawn and sent from its send time on; `person` and `sent`
+    (epoch ms per recipient) let the sender choose who gets it and when (sendflowr campaign: each at the trigger
+    the decision API returned)."""
     cfg, P, camp = world.config, world.people, world.campaigns
     rng = rng_for(cfg.seed, STREAM_EVENTS, c)
     t0, esp, n_links = int(camp.send_ms[c]), int(camp.esp[c]), int(camp.n_links[c])
     N = len(P)
 
-    eligible = state.suppressed_at > t0
-    person = np.flatnonzero(eligible & (rng.random(N) < camp.audience[c])).astype(np.int32)
-    n = person.size
-    spread = min(20 * MINUTE, n * 25)  # ESP throughput: bigger sends take longer to go out
-    sent = t0 + (rng.random(n) * spread).astype(np.int64)
+    if person is None:
+        eligible = state.suppressed_at > t0
+        person = np.flatnonzero(eligible & (rng.random(N) < camp.audience[c])).astype(np.int32)
+        n = person.size
+        spread = min(20 * MINUTE, n * 25)  # ESP throughput: bigger sends take longer to go out
+        sent = t0 + (rng.random(n) * spread).astype(np.int64)
+    else:
+        person, sent = np.asarray(person, np.int32), np.asarray(sent, np.int64)
+        n = person.size
 
     # Bounces: permanent bouncers bounce hard once, then the ESP drops later sends.
     perm = P.hard_bouncer[person]

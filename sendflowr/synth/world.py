@@ -11,7 +11,7 @@ import pyarrow as pa
 
 from sendflowr.events import EVENT_TYPES
 from sendflowr.synth import fmt
-from sendflowr.synth.campaigns import ESPS, Campaigns, build_campaigns
+from sendflowr.synth.campaigns import ESPS, PATHS, Campaigns, build_campaigns
 from sendflowr.synth.clients import SCANNERS, Clients, build_clients
 from sendflowr.synth.config import WorldConfig
 from sendflowr.synth.curves import build_curves
@@ -60,6 +60,27 @@ class World:
 
     def __len__(self) -> int:
         return len(self.people)
+
+    def with_campaign(self, campaign_id: str, send_ms: int, esp: int, n_links: int) -> tuple[World, int]:
+        """This world plus one more campaign (its links appended to the URL table), and the new campaign's index.
+        Events of the new campaign serialize like the world's own (its dictionaries are registered)."""
+        from dataclasses import replace
+
+        camp = self.campaigns
+        k = len(camp)
+        start = len(camp.urls)
+        urls = [f"https://shop.example.com/{path}?utm_source=email&utm_campaign={campaign_id}"
+                for path in PATHS[:n_links]]
+        campaigns = Campaigns(
+            send_ms=np.append(camp.send_ms, np.int64(send_ms)), esp=np.append(camp.esp, np.int8(esp)),
+            audience=np.append(camp.audience, 1.0), link_start=np.append(camp.link_start, np.int32(start)),
+            n_links=np.append(camp.n_links, np.int8(n_links)), ids=[*camp.ids, campaign_id], urls=[*camp.urls, *urls])
+        tables = {name: self.dictionaries.objects[name].tolist() for name in self.dictionaries.objects}
+        tables.update(campaign_id=campaigns.ids, url=campaigns.urls)
+        dictionaries = Dictionaries(tables)
+        token = uuid.uuid4().hex
+        _REGISTRY[token] = dictionaries
+        return replace(self, campaigns=campaigns, dictionaries=dictionaries, token=token), k
 
     def partition_keys(self, persons: np.ndarray) -> np.ndarray:
         """(n, 18) codes of the Kafka key 'r_<16 hex>': opaque, stable per person for a seed."""
