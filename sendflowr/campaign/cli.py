@@ -22,18 +22,13 @@ from pathlib import Path
 import httpx
 
 from sendflowr.campaign import loop, truth
-from sendflowr.decisions.arms import DEMO_CONTROL_SHARE
+from sendflowr.decisions.arms import DEMO_CONTROL_SHARE, demo_control_share
 from sendflowr.errors import SendflowrError
 from sendflowr.kafka_io import ensure_topic
 from sendflowr.local.processes import free_port
 from sendflowr.settings import PROJECT_ROOT, Settings
 
 UPLIFT_JOB = "uplift"
-
-
-def demo_control_share(settings: Settings) -> float:
-    """The control share the demo uses: SENDFLOWR_API_CONTROL_SHARE when set, else DEMO_CONTROL_SHARE."""
-    return settings.api_control_share if "SENDFLOWR_API_CONTROL_SHARE" in os.environ else DEMO_CONTROL_SHARE
 
 
 @contextmanager
@@ -104,7 +99,7 @@ def campaign(settings: Settings, world_dir: Path, rounds: int, recipients: int |
     real_now = datetime.now(UTC)
     now = min(now or real_now, real_now)
     plan = loop.schedule(now, rounds, timedelta(days=window_days), settings.uplift_horizon_hours)
-    share = demo_control_share(settings) if control_share is None else control_share
+    share = demo_control_share(settings.api_control_share) if control_share is None else control_share
     for topic in (settings.kafka_topic, settings.decision_log_topic):
         ensure_topic(settings, topic)
     api_settings = settings.model_copy(update={"api_control_share": share})

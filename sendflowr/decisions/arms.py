@@ -16,6 +16,7 @@ the mixture is too.
 from __future__ import annotations
 
 import hashlib
+import os
 
 import numpy as np
 
@@ -25,6 +26,12 @@ _M1, _M2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
 _SALT_ARM, _SALT_P1, _SALT_P2 = (np.uint64(0x5F3759DF2A6E1C45), np.uint64(0x9E3779B97F4A7C15),
                                  np.uint64(0xD1B54A32D192ED03))
 _FRACTION = 2.0 ** -53
+
+
+def demo_control_share(configured: float) -> float:
+    """The share the demo runs with: SENDFLOWR_API_CONTROL_SHARE when the environment sets it, else DEMO_CONTROL_SHARE
+    (the library default, 0, leaves a user's sends alone until they choose a control group)."""
+    return configured if "SENDFLOWR_API_CONTROL_SHARE" in os.environ else DEMO_CONTROL_SHARE
 
 
 def campaign_key(campaign_id: str | None) -> int:

@@ -18,6 +18,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from sendflowr.decisions.arms import demo_control_share
 from sendflowr.errors import SendflowrError
 from sendflowr.kafka_io import ensure_topic
 from sendflowr.local import chdb_server, processes
@@ -131,11 +132,15 @@ def _api_readiness(base: str, timeout: float = 120.0) -> str:
 
 def up(settings: Settings, people: int, seed: int, materialize: bool = True) -> None:
     print(f"state directory: {settings.home}")
+    # the demo measures its own uplift: a control arm unless the environment chose a share (docs/EVALUATION.md)
+    settings = settings.model_copy(update={"api_control_share": demo_control_share(settings.api_control_share)})
     kafka = LocalKafka(settings)
     kafka.start()
     created = ensure_topic(settings)
     print(f"kafka: {settings.kafka_bootstrap_servers}, topic {settings.kafka_topic!r} "
           f"({'created' if created else 'exists'}, {settings.kafka_partitions} partitions)")
+    if settings.decision_log_topic:
+        ensure_topic(settings, settings.decision_log_topic)
     chdb_server.start_background(settings)
     applied = apply_migrations(settings)
     print(f"clickhouse: {settings.clickhouse_url} (chDB at {settings.chdb_data_dir}); "
