@@ -28,18 +28,23 @@ def uids(n: int, seed: int = 1) -> np.ndarray:
     return np.random.default_rng(seed).integers(1, 2**64 - 1, n, dtype=np.uint64)
 
 
+def assign(ids: np.ndarray, campaign: int, share: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    h = arms.arm_hashes(ids, campaign)
+    return (arms.in_control_many(h, share), *arms.draws_many(h))
+
+
 def test_assignment_follows_the_share_and_is_deterministic() -> None:
     ids = uids(200_000)
     spring = arms.campaign_key("spring")
-    control, u1, u2 = arms.assign(ids, spring, 0.1)
+    control, u1, u2 = assign(ids, spring, 0.1)
     assert abs(control.mean() - 0.1) < 0.004  # 6 standard deviations
-    again, v1, v2 = arms.assign(ids, spring, 0.1)
+    again, v1, v2 = assign(ids, spring, 0.1)
     assert (again == control).all() and (v1 == u1).all() and (v2 == u2).all()
     # raising the share only adds people to the control arm; 0 and 1 are none and all
-    assert (arms.assign(ids, spring, 0.2)[0] >= control).all()
-    assert not arms.assign(ids, spring, 0.0)[0].any() and arms.assign(ids, spring, 1.0)[0].all()
+    assert (assign(ids, spring, 0.2)[0] >= control).all()
+    assert not assign(ids, spring, 0.0)[0].any() and assign(ids, spring, 1.0)[0].all()
     # another campaign draws again, independently of this one
-    summer = arms.assign(ids, arms.campaign_key("summer"), 0.1)[0]
+    summer = assign(ids, arms.campaign_key("summer"), 0.1)[0]
     assert abs((control & summer).mean() - 0.01) < 0.0015
     assert arms.campaign_key(None) == arms.campaign_key("") != spring
     # the moment's two draws are uniform and independent of each other and of the arm
@@ -49,6 +54,22 @@ def test_assignment_follows_the_share_and_is_deterministic() -> None:
     assert abs(u1[control].mean() - 0.5) < 0.01
 
 
+def test_the_scalar_and_column_versions_agree() -> None:
+    """Single decisions use the Python-int functions, batches the numpy ones: the same arm and moment."""
+    rng = np.random.default_rng(9)
+    ids, key = uids(5_000, 8), arms.campaign_key("c")
+    h = arms.arm_hashes(ids, key)
+    after = rng.integers(1_700_000_000_000, 1_800_000_000_000, len(ids))
+    before = after + rng.integers(1, 8 * 86_400_000, len(ids))
+    start = np.minimum(after + rng.integers(0, 86_400_000, len(ids)), before - 1)
+    moments = arms.control_moments(after, before, start, *arms.draws_many(h))
+    control = arms.in_control_many(h, 0.3)
+    for i in range(len(ids)):
+        one = arms.arm_hash(int(ids[i]), key)
+        assert one == int(h[i]) and arms.in_control(one, 0.3) == control[i]
+        assert arms.control_moment(int(after[i]), int(before[i]), int(start[i]), *arms.draws(one)) == moments[i]
+
+
 def test_control_moments_are_whole_seconds_uniform_over_what_the_latency_leaves() -> None:
     rng = np.random.default_rng(3)
     n = 50_000
@@ -56,7 +77,7 @@ def test_control_moments_are_whole_seconds_uniform_over_what_the_latency_leaves(
     before = after + rng.integers(1, 8 * 86_400_000, n)
     start = np.where(rng.random(n) < 0.5, after, after + (rng.random(n) * (before - after)).astype(np.int64))
     start = np.minimum(start, before - 1)
-    _, u1, u2 = arms.assign(uids(n, 4), 0, 1.0)
+    _, u1, u2 = assign(uids(n, 4), 0, 1.0)
     moment = arms.control_moments(after, before, start, u1, u2)
     assert ((moment >= start) & (moment < before)).all()
     whole = moment % 1000 == 0
@@ -71,7 +92,7 @@ def test_control_moments_are_whole_seconds_uniform_over_what_the_latency_leaves(
 
 def test_a_retry_keeps_its_moment_while_it_is_still_reachable() -> None:
     after, before = np.array([1_800_000_000_000]), np.array([1_800_000_000_000 + 7 * 86_400_000])
-    _, u1, u2 = arms.assign(uids(2_000, 5), arms.campaign_key("c"), 1.0)
+    _, u1, u2 = assign(uids(2_000, 5), arms.campaign_key("c"), 1.0)
     first = arms.control_moments(np.repeat(after, 2000), np.repeat(before, 2000), np.repeat(after, 2000), u1, u2)
     later_start = after + 86_400_000  # a day into the window
     retry = arms.control_moments(np.repeat(after, 2000), np.repeat(before, 2000), np.repeat(later_start, 2000), u1, u2)

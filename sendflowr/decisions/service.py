@@ -179,21 +179,20 @@ def decision_clock(offset_seconds: float = 0.0) -> Callable[[], datetime]:
     return lambda: datetime.now(UTC) - shift
 
 
-def _control_arm(curves: np.ndarray, uid: np.ndarray, campaign, after_ms: np.ndarray, before_ms: np.ndarray,
-                 latency: np.ndarray, now: datetime, decided: np.ndarray, share: float
+def _control_arm(curves: np.ndarray, uid: np.ndarray, campaign: int, after_ms: np.ndarray, before_ms: np.ndarray,
+                 latency_ms: np.ndarray, now: datetime, decided: np.ndarray, share: float
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(in control, served delivery ms, served expected engagement) for rows that got a decision (`decided`);
-    control rows get their random moment and the curve's value there (arms.py)."""
-    control, u1, u2 = arms.assign(uid, campaign, share)
-    control &= decided
+    """Columns of (in control, served delivery ms, served expected engagement) for rows that got a decision
+    (`decided`); control rows get their random moment and the curve's value there (arms.py). `latency_ms` as the
+    decision rule rounded it: the earliest moment whose trigger is not before now is max(send_after, now + it)."""
+    h = arms.arm_hashes(uid, campaign)
+    control = arms.in_control_many(h, share) & decided
     n = len(control)
     delivery, expected = np.zeros(n, np.int64), np.zeros(n, np.float64)
     rows = np.flatnonzero(control)
     if len(rows):
-        # the decision rule's earliest moment whose trigger is not before now (sendflowr.timing.decide)
-        lat_ms = np.ceil(np.clip(latency[rows], 0.0, 1e12) * 1000.0).astype(np.int64)
-        start = np.maximum(after_ms[rows], _ms(now) + lat_ms)
-        moment = arms.control_moments(after_ms[rows], before_ms[rows], start, u1[rows], u2[rows])
+        start = np.maximum(after_ms[rows], _ms(now) + latency_ms[rows])
+        moment = arms.control_moments(after_ms[rows], before_ms[rows], start, *arms.draws_many(h[rows]))
         delivery[rows] = moment
         expected[rows] = curves[rows, hour_of_week_ms(moment)]
     return control, delivery, expected
@@ -265,12 +264,7 @@ def decide_requests(snapshot: DecisionSnapshot, cache: NormalizeCache, requests:
     delivery = batch.delivery_at.astype(np.int64).tolist()
     trigger = batch.trigger_at.astype(np.int64).tolist()
     values, confidences = batch.expected_engagement.tolist(), batch.confidence.tolist()
-    control = [False] * len(rows)
-    if control_share > 0:
-        keys = np.array([arms.campaign_key(r.campaign_id) for r in picked], np.uint64)
-        mask, served, served_value = _control_arm(curves, np.array(uids, np.uint64), keys, after, before, latency, now,
-                                                  batch.error_field == None, control_share)  # noqa: E711
-        control, served, served_value = mask.tolist(), served.tolist(), served_value.tolist()
+    now_ms = _ms(now)
     uncalibrated = "" if snapshot.timing.calibration.fitted else " (uncalibrated)"
     for j, i in enumerate(rows):
         if batch.error_field[j] is not None:
@@ -280,14 +274,18 @@ def decide_requests(snapshot: DecisionSnapshot, cache: NormalizeCache, requests:
         value, conf = values[j], confidences[j]
         source = _SOURCE.get(levels[j], levels[j])
         lead = "" if known else "unknown person (no events stitched yet); "
-        if control[j]:
-            moment, shift, arm = served[j], delivery[j] - trigger[j], arms.CONTROL
-            served_at = served_value[j]
+        shift = delivery[j] - trigger[j]  # the latency in whole ms, as the decision rule rounded it
+        # the arm on Python ints: a flush holds a few requests, where array set-up would cost more than the hash
+        h = arms.arm_hash(uids[j], arms.campaign_key(picked[j].campaign_id)) if control_share > 0 else 0
+        if control_share > 0 and arms.in_control(h, control_share):
+            after_ms, before_ms = int(after[j]), int(before[j])
+            moment = arms.control_moment(after_ms, before_ms, max(after_ms, now_ms + shift), *arms.draws(h))
+            arm, served_at = arms.CONTROL, float(curves[j][(moment // HOUR_MS + EPOCH_HOW) % HOURS])
             explanation = (lead + f"control arm: a uniformly random moment in the window "
                            f"({slot_name((moment // HOUR_MS + EPOCH_HOW) % HOURS)}), held out to measure the uplift "
                            f"(docs/EVALUATION.md); expected engagement there {served_at:.3f} by {source}")
         else:
-            moment, shift, arm, served_at = delivery[j], delivery[j] - trigger[j], arms.TREATMENT, value
+            moment, arm, served_at = delivery[j], arms.TREATMENT, value
             explanation = (lead + f"{slot_name((moment // HOUR_MS + EPOCH_HOW) % HOURS)} is the best delivery hour "
                            f"in the window by {source} (evidence {evidence[j]:.1f} engagements, expected engagement "
                            f"{value:.3f}); confidence {conf:.2f}{uncalibrated}")
@@ -349,10 +347,9 @@ def decide_batch(snapshot: DecisionSnapshot, cache: NormalizeCache, identifiers:
     control = np.zeros(n, bool)
     if control_share > 0 and n:
         after, before = _ms_column(send_after, n), _ms_column(send_before, n)
-        latency = np.broadcast_to(np.asarray(latency_seconds, np.float64), (n,))
-        control, served, served_value = _control_arm(chosen.curves, res.uid, arms.campaign_key(campaign_id), after,
-                                                     before, latency, now, ~bad, control_share)
         shift = np.where(bad, 0, (batch.delivery_at - batch.trigger_at).astype(np.int64))  # the latency in ms
+        control, served, served_value = _control_arm(chosen.curves, res.uid, arms.campaign_key(campaign_id), after,
+                                                     before, shift, now, ~bad, control_share)
         delivery = np.where(control, served.astype("datetime64[ms]"), delivery)
         trigger = np.where(control, (served - shift).astype("datetime64[ms]"), trigger)
         value = np.where(control, served_value, value)
