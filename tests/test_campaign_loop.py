@@ -36,7 +36,9 @@ def _resource(settings: Settings) -> SendflowrResource:
         decision_log_topic=settings.decision_log_topic)
 
 
-def test_the_measured_uplift_holds_the_truth_and_is_significant(settings: Settings, tmp_path: Path) -> None:
+@pytest.mark.parametrize("with_message_ids", [True, False], ids=["by-message-id", "by-nearest-delivery"])
+def test_the_measured_uplift_holds_the_truth_and_is_significant(settings: Settings, tmp_path: Path,
+                                                                 with_message_ids: bool) -> None:
     loop = settings.model_copy(update={"home": tmp_path, "decision_log_topic": f"decisions-{uuid.uuid4().hex[:8]}"})
     ensure_topic(loop, loop.decision_log_topic)
     world = tmp_path / "world"
@@ -48,7 +50,8 @@ def test_the_measured_uplift_holds_the_truth_and_is_significant(settings: Settin
     assert materialize([events, identity_graph, timing_curves], resources=resources).success
 
     lines: list[str] = []
-    rounds, counts = campaign(loop, world, rounds=3, control_share=0.5, now=ANCHOR, log=lines.append)
+    rounds, counts = campaign(loop, world, rounds=3, control_share=0.5, with_message_ids=with_message_ids,
+                              now=ANCHOR, log=lines.append)
     decided = sum(r.decided for r in rounds)
     assert len(rounds) == 3 and decided > 0.95 * 3 * 2900 and all(r.events > r.decided for r in rounds)
     starts = [r.window[0] for r in rounds]
@@ -75,7 +78,8 @@ def test_the_measured_uplift_holds_the_truth_and_is_significant(settings: Settin
     low, high = overall["relative_uplift"]["ci95"]
     print(f"measured relative uplift {overall['relative_uplift']['point']:+.3f} [{low:+.3f}, {high:+.3f}], "
           f"truth {expected['relative_uplift']:+.3f}; absolute {overall['uplift']['point']:+.4f} "
-          f"{overall['uplift']['ci95']}, truth (opens) {expected['uplift']:+.4f}")
+          f"{overall['uplift']['ci95']}, truth (opens) {expected['uplift']:+.4f}; "
+          f"compliance {report['compliance']:.4f}")
     assert overall["uplift"]["ci95"][0] > 0  # significant at this size
     assert low <= expected["relative_uplift"] <= high  # the interval holds the truth
     assert metadata["ground_truth"].value["relative_uplift"] == pytest.approx(expected["relative_uplift"])

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 import numpy as np
 import pyarrow as pa
@@ -164,7 +164,3 @@ def summarize(table: pa.Table, config: UpliftConfig, observed_before: datetime) 
                   and min(comparison.treatment_engaged, comparison.control_engaged) >= config.min_engaged)
         report.groups.append(Group(kind, name, comparison, enough, float(predicted)))
     return report
-
-
-def default_since(days: int) -> datetime | None:
-    return datetime.now(UTC) - timedelta(days=days) if days else None
