@@ -11,41 +11,21 @@ the best of --repeat timings of a loop, per decision, against the decision itsel
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import numpy as np
 
 from sendflowr.decisions import records
-from sendflowr.decisions.identity_map import IdentityMap, NormalizeCache, raw_hash
+from sendflowr.decisions.identity_map import NormalizeCache
 from sendflowr.decisions.log import DecisionLog
 from sendflowr.decisions.service import DecisionRequest, decide_batch, decide_requests
-from sendflowr.decisions.snapshot import DecisionSnapshot
-from sendflowr.identity import graph
 from sendflowr.settings import Settings
-from sendflowr.timing.decide import HOURS, Calibration
-from sendflowr.timing.store import TimingSnapshot
 
-
-def snapshot(people: int, seed: int = 1) -> DecisionSnapshot:
-    """People known by one klaviyo_id each (K0, K1, ...), each with a curve."""
-    rng = np.random.default_rng(seed)
-    keys = np.sort(rng.integers(1, 2**63, people).astype(np.uint64))
-    uids = graph.mix(keys)
-    hashes = np.array([raw_hash("klaviyo_id", f"K{i}") for i in range(people)], np.uint64)
-    order = np.argsort(hashes)
-    identity = IdentityMap(node_key=keys, node_uid=uids, raw_hash=hashes[order], raw_node=keys[order],
-                           live_uid=np.unique(uids), merged_old=np.zeros(0, np.uint64),
-                           merged_final=np.zeros(0, np.uint64))
-    ids = np.sort(graph.format_uid(uids))
-    timing = TimingSnapshot(
-        version=1, materialized_at=datetime.now(UTC), universal_id=ids.astype(object),
-        curves=rng.gamma(2.0, 0.05, (people, HOURS)).astype(np.float32),
-        evidence=rng.gamma(2, 5, people).astype(np.float32), engagements=np.ones(people, np.uint32),
-        fallback_level=np.array(["person"] * people, object), cohort=np.array([""] * people, object),
-        best_hour=np.zeros(people, np.uint8), priors={}, prior_evidence={},
-        global_curve=rng.random(HOURS).astype(np.float32), global_evidence=900.0, calibration=Calibration.default())
-    return DecisionSnapshot(identity=identity, timing=timing)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from test_api_service import synthetic_snapshot  # noqa: E402 - the in-memory snapshot the service tests decide on
 
 
 def best_per_item(fns: list, items: int, repeat: int, loops: int) -> list[float]:
@@ -66,7 +46,7 @@ def main() -> int:
     parser.add_argument("--people", type=int, default=20_000)
     parser.add_argument("--repeat", type=int, default=15)
     args = parser.parse_args()
-    snap = snapshot(args.people)
+    snap = synthetic_snapshot(args.people, seed=1, without_curve=0, version=1)
     cache = NormalizeCache()
     now = datetime.now(UTC)
     after, before = now + timedelta(days=1), now + timedelta(days=8)

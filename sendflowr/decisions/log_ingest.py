@@ -54,12 +54,10 @@ class DecisionLogSink(Sink):
     def staged(self, database: str) -> str:
         return f"({_parsed(database)})"
 
-    def load(self, client: Client, database: str, params: dict, token: str, hooks: Hooks) -> int:
+    def insert(self, client: Client, database: str, params: dict, token: str, hooks: Hooks) -> int:
         written = client.command(_insert(database), parameters=params,
                                  settings={**DETERMINISTIC_INSERT, "insert_deduplication_token": f"{token}:decisions"})
         hooks.after_insert("decision_log")
-        self.insert_rejected(client, database, params, token)
-        hooks.after_insert("rejected_events")
         return written.written_rows
 
 

@@ -50,7 +50,14 @@ class Sink:
         raise NotImplementedError
 
     def load(self, client: Client, database: str, params: dict, token: str, hooks: Hooks) -> int:
-        """Insert the attempt's valid messages; returns the rows written to the sink's table."""
+        """Insert the attempt's rows, then its rejects; returns the rows written to the sink's table."""
+        inserted = self.insert(client, database, params, token, hooks)
+        self.insert_rejected(client, database, params, token)
+        hooks.after_insert("rejected_events")
+        return inserted
+
+    def insert(self, client: Client, database: str, params: dict, token: str, hooks: Hooks) -> int:
+        """Insert the attempt's valid messages (tokens derived from `token`); returns the rows written."""
         raise NotImplementedError
 
     def duplicates(self, valid: int, inserted: int) -> int:
@@ -89,7 +96,7 @@ class EventsSink(Sink):
     def staged(self, database: str) -> str:
         return f"{database}.ingest_staging"
 
-    def load(self, client: Client, database: str, params: dict, token: str, hooks: Hooks) -> int:
+    def insert(self, client: Client, database: str, params: dict, token: str, hooks: Hooks) -> int:
         # Ids already ingested from other ranges, found once: both inserts below exclude them with a cheap probe.
         client.command(load_sql("ingest/known_ids.sql", database), parameters=params)
         new_events = load_sql("ingest/new_events.sql", database)
@@ -103,8 +110,6 @@ class EventsSink(Sink):
             f"INSERT INTO {database}.events ({EVENT_COLUMNS}) SELECT {EVENT_COLUMNS} FROM ({new_events})",
             parameters=params, settings={**DETERMINISTIC_INSERT, "insert_deduplication_token": f"{token}:events"})
         hooks.after_insert("events")
-        self.insert_rejected(client, database, params, token)
-        hooks.after_insert("rejected_events")
         return ids.written_rows
 
     def duplicates(self, valid: int, inserted: int) -> int:
