@@ -23,6 +23,7 @@ from sendflowr.settings import get_settings
 from sendflowr.timing.signals import SignalRules
 from sendflowr.uplift import present
 from sendflowr.uplift.measure import UpliftConfig, UpliftReport, measure_uplift
+from sendflowr.uplift.stats import RESAMPLES
 from sendflowr_assets.assets.ingestion import REJECTED_SHARE_CHECK, IngestConfig, ingest_topic
 from sendflowr_assets.resources import SendflowrResource
 
@@ -117,7 +118,8 @@ def uplift_metadata(report: UpliftReport, truth: dict | None) -> dict[str, Metad
         "compliance": MetadataValue.float(report.compliance()),
         "compliance_by_arm": MetadataValue.md(present.compliance_markdown(report)),
         "uplift_table": MetadataValue.md(present.table_markdown(report)),
-        "interval_method": MetadataValue.text("Poisson bootstrap over people (1,000 resamples), 95% percentile"),
+        "interval_method": MetadataValue.text(f"Poisson bootstrap over people ({RESAMPLES:,} resamples), 95% "
+                                              "percentile interval"),
         "report": MetadataValue.json(report.to_dict()),
     }
     if group is not None:
