@@ -123,11 +123,19 @@ def _apply_events_ttl(client: Client, settings: Settings) -> None:
 
 def add_cli(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("migrate", help="apply the ClickHouse migrations in sql/migrations")
+    parser.add_argument("--with-topic", action="store_true",
+                        help="also create the Kafka events topic if it is missing (the compose `migrate` service)")
     parser.set_defaults(handler=_cli_migrate)
 
 
-def _cli_migrate(_args, settings: Settings) -> int:
+def _cli_migrate(args, settings: Settings) -> int:
     done = apply_migrations(settings)
     print(f"applied {len(done)} migration(s)" + (f": {', '.join(done)}" if done else " (schema up to date)")
           + f" on {settings.clickhouse_url}/{settings.clickhouse_database}")
+    if args.with_topic:
+        from sendflowr.kafka_io import ensure_topic
+
+        created = ensure_topic(settings)
+        print(f"topic {settings.kafka_topic} " + ("created" if created else "already exists")
+              + f" on {settings.kafka_bootstrap_servers}")
     return 0
