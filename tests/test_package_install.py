@@ -46,8 +46,8 @@ def test_wheel_in_a_fresh_virtualenv_migrates_clickhouse(clickhouse, tmp_path):
 
     fresh = tmp_path / "fresh"
     _run([sys.executable, "-m", "venv", str(fresh)], tmp_path)
-    purelib = Path(_run([str(fresh / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                        tmp_path).stdout.strip())
+    ask = "import sysconfig; print(sysconfig.get_paths()['purelib'])"
+    purelib = Path(_run([str(fresh / "bin" / "python"), "-c", ask], tmp_path).stdout.strip())
     (purelib / "borrowed_dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     _run([str(fresh / "bin" / "python"), "-m", "pip", "install", "--no-deps", "--quiet", str(wheel)], tmp_path)
 
