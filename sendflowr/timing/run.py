@@ -27,17 +27,20 @@ from scipy import sparse
 
 from sendflowr.ingest import plan
 from sendflowr.sql_files import load_sql
-from sendflowr.timing.decide import HOURS, Calibration
+from sendflowr.timing.confidence import fit_posterior_calibration
+from sendflowr.timing.decide import EPOCH_HOW, HOURS
 from sendflowr.timing.estimate import (
     ActivityClusters,
     EstimatorParams,
     Priors,
     learn_clusters,
     learn_priors,
+    levels,
     mixture_prior,
-    person_curves,
+    posterior_terms,
 )
-from sendflowr.timing.signals import FAR_FUTURE, SignalRules
+from sendflowr.timing.hazard import Decay, event_hour, learn_decay
+from sendflowr.timing.signals import SignalRules
 from sendflowr.timing.store import EMAIL_COHORT, PHONE_COHORT, calling_codes
 
 CHUNK = 50_000  # people per [chunk, 168] block (a writer thread sends one while the next is estimated)
@@ -46,15 +49,17 @@ PRIOR_DRIFT = 0.05  # relative change of the global prior that rewrites every cu
 
 @dataclass
 class PersonStats:
-    """Sparse (person, hour) statistics: people sorted by universal_id, rows grouped by person."""
+    """Sparse (person, message cell) statistics: people sorted by universal_id, rows grouped by person. A cell is
+    (delivery hour of week, wait) as sendflowr.timing.hazard defines it."""
 
     universal_id: np.ndarray  # object [n]
     offsets: np.ndarray  # int64 [n + 1] into the flat columns
-    how: np.ndarray  # intp [m]
-    deliveries: np.ndarray  # float64 [m]
-    weight: np.ndarray  # float64 [m]
-    engaged: np.ndarray  # float64 [m]
+    cell: np.ndarray  # int64 [m]
+    messages: np.ndarray  # float64 [m] messages in the cell
+    events: np.ndarray  # float64 [m] of which engaged (at the cell's wait)
+    horizon: int
     totals: dict[str, int] = field(default_factory=dict)  # opens, machine opens, clicks, scanner clicks, ...
+    recent_hour: np.ndarray | None = None  # per person: the evaluation's genuine-open-hour rule (-1: none)
 
     def __len__(self) -> int:
         return int(self.universal_id.shape[0])
@@ -63,23 +68,26 @@ class PersonStats:
     def person(self) -> np.ndarray:
         return np.repeat(np.arange(len(self)), np.diff(self.offsets))
 
-    def sparse(self, lo: int, hi: int, values: np.ndarray) -> sparse.csr_matrix:
-        """[hi - lo, 168] float32 rows of people lo..hi (a person has a handful of hours, not 168)."""
+    def _rows(self, lo: int, hi: int, columns: np.ndarray, values: np.ndarray, width: int) -> sparse.csr_matrix:
         a, b = int(self.offsets[lo]), int(self.offsets[hi])
-        return sparse.csr_matrix((values[a:b].astype(np.float32), self.how[a:b], self.offsets[lo:hi + 1] - a),
-                                 shape=(hi - lo, HOURS))
+        return sparse.csr_matrix((values[a:b].astype(np.float32), columns[a:b], self.offsets[lo:hi + 1] - a),
+                                 shape=(hi - lo, width))
+
+    def cells(self, lo: int, hi: int) -> sparse.csr_matrix:
+        """[hi - lo, 168 * H] message counts by cell of people lo..hi."""
+        return self._rows(lo, hi, self.cell, self.messages, HOURS * self.horizon)
+
+    def engagements(self, lo: int, hi: int) -> sparse.csr_matrix:
+        """[hi - lo, 168] engagements by hour of week of people lo..hi (duplicates summed)."""
+        m = self._rows(lo, hi, event_hour(self.cell, self.horizon), self.events, HOURS)
+        m.sum_duplicates()
+        return m
 
     def row_sums(self, lo: int, hi: int, values: np.ndarray) -> np.ndarray:
         """Per-person sums of a flat column for people lo..hi (0 for a person without rows)."""
         sums = np.add.reduceat(np.append(values, 0.0), self.offsets[lo:hi + 1])[: hi - lo] if hi > lo else np.zeros(0)
         # reduceat gives a person without rows the next row's value
         return np.where(np.diff(self.offsets[lo:hi + 1]) > 0, sums, 0.0)
-
-    def dense(self, lo: int, hi: int, values: np.ndarray) -> np.ndarray:
-        a, b = int(self.offsets[lo]), int(self.offsets[hi])
-        out = np.zeros((hi - lo, HOURS), dtype=np.float32)
-        out[np.repeat(np.arange(hi - lo), np.diff(self.offsets[lo:hi + 1])), self.how[a:b]] = values[a:b]
-        return out
 
 
 @dataclass
@@ -163,36 +171,58 @@ def owner_persons(client: Client, owners: str) -> np.ndarray:
 
 
 def person_stats(client: Client, database: str, rules: SignalRules, owners: str,
-                 persons: Callable[[], np.ndarray],
-                 delivered_before: datetime = FAR_FUTURE,
-                 ends: dict[tuple[str, int], int] | None = None) -> tuple[PersonStats, np.ndarray]:
-    """Per-person sparse statistics aggregated in ClickHouse from the committed events, rows sorted by person
-    (universal_id order) and hour; also each person's index in the owner map. persons() gives the owner map's
-    universal_ids (read beside this query)."""
+                 persons: Callable[[], np.ndarray], params: EstimatorParams,
+                 observed_before: datetime | None = None,
+                 ends: dict[tuple[str, int], int] | None = None, recent: int = 0) -> tuple[PersonStats, np.ndarray]:
+    """Per-person sparse cell statistics from the committed events (messages.sql), rows sorted by person
+    (universal_id order) and cell; also each person's index in the owner map. persons() gives the owner map's
+    universal_ids (read beside this query). observed_before: what is known is what happened before it (now)."""
     ends = plan.committed_ends(client, database) if ends is None else ends
-    table = client.query_arrow(load_sql("timing/person_stats.sql", database), parameters={
-        **rules.parameters(delivered_before), **_range_parameters(ends), "owners": owners})
+    observed = observed_before or datetime.now(UTC)
+    horizon = params.horizon_hours
+    table = client.query_arrow(load_sql("timing/messages.sql", database), parameters={
+        **rules.parameters(), **_range_parameters(ends), "owners": owners, "horizon_hours": horizon,
+        "observed_before_ms": int(observed.timestamp() * 1000)})
     n = table.num_rows
-    col = {name: table.column(name).to_numpy() for name in ("p", "how", "engaged", "weight")}
-    # per (person, hour): a sort by the combined key, then sums over runs of equal keys
-    key = col["p"].astype(np.int64) * HOURS + col["how"]
+    col = {name: table.column(name).to_numpy() for name in ("p", "delivered_hour", "wait", "engaged")}
+    how = (col["delivered_hour"].astype(np.int64) + EPOCH_HOW) % HOURS
+    # per (person, cell): a sort by the combined key, then sums over runs of equal keys
+    cells = HOURS * horizon
+    key = col["p"].astype(np.int64) * cells + how * horizon + col["wait"]
     order = np.argsort(key)
     key = key[order]
     first = np.flatnonzero(np.concatenate([[True], key[1:] != key[:-1]])) if n else np.zeros(0, np.int64)
-    deliveries = np.diff(np.append(first, n)).astype(np.float64)
-    engaged = np.add.reduceat(col["engaged"][order].astype(np.float64), first) if n else np.zeros(0)
-    weight = np.add.reduceat(col["weight"][order], first) if n else np.zeros(0)
-    p, how = key[first] // HOURS, key[first] % HOURS
+    messages = np.diff(np.append(first, n)).astype(np.float64)
+    events = np.add.reduceat(col["engaged"][order].astype(np.float64), first) if n else np.zeros(0)
+    p, cell = key[first] // cells, key[first] % cells
     starts = np.flatnonzero(np.concatenate([[True], p[1:] != p[:-1]])) if p.size else np.zeros(0, np.int64)
     totals = {name: int(pc.sum(table.column(name)).as_py() or 0)
-              for name in ("opens", "machine_opens", "clicks", "scanner_clicks")}
+              for name in ("opens", "machine_opens", "clicks", "scanner_clicks", "clicked")}
     totals.update(genuine_opens=totals["opens"] - totals["machine_opens"],
                   genuine_clicks=totals["clicks"] - totals["scanner_clicks"],
-                  deliveries=n, engaged=int(engaged.sum()))
+                  deliveries=n, engaged=int(events.sum()))
     stats = PersonStats(universal_id=persons()[p[starts] - 1], offsets=np.append(starts, p.size).astype(np.int64),
-                        how=how.astype(np.intp), deliveries=deliveries, weight=weight.astype(np.float64),
-                        engaged=engaged, totals=totals)
+                        cell=cell.astype(np.int64), messages=messages, events=events, horizon=horizon, totals=totals)
+    if recent:
+        stats.recent_hour = genuine_open_hour(col["p"], col["delivered_hour"] + col["wait"], col["engaged"] > 0,
+                                              p[starts], recent)
     return stats, p[starts]
+
+
+def genuine_open_hour(p: np.ndarray, hour: np.ndarray, engaged: np.ndarray, people: np.ndarray,
+                      recent: int) -> np.ndarray:
+    """The Braze-style rule the evaluation compares with: per person (owner indexes `people`), the most frequent
+    UTC hour of day among their last `recent` genuinely engaged messages (each at its first genuine open or
+    click), -1 without any. Ties go to the earliest hour."""
+    p, hour = p[engaged].astype(np.int64), hour[engaged].astype(np.int64)
+    order = np.lexsort((-hour, p))  # by person, newest first
+    p, hour = p[order], hour[order]
+    start = np.flatnonzero(np.concatenate([[True], p[1:] != p[:-1]])) if p.size else np.zeros(0, np.int64)
+    rank = np.arange(p.size) - np.repeat(start, np.diff(np.append(start, p.size)))
+    keep = rank < recent
+    slot = np.searchsorted(people, p[keep])
+    counts = np.bincount(slot * 24 + hour[keep] % 24, minlength=people.size * 24).reshape(people.size, 24)
+    return np.where(counts.sum(axis=1) > 0, counts.argmax(axis=1), -1)
 
 
 def cohort_members(client: Client, database: str, owners: str) -> pa.Table:
@@ -239,72 +269,90 @@ def person_cohorts(client: Client, database: str, universal_id: np.ndarray) -> t
 @dataclass
 class Fit:
     stats: PersonStats
+    decay: Decay
     priors: Priors
     cohort_index: np.ndarray  # per person, into priors.cohorts
     params: EstimatorParams
     clusters: ActivityClusters | None = None  # the ML prior, when enabled and learnable
 
-    def curves(self, lo: int = 0, hi: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(curves [k, 168], evidence, engagements) for people lo..hi."""
+    def subset(self, rows: np.ndarray) -> Fit:
+        """The same model over some people (rows of stats, ascending)."""
+        st = self.stats
+        lengths = np.diff(st.offsets)[rows]
+        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+        take = np.repeat(st.offsets[rows] - offsets[:-1], lengths) + np.arange(offsets[-1])
+        sub = PersonStats(universal_id=st.universal_id[rows], offsets=offsets, cell=st.cell[take],
+                          messages=st.messages[take], events=st.events[take], horizon=st.horizon)
+        return Fit(sub, self.decay, self.priors, self.cohort_index[rows], self.params, self.clusters)
+
+    def rates(self, lo: int = 0, hi: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(posterior mean rates [k, 168], engagements) for people lo..hi."""
+        shape, rate, engaged = self.posterior(lo, hi)
+        shape /= rate
+        return shape, engaged
+
+    def posterior(self, lo: int = 0, hi: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(Gamma shape [k, 168], Gamma rate [k, 168], engagements) of the rates of people lo..hi."""
         hi = len(self.stats) if hi is None else hi
         st = self.stats
-        prior = np.take(self.priors.curves, self.cohort_index[lo:hi], axis=0)
+        prior = np.take(self.priors.rates, self.cohort_index[lo:hi], axis=0)
+        x = np.asarray(st.cells(lo, hi) @ self.decay.exposure)  # [k, 168] exposure by hour of week
+        n = st.engagements(lo, hi)
         if self.clusters is not None:
-            e, s = st.dense(lo, hi, st.deliveries), st.dense(lo, hi, st.weight)
-            prior = mixture_prior(e, s, prior, self.cohort_index[lo:hi], self.clusters, self.params)
-        else:  # the same math on sparse rows: smoothing costs per (person, hour) row, not per 168x168 product
-            e, s = st.sparse(lo, hi, st.deliveries), st.sparse(lo, hi, st.weight)
-        evidence = np.asarray(s.sum(axis=1), dtype=np.float32).ravel()
-        return person_curves(e, s, prior, self.params), evidence, st.row_sums(lo, hi, st.engaged)
+            prior = mixture_prior(x, n.toarray(), prior, self.cohort_index[lo:hi], self.clusters, self.params)
+        shape, rate = posterior_terms(x, n, prior, self.params)
+        return shape, rate, np.asarray(n.sum(axis=1), dtype=np.float64).ravel()
+
+    def curves(self, lo: int = 0, hi: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(curves [k, 168], evidence, engagements) for people lo..hi: evidence = engagements seen."""
+        rates, engaged = self.rates(lo, hi)
+        return self.decay.curves(rates), engaged.astype(np.float32), engaged
 
 
 def fit(client: Client, database: str, rules: SignalRules, params: EstimatorParams,
-        delivered_before: datetime = FAR_FUTURE, ends: dict[tuple[str, int], int] | None = None) -> Fit:
+        observed_before: datetime | None = None, ends: dict[tuple[str, int], int] | None = None,
+        recent: int = 0) -> Fit:
     with owner_map(client, database) as owners, ThreadPoolExecutor(1, thread_name_prefix="timing-side") as side:
         # The owner map's universal_ids and cohorts are read on a side thread while the events pass runs
         # (ClickHouse has a core to spare in its single-threaded stretches, and during the numpy sums).
         persons = side.submit(owner_persons, client, owners)
         members = side.submit(cohort_members, client, database, owners)
-        stats, index = person_stats(client, database, rules, owners, persons.result, delivered_before, ends)
+        stats, index = person_stats(client, database, rules, owners, persons.result, params, observed_before, ends,
+                                    recent)
         cohort_code, names = cohorts_by_index(members.result(), index)
-    priors, pc = learn_priors(cohort_code, names, stats.person, stats.how, stats.deliveries, stats.weight, params)
-    f = Fit(stats=stats, priors=priors, cohort_index=pc, params=params)
+    return fit_stats(stats, cohort_code, names, params)
+
+
+def fit_stats(stats: PersonStats, cohort_code: np.ndarray, names: list[str], params: EstimatorParams) -> Fit:
+    """The model from per-person statistics: decay, priors, (optionally) the ML prior."""
+    decay, _ = learn_decay(stats.cell, stats.messages, stats.events, stats.horizon)
+    priors, pc = learn_priors(cohort_code, names, stats.person, stats.cell, stats.messages, stats.events, decay,
+                              params)
+    f = Fit(stats=stats, decay=decay, priors=priors, cohort_index=pc, params=params)
     if params.clusters > 0:
         f.clusters = learn_ml_prior(f)
     return f
 
 
 def learn_ml_prior(f: Fit) -> ActivityClusters | None:
-    """Learn the ML prior's shapes from the cohort-prior curves of data-rich people."""
-    engaged = f.stats.row_sums(0, len(f.stats), f.stats.engaged)
+    """Learn the ML prior's shapes from the cohort-prior rates of data-rich people."""
+    engaged = f.stats.row_sums(0, len(f.stats), f.stats.events)
     rich = np.flatnonzero((np.diff(f.stats.offsets) > 0) & (engaged >= f.params.cluster_min_engagements))
     if rich.size == 0:
         return None
-    st = f.stats
-    keep = np.zeros(len(st), dtype=bool)
-    keep[rich] = True
-    rows = keep[st.person]  # the flat (person, hour) rows of the rich people, still grouped by person
-    sub = PersonStats(universal_id=st.universal_id[rich],
-                      offsets=np.concatenate([[0], np.cumsum(np.diff(st.offsets)[rich])]).astype(np.int64),
-                      how=st.how[rows], deliveries=st.deliveries[rows], weight=st.weight[rows],
-                      engaged=st.engaged[rows])
-    curves = person_curves(sub.dense(0, len(sub), sub.deliveries), sub.dense(0, len(sub), sub.weight),
-                           f.priors.curves[f.cohort_index[rich]], f.params)
-    return learn_clusters(curves, f.cohort_index[rich], len(f.priors.cohorts), f.params)
-
-
-def levels(engagements: np.ndarray, cohort_index: np.ndarray, params: EstimatorParams) -> np.ndarray:
-    return np.where(engagements >= params.min_person_engagements, "person",
-                    np.where(cohort_index > 0, "cohort", "global")).astype(object)
+    plain = Fit(f.stats, f.decay, f.priors, f.cohort_index, f.params)
+    rates = np.concatenate([plain.rates(lo, min(lo + CHUNK, len(f.stats)))[0][
+        np.isin(np.arange(lo, min(lo + CHUNK, len(f.stats))), rich)] for lo in range(0, len(f.stats), CHUNK)])
+    return learn_clusters(rates, f.cohort_index[rich], len(f.priors.cohorts), f.params)
 
 
 def _stats_hash(f: Fit) -> np.ndarray:
     """A per-person fingerprint of the statistics and cohort (wrapping uint64 arithmetic, vectorized)."""
     st = f.stats
     with np.errstate(over="ignore"):
-        mix = ((st.how.astype(np.uint64) + np.uint64(1)) * np.uint64(0x9E3779B97F4A7C15)
-               ^ (st.deliveries.astype(np.uint64) * np.uint64(0xC2B2AE3D27D4EB4F))
-               ^ (np.round(st.weight * 1000).astype(np.uint64) * np.uint64(0x165667B19E3779F9)))
+        mix = ((st.cell.astype(np.uint64) + np.uint64(1)) * np.uint64(0x9E3779B97F4A7C15)
+               ^ (st.messages.astype(np.uint64) * np.uint64(0xC2B2AE3D27D4EB4F))
+               ^ (st.events.astype(np.uint64) * np.uint64(0x165667B19E3779F9)))
         mix = mix * np.uint64(0xFF51AFD7ED558CCD)
         total = np.add.reduceat(np.append(mix, np.uint64(0)), st.offsets[:-1]) if len(st) else np.zeros(0, np.uint64)
         total = np.where(np.diff(st.offsets) > 0, total, np.uint64(0))
@@ -344,12 +392,12 @@ def next_version(client: Client, database: str) -> int:
     return int(row[0]) + 1
 
 
-def _previous(client: Client, database: str) -> tuple[pa.Table | None, np.ndarray | None, str | None]:
-    """Committed per-person stats hashes, the committed global prior and the last calibration."""
-    head = client.query(f"SELECT version, calibration FROM {database}.timing_runs ORDER BY version DESC LIMIT 1")
+def _previous(client: Client, database: str) -> tuple[pa.Table | None, np.ndarray | None]:
+    """Committed per-person stats hashes and the committed global prior."""
+    head = client.query(f"SELECT version FROM {database}.timing_runs ORDER BY version DESC LIMIT 1")
     if not head.result_rows:
-        return None, None, None
-    version, calibration = head.result_rows[0]
+        return None, None
+    version = head.result_rows[0][0]
     rows = client.query_arrow(
         f"SELECT universal_id, argMax(stats_hash, version) AS h FROM {database}.timing_curves "
         "WHERE version <= {v:UInt64} GROUP BY universal_id ORDER BY universal_id", parameters={"v": int(version)},
@@ -357,7 +405,7 @@ def _previous(client: Client, database: str) -> tuple[pa.Table | None, np.ndarra
     g = client.query(f"SELECT argMax(curve, version) FROM {database}.timing_priors "
                      "WHERE level = 'global' AND version <= {v:UInt64}", parameters={"v": int(version)}).result_rows
     prior = np.asarray(g[0][0], dtype=np.float32) if g and g[0][0] else None
-    return rows, prior, calibration
+    return rows, prior
 
 
 def materialize(client: Client, database: str, rules: SignalRules | None = None,
@@ -384,7 +432,7 @@ def materialize(client: Client, database: str, rules: SignalRules | None = None,
     report.people, report.totals = len(f.stats), f.stats.totals
     report.cohorts = len(f.priors.cohorts) - 1
     version = report.version = next_version(client, database)
-    hashes, old_prior, calibration = _previous(client, database)
+    hashes, old_prior = _previous(client, database)
     drift = (np.inf if old_prior is None or old_prior.shape != (HOURS,)
              else float(np.max(np.abs(f.priors.global_curve - old_prior) / np.maximum(old_prior, 1e-6))))
     report.full_rewrite = full or drift > PRIOR_DRIFT
@@ -411,7 +459,7 @@ def materialize(client: Client, database: str, rules: SignalRules | None = None,
                 # everyone in the chunk changed (a full build): views instead of a fancy-indexed copy of the curves
                 rows = slice(None) if mask.all() else np.flatnonzero(mask)
                 table = _curves_table(version, f.stats.universal_id[lo:hi][rows], curves[rows], evidence[rows],
-                                      engaged[rows], f.stats.row_sums(lo, hi, f.stats.deliveries)[rows], lv[rows],
+                                      engaged[rows], f.stats.row_sums(lo, hi, f.stats.messages)[rows], lv[rows],
                                       cohorts[f.cohort_index[lo:hi][rows]], new_hash[lo:hi][rows])
                 if pending is not None:
                     pending.result()
@@ -422,6 +470,9 @@ def materialize(client: Client, database: str, rules: SignalRules | None = None,
     report.by_level = by_level
     t3 = time.perf_counter()
     report.seconds["estimate_and_write"] = t3 - t2
+    # Confidence from the model's own posterior (sendflowr.timing.confidence): no ground truth needed.
+    calibration = fit_posterior_calibration(f, np.random.default_rng(version))
+    report.seconds["calibration"] = time.perf_counter() - t3
     metadata = {"identity_mark": mark, "shares": report.shares(), "totals": report.totals, "by_level": by_level,
                 "rules": rules.describe(), "params": params.to_dict(), "prior_drift": drift,
                 "seconds": report.seconds, "new_events": report.new_events}
@@ -430,7 +481,7 @@ def materialize(client: Client, database: str, rules: SignalRules | None = None,
         "people_written, metadata) VALUES ({v:UInt64}, {r:String}, now64(3), {p:UInt64}, {c:String}, 'curves', "
         "{w:UInt64}, {m:String})",
         parameters={"v": version, "r": report.run_id, "p": report.people,
-                    "c": calibration or Calibration.default().to_json(), "w": report.people_written,
+                    "c": calibration.to_json(), "w": report.people_written,
                     "m": json.dumps(metadata, default=float)})
     report.seconds["total"] = time.perf_counter() - t0
     log(f"timing v{version}: {report.people} people ({by_level}), {report.people_written} curve rows written, "
