@@ -18,70 +18,63 @@ from datetime import UTC, datetime
 
 import numpy as np
 
-from sendflowr.timing.decide import HOUR_MS, HOURS, Calibration, decide_many
-from sendflowr.timing.estimate import kernel_mass, levels
+from sendflowr.timing.decide import EPOCH_HOW, HOUR_MS, HOURS, Calibration, decide_many
+from sendflowr.timing.estimate import direct_curves, kernel_mass, levels
 
 WINDOWS_HOURS = (6, 24, 72)  # window lengths the calibration is fitted over (equal shares)
 
 
-def fit_posterior_calibration(f, rng: np.random.Generator, people: int = 4000, draws: int = 24,
-                              windows_per_person: int = 3) -> Calibration:
+def fit_posterior_calibration(f, rng: np.random.Generator, people: int = 3000, draws: int = 16) -> Calibration:
     """The calibration decisions use, fitted on draws from the fitted model's posterior (no truth needed).
 
-    f: a timing.run.Fit. People are sampled per fallback level (so every level gets its own curve)."""
+    f: a timing.run.Fit. People are sampled per fallback level (so every level gets its own curve), one window
+    each, of a length drawn from WINDOWS_HOURS, starting on a random hour of the week."""
     n = len(f.stats)
     if n == 0:
         return Calibration.default()
     engaged = f.stats.row_sums(0, n, f.stats.events)
     lv = levels(engaged, f.cohort_index, f.params)
-    pick = np.concatenate([rng.permutation(np.flatnonzero(lv == level))[: people // 3]
-                           for level in ("person", "cohort", "global")])
-    pick.sort()
+    pick = np.sort(np.concatenate([rng.permutation(np.flatnonzero(lv == level))[: people // 3]
+                                   for level in ("person", "cohort", "global")]))
+    sub = f.subset(pick)
+    shape, rate, evidence = sub.posterior()
+    mean = sub.curves()[0]
+    k = pick.size
+    length = np.asarray(WINDOWS_HOURS)[rng.integers(0, len(WINDOWS_HOURS), k)]
+    start_slot = rng.integers(0, HOURS, k)
+    start = (start_slot + 24 * 7 * 3000 - EPOCH_HOW).astype(np.int64) * HOUR_MS  # that hour of week, any week
+    decided = decide_many(mean, evidence, lv[pick], start.astype("datetime64[ms]"),
+                          (start + length * HOUR_MS).astype("datetime64[ms]"), 0.0,
+                          datetime.fromtimestamp(0, tz=UTC), Calibration.default())
+    chosen = ((decided.delivery_at.astype(np.int64) // HOUR_MS) + EPOCH_HOW) % HOURS
     mass = np.float32(kernel_mass(f.params))
-    raws, hits, lvs = [], [], []
-    for lo in range(0, pick.size, 2000):
-        rows = pick[lo:lo + 2000]
-        shape, rate, evidence = f.subset(rows).posterior()
-        mean_curves = f.decay.curves(shape / rate)
-        k = rows.size * windows_per_person
-        person = np.repeat(np.arange(rows.size), windows_per_person)
-        hours = np.asarray(WINDOWS_HOURS)[rng.integers(0, len(WINDOWS_HOURS), k)]
-        start = (rng.integers(0, HOURS, k) + 24 * 7 * 3000).astype(np.int64) * HOUR_MS  # whole hours, any week
-        end = start + hours * HOUR_MS
-        now = datetime.fromtimestamp(0, tz=UTC)
-        decided = decide_many(mean_curves[person], evidence[person], lv[rows][person], start.astype("datetime64[ms]"),
-                              end.astype("datetime64[ms]"), 0.0, now, Calibration.default())
-        chosen = ((decided.delivery_at.astype(np.int64) // HOUR_MS) + 72) % HOURS
-        hit = np.zeros(k)
-        a, b = shape / mass, rate / mass
-        for _ in range(draws):
-            drawn = f.decay.curves(rng.gamma(a, 1.0) / b)
-            best = decide_many(drawn[person], evidence[person], lv[rows][person], start.astype("datetime64[ms]"),
-                               end.astype("datetime64[ms]"), 0.0, now, Calibration.default())
-            slot = ((best.delivery_at.astype(np.int64) // HOUR_MS) + 72) % HOURS
-            d = np.abs(slot - chosen) % HOURS
-            hit += np.minimum(d, HOURS - d) <= 1
-        raws.append(decided.raw_score)
-        hits.append(hit / draws)
-        lvs.append(lv[rows][person])
-    raw, hit, lvl = np.concatenate(raws), np.concatenate(hits), np.concatenate(lvs)
+    a, b = shape / mass, rate / mass
+    s, e = sub.stats.deliveries(0, k)
+    hit = np.zeros(k)
+    for _ in range(draws):
+        drawn = direct_curves(f.decay.curves(rng.gamma(a, 1.0).astype(np.float32) / b), s, e, f.params)
+        for hours in WINDOWS_HOURS:  # the draw's best slot in each window (ties: earliest, as decisions)
+            rows = np.flatnonzero(length == hours)
+            slots = (start_slot[rows, None] + np.arange(hours)[None, :]) % HOURS
+            best = slots[np.arange(rows.size), drawn[rows[:, None], slots].argmax(axis=1)]
+            d = np.abs(best - chosen[rows]) % HOURS
+            hit[rows] += np.minimum(d, HOURS - d) <= 1
+    raw, level = decided.raw_score, lv[pick]
     finite = np.isfinite(raw)
-    cal = fit_calibration(raw[finite], hit[finite], lvl[finite])
+    cal = fit_calibration(raw[finite], hit[finite] / draws, level[finite])
     return Calibration(knots=cal.knots, fitted=True, samples=int(finite.sum()),
-                       notes={"source": 0.0, "draws": float(draws)})
+                       notes={"posterior_draws": float(draws)})
 
 
 def fit_calibration(raw: np.ndarray, hit: np.ndarray, lv: np.ndarray, max_knots: int = 64) -> Calibration:
-    """Isotonic regression of hit on the raw margin score, per fallback level (finite scores only)."""
-    from sklearn.isotonic import IsotonicRegression
-
+    """Isotonic regression of hit (0/1 or a share) on the raw margin score, per fallback level (finite scores
+    only): each block of the fit contributes its first and last score as knots, interpolated between."""
     knots = {}
     for level in ("person", "cohort", "global"):
         rows = (lv == level) & np.isfinite(raw)
         if rows.sum() < 20:
             continue
-        iso = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(raw[rows], hit[rows])
-        x, y = iso.X_thresholds_, iso.y_thresholds_
+        x, y = _isotonic_knots(raw[rows], np.asarray(hit, dtype=np.float64)[rows])
         if x.size > max_knots:
             keep = np.unique(np.linspace(0, x.size - 1, max_knots).round().astype(np.int64))
             x, y = x[keep], y[keep]
@@ -89,3 +82,17 @@ def fit_calibration(raw: np.ndarray, hit: np.ndarray, lv: np.ndarray, max_knots:
     if "global" not in knots:
         knots["global"] = Calibration.default().knots["global"]
     return Calibration(knots=knots, fitted=True, samples=int(np.isfinite(raw).sum()))
+
+
+def _isotonic_knots(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    from scipy.optimize import isotonic_regression
+
+    values, inverse, counts = np.unique(x, return_inverse=True, return_counts=True)
+    means = np.bincount(inverse, weights=y) / counts
+    fit = isotonic_regression(means, weights=counts.astype(np.float64), increasing=True)
+    starts = fit.blocks[:-1]
+    ends = fit.blocks[1:] - 1
+    kx = np.column_stack([values[starts], values[ends]]).ravel()
+    ky = np.clip(np.repeat(fit.x[starts], 2), 0.0, 1.0)
+    keep = np.concatenate([[True], kx[1:] != kx[:-1]])  # a one-value block gives its knot once
+    return kx[keep], ky[keep]

@@ -33,6 +33,7 @@ class EstimatorParams:
     hour_bandwidth: float = 1.5  # Gaussian sigma (hours) of neighbouring-hour smoothing
     day_pooling: float = 0.7  # weight of the same hour on the other days of the week
     cohort_strength: float = 200.0  # pseudo-exposure per hour pulling a cohort toward the global rate
+    direct_strength: float = 5.0  # pseudo-deliveries the hazard model's value is worth against direct outcomes
     pooling_strength: float = 20.0  # pseudo-engagements pulling a prior's hour toward its day-pooled rate
     horizon_hours: int = 168  # a message is followed this long after its delivery hour
     min_person_engagements: int = 3  # from here on a curve is labelled 'person'
@@ -102,7 +103,7 @@ def cell_sums(key: np.ndarray, cell: np.ndarray, values: np.ndarray, groups: int
 
 
 def learn_priors(person_cohort: np.ndarray, cohort_names: list[str], person: np.ndarray, cell: np.ndarray,
-                 messages: np.ndarray, events: np.ndarray, decay: Decay,
+                 messages: np.ndarray, events: np.ndarray, fresh: np.ndarray, decay: Decay,
                  params: EstimatorParams) -> tuple[Priors, np.ndarray]:
     """Global and cohort rates from flat (person, cell) statistics. Cohorts with fewer than min_cohort_people
     people are dropped (their people fall back to global); returns the priors and each person's index into
@@ -116,17 +117,36 @@ def learn_priors(person_cohort: np.ndarray, cohort_names: list[str], person: np.
     pc = remap[person_cohort]
     group = pc[person]
     k = kept.size + 1
-    x = cell_sums(group, cell, messages, k, cells) @ decay.exposure  # [k, 168] exposure per cohort
+    how = cell // decay.horizon
+    x = (cell_sums(group, cell, messages, k, cells) @ decay.exposure
+         + decay.g[0] * cell_sums(group, how, fresh, k, HOURS))  # [k, 168] exposure per cohort
     n = cell_sums(group, event_hour(cell, decay.horizon), events, k, HOURS) if cell.size else np.zeros((k, HOURS))
     x_all, n_all = x.sum(axis=0), n.sum(axis=0)
     rates = np.empty((k, HOURS), dtype=np.float32)
     rates[0] = g = rate(n_all, x_all, params)
     for i in range(1, k):  # one 168-vector per cohort (a few dozen), not per person
         rates[i] = rate(n[i], x[i], params, toward=g, strength=params.cohort_strength)
-    priors = Priors(rates=rates, curves=decay.curves(rates), cohorts=[""] + [cohort_names[c] for c in kept],
+    settled = np.where(cell % decay.horizon == decay.horizon - 1, messages, events)
+    curves = direct_curves(decay.curves(rates), cell_sums(group, how, events, k, HOURS),
+                           cell_sums(group, how, settled, k, HOURS), params)
+    priors = Priors(rates=rates, curves=curves, cohorts=[""] + [cohort_names[c] for c in kept],
                     evidence=np.concatenate([[n_all.sum()], n[1:].sum(axis=1)]),
                     people=np.concatenate([[person_cohort.size], size[kept]]))
     return priors, pc
+
+
+def direct_curves(model: np.ndarray, engaged, delivered, params: EstimatorParams) -> np.ndarray:
+    """What deliveries at an hour actually returned, with the hazard model's value as the prior.
+
+    model: [k, 168] the hazard model's engagement probability by delivery hour; engaged / delivered: [k, 168]
+    settled deliveries by delivery hour and how many were engaged (dense or sparse). Where a person (or cohort)
+    was mailed often at an hour, the outcome rate there wins, whatever drives it (in some worlds the delivery
+    moment itself matters, not only when people read); elsewhere the hazard model extrapolates from when they
+    engage. Smoothed over neighbouring hours of the same day only: the model already carries the weekly shape."""
+    local = kernel(params.hour_bandwidth, 0.0)
+    s, e = np.asarray(engaged @ local), np.asarray(delivered @ local)
+    k = np.float32(params.direct_strength)
+    return ((s + k * model) / (e + k)).astype(np.float32)
 
 
 def person_posterior(x_smooth: np.ndarray, n_smooth, expected: np.ndarray, total: np.ndarray,

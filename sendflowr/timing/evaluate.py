@@ -65,13 +65,15 @@ class EvalReport:
     reliability: list[tuple[float, float, int]] = field(default_factory=list)
     ece_truth_fitted: float = 0.0  # diagnostic: a calibration fitted on half of the truth, measured on the rest
     ml: dict = field(default_factory=dict)
+    signals: dict[str, int] = field(default_factory=dict)  # what the signal cleaning found (training period)
     plots: dict[str, str] = field(default_factory=dict)  # name -> base64 PNG
 
     def to_dict(self) -> dict:
         return {"cutoff": self.cutoff.isoformat(), "decisions": self.decisions, "people": self.people,
                 "buckets": self.buckets, "overall": self.overall, "ece": self.ece,
                 "ece_by_level": self.ece_by_level, "ece_truth_fitted": self.ece_truth_fitted,
-                "reliability": self.reliability, "ml": self.ml, "calibration": self.calibration.to_json()}
+                "reliability": self.reliability, "ml": self.ml, "signals": self.signals,
+                "calibration": self.calibration.to_json()}
 
 
 def truth_people(client: Client, database: str, truth_dir: Path) -> pa.Table:
@@ -222,7 +224,7 @@ def evaluate(client: Client, database: str, truth_dir: Path, rules: SignalRules 
     hit["random"] = random_hit
     best = value_at(ms(oracle))
 
-    report = EvalReport(cutoff=cutoff, decisions=int(row.size), people=int(n_people))
+    report = EvalReport(cutoff=cutoff, decisions=int(row.size), people=int(n_people), signals=f.stats.totals)
     bucket = _bucket_of(engagements)[row]
     if other_curves is not None:
         alt = decide_on(other_curves[row], evidence[row], lv[row])

@@ -33,11 +33,14 @@ from sendflowr.timing.estimate import (
     ActivityClusters,
     EstimatorParams,
     Priors,
+    direct_curves,
+    kernel,
     learn_clusters,
     learn_priors,
     levels,
     mixture_prior,
-    posterior_terms,
+    person_posterior,
+    smooth,
 )
 from sendflowr.timing.hazard import Decay, event_hour, learn_decay
 from sendflowr.timing.signals import SignalRules
@@ -57,6 +60,7 @@ class PersonStats:
     cell: np.ndarray  # int64 [m]
     messages: np.ndarray  # float64 [m] messages in the cell
     events: np.ndarray  # float64 [m] of which engaged (at the cell's wait)
+    fresh: np.ndarray  # float64 [m] summed share of the delivery hour left after each delivery
     horizon: int
     totals: dict[str, int] = field(default_factory=dict)  # opens, machine opens, clicks, scanner clicks, ...
     recent_hour: np.ndarray | None = None  # per person: the evaluation's genuine-open-hour rule (-1: none)
@@ -77,11 +81,27 @@ class PersonStats:
         """[hi - lo, 168 * H] message counts by cell of people lo..hi."""
         return self._rows(lo, hi, self.cell, self.messages, HOURS * self.horizon)
 
+    def delivery_hour_left(self, lo: int, hi: int) -> sparse.csr_matrix:
+        """[hi - lo, 168] the summed share of the delivery hour left after each delivery, by delivery hour."""
+        m = self._rows(lo, hi, (self.cell // self.horizon).astype(np.intp), self.fresh, HOURS)
+        m.sum_duplicates()
+        return m
+
     def engagements(self, lo: int, hi: int) -> sparse.csr_matrix:
         """[hi - lo, 168] engagements by hour of week of people lo..hi (duplicates summed)."""
         m = self._rows(lo, hi, event_hour(self.cell, self.horizon), self.events, HOURS)
         m.sum_duplicates()
         return m
+
+    def deliveries(self, lo: int, hi: int) -> tuple[sparse.csr_matrix, sparse.csr_matrix]:
+        """([hi - lo, 168] engaged, [hi - lo, 168] settled deliveries) by delivery hour of week: a delivery is
+        settled once engaged or followed for the whole horizon (a recent unengaged one is still open)."""
+        settled = np.where(self.cell % self.horizon == self.horizon - 1, self.messages, self.events)
+        how = (self.cell // self.horizon).astype(np.intp)
+        s, e = self._rows(lo, hi, how, self.events, HOURS), self._rows(lo, hi, how, settled, HOURS)
+        s.sum_duplicates()
+        e.sum_duplicates()
+        return s, e
 
     def row_sums(self, lo: int, hi: int, values: np.ndarray) -> np.ndarray:
         """Per-person sums of a flat column for people lo..hi (0 for a person without rows)."""
@@ -184,7 +204,8 @@ def person_stats(client: Client, database: str, rules: SignalRules, owners: str,
         **rules.parameters(), **_range_parameters(ends), "owners": owners, "horizon_hours": horizon,
         "observed_before_ms": int(observed.timestamp() * 1000)})
     n = table.num_rows
-    col = {name: table.column(name).to_numpy() for name in ("p", "delivered_hour", "wait", "engaged")}
+    col = {name: table.column(name).to_numpy() for name in ("p", "delivered_hour", "delivered_second", "wait",
+                                                            "engaged")}
     how = (col["delivered_hour"].astype(np.int64) + EPOCH_HOW) % HOURS
     # per (person, cell): a sort by the combined key, then sums over runs of equal keys
     cells = HOURS * horizon
@@ -194,6 +215,8 @@ def person_stats(client: Client, database: str, rules: SignalRules, owners: str,
     first = np.flatnonzero(np.concatenate([[True], key[1:] != key[:-1]])) if n else np.zeros(0, np.int64)
     messages = np.diff(np.append(first, n)).astype(np.float64)
     events = np.add.reduceat(col["engaged"][order].astype(np.float64), first) if n else np.zeros(0)
+    left = 1.0 - (col["delivered_second"][order].astype(np.float64) + 0.5) / 3600.0
+    fresh = np.add.reduceat(left, first) if n else np.zeros(0)
     p, cell = key[first] // cells, key[first] % cells
     starts = np.flatnonzero(np.concatenate([[True], p[1:] != p[:-1]])) if p.size else np.zeros(0, np.int64)
     totals = {name: int(pc.sum(table.column(name)).as_py() or 0)
@@ -202,7 +225,8 @@ def person_stats(client: Client, database: str, rules: SignalRules, owners: str,
                   genuine_clicks=totals["clicks"] - totals["scanner_clicks"],
                   deliveries=n, engaged=int(events.sum()))
     stats = PersonStats(universal_id=persons()[p[starts] - 1], offsets=np.append(starts, p.size).astype(np.int64),
-                        cell=cell.astype(np.int64), messages=messages, events=events, horizon=horizon, totals=totals)
+                        cell=cell.astype(np.int64), messages=messages, events=events, fresh=fresh, horizon=horizon,
+                        totals=totals)
     if recent:
         stats.recent_hour = genuine_open_hour(col["p"], col["delivered_hour"] + col["wait"], col["engaged"] > 0,
                                               p[starts], recent)
@@ -282,7 +306,8 @@ class Fit:
         offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
         take = np.repeat(st.offsets[rows] - offsets[:-1], lengths) + np.arange(offsets[-1])
         sub = PersonStats(universal_id=st.universal_id[rows], offsets=offsets, cell=st.cell[take],
-                          messages=st.messages[take], events=st.events[take], horizon=st.horizon)
+                          messages=st.messages[take], events=st.events[take], fresh=st.fresh[take],
+                          horizon=st.horizon)
         return Fit(sub, self.decay, self.priors, self.cohort_index[rows], self.params, self.clusters)
 
     def rates(self, lo: int = 0, hi: int | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -296,17 +321,26 @@ class Fit:
         hi = len(self.stats) if hi is None else hi
         st = self.stats
         prior = np.take(self.priors.rates, self.cohort_index[lo:hi], axis=0)
-        x = np.asarray(st.cells(lo, hi) @ self.decay.exposure)  # [k, 168] exposure by hour of week
+        cells, left = st.cells(lo, hi), st.delivery_hour_left(lo, hi)
+        g0 = np.float32(self.decay.g[0])
+        x = np.asarray(cells @ self.decay.exposure + left * g0)  # [k, 168] exposure by hour of week
         n = st.engagements(lo, hi)
         if self.clusters is not None:
             prior = mixture_prior(x, n.toarray(), prior, self.cohort_index[lo:hi], self.clusters, self.params)
-        shape, rate = posterior_terms(x, n, prior, self.params)
-        return shape, rate, np.asarray(n.sum(axis=1), dtype=np.float64).ravel()
+        expected = np.einsum("ij,ij->i", x, prior)
+        total = np.asarray(n.sum(axis=1), dtype=np.float64).ravel()
+        # smoothing folded into the exposure rows: one sparse product, no dense [k, 168] x [168, 168] one
+        x_smooth = np.asarray(cells @ self.decay.smoothed_exposure(self.params)) + smooth(left, self.params) * g0
+        shape, rate = person_posterior(x_smooth, smooth(n, self.params), expected, total, prior, self.params)
+        return shape, rate, total
 
     def curves(self, lo: int = 0, hi: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(curves [k, 168], evidence, engagements) for people lo..hi: evidence = engagements seen."""
+        hi = len(self.stats) if hi is None else hi
         rates, engaged = self.rates(lo, hi)
-        return self.decay.curves(rates), engaged.astype(np.float32), engaged
+        s, e = self.stats.deliveries(lo, hi)
+        curves = direct_curves(self.decay.curves(rates), s, e, self.params)
+        return curves, engaged.astype(np.float32), engaged
 
 
 def fit(client: Client, database: str, rules: SignalRules, params: EstimatorParams,
@@ -325,9 +359,10 @@ def fit(client: Client, database: str, rules: SignalRules, params: EstimatorPara
 
 def fit_stats(stats: PersonStats, cohort_code: np.ndarray, names: list[str], params: EstimatorParams) -> Fit:
     """The model from per-person statistics: decay, priors, (optionally) the ML prior."""
-    decay, _ = learn_decay(stats.cell, stats.messages, stats.events, stats.horizon)
-    priors, pc = learn_priors(cohort_code, names, stats.person, stats.cell, stats.messages, stats.events, decay,
-                              params)
+    decay, _ = learn_decay(stats.cell, stats.messages, stats.events, stats.fresh, stats.horizon,
+                           kernel(params.hour_bandwidth, params.day_pooling))
+    priors, pc = learn_priors(cohort_code, names, stats.person, stats.cell, stats.messages, stats.events,
+                              stats.fresh, decay, params)
     f = Fit(stats=stats, decay=decay, priors=priors, cohort_index=pc, params=params)
     if params.clusters > 0:
         f.clusters = learn_ml_prior(f)

@@ -9,6 +9,7 @@ query sees them exactly as it sees ingested events.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -33,13 +34,35 @@ def _text(table: pa.Table, name: str) -> pa.Array:
     return pc.fill_null(col.cast(pa.string()), "")
 
 
-def load_events(client: Client, database: str, world: World, batch_size: int = 200_000) -> int:
-    """Insert the world's distinct events and one committed range over them; returns the rows inserted."""
+@dataclass
+class SignalTruth:
+    """What really happened, counted from the world's own event origins (for the cleaning rules' figures)."""
+
+    events: int = 0
+    delivered_messages: int = 0
+    engaged_messages: int = 0  # delivered messages with a genuine (human) open or click the ESP reported
+    machine_opens: int = 0
+    scanner_clicks: int = 0
+    human_opens: int = 0
+
+
+def load_events(client: Client, database: str, world: World, batch_size: int = 200_000) -> SignalTruth:
+    """Insert the world's distinct events and one committed range over them; returns the truth's counts."""
     offset = 0
+    truth = SignalTruth()
+    delivered, engaged = [], []
     for batch in iter_event_batches(world, batch_size):
         batch = batch.filter(pc.invert(batch.column("_duplicate").combine_chunks()))
         n = batch.num_rows
         ids = {name: _text(batch, name) for name in TEXT}
+        origin, etype = _text(batch, "_origin"), ids["event_type"]
+        human = pc.equal(origin, "human")
+        opened, clicked = pc.equal(etype, "opened"), pc.equal(etype, "clicked")
+        delivered.append(pc.filter(ids["message_id"], pc.equal(etype, "delivered")))
+        engaged.append(pc.filter(ids["message_id"], pc.and_(human, pc.or_(opened, clicked))))
+        truth.machine_opens += pc.sum(pc.and_(opened, pc.equal(origin, "apple_mpp"))).as_py() or 0
+        truth.scanner_clicks += pc.sum(pc.and_(clicked, pc.equal(origin, "scanner"))).as_py() or 0
+        truth.human_opens += pc.sum(pc.and_(opened, human)).as_py() or 0
         machine = pc.fill_null(batch.column("machine_open").combine_chunks(), False).cast(pa.uint8())
         client.insert_arrow(f"{database}.events", pa.table(ids | {
             "occurred_at": batch.column("_ts").combine_chunks(),
@@ -49,19 +72,23 @@ def load_events(client: Client, database: str, world: World, batch_size: int = 2
             "kafka_partition": pa.array(np.zeros(n, np.uint32)),
             "kafka_offset": pa.array(np.arange(offset, offset + n, dtype=np.uint64))}))
         offset += n
+    delivered_ids = pc.unique(pa.chunked_array(delivered, pa.string()))
+    engaged_ids = pc.unique(pa.chunked_array(engaged, pa.string()))
+    truth.events, truth.delivered_messages = offset, len(delivered_ids)
+    truth.engaged_messages = pc.sum(pc.is_in(engaged_ids, value_set=delivered_ids)).as_py() or 0
     client.insert(f"{database}.ingest_ranges", [[TOPIC, 0, 0, offset, "committed", "worldload", offset, offset, 0]],
                   column_names=["kafka_topic", "kafka_partition", "start_offset", "end_offset", "state", "run_id",
                                 "messages", "valid", "rejected"])
-    return offset
+    return truth
 
 
 def load_world(settings: Settings, client: Client, world: World, truth_dir: Path,
-               log: Callable[[str], None] = print) -> int:
+               log: Callable[[str], None] = print) -> SignalTruth:
     """Ground truth to truth_dir, events into settings' database (migrated), identity stitched."""
     from sendflowr.identity.run import stitch_once
 
     write_ground_truth(world, truth_dir)
-    rows = load_events(client, settings.clickhouse_database, world)
+    truth = load_events(client, settings.clickhouse_database, world)
     report = stitch_once(settings, client, log=lambda _: None)
-    log(f"world loaded: {rows:,} events, {report.people_total:,} people stitched")
-    return rows
+    log(f"world loaded: {truth.events:,} events, {report.people_total:,} people stitched")
+    return truth

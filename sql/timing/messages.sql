@@ -17,10 +17,12 @@
 -- and did not mark shared (the ${owners} map, sql/timing/owners.sql).
 -- Time is cut at observed_before: deliveries after it are not read, and engagement after it is not seen (the
 -- message is censored there: the evaluation trains on the past only, a run on what has happened).
+-- delivered_second: into its hour (the part of the delivery hour left is exposure too, sendflowr/timing/hazard.py).
 -- `wait` = clock hours from the delivery hour to the engagement hour (engaged = 1) or to the last hour the
 -- message was seen waiting (engaged = 0), capped at horizon_hours - 1.
 -- Committed ranges: (topic index << 32 | partition) -> committed end, topic index from the topic name.
-SELECT p, toUInt32(delivered_hour) AS delivered_hour, toUInt16(least(if(engaged, engaged_hour - delivered_hour, seen_hours),
+SELECT p, toUInt32(delivered_hour) AS delivered_hour,
+       toUInt16(intDiv(delivered_ms % 3600000, 1000)) AS delivered_second, toUInt16(least(if(engaged, engaged_hour - delivered_hour, seen_hours),
                               {horizon_hours:Int64} - 1)) AS wait,
        toUInt8(engaged AND engaged_hour - delivered_hour < {horizon_hours:Int64}) AS engaged,
        toUInt32(opens) AS opens, toUInt32(machine_opens) AS machine_opens,
@@ -53,7 +55,7 @@ FROM
         engaged_ms < {observed_before_ms:Int64} AS engaged,
         intDiv(engaged_ms, 3600000) AS engaged_hour,
         toUInt32(length(click_kind)) AS clicks, toUInt32(arrayCount(is_scanner)) AS scanner_clicks,
-        delivered_hour, seen_hours
+        delivered_ms, delivered_hour, seen_hours
     FROM
     (
         WITH user_agent = 'Mozilla/5.0' OR startsWith(ip, '17.') AS is_proxy
