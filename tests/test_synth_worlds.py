@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 from collections import defaultdict
-from datetime import timedelta
 
 import numpy as np
 import orjson
@@ -20,10 +19,9 @@ from sendflowr.settings import Settings
 from sendflowr.synth import WorldConfig, build_world, iter_event_batches, serialize_batch, write_ground_truth
 from sendflowr.synth.cli import add_cli
 from sendflowr.synth.clients import CLICK_UA, SCANNERS
-from sendflowr.synth.config import format_time
 from sendflowr.synth.curves import HOURS
 from sendflowr.synth.fmt import hour_of_week
-from sendflowr.synth.habits import HAZARD, SESSIONS, settle_week
+from sendflowr.synth.habits import HAZARD, SESSIONS
 from sendflowr.synth.hazard import HORIZON
 from sendflowr.synth.opens import draw_opens, true_curves
 from sendflowr.synth.people import ARCHETYPES, ZONES
@@ -78,8 +76,8 @@ def test_true_curve_is_the_simulated_open_rate(open_delay, drift):
     knobs = dict(drift_share=1.0, drift_hours=4.0, switch_share=0.5) if drift else {}
     world = build_world(WorldConfig(**SMALL, open_delay=open_delay, **knobs))
     rng = np.random.default_rng(5)
-    settled = _end_ms(world.config) - (world.config.weeks - settle_week(world.config.weeks)) * WEEK
-    first_monday = (settled + MONDAY) // WEEK + 1  # a whole Monday-week inside the settled regime
+    settled = int(world.config.start.timestamp() * 1000) + world.habits.settle * WEEK if drift else 0
+    first_monday = max((settled + MONDAY) // WEEK, (_end_ms(world.config) + MONDAY) // WEEK - 4) + 1
     candidates = np.flatnonzero(world.people.propensity > 0.2)
     if drift:
         habits = world.habits
@@ -185,7 +183,7 @@ def test_session_opens_happen_at_the_persons_check_sessions():
     assert night_open_share("hazard") < 0.5
 
 
-def test_drift_moves_habits_and_settles_for_the_last_quarter():
+def test_drift_moves_habits_and_settles_for_the_last_third():
     config = WorldConfig(**SMALL, open_delay="hazard", drift_share=0.5, drift_hours=4.0, switch_share=0.2)
     world = build_world(config)
     h = world.habits
@@ -372,6 +370,9 @@ def test_presets_build_and_weekly_slots_meets_the_issue():
         assert 5_000 <= p.config.people <= 20_000 and 8 <= p.config.weeks <= 16, name
         small = build_world(preset(name, people=200, seed=3))
         assert small.curves.shape == (200, HOURS) and np.isfinite(small.curves).all()
+        truth_from = np.datetime64(new_manifest(small).truth_from[:-1], "ms").astype(np.int64)
+        sends = np.sort(small.campaigns.send_ms)
+        assert (sends[len(sends) - -(-len(sends) // 3):] >= truth_from).all(), name  # a hold-out's truth holds
         assert np.allclose(small.curves.max(axis=1), small.people.propensity, atol=1e-6)
         assert (small.curves >= 0).all() and (small.curves <= 1).all()
     with pytest.raises(SendflowrError, match="unknown preset"):
@@ -389,8 +390,9 @@ def test_cli_generate_with_a_preset_and_overrides(tmp_path, capsys):
     params = manifest["parameters"]
     assert params["people"] == 250 and params["weeks"] == 4 and manifest["seed"] == 6
     assert params["open_delay"] == "hazard" and params["drift_share"] == PRESETS["shifting_habits"].config.drift_share
-    settled = WorldConfig(weeks=4).end - timedelta(weeks=4 - settle_week(4))
-    assert manifest["truth_from"] == format_time(settled)  # the last week of four is settled
+    sends = pq.read_table(tmp_path / "world" / "campaigns.parquet").column("send_time").to_numpy()
+    third = np.sort(sends)[len(sends) - max(1, -(-len(sends) // 3)):]
+    assert manifest["truth_from"] < params["end"] and (third >= np.datetime64(manifest["truth_from"][:-1])).all()
     people = pq.read_table(tmp_path / "world" / "people.parquet").to_pandas()
     assert set(people.open_delay) == {"hazard"} and (people.drift_hours != 0).any()
     curves = pq.read_table(tmp_path / "world" / "true_curves.parquet")
