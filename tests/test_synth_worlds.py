@@ -13,6 +13,7 @@ import phonenumbers
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from test_synth import _ms, _np  # the same column readers
 
 from sendflowr.errors import SendflowrError
 from sendflowr.settings import Settings
@@ -33,17 +34,6 @@ HOUR, DAY = 3_600_000, 86_400_000
 WEEK = 7 * DAY
 MONDAY = 3 * DAY  # epoch + MONDAY is a Monday 00:00 UTC
 SMALL = dict(people=600, weeks=8, campaigns_per_week=4.0, seed=21)
-
-
-def _np(table: pa.Table, name: str) -> np.ndarray:
-    column = table.column(name).combine_chunks()
-    if pa.types.is_dictionary(column.type):
-        column = column.dictionary_decode()
-    return column.to_numpy(zero_copy_only=False)
-
-
-def _ms(table: pa.Table, name: str) -> np.ndarray:
-    return _np(table, name).astype("datetime64[ms]").astype(np.int64)
 
 
 def _events(world) -> pa.Table:

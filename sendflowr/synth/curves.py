@@ -4,7 +4,9 @@ Each archetype is a smooth local-time daily profile (separate weekday and weeken
 their archetype with individual noise (peak shift, width, weekend weight, hour-level jitter), the profile
 is evaluated at their local time for each UTC hour (fixed offset, so half-hour zones interpolate
 naturally), scaled to a maximum of 1 and multiplied by the person's propensity. The result is the absolute
-open probability: `p_open[person, h] = propensity[person] * shape[person, h]`.
+open probability: `p_open[person, h] = propensity[person] * shape[person, h]`. That is the truth of the original
+(lognormal) open delay; for the hazard and session mechanisms the shape is the person's attention and
+opens.py derives the truth from it.
 """
 
 from __future__ import annotations
