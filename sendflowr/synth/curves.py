@@ -4,7 +4,9 @@ Each archetype is a smooth local-time daily profile (separate weekday and weeken
 their archetype with individual noise (peak shift, width, weekend weight, hour-level jitter), the profile
 is evaluated at their local time for each UTC hour (fixed offset, so half-hour zones interpolate
 naturally), scaled to a maximum of 1 and multiplied by the person's propensity. The result is the absolute
-open probability: `p_open[person, h] = propensity[person] * shape[person, h]`.
+open probability: `p_open[person, h] = propensity[person] * shape[person, h]`. That is the truth of the original
+(lognormal) open delay; for the hazard and session mechanisms the shape is the person's attention and
+opens.py derives the truth from it.
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ class Attention:
     shift: np.ndarray  # (people,) hours the archetype's peaks move for this person
     width: np.ndarray  # (people,) factor on the peaks' spreads
     weekend_weight: np.ndarray  # (people,)
-    noise: np.ndarray  # (people, 168) float32 hour-level factors
+    noise: np.ndarray | None  # (people, 168) float32 hour-level factors (kept when habits move)
 
 
 def _intensity(offsets: np.ndarray, archetype: np.ndarray, shift: np.ndarray, width: np.ndarray,
@@ -73,8 +75,8 @@ def _intensity(offsets: np.ndarray, archetype: np.ndarray, shift: np.ndarray, wi
     return intensity
 
 
-def build_curves(people: People, rng: np.random.Generator, chunk: int = 50_000,
-                 keep_attention: bool = False) -> tuple[np.ndarray, Attention | None]:
+def build_curves(people: People, rng: np.random.Generator, chunk: int = 50_000, keep_attention: bool = False,
+                 keep_noise: bool = False) -> tuple[np.ndarray, Attention | None]:
     """(people, 168) float32 absolute open probabilities in UTC hour-of-week, and (when asked) what they are
     made of."""
     n = len(people)
@@ -83,7 +85,7 @@ def build_curves(people: People, rng: np.random.Generator, chunk: int = 50_000,
     weekend_weight = rng.lognormal(0.0, 0.25, size=n)
     out = np.empty((n, HOURS), dtype=np.float32)
     shapes = np.empty((n, HOURS), dtype=np.float32) if keep_attention else None
-    noises = np.empty((n, HOURS), dtype=np.float32) if keep_attention else None
+    noises = np.empty((n, HOURS), dtype=np.float32) if keep_attention and keep_noise else None
     for start in range(0, n, chunk):
         sl = slice(start, min(n, start + chunk))
         m = sl.stop - sl.start
@@ -93,8 +95,10 @@ def build_curves(people: People, rng: np.random.Generator, chunk: int = 50_000,
         intensity *= noise
         shape = intensity / intensity.max(axis=1, keepdims=True)
         out[sl] = (shape * people.propensity[sl, None]).astype(np.float32)
-        if keep_attention:
-            shapes[sl], noises[sl] = shape, noise
+        if shapes is not None:
+            shapes[sl] = shape
+        if noises is not None:
+            noises[sl] = noise
     if not keep_attention:
         return out, None
     return out, Attention(shape=shapes, shift=shift, width=width, weekend_weight=weekend_weight, noise=noises)
@@ -104,6 +108,7 @@ def attention_shapes(people: People, attention: Attention, rows: np.ndarray, arc
                      drift_hours: np.ndarray) -> np.ndarray:
     """(m, 168) float64 relative attention of `rows` with another archetype and their rhythm moved
     `drift_hours` later (the same individual peaks, spreads and hour-level noise)."""
+    assert attention.noise is not None, "build_curves(keep_noise=True) keeps what this needs"
     intensity = _intensity(people.utc_offset_hours[rows], archetype, attention.shift[rows] + drift_hours,
                            attention.width[rows], attention.weekend_weight[rows])
     intensity *= attention.noise[rows]

@@ -4,9 +4,11 @@ people whose rhythm drifts (drift_share, drift_hours) or who switch archetype (s
 Regimes. In world week w (w = 0 .. weeks-1 from the world's start; anything later stays in the last week's
 regime) a person's archetype is their end archetype from their switch week on, else their first one, and
 their rhythm is moved `drift * min(1, w / settle)` hours later (drift may be negative). Habits stop moving at
-week `settle`, the start of the world's last quarter (whole weeks, at least the last week): the truth, the
-final regime, then holds exactly for every delivery of the period the evaluation scores. A message lives under
-the regime of the week it is delivered in (habits move slowly; one waiting across a week boundary keeps them).
+week `settle`: the start of the world's last third, or earlier so that the last third of the campaigns is
+sent in it (whole weeks). The truth, the final regime, then holds exactly for every delivery from
+manifest.truth_from, the period an evaluation scores (holding out up to the last third of the campaigns).
+A message lives under the regime of the week it is delivered in (habits move slowly; one waiting across a
+week boundary keeps them).
 
 A regime is a relative attention shape (curves.attention_shapes: the person's own peaks, spreads and noise,
 with another archetype and/or moved) for the lognormal and hazard mechanisms, and a check-session schedule
@@ -30,14 +32,17 @@ KINDS = ("lognormal", "hazard", "sessions")
 LOGNORMAL, HAZARD, SESSIONS = range(3)
 NEVER = np.iinfo(np.int32).max
 WEEK_MS = 7 * 86_400_000
-SETTLED_SHARE = 0.25
+SETTLED_SHARE = 1 / 3
 MIXED_SESSIONS_SHARE = 0.5  # open_delay "mixed": share of people on check sessions (the rest: hazard)
 _CACHED_WEEKS = 4
 
 
-def settle_week(weeks: int) -> int:
-    """First world week in which every person is in their final regime."""
-    return weeks - max(1, math.ceil(weeks * SETTLED_SHARE))
+def settle_week(weeks: int, start_ms: int, send_ms: np.ndarray) -> int:
+    """First world week in which every person is in their final regime: the world's last third (whole weeks,
+    at least the last week), earlier if needed so that the last third of the campaigns is sent in it."""
+    third = len(send_ms) - max(1, math.ceil(len(send_ms) * SETTLED_SHARE))
+    by_campaigns = int((np.sort(send_ms)[third] - start_ms) // WEEK_MS) if len(send_ms) else weeks
+    return max(0, min(weeks - max(1, math.ceil(weeks * SETTLED_SHARE)), by_campaigns))
 
 
 def needs_habits(config: WorldConfig) -> bool:
@@ -113,7 +118,7 @@ class Habits:
         return base.shifted(moved) if moved.any() else base
 
 
-def build_habits(config: WorldConfig, people: People, attention: Attention, start_ms: int,
+def build_habits(config: WorldConfig, people: People, attention: Attention, send_ms: np.ndarray,
                  rng: Callable[[int], np.random.Generator]) -> Habits:
     """Every person's habits; `rng(k)` gives the k-th random stream of this concern (0 mechanisms, 1 drift,
     2 hazard, 3 sessions), so one knob never shifts another's draws."""
@@ -124,7 +129,8 @@ def build_habits(config: WorldConfig, people: People, attention: Attention, star
     elif config.open_delay != "lognormal":
         kind[:] = KINDS.index(config.open_delay)
 
-    settle = settle_week(config.weeks)
+    start_ms = int(config.start.timestamp() * 1000)
+    settle = settle_week(config.weeks, start_ms, send_ms)
     r = rng(1)
     drifting = r.random(n) < config.drift_share
     size = config.drift_hours * r.uniform(0.5, 1.0, n) * np.where(r.random(n) < 0.5, -1.0, 1.0)

@@ -78,25 +78,29 @@ def draw_opens(world: World, person: np.ndarray, deliver: np.ndarray, rng: np.ra
     return opened, open_at
 
 
-def true_curves(habits: Habits, curves: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(people, 168) float32 truth in the final regime, and each person's propensity (the truth's maximum).
-    The lognormal curves built by curves.py stay as they are for people whose habits never move."""
+def true_curves(habits: Habits, curves: np.ndarray, week: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(people, 168) float32 truth, and each person's propensity (the truth's maximum). The truth is the final
+    regime's; `week` gives the curves of another world week's regime instead (the same computation). The
+    lognormal curves built by curves.py stay as they are for people whose habits never move."""
     curves = curves.copy()
     propensity = habits.people.propensity.copy()
     kind = habits.kind
+
+    def weeks(rows: np.ndarray) -> np.ndarray:
+        return end_weeks(habits, rows) if week is None else np.full(rows.size, week)
+
     rows = np.flatnonzero((kind == LOGNORMAL) & habits.moving)
     if rows.size:
-        curves[rows] = (habits.shapes(rows, end_weeks(habits, rows)) * propensity[rows, None]).astype(np.float32)
+        curves[rows] = (habits.shapes(rows, weeks(rows)) * propensity[rows, None]).astype(np.float32)
     rows = np.flatnonzero(kind == HAZARD)
     if rows.size:
         h = habits.hazard
-        curves[rows] = hazard.true_p_open(habits.shapes(rows, end_weeks(habits, rows)), h.tau[rows],
-                                          h.beta[rows])
+        curves[rows] = hazard.true_p_open(habits.shapes(rows, weeks(rows)), h.tau[rows], h.beta[rows])
     rows = np.flatnonzero(kind == SESSIONS)
     if rows.size:
         s = habits.sessions
-        curves[rows] = sessions.true_p_open(habits.schedule(rows, end_weeks(habits, rows)), s.jitter[rows],
-                                            s.rho[rows], s.scale[rows])
+        curves[rows] = sessions.true_p_open(habits.schedule(rows, weeks(rows)), s.jitter[rows], s.rho[rows],
+                                            s.scale[rows])
     timed = np.flatnonzero(kind != LOGNORMAL)
     propensity[timed] = curves[timed].max(axis=1)
     return curves, propensity

@@ -31,7 +31,7 @@ PRESETS: dict[str, Preset] = {
                     open_delay="sessions", mpp_late_share=0.30)),
     "shifting_habits": Preset(
         "habits that move: continuous-hazard opens, 35% of people drifting up to 3 h and 10% switching "
-        "archetype (settled for the last quarter), 25% whose phone country is not their zone's, half the "
+        "archetype (settled for the last third), 25% whose phone country is not their zone's, half the "
         "scanner visits with a browser user agent",
         WorldConfig(people=10_000, weeks=16, campaigns_per_week=3.0, open_delay="hazard", drift_share=0.35,
                     drift_hours=3.0, switch_share=0.10, zone_mix_share=0.25, scanner_browser_ua_share=0.5)),

@@ -242,4 +242,4 @@ def draw(seed: int, schedule: Schedule, jitter: np.ndarray, rho: np.ndarray, sca
     opened = hit.any(axis=1)
     session_at = at[np.arange(n), np.argmax(hit, axis=1)]
     read = np.clip(rng.lognormal(np.log(90_000), 0.8, n), 5_000, 15 * MINUTE_MS).astype(np.int64)
-    return opened, np.where(opened, np.maximum(session_at, deliver) + read, -1)
+    return opened, np.where(opened, session_at + read, -1)

@@ -13,7 +13,7 @@ Layout of <out>/:
                        delivery (the end of the world does not cut it). It is computed from the same process
                        that draws the events (opens.py), in the habits in force at the world's end: exact for
                        every delivery from manifest.truth_from (habits.py: drift and archetype switches settle
-                       for the world's last quarter). propensity = max_h p_open.
+                       for the world's last third). propensity = max_h p_open.
   identifiers.parquet  identifier_type, raw_value (exactly as emitted), normalized, person_id (null for junk),
                        is_generic (junk or shared by several people: never use to join), generic_kind
                        ('' | 'shared' | 'junk')

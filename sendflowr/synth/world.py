@@ -82,16 +82,16 @@ def build_world(config: WorldConfig) -> World:
     seed = config.seed
     people = build_people(config, rng_for(seed, STREAM_PEOPLE), n_scanner_vendors=len(SCANNERS))
     people = mix_home_zones(config, people, rng_for(seed, STREAM_ZONES))
-    curves, attention = build_curves(people, rng_for(seed, STREAM_CURVES), keep_attention=needs_habits(config))
+    curves, attention = build_curves(people, rng_for(seed, STREAM_CURVES), keep_attention=needs_habits(config),
+                                     keep_noise=config.drift_share > 0 or config.switch_share > 0)
+    campaigns = build_campaigns(config, rng_for(seed, STREAM_CAMPAIGNS), rng_for(seed, STREAM_SLOTS))
     habits = None
     if attention is not None:
-        start_ms = int(config.start.timestamp() * 1000)
-        habits = build_habits(config, people, attention, start_ms, lambda k: rng_for(seed, STREAM_HABITS, k))
+        habits = build_habits(config, people, attention, campaigns.send_ms, lambda k: rng_for(seed, STREAM_HABITS, k))
         curves, propensity = true_curves(habits, curves)
         people = habits.people = dataclasses.replace(people, propensity=propensity)
     identifiers = build_identifiers(config, people, rng_for(seed, STREAM_IDS))
     clients = build_clients(len(people), rng_for(seed, STREAM_CLIENTS))
-    campaigns = build_campaigns(config, rng_for(seed, STREAM_CAMPAIGNS), rng_for(seed, STREAM_SLOTS))
     dictionaries = Dictionaries({
         "event_type": list(EVENT_TYPES),
         "esp": list(ESPS),
