@@ -155,7 +155,9 @@ def test_person_stats_chunks_agree_with_one_block() -> None:
     messages = rng.integers(1, 4, m).astype(np.float64)
     events = np.minimum(messages, rng.integers(0, 3, m)).astype(np.float64)
     stats = PersonStats(universal_id=np.array([f"u{i:03d}" for i in range(50)], dtype=object), offsets=offsets,
-                        cell=cell, messages=messages, events=events, fresh=messages * 0.5, horizon=H)
+                        cell=cell, messages=messages, events=events, fresh=messages * 0.5,
+                        engaged=np.add.reduceat(events, offsets[:-1]),
+                        delivered=np.add.reduceat(messages, offsets[:-1]), horizon=H)
     flat = np.full((1, HOURS), 0.02, dtype=np.float32)
     d = Decay(g=np.exp(-np.arange(H) / 4.0))
     f = Fit(stats=stats, decay=d, priors=Priors(flat, d.curves(flat), [""], np.ones(1), np.ones(1, np.int64)),

@@ -18,29 +18,31 @@ from datetime import UTC, datetime
 
 import numpy as np
 
-from sendflowr.timing.decide import EPOCH_HOW, HOUR_MS, HOURS, Calibration, decide_many
+from sendflowr.timing.decide import CANDIDATE_BUCKETS, EPOCH_HOW, HOUR_MS, HOURS, Calibration, decide_many
 from sendflowr.timing.estimate import direct_curves, kernel_mass, levels
 
-WINDOWS_HOURS = (6, 24, 72)  # window lengths the calibration is fitted over (equal shares)
 
-
-def fit_posterior_calibration(f, rng: np.random.Generator, people: int = 3000, draws: int = 16) -> Calibration:
+def fit_posterior_calibration(f, rng: np.random.Generator, people: int = 6000, draws: int = 16,
+                              sharpness: float = 1.0, spread: float = 0.0) -> Calibration:
     """The calibration decisions use, fitted on draws from the fitted model's posterior (no truth needed).
 
     f: a timing.run.Fit. People are sampled per fallback level (so every level gets its own curve), one window
-    each, of a length drawn from WINDOWS_HOURS, starting on a random hour of the week."""
+    each, of a length spread over the candidate buckets, starting on a random hour of the week."""
     n = len(f.stats)
     if n == 0:
         return Calibration.default()
-    engaged = f.stats.row_sums(0, n, f.stats.events)
-    lv = levels(engaged, f.cohort_index, f.params)
+    lv = levels(f.stats.engaged, f.cohort_index, f.params)
     pick = np.sort(np.concatenate([rng.permutation(np.flatnonzero(lv == level))[: people // 3]
                                    for level in ("person", "cohort", "global")]))
     sub = f.subset(pick)
-    shape, rate, evidence = sub.posterior()
-    mean = sub.curves()[0]
+    shape, rate, _ = sub.posterior()
+    mean, evidence, _ = sub.curves()
     k = pick.size
-    length = np.asarray(WINDOWS_HOURS)[rng.integers(0, len(WINDOWS_HOURS), k)]
+    # window lengths spread over the candidate buckets (a bucket, then a length inside it)
+    upper = np.asarray(CANDIDATE_BUCKETS[:-1] + (HOURS,))
+    lower = np.concatenate([[2], upper[:-1] + 1])
+    bucket = rng.integers(0, upper.size, k)
+    length = rng.integers(lower[bucket], upper[bucket] + 1)
     start_slot = rng.integers(0, HOURS, k)
     start = (start_slot + 24 * 7 * 3000 - EPOCH_HOW).astype(np.int64) * HOUR_MS  # that hour of week, any week
     decided = decide_many(mean, evidence, lv[pick], start.astype("datetime64[ms]"),
@@ -50,10 +52,15 @@ def fit_posterior_calibration(f, rng: np.random.Generator, people: int = 3000, d
     mass = np.float32(kernel_mass(f.params))
     a, b = shape / mass, rate / mass
     s, e = sub.stats.deliveries(0, k)
+    level = mean.mean(axis=1, keepdims=True)
     hit = np.zeros(k)
     for _ in range(draws):
         drawn = direct_curves(f.decay.curves(rng.gamma(a, 1.0).astype(np.float32) / b), s, e, f.params)
-        for hours in WINDOWS_HOURS:  # the draw's best slot in each window (ties: earliest, as decisions)
+        if sharpness < 1.0 or spread > 0.0:  # as held-out outcomes say the curve's shape may be: the served
+            # curve's contrasts shrunk to what they predicted, the draw's own noise kept
+            drawn = drawn - (1.0 - sharpness) * (mean - level) + spread * rng.standard_normal(
+                drawn.shape).astype(np.float32)
+        for hours in np.unique(length):  # the draw's best slot in each window (ties: earliest, as decisions)
             rows = np.flatnonzero(length == hours)
             slots = (start_slot[rows, None] + np.arange(hours)[None, :]) % HOURS
             best = slots[np.arange(rows.size), drawn[rows[:, None], slots].argmax(axis=1)]
@@ -61,24 +68,31 @@ def fit_posterior_calibration(f, rng: np.random.Generator, people: int = 3000, d
             hit[rows] += np.minimum(d, HOURS - d) <= 1
     raw, level = decided.raw_score, lv[pick]
     finite = np.isfinite(raw)
-    cal = fit_calibration(raw[finite], hit[finite] / draws, level[finite])
+    cal = fit_calibration(raw[finite], hit[finite] / draws, level[finite], decided.candidates[finite])
     return Calibration(knots=cal.knots, fitted=True, samples=int(finite.sum()),
                        notes={"posterior_draws": float(draws)})
 
 
-def fit_calibration(raw: np.ndarray, hit: np.ndarray, lv: np.ndarray, max_knots: int = 64) -> Calibration:
-    """Isotonic regression of hit (0/1 or a share) on the raw margin score, per fallback level (finite scores
-    only): each block of the fit contributes its first and last score as knots, interpolated between."""
+def fit_calibration(raw: np.ndarray, hit: np.ndarray, lv: np.ndarray, candidates: np.ndarray | None = None,
+                    max_knots: int = 64) -> Calibration:
+    """Isotonic regression of hit (0/1 or a share) on the raw margin score, per fallback level and, given the
+    windows' candidate counts, per level and candidate bucket (finite scores only): each block of the fit
+    contributes its first and last score as knots, interpolated between."""
     knots = {}
-    for level in ("person", "cohort", "global"):
-        rows = (lv == level) & np.isfinite(raw)
+    groups = [(level, lv == level) for level in ("person", "cohort", "global")]
+    if candidates is not None:
+        bucket = np.searchsorted(CANDIDATE_BUCKETS, candidates)
+        groups += [(f"{level}/{b}", (lv == level) & (bucket == b)) for level in ("person", "cohort", "global")
+                   for b in range(len(CANDIDATE_BUCKETS))]
+    for key, group in groups:
+        rows = group & np.isfinite(raw)
         if rows.sum() < 20:
             continue
         x, y = _isotonic_knots(raw[rows], np.asarray(hit, dtype=np.float64)[rows])
         if x.size > max_knots:
             keep = np.unique(np.linspace(0, x.size - 1, max_knots).round().astype(np.int64))
             x, y = x[keep], y[keep]
-        knots[level] = (tuple(float(v) for v in x), tuple(float(v) for v in y))
+        knots[key] = (tuple(float(v) for v in x), tuple(float(v) for v in y))
     if "global" not in knots:
         knots["global"] = Calibration.default().knots["global"]
     return Calibration(knots=knots, fitted=True, samples=int(np.isfinite(raw).sum()))

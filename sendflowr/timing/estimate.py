@@ -36,9 +36,10 @@ class EstimatorParams:
     direct_strength: float = 5.0  # pseudo-deliveries the hazard model's value is worth against direct outcomes
     pooling_strength: float = 20.0  # pseudo-engagements pulling a prior's hour toward its day-pooled rate
     horizon_hours: int = 168  # a message is followed this long after its delivery hour
+    half_life_hours: float = 0.0  # a message's weight halves with this age (habits shift); 0: all weigh the same
     min_person_engagements: int = 3  # from here on a curve is labelled 'person'
     min_cohort_people: int = 30  # a cohort needs this many people with deliveries to be learned
-    clusters: int = 0  # activity clusters of the ML prior (0 = off: cohort priors only)
+    clusters: int = 12  # activity clusters of the ML prior (0 = off: cohort priors only)
     cluster_min_engagements: int = 5  # people the clusters are learned from
     seed: int = 7
 

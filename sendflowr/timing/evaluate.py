@@ -32,8 +32,9 @@ from clickhouse_connect.driver.client import Client
 
 from sendflowr.timing.confidence import fit_calibration, fit_posterior_calibration
 from sendflowr.timing.decide import HOUR_MS, HOURS, Calibration, decide_many, hour_of_week_ms
-from sendflowr.timing.estimate import EstimatorParams, levels, mixture_prior
-from sendflowr.timing.run import Fit, fit, learn_ml_prior, person_cohorts
+from sendflowr.timing.estimate import EstimatorParams, levels
+from sendflowr.timing.predictive import evaluate_predictive
+from sendflowr.timing.run import Fit, learn_ml_prior, person_cohorts, read_inputs
 from sendflowr.timing.signals import SignalRules
 
 BUCKETS = ((0, 0, "0"), (1, 4, "1-4"), (5, 19, "5-19"), (20, 10**9, "20+"))
@@ -50,6 +51,7 @@ class EvalConfig:
     bootstrap: int = 400
     seed: int = 17
     recent_opens: int = 20
+    keep_details: bool = False  # keep the per-decision arrays on the report (analysis)
 
 
 @dataclass
@@ -66,7 +68,9 @@ class EvalReport:
     ece_truth_fitted: float = 0.0  # diagnostic: a calibration fitted on half of the truth, measured on the rest
     ml: dict = field(default_factory=dict)
     signals: dict[str, int] = field(default_factory=dict)  # what the signal cleaning found (training period)
+    predictive: dict = field(default_factory=dict)  # the evaluation without ground truth, inside the training period
     plots: dict[str, str] = field(default_factory=dict)  # name -> base64 PNG
+    details: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return {"cutoff": self.cutoff.isoformat(), "decisions": self.decisions, "people": self.people,
@@ -156,8 +160,9 @@ def evaluate(client: Client, database: str, truth_dir: Path, rules: SignalRules 
     first_held = int(np.floor(sends.size * (1 - config.holdout_share)))
     held = sends[first_held:]
     cutoff = datetime.fromtimestamp(int(held[0]) / 1000, tz=UTC)
-    base = fit(client, database, rules, replace(params, clusters=0), observed_before=cutoff,
-               recent=config.recent_opens)
+    inputs = read_inputs(client, database, rules, params, observed_before=cutoff)
+    base = inputs.fit(replace(params, clusters=0), recent=config.recent_opens)
+    predictive = evaluate_predictive(inputs, replace(params, clusters=0))
     # Both priors on the same statistics: the non-ML cohort prior and the ML activity-cluster prior.
     ml_params = replace(params, clusters=params.clusters or 12)
     ml = Fit(base.stats, base.decay, base.priors, base.cohort_index, ml_params)
@@ -238,9 +243,11 @@ def evaluate(client: Client, database: str, truth_dir: Path, rules: SignalRules 
     report.overall = _summarize(np.ones(row.size, dtype=bool), row, value, best, hit, config, rng)
 
     # confidence: the model's own calibration (as a timing run commits it) against the truth
-    report.calibration = fit_posterior_calibration(f, np.random.default_rng(config.seed))
+    report.calibration = fit_posterior_calibration(f, np.random.default_rng(config.seed),
+                                                   sharpness=predictive.sharpness, spread=predictive.spread)
+    report.predictive = predictive.to_dict()
     raw, ok = ours.raw_score, ~np.isnan(ours.raw_score)
-    conf = report.calibration.apply(raw[ok], ours.fallback_level[ok])
+    conf = report.calibration.apply(raw[ok], ours.fallback_level[ok], ours.candidates[ok])
     got = hit["ours"][ok]
     report.ece, report.reliability = expected_calibration_error(conf, got)
     for level in ("person", "cohort", "global"):
@@ -256,6 +263,10 @@ def evaluate(client: Client, database: str, truth_dir: Path, rules: SignalRules 
     report.ece_truth_fitted, _ = expected_calibration_error(
         held_fit.apply(raw[test_rows], ours.fallback_level[test_rows]), hit["ours"][test_rows])
     report.plots = plots(report, f, true_curves, curves, engagements)
+    if config.keep_details:
+        report.details = {"row": row, "start": start, "chosen": chosen, "value": value, "best": best,
+                          "oracle": ms(oracle), "bucket": bucket, "curves": curves, "true_curves": true_curves,
+                          "confidence": ours.raw_score, "level": ours.fallback_level, "hit": hit}
     return report
 
 
@@ -291,11 +302,7 @@ def _curves_for(client: Client, database: str, f: Fit, uid: np.ndarray, params: 
         lookup = {name: i for i, name in enumerate(f.priors.cohorts)}
         mapped = np.array([lookup.get(name, 0) for name in names], dtype=np.int64)  # a few dozen names
         cohort_index[~known] = mapped[code]
-        prior = f.priors.rates[cohort_index[~known]]
-        if f.clusters is not None:
-            empty = np.zeros_like(prior)
-            prior = mixture_prior(empty, empty, prior, cohort_index[~known], f.clusters, f.params)
-        curves[~known] = f.decay.curves(prior)
+        curves[~known] = f.priors.curves[cohort_index[~known]]  # no data of their own: the cohort's curve
     return curves, evidence, engagements, levels(engagements, cohort_index, params), cohort_index, pos
 
 

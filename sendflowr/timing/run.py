@@ -61,6 +61,8 @@ class PersonStats:
     messages: np.ndarray  # float64 [m] messages in the cell
     events: np.ndarray  # float64 [m] of which engaged (at the cell's wait)
     fresh: np.ndarray  # float64 [m] summed share of the delivery hour left after each delivery
+    engaged: np.ndarray  # float64 [n] engaged messages per person (unweighted: levels, evidence, buckets)
+    delivered: np.ndarray  # float64 [n] messages per person (unweighted)
     horizon: int
     totals: dict[str, int] = field(default_factory=dict)  # opens, machine opens, clicks, scanner clicks, ...
     recent_hour: np.ndarray | None = None  # per person: the evaluation's genuine-open-hour rule (-1: none)
@@ -102,12 +104,6 @@ class PersonStats:
         s.sum_duplicates()
         e.sum_duplicates()
         return s, e
-
-    def row_sums(self, lo: int, hi: int, values: np.ndarray) -> np.ndarray:
-        """Per-person sums of a flat column for people lo..hi (0 for a person without rows)."""
-        sums = np.add.reduceat(np.append(values, 0.0), self.offsets[lo:hi + 1])[: hi - lo] if hi > lo else np.zeros(0)
-        # reduceat gives a person without rows the next row's value
-        return np.where(np.diff(self.offsets[lo:hi + 1]) > 0, sums, 0.0)
 
 
 @dataclass
@@ -190,45 +186,82 @@ def owner_persons(client: Client, owners: str) -> np.ndarray:
     return np.asarray(table.column("universal_id").to_numpy(zero_copy_only=False), dtype=object)
 
 
-def person_stats(client: Client, database: str, rules: SignalRules, owners: str,
-                 persons: Callable[[], np.ndarray], params: EstimatorParams,
+@dataclass
+class Messages:
+    """One row per owned, delivered message (messages.sql), as columns: the owner's index in the run's owner map,
+    the delivery hour (hours since the epoch) and second into it, the wait and whether it ended engaged."""
+
+    p: np.ndarray
+    delivered_hour: np.ndarray
+    delivered_second: np.ndarray
+    wait: np.ndarray
+    engaged: np.ndarray
+    observed_hour: int  # hours since the epoch of observed_before: later engagement was not seen
+    totals: dict[str, int] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return int(self.p.shape[0])
+
+    def before(self, hour: int) -> Messages:
+        """What was known at `hour`: later deliveries dropped, engagement after it unseen (waits censored there)."""
+        keep = self.delivered_hour < hour
+        seen = hour - 1 - self.delivered_hour[keep].astype(np.int64)
+        wait = np.minimum(self.wait[keep].astype(np.int64), seen)
+        engaged = self.engaged[keep] & (self.wait[keep].astype(np.int64) <= seen)
+        return Messages(self.p[keep], self.delivered_hour[keep], self.delivered_second[keep], wait, engaged, hour)
+
+
+def message_rows(client: Client, database: str, rules: SignalRules, owners: str, params: EstimatorParams,
                  observed_before: datetime | None = None,
-                 ends: dict[tuple[str, int], int] | None = None, recent: int = 0) -> tuple[PersonStats, np.ndarray]:
-    """Per-person sparse cell statistics from the committed events (messages.sql), rows sorted by person
-    (universal_id order) and cell; also each person's index in the owner map. persons() gives the owner map's
-    universal_ids (read beside this query). observed_before: what is known is what happened before it (now)."""
+                 ends: dict[tuple[str, int], int] | None = None) -> Messages:
+    """The committed events' owned messages (messages.sql). observed_before: what is known is what happened
+    before it (default now)."""
     ends = plan.committed_ends(client, database) if ends is None else ends
     observed = observed_before or datetime.now(UTC)
-    horizon = params.horizon_hours
     table = client.query_arrow(load_sql("timing/messages.sql", database), parameters={
-        **rules.parameters(), **_range_parameters(ends), "owners": owners, "horizon_hours": horizon,
+        **rules.parameters(), **_range_parameters(ends), "owners": owners, "horizon_hours": params.horizon_hours,
         "observed_before_ms": int(observed.timestamp() * 1000)})
-    n = table.num_rows
     col = {name: table.column(name).to_numpy() for name in ("p", "delivered_hour", "delivered_second", "wait",
                                                             "engaged")}
-    how = (col["delivered_hour"].astype(np.int64) + EPOCH_HOW) % HOURS
-    # per (person, cell): a sort by the combined key, then sums over runs of equal keys
-    cells = HOURS * horizon
-    key = col["p"].astype(np.int64) * cells + how * horizon + col["wait"]
-    order = np.argsort(key)
-    key = key[order]
-    first = np.flatnonzero(np.concatenate([[True], key[1:] != key[:-1]])) if n else np.zeros(0, np.int64)
-    messages = np.diff(np.append(first, n)).astype(np.float64)
-    events = np.add.reduceat(col["engaged"][order].astype(np.float64), first) if n else np.zeros(0)
-    left = 1.0 - (col["delivered_second"][order].astype(np.float64) + 0.5) / 3600.0
-    fresh = np.add.reduceat(left, first) if n else np.zeros(0)
-    p, cell = key[first] // cells, key[first] % cells
-    starts = np.flatnonzero(np.concatenate([[True], p[1:] != p[:-1]])) if p.size else np.zeros(0, np.int64)
     totals = {name: int(pc.sum(table.column(name)).as_py() or 0)
               for name in ("opens", "machine_opens", "clicks", "scanner_clicks", "clicked")}
     totals.update(genuine_opens=totals["opens"] - totals["machine_opens"],
                   genuine_clicks=totals["clicks"] - totals["scanner_clicks"],
-                  deliveries=n, engaged=int(events.sum()))
-    stats = PersonStats(universal_id=persons()[p[starts] - 1], offsets=np.append(starts, p.size).astype(np.int64),
-                        cell=cell.astype(np.int64), messages=messages, events=events, fresh=fresh, horizon=horizon,
-                        totals=totals)
+                  deliveries=table.num_rows, engaged=int(col["engaged"].sum()))
+    return Messages(col["p"], col["delivered_hour"], col["delivered_second"], col["wait"], col["engaged"] > 0,
+                    int(observed.timestamp()) // 3600, totals)
+
+
+def person_stats(m: Messages, persons: np.ndarray, params: EstimatorParams,
+                 recent: int = 0) -> tuple[PersonStats, np.ndarray]:
+    """Per-person sparse cell statistics, rows sorted by person (owner-map order, which is universal_id order) and
+    cell; also each person's owner-map index. persons: the owner map's universal_ids (index - 1)."""
+    n = len(m)
+    horizon = params.horizon_hours
+    how = (m.delivered_hour.astype(np.int64) + EPOCH_HOW) % HOURS
+    # per (person, cell): a sort by the combined key, then sums over runs of equal keys
+    cells = HOURS * horizon
+    key = m.p.astype(np.int64) * cells + how * horizon + m.wait
+    order = np.argsort(key)
+    key = key[order]
+    first = np.flatnonzero(np.concatenate([[True], key[1:] != key[:-1]])) if n else np.zeros(0, np.int64)
+    # Recent messages may weigh more (habits shift): weight 2^(-age / half-life).
+    age = m.observed_hour - m.delivered_hour[order].astype(np.float64)
+    w = np.exp2(-np.maximum(age, 0.0) / params.half_life_hours) if params.half_life_hours > 0 else np.ones(n)
+    messages = np.add.reduceat(w, first) if n else np.zeros(0)
+    events = np.add.reduceat(m.engaged[order] * w, first) if n else np.zeros(0)
+    left = 1.0 - (m.delivered_second[order].astype(np.float64) + 0.5) / 3600.0
+    fresh = np.add.reduceat(left * w, first) if n else np.zeros(0)
+    p, cell = key[first] // cells, key[first] % cells
+    starts = np.flatnonzero(np.concatenate([[True], p[1:] != p[:-1]])) if p.size else np.zeros(0, np.int64)
+    person_of = np.searchsorted(p[starts], m.p) if n else np.zeros(0, np.int64)
+    engaged = np.bincount(person_of, weights=m.engaged, minlength=starts.size)
+    delivered = np.bincount(person_of, minlength=starts.size).astype(np.float64)
+    stats = PersonStats(universal_id=persons[p[starts] - 1], offsets=np.append(starts, p.size).astype(np.int64),
+                        cell=cell.astype(np.int64), messages=messages, events=events, fresh=fresh, engaged=engaged,
+                        delivered=delivered, horizon=horizon, totals=m.totals)
     if recent:
-        stats.recent_hour = genuine_open_hour(col["p"], col["delivered_hour"] + col["wait"], col["engaged"] > 0,
+        stats.recent_hour = genuine_open_hour(m.p, m.delivered_hour.astype(np.int64) + m.wait, m.engaged,
                                               p[starts], recent)
     return stats, p[starts]
 
@@ -298,6 +331,7 @@ class Fit:
     cohort_index: np.ndarray  # per person, into priors.cohorts
     params: EstimatorParams
     clusters: ActivityClusters | None = None  # the ML prior, when enabled and learnable
+    stats_owner: np.ndarray | None = None  # each stats row's owner-map index (ascending), when read from a run
 
     def subset(self, rows: np.ndarray) -> Fit:
         """The same model over some people (rows of stats, ascending)."""
@@ -307,7 +341,7 @@ class Fit:
         take = np.repeat(st.offsets[rows] - offsets[:-1], lengths) + np.arange(offsets[-1])
         sub = PersonStats(universal_id=st.universal_id[rows], offsets=offsets, cell=st.cell[take],
                           messages=st.messages[take], events=st.events[take], fresh=st.fresh[take],
-                          horizon=st.horizon)
+                          engaged=st.engaged[rows], delivered=st.delivered[rows], horizon=st.horizon)
         return Fit(sub, self.decay, self.priors, self.cohort_index[rows], self.params, self.clusters)
 
     def rates(self, lo: int = 0, hi: int | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -315,6 +349,13 @@ class Fit:
         shape, rate, engaged = self.posterior(lo, hi)
         shape /= rate
         return shape, engaged
+
+    def raw_hours(self, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
+        """(exposure [k, 168], engagements [k, 168]) of people lo..hi by hour of week, unsmoothed, dense."""
+        st = self.stats
+        x = np.asarray(st.cells(lo, hi) @ self.decay.exposure + st.delivery_hour_left(lo, hi) * np.float32(
+            self.decay.g[0]))
+        return x.astype(np.float32), st.engagements(lo, hi).toarray().astype(np.float32)
 
     def posterior(self, lo: int = 0, hi: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(Gamma shape [k, 168], Gamma rate [k, 168], engagements) of the rates of people lo..hi."""
@@ -325,8 +366,10 @@ class Fit:
         g0 = np.float32(self.decay.g[0])
         x = np.asarray(cells @ self.decay.exposure + left * g0)  # [k, 168] exposure by hour of week
         n = st.engagements(lo, hi)
-        if self.clusters is not None:
-            prior = mixture_prior(x, n.toarray(), prior, self.cohort_index[lo:hi], self.clusters, self.params)
+        if self.clusters is not None:  # the ML prior, for people with something of their own to place them by
+            own = np.flatnonzero(st.engaged[lo:hi] > 0)
+            prior[own] = mixture_prior(x[own], n[own].toarray(), prior[own], self.cohort_index[lo:hi][own],
+                                       self.clusters, self.params)
         expected = np.einsum("ij,ij->i", x, prior)
         total = np.asarray(n.sum(axis=1), dtype=np.float64).ravel()
         # smoothing folded into the exposure rows: one sparse product, no dense [k, 168] x [168, 168] one
@@ -337,24 +380,49 @@ class Fit:
     def curves(self, lo: int = 0, hi: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(curves [k, 168], evidence, engagements) for people lo..hi: evidence = engagements seen."""
         hi = len(self.stats) if hi is None else hi
-        rates, engaged = self.rates(lo, hi)
+        rates, _ = self.rates(lo, hi)
         s, e = self.stats.deliveries(lo, hi)
         curves = direct_curves(self.decay.curves(rates), s, e, self.params)
+        engaged = self.stats.engaged[lo:hi]
         return curves, engaged.astype(np.float32), engaged
 
 
-def fit(client: Client, database: str, rules: SignalRules, params: EstimatorParams,
-        observed_before: datetime | None = None, ends: dict[tuple[str, int], int] | None = None,
-        recent: int = 0) -> Fit:
+@dataclass
+class Inputs:
+    """What a fit reads from ClickHouse: the messages, the owner map's universal_ids, the cohort members."""
+
+    messages: Messages
+    persons: np.ndarray
+    members: pa.Table
+
+    def fit(self, params: EstimatorParams, recent: int = 0, messages: Messages | None = None) -> Fit:
+        stats, index = person_stats(messages or self.messages, self.persons, params, recent)
+        cohort_code, names = cohorts_by_index(self.members, index)
+        f = fit_stats(stats, cohort_code, names, params)
+        f.stats_owner = index
+        return f
+
+    def cohort_names(self, owners: np.ndarray) -> list[str]:
+        """The cohort name (maybe unlearned) of people given by owner-map index."""
+        code, names = cohorts_by_index(self.members, owners)
+        return [names[c] for c in code]
+
+
+def read_inputs(client: Client, database: str, rules: SignalRules, params: EstimatorParams,
+                observed_before: datetime | None = None, ends: dict[tuple[str, int], int] | None = None) -> Inputs:
     with owner_map(client, database) as owners, ThreadPoolExecutor(1, thread_name_prefix="timing-side") as side:
         # The owner map's universal_ids and cohorts are read on a side thread while the events pass runs
         # (ClickHouse has a core to spare in its single-threaded stretches, and during the numpy sums).
         persons = side.submit(owner_persons, client, owners)
         members = side.submit(cohort_members, client, database, owners)
-        stats, index = person_stats(client, database, rules, owners, persons.result, params, observed_before, ends,
-                                    recent)
-        cohort_code, names = cohorts_by_index(members.result(), index)
-    return fit_stats(stats, cohort_code, names, params)
+        messages = message_rows(client, database, rules, owners, params, observed_before, ends)
+        return Inputs(messages, persons.result(), members.result())
+
+
+def fit(client: Client, database: str, rules: SignalRules, params: EstimatorParams,
+        observed_before: datetime | None = None, ends: dict[tuple[str, int], int] | None = None,
+        recent: int = 0) -> Fit:
+    return read_inputs(client, database, rules, params, observed_before, ends).fit(params, recent)
 
 
 def fit_stats(stats: PersonStats, cohort_code: np.ndarray, names: list[str], params: EstimatorParams) -> Fit:
@@ -371,8 +439,7 @@ def fit_stats(stats: PersonStats, cohort_code: np.ndarray, names: list[str], par
 
 def learn_ml_prior(f: Fit) -> ActivityClusters | None:
     """Learn the ML prior's shapes from the cohort-prior rates of data-rich people."""
-    engaged = f.stats.row_sums(0, len(f.stats), f.stats.events)
-    rich = np.flatnonzero((np.diff(f.stats.offsets) > 0) & (engaged >= f.params.cluster_min_engagements))
+    rich = np.flatnonzero((np.diff(f.stats.offsets) > 0) & (f.stats.engaged >= f.params.cluster_min_engagements))
     if rich.size == 0:
         return None
     plain = Fit(f.stats, f.decay, f.priors, f.cohort_index, f.params)
@@ -494,7 +561,7 @@ def materialize(client: Client, database: str, rules: SignalRules | None = None,
                 # everyone in the chunk changed (a full build): views instead of a fancy-indexed copy of the curves
                 rows = slice(None) if mask.all() else np.flatnonzero(mask)
                 table = _curves_table(version, f.stats.universal_id[lo:hi][rows], curves[rows], evidence[rows],
-                                      engaged[rows], f.stats.row_sums(lo, hi, f.stats.messages)[rows], lv[rows],
+                                      engaged[rows], f.stats.delivered[lo:hi][rows], lv[rows],
                                       cohorts[f.cohort_index[lo:hi][rows]], new_hash[lo:hi][rows])
                 if pending is not None:
                     pending.result()
