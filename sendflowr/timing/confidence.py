@@ -110,3 +110,20 @@ def _isotonic_knots(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarra
     ky = np.clip(np.repeat(fit.x[starts], 2), 0.0, 1.0)
     keep = np.concatenate([[True], kx[1:] != kx[:-1]])  # a one-value block gives its knot once
     return kx[keep], ky[keep]
+
+
+def calibrate(inputs, f, rng: np.random.Generator, holdout_weeks: float = 2.0):
+    """(Predictive, Calibration) for a fitted model, from the user's own events only: the held-out deliveries
+    (sendflowr.timing.predictive) say how much of the curves' shape is real and what their values deliver; the
+    confidence map is fitted on posterior draws shaped by that; expected engagement maps through what held-out
+    deliveries observed. inputs: the timing.run.Inputs f was fitted from."""
+    from dataclasses import replace
+
+    from sendflowr.timing.predictive import evaluate_predictive
+
+    predictive = evaluate_predictive(inputs, f.params, holdout_weeks)
+    cal = fit_posterior_calibration(f, rng, sharpness=predictive.sharpness, spread=predictive.spread)
+    notes = {**cal.notes, "sharpness": predictive.sharpness, "spread": predictive.spread,
+             "heldout_deliveries": float(predictive.deliveries)}
+    engagement = predictive.calibration if predictive.deliveries >= 50 else None
+    return predictive, replace(cal, notes=notes, engagement=engagement)

@@ -56,6 +56,8 @@ class Calibration:
     ece: float | None = None  # expected calibration error measured on held-out decisions when fitted
     samples: int = 0
     notes: dict[str, float] = field(default_factory=dict)
+    # curve value -> engagement observed on held-out deliveries (monotone knots); None: the curve value as is
+    engagement: tuple[tuple[float, ...], tuple[float, ...]] | None = None
 
     def __post_init__(self) -> None:
         for level, (x, y) in self.knots.items():
@@ -76,14 +78,24 @@ class Calibration:
     def to_json(self) -> str:
         return json.dumps({"knots": {k: [list(x), list(y)] for k, (x, y) in self.knots.items()},
                            "fitted": self.fitted, "ece": self.ece, "samples": self.samples,
-                           "notes": self.notes}, sort_keys=True)
+                           "notes": self.notes,
+                           "engagement": [list(v) for v in self.engagement] if self.engagement else None},
+                          sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> Calibration:
         data = json.loads(text)
         knots = {k: (tuple(float(v) for v in x), tuple(float(v) for v in y)) for k, (x, y) in data["knots"].items()}
+        engagement = data.get("engagement")
         return cls(knots=knots, fitted=bool(data.get("fitted", False)), ece=data.get("ece"),
-                   samples=int(data.get("samples", 0)), notes=dict(data.get("notes", {})))
+                   samples=int(data.get("samples", 0)), notes=dict(data.get("notes", {})),
+                   engagement=(tuple(map(float, engagement[0])), tuple(map(float, engagement[1])))
+                   if engagement else None)
+
+    def engagement_of(self, value: np.ndarray) -> np.ndarray:
+        """Expected engagement of a delivery the curve values at `value` (as observed on held-out deliveries)."""
+        value = np.asarray(value, dtype=np.float64)
+        return np.interp(value, *self.engagement) if self.engagement else value
 
     def apply(self, raw: np.ndarray, levels: np.ndarray, candidates: np.ndarray | None = None) -> np.ndarray:
         """Probabilities for raw scores (inf -> 1: certain by construction); unknown levels use 'global'."""
@@ -256,7 +268,8 @@ def decide_many(curves: np.ndarray, evidence: np.ndarray, fallback_levels: np.nd
     trigger = np.where(ok, chosen_ms - lat_ms, nat).astype("datetime64[ms]")
     return DecisionBatch(
         delivery_at=delivery, trigger_at=trigger,
-        confidence=np.where(ok, confidence, np.nan), expected_engagement=np.where(ok, best_value, np.nan),
+        confidence=np.where(ok, confidence, np.nan),
+        expected_engagement=np.where(ok, calibration.engagement_of(best_value), np.nan),
         fallback_level=levels, error_field=err_field, error_message=err_msg, raw_score=np.where(ok, raw, np.nan),
         candidates=count.astype(np.int64),
     )
@@ -314,7 +327,8 @@ def _decide_row(curve: np.ndarray, evidence: float, levels: np.ndarray, after: i
     return DecisionBatch(
         delivery_at=np.array([chosen], "datetime64[ms]"), trigger_at=np.array([chosen - lat_ms], "datetime64[ms]"),
         confidence=calibration.apply(np.array([raw]), levels, np.array([count])),
-        expected_engagement=np.array([best_value]), fallback_level=levels, error_field=np.array([None], object),
+        expected_engagement=calibration.engagement_of(np.array([best_value])), fallback_level=levels,
+        error_field=np.array([None], object),
         error_message=np.array([None], object), raw_score=np.array([raw]), candidates=np.array([count], np.int64))
 
 

@@ -30,10 +30,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from clickhouse_connect.driver.client import Client
 
-from sendflowr.timing.confidence import fit_calibration, fit_posterior_calibration
+from sendflowr.timing.confidence import calibrate, fit_calibration
 from sendflowr.timing.decide import HOUR_MS, HOURS, Calibration, decide_many, hour_of_week_ms
 from sendflowr.timing.estimate import EstimatorParams, levels
-from sendflowr.timing.predictive import evaluate_predictive
 from sendflowr.timing.run import Fit, learn_ml_prior, person_cohorts, read_inputs
 from sendflowr.timing.signals import SignalRules
 
@@ -162,7 +161,6 @@ def evaluate(client: Client, database: str, truth_dir: Path, rules: SignalRules 
     cutoff = datetime.fromtimestamp(int(held[0]) / 1000, tz=UTC)
     inputs = read_inputs(client, database, rules, params, observed_before=cutoff)
     base = inputs.fit(replace(params, clusters=0), recent=config.recent_opens)
-    predictive = evaluate_predictive(inputs, replace(params, clusters=0))
     # Both priors on the same statistics: the non-ML cohort prior and the ML activity-cluster prior.
     ml_params = replace(params, clusters=params.clusters or 12)
     ml = Fit(base.stats, base.decay, base.priors, base.cohort_index, ml_params)
@@ -243,8 +241,7 @@ def evaluate(client: Client, database: str, truth_dir: Path, rules: SignalRules 
     report.overall = _summarize(np.ones(row.size, dtype=bool), row, value, best, hit, config, rng)
 
     # confidence: the model's own calibration (as a timing run commits it) against the truth
-    report.calibration = fit_posterior_calibration(f, np.random.default_rng(config.seed),
-                                                   sharpness=predictive.sharpness, spread=predictive.spread)
+    predictive, report.calibration = calibrate(inputs, f, np.random.default_rng(config.seed))
     report.predictive = predictive.to_dict()
     raw, ok = ours.raw_score, ~np.isnan(ours.raw_score)
     conf = report.calibration.apply(raw[ok], ours.fallback_level[ok], ours.candidates[ok])

@@ -86,6 +86,7 @@ def sharpness_and_spread(person: np.ndarray, p: np.ndarray, y: np.ndarray) -> tu
     n_i = np.repeat(counts, counts)[keep]
     idx = np.repeat(np.arange(starts.size), counts)[keep]
     p, y = p[keep], y[keep]
+    idx = np.unique(idx, return_inverse=True)[1]  # people kept, numbered densely
     pm = np.bincount(idx, weights=p) / np.bincount(idx)
     ym = np.bincount(idx, weights=y) / np.bincount(idx)
     dp, dy = p - pm[idx], y - ym[idx]
@@ -127,7 +128,9 @@ def evaluate_predictive(inputs, params, holdout_weeks: float = 2.0, recent: int 
     out = Predictive()
     if len(m) == 0:
         return out
-    complete_before = m.observed_hour - params.horizon_hours
+    # outcomes are complete a horizon after delivery (or at once when the data stopped long ago, as a
+    # synthetic world's do)
+    complete_before = int(min(m.observed_hour - params.horizon_hours, int(m.delivered_hour.max()) + 1))
     first = int(m.delivered_hour.min())
     cut = int(max(complete_before - holdout_weeks * HOURS, first + (complete_before - first) // 2))
     held = (m.delivered_hour >= cut) & (m.delivered_hour < complete_before)
@@ -176,3 +179,31 @@ def evaluate_predictive(inputs, params, holdout_weeks: float = 2.0, recent: int 
     out.sharpness, out.spread = sharpness_and_spread(owners, ours, y)
     out.calibration = isotonic_map(ours.astype(np.float64), y.astype(np.float64))
     return out
+
+
+def reliability_png(p: Predictive) -> str:
+    """Base64 PNG: predicted engagement of held-out deliveries against what was observed, per decile."""
+    import base64
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    if p.reliability:
+        pred, observed, count = zip(*p.reliability, strict=True)
+        top = max(max(pred), max(observed), 1e-3) * 1.05
+        ax.plot([0, top], [0, top], color="grey", ls=":")
+        ax.plot(pred, observed, marker="o", label="curve value")
+        x, y = p.calibration
+        ax.plot(x, y, lw=1, label="expected_engagement map")
+        ax.legend(fontsize=7)
+    ax.set_xlabel("predicted engagement (curve at the delivery hour)")
+    ax.set_ylabel("observed engagement of held-out deliveries")
+    ax.set_title(f"held-out reliability ({p.deliveries} deliveries)")
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=80, bbox_inches="tight")
+    plt.close(fig)
+    return base64.b64encode(buffer.getvalue()).decode()

@@ -27,8 +27,8 @@ from scipy import sparse
 
 from sendflowr.ingest import plan
 from sendflowr.sql_files import load_sql
-from sendflowr.timing.confidence import fit_posterior_calibration
-from sendflowr.timing.decide import EPOCH_HOW, HOURS
+from sendflowr.timing import versions
+from sendflowr.timing.decide import EPOCH_HOW, HOURS, Calibration
 from sendflowr.timing.estimate import (
     ActivityClusters,
     EstimatorParams,
@@ -130,7 +130,7 @@ class TimingReport:
 def record_progress(client: Client, database: str, run_id: str) -> tuple[int, dict[tuple[str, int], int]]:
     """Advance the watermark to the committed ends; returns (events newly committed, committed end per range).
 
-    Nothing is folded: every run reads the committed events straight from `events` (person_stats.sql), so the
+    Nothing is folded: every run reads the committed events straight from `events` (messages.sql), so the
     watermark only tells whether anything is new since the last run."""
     ends = plan.committed_ends(client, database)
     bounds = plan.pending_bounds(client, database, "timing_progress", ends)
@@ -145,7 +145,7 @@ def record_progress(client: Client, database: str, run_id: str) -> tuple[int, di
 
 
 def _range_parameters(ends: dict[tuple[str, int], int]) -> dict[str, list]:
-    """Committed ranges as the (topic index << 32 | partition) -> end arrays person_stats.sql looks up."""
+    """Committed ranges as the (topic index << 32 | partition) -> end arrays messages.sql looks up."""
     topics = sorted({t for t, _ in ends})
     index = {t: i + 1 for i, t in enumerate(topics)}
     return {"topics": topics, "topic_index": [index[t] for t in topics],
@@ -485,21 +485,13 @@ def _last_mark(client: Client, database: str) -> list | None:
     return json.loads(rows[0][0]).get("identity_mark") if rows else None
 
 
-def next_version(client: Client, database: str) -> int:
-    """Strictly above anything written, committed or not (a dead run's rows must never look committed)."""
-    row = client.query(
-        f"SELECT greatest((SELECT max(version) FROM {database}.timing_runs), "
-        f"(SELECT max(version) FROM {database}.timing_curves), "
-        f"(SELECT max(version) FROM {database}.timing_priors))").result_rows[0]
-    return int(row[0]) + 1
-
-
-def _previous(client: Client, database: str) -> tuple[pa.Table | None, np.ndarray | None]:
-    """Committed per-person stats hashes and the committed global prior."""
-    head = client.query(f"SELECT version FROM {database}.timing_runs ORDER BY version DESC LIMIT 1")
+def _previous(client: Client, database: str) -> tuple[pa.Table | None, np.ndarray | None, str | None]:
+    """Committed per-person stats hashes, the committed global prior and the calibration (carried forward until
+    the evaluation asset fits the next one, sendflowr.timing.confidence.calibrate)."""
+    head = client.query(f"SELECT version, calibration FROM {database}.timing_runs ORDER BY version DESC LIMIT 1")
     if not head.result_rows:
-        return None, None
-    version = head.result_rows[0][0]
+        return None, None, None
+    version, calibration = head.result_rows[0]
     rows = client.query_arrow(
         f"SELECT universal_id, argMax(stats_hash, version) AS h FROM {database}.timing_curves "
         "WHERE version <= {v:UInt64} GROUP BY universal_id ORDER BY universal_id", parameters={"v": int(version)},
@@ -507,7 +499,7 @@ def _previous(client: Client, database: str) -> tuple[pa.Table | None, np.ndarra
     g = client.query(f"SELECT argMax(curve, version) FROM {database}.timing_priors "
                      "WHERE level = 'global' AND version <= {v:UInt64}", parameters={"v": int(version)}).result_rows
     prior = np.asarray(g[0][0], dtype=np.float32) if g and g[0][0] else None
-    return rows, prior
+    return rows, prior, calibration
 
 
 def materialize(client: Client, database: str, rules: SignalRules | None = None,
@@ -533,8 +525,8 @@ def materialize(client: Client, database: str, rules: SignalRules | None = None,
     report.seconds.update(progress=t1 - t0, aggregate=t2 - t1)
     report.people, report.totals = len(f.stats), f.stats.totals
     report.cohorts = len(f.priors.cohorts) - 1
-    version = report.version = next_version(client, database)
-    hashes, old_prior = _previous(client, database)
+    version = report.version = versions.next_version(client, database)
+    hashes, old_prior, calibration = _previous(client, database)
     drift = (np.inf if old_prior is None or old_prior.shape != (HOURS,)
              else float(np.max(np.abs(f.priors.global_curve - old_prior) / np.maximum(old_prior, 1e-6))))
     report.full_rewrite = full or drift > PRIOR_DRIFT
@@ -572,19 +564,11 @@ def materialize(client: Client, database: str, rules: SignalRules | None = None,
     report.by_level = by_level
     t3 = time.perf_counter()
     report.seconds["estimate_and_write"] = t3 - t2
-    # Confidence from the model's own posterior (sendflowr.timing.confidence): no ground truth needed.
-    calibration = fit_posterior_calibration(f, np.random.default_rng(version))
-    report.seconds["calibration"] = time.perf_counter() - t3
     metadata = {"identity_mark": mark, "shares": report.shares(), "totals": report.totals, "by_level": by_level,
                 "rules": rules.describe(), "params": params.to_dict(), "prior_drift": drift,
                 "seconds": report.seconds, "new_events": report.new_events}
-    client.command(
-        f"INSERT INTO {database}.timing_runs (version, run_id, materialized_at, people, calibration, kind, "
-        "people_written, metadata) VALUES ({v:UInt64}, {r:String}, now64(3), {p:UInt64}, {c:String}, 'curves', "
-        "{w:UInt64}, {m:String})",
-        parameters={"v": version, "r": report.run_id, "p": report.people,
-                    "c": calibration.to_json(), "w": report.people_written,
-                    "m": json.dumps(metadata, default=float)})
+    versions.commit(client, database, version, report.run_id, "curves", report.people,
+                    calibration or Calibration.default().to_json(), report.people_written, metadata)
     report.seconds["total"] = time.perf_counter() - t0
     log(f"timing v{version}: {report.people} people ({by_level}), {report.people_written} curve rows written, "
         f"{report.cohorts} cohorts, machine opens {report.shares()['machine_open_share']:.1%}, scanner clicks "
