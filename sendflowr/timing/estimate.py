@@ -208,8 +208,9 @@ def learn_clusters(rich_rates: np.ndarray, rich_cohort: np.ndarray, n_cohorts: i
     k = params.clusters
     if k <= 0 or rich_rates.shape[0] < 5 * k:
         return None
-    shapes = rich_rates / np.maximum(rich_rates.mean(axis=1, keepdims=True), 1e-9)
-    model = KMeans(n_clusters=k, n_init=3, random_state=params.seed).fit(shapes)
+    # float64: scikit-learn's float32 distances take a slow upcasting path
+    shapes = (rich_rates / np.maximum(rich_rates.mean(axis=1, keepdims=True), 1e-9)).astype(np.float64)
+    model = KMeans(n_clusters=k, n_init=2, random_state=params.seed).fit(shapes)
     centers = np.maximum(model.cluster_centers_, 1e-3)
     centers = (centers / centers.mean(axis=1, keepdims=True)).astype(np.float32)
     counts = np.zeros((n_cohorts, k))

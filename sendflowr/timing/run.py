@@ -1,10 +1,13 @@
-"""One timing materialization: fold new events into per-message aggregates, aggregate per person and hour of
-week in ClickHouse, estimate curves on [n, 168] arrays, write priors and changed curves, commit.
+"""One timing materialization (docs/TIMING.md, "Pipeline"): read the owned messages of the committed events in one
+pass (sql/timing/messages.sql: signal cleaning, owner, delivery hour, wait for the first genuine engagement),
+turn them into per-person cell statistics with numpy, fit the time-to-engagement model (decay, priors, the ML
+prior), estimate curves on [n, 168] blocks, write priors and the curves that changed, commit (timing_runs last,
+sendflowr.timing.versions).
 
-Incremental where the math allows: messages are folded once from newly committed offsets (late events of a
-message just add a partial row); per-person statistics are re-aggregated from the compact message table;
-a person's curve row is rewritten only when their statistics or cohort changed, or when the global prior
-moved (then everyone is, since every curve leans on it).
+A run with nothing new (no newly committed events, no identity write) does nothing. Otherwise a person's curve
+row is rewritten only when their statistics or cohort changed, or when the global prior moved (then everyone's
+is, since every curve leans on it). The calibration is carried forward; the evaluation asset fits the next one
+(sendflowr.timing.evaluation_run).
 """
 
 from __future__ import annotations
@@ -437,15 +440,16 @@ def fit_stats(stats: PersonStats, cohort_code: np.ndarray, names: list[str], par
     return f
 
 
-def learn_ml_prior(f: Fit) -> ActivityClusters | None:
-    """Learn the ML prior's shapes from the cohort-prior rates of data-rich people."""
+def learn_ml_prior(f: Fit, sample: int = 10_000) -> ActivityClusters | None:
+    """Learn the ML prior's shapes from the cohort-prior rates of data-rich people (a sample of them: typical
+    weekly shapes need thousands of people, not millions)."""
     rich = np.flatnonzero((np.diff(f.stats.offsets) > 0) & (f.stats.engaged >= f.params.cluster_min_engagements))
     if rich.size == 0:
         return None
-    plain = Fit(f.stats, f.decay, f.priors, f.cohort_index, f.params)
-    rates = np.concatenate([plain.rates(lo, min(lo + CHUNK, len(f.stats)))[0][
-        np.isin(np.arange(lo, min(lo + CHUNK, len(f.stats))), rich)] for lo in range(0, len(f.stats), CHUNK)])
-    return learn_clusters(rates, f.cohort_index[rich], len(f.priors.cohorts), f.params)
+    if rich.size > sample:
+        rich = np.sort(np.random.default_rng(f.params.seed).choice(rich, sample, replace=False))
+    plain = Fit(f.stats, f.decay, f.priors, f.cohort_index, f.params).subset(rich)
+    return learn_clusters(plain.rates()[0], f.cohort_index[rich], len(f.priors.cohorts), f.params)
 
 
 def _stats_hash(f: Fit) -> np.ndarray:
