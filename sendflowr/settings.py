@@ -90,10 +90,6 @@ class Settings(BaseSettings):
     ingest_cron: str = Field(default="* * * * *", description="Schedule of the ingestion asset (cron, UTC).")
     identity_cron: str = Field(default="0 * * * *", description="Schedule of the identity graph asset (cron, UTC).")
     timing_cron: str = Field(default="0 3 * * *", description="Schedule of the timing curves asset (cron, UTC).")
-    timing_open_weight: float = Field(
-        default=1.0, ge=0, description="Weight of a genuinely opened delivery in the timing signal.")
-    timing_click_weight: float = Field(
-        default=2.0, ge=0, description="Extra weight of a genuinely clicked delivery in the timing signal.")
     timing_prior_strength: float = Field(
         default=1.0, gt=0,
         description="Pseudo-engagements of the cohort prior per hour in a person's curve (shrinkage strength).")
