@@ -24,7 +24,7 @@ from sendflowr.sql_files import load_sql
 def _parsed(database: str) -> str:
     record_type = "Tuple(v UInt8, rows UInt32, columns Tuple(" + ", ".join(
         f"{name} Array({kind})" for name, kind, _ in FIELDS) + "))"
-    return (load_sql("decision_log/parsed.sql", database)
+    return (DECISIONS.sql("decision_log/parsed", database)
             .replace("${record_type}", record_type)
             .replace("${lengths}", ", ".join(f"JSONLength(raw, 'columns', '{name}')" for name in NAMES))
             .replace("${names}", ", ".join(f"'{name}'" for name in NAMES))
@@ -43,7 +43,7 @@ def _insert(database: str) -> str:
 
 class DecisionLogSink(Sink):
     name = "decisions"
-    scratch_tables = ("decision_log_staging",)
+    scratch = (("decision_log_staging", "staged", "staged rows"),)
 
     def topic(self, settings: Settings) -> str:
         return settings.decision_log_topic

@@ -125,6 +125,7 @@ class _Attempt:
     id: str
     ranges: list[OffsetRange]
     loaded: bool = False
+    staged: int = 0  # rows the writer staged; every statement reading the sink's scratch checks this count
 
 
 def _run_pass(settings: Settings, client: Client, consumer, ranges: list[OffsetRange], per_attempt: int,
@@ -182,7 +183,7 @@ def _run_pass(settings: Settings, client: Client, consumer, ranges: list[OffsetR
     mirror_error = consume.commit_group_offsets(consumer, ranges)
     if mirror_error:
         log(f"offsets are committed in ClickHouse, but mirroring them to consumer group "
-            f"{consume.CONSUMER_GROUP!r} failed: {mirror_error}")
+            f"{settings.kafka_consumer_group!r} failed: {mirror_error}")
 
 
 def _target(per_attempt: int, total: int, cut_so_far: int, left: int) -> int:
@@ -205,6 +206,7 @@ def _stage(client: Client, database: str, topic: str, attempt: _Attempt, tables:
     if not tables:
         return
     table = pa.concat_tables(tables)
+    attempt.staged = table.num_rows
     table = table.append_column("attempt_id", _constant(attempt.id, table.num_rows)) \
                  .append_column("kafka_topic", _constant(topic, table.num_rows)).combine_chunks()
     sink.stage(client, database, table)
@@ -222,7 +224,8 @@ def _load_attempt(previous: Future | None, staged: Future, settings: Settings, c
         log(f"staged attempt {attempt.id}: ClickHouse parsed and validated its messages")
         hooks.after_stage()
         params = {"attempt": attempt.id, "topic": topic, "partitions": [r.partition for r in ranges],
-                  "starts": [r.start for r in ranges], "ends": [r.end for r in ranges]}
+                  "starts": [r.start for r in ranges], "ends": [r.end for r in ranges],
+                  "staged": attempt.staged, "known": 0}  # what this attempt's scratch holds (the sink's guard)
         inserted = sink.load(client, database, params, plan.attempt_token(ranges), hooks)
         stats = _range_stats(client, database, ranges, params, inserted, report, log, sink)
         plan.record_ranges(client, database, ranges, "committed", run_id, stats, sink=sink.name)

@@ -35,7 +35,23 @@ class Sink:
     parallel partitions/starts/ends arrays; `token` is the attempt's deduplication token."""
 
     name = ""  # recorded with each range in ingest_ranges.sink
-    scratch_tables: tuple[str, ...] = ()  # per-attempt rows keyed by attempt_id, deleted when the attempt ends
+    # Per-attempt scratch in memory, keyed by attempt_id, deleted when the attempt ends: (table, the query parameter
+    # holding how many rows the writer put there, what they are). Every statement reading it is guarded.
+    scratch: tuple[tuple[str, str, str], ...] = ()
+
+    @property
+    def scratch_tables(self) -> tuple[str, ...]:
+        return tuple(table for table, _, _ in self.scratch)
+
+    def sql(self, name: str, database: str) -> str:
+        """sql/<name>.sql with the scratch guard spliced in for `${staged_here}` (sql/ingest/staged_here.sql once
+        per scratch table): a statement that reads the attempt's scratch refuses to run on a server that does not
+        hold it."""
+        template = "\n".join(line for line in load_sql("ingest/staged_here.sql", database).splitlines()
+                             if not line.lstrip().startswith("--"))
+        guard = " AND ".join(template.replace("${table}", table).replace("${count}", count).replace("${what}", what)
+                             for table, count, what in self.scratch) or "1"
+        return load_sql(f"{name}.sql", database).replace("${staged_here}", guard)
 
     def topic(self, settings: Settings) -> str:
         raise NotImplementedError
@@ -65,13 +81,13 @@ class Sink:
         return 0
 
     def insert_rejected(self, client: Client, database: str, params: dict, token: str) -> None:
-        client.command(load_sql("ingest/insert_rejected.sql", database).replace("${staging}", self.staged(database)),
+        client.command(self.sql("ingest/insert_rejected", database).replace("${staging}", self.staged(database)),
                        parameters=params,
                        settings={**DETERMINISTIC_INSERT, "insert_deduplication_token": f"{token}:rejected"})
 
     def counts(self, client: Client, database: str, params: dict) -> dict[int, tuple[int, int, int]]:
         """Per partition of the attempt: (messages, rejected, valid)."""
-        sql = load_sql("ingest/range_counts.sql", database).replace("${staging}", self.staged(database))
+        sql = self.sql("ingest/range_counts", database).replace("${staging}", self.staged(database))
         return {row[0]: tuple(row[1:]) for row in client.query(sql, parameters=params).result_rows}
 
 
@@ -84,7 +100,7 @@ class EventsSink(Sink):
     """Engagement events (the contract in sendflowr/schemas/event.v1.json) into `events`, one row per event_id."""
 
     name = "events"
-    scratch_tables = ("ingest_staging", "ingest_known_ids")  # in memory (migrations 0011, 0012)
+    scratch = (("ingest_staging", "staged", "staged rows"), ("ingest_known_ids", "known", "known ids"))  # 0011, 0012
 
     def topic(self, settings: Settings) -> str:
         return settings.kafka_topic
@@ -98,8 +114,8 @@ class EventsSink(Sink):
 
     def insert(self, client: Client, database: str, params: dict, token: str, hooks: Hooks) -> int:
         # Ids already ingested from other ranges, found once: both inserts below exclude them with a cheap probe.
-        client.command(load_sql("ingest/known_ids.sql", database), parameters=params)
-        new_events = load_sql("ingest/new_events.sql", database)
+        params["known"] = client.command(self.sql("ingest/known_ids", database), parameters=params).written_rows
+        new_events = self.sql("ingest/new_events", database)
         # event_ids first: a crash before `events` is written then replays both with the same tokens.
         ids = client.command(
             f"INSERT INTO {database}.event_ids (event_id, kafka_topic, kafka_partition, kafka_offset) "

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sendflowr.errors import SendflowrError
 
 DEFAULT_END = datetime(2026, 11, 1, tzinfo=UTC)
+NOT_PROBABILITIES = ("campaigns_per_week", "drift_hours")
+# How a genuine open's moment is drawn (opens.py): the original independent lognormal delay, a continuous
+# hazard following the person's attention, discrete check sessions, or each person one of the last two.
+OPEN_DELAYS = ("lognormal", "hazard", "sessions", "mixed")
 
 
 @dataclass(frozen=True)
@@ -57,6 +61,18 @@ class WorldConfig:
     duplicate_rate: float = 0.01  # events delivered twice with the same event_id (ESP retries)
     late_rate: float = 0.02  # events arriving minutes to days after they occurred
 
+    # --- Phenomena of real senders (docs/TIMING.md, "Synthetic worlds"; presets in presets.py). Every default
+    # reproduces the original world byte for byte; each knob draws from its own random stream.
+    send_slots: int = 0  # K weekly (weekday, UTC hour) send slots drawn per world; 0 = no slots
+    slot_share: float = 0.0  # share of campaigns sent in those slots (exactly round(share * campaigns))
+    open_delay: str = "lognormal"  # when a genuine open happens: one of OPEN_DELAYS
+    mpp_late_share: float = 0.0  # share of Apple MPP prefetches arriving 10 min - 6 h after delivery
+    scanner_browser_ua_share: float = 0.0  # share of scanner visits sending an ordinary browser user agent
+    drift_share: float = 0.0  # share of people whose daily rhythm drifts by up to drift_hours over the world
+    drift_hours: float = 3.0  # largest drift (either direction); each drifter gets 0.5-1 times it
+    switch_share: float = 0.0  # share of people who switch archetype at a random week
+    zone_mix_share: float = 0.0  # share of people whose phone country is not their time zone's
+
     def __post_init__(self) -> None:
         if isinstance(self.end, str):  # convenience for callers passing ISO strings
             object.__setattr__(self, "end", parse_end(self.end))
@@ -76,12 +92,27 @@ class WorldConfig:
             raise SendflowrError("share_never + share_heavy must not exceed 1")
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
-            if field.type == "float" and field.name not in ("campaigns_per_week",) and not 0 <= value <= 1:
+            if field.type == "float" and field.name not in NOT_PROBABILITIES and not 0 <= value <= 1:
                 raise SendflowrError(f"{field.name} is a probability, got {value}")
+        self._check_phenomena()
+
+    def _check_phenomena(self) -> None:
+        if not 0 <= self.send_slots <= 168:
+            raise SendflowrError(f"send_slots must be between 0 and 168, got {self.send_slots}")
+        if self.slot_share > 0 and self.send_slots == 0:
+            raise SendflowrError("slot_share needs send_slots > 0")
+        if self.open_delay not in OPEN_DELAYS:
+            raise SendflowrError(f"open_delay must be one of {', '.join(OPEN_DELAYS)}, got {self.open_delay!r}")
+        if not 0 <= self.drift_hours <= 12:
+            raise SendflowrError(f"drift_hours must be between 0 and 12, got {self.drift_hours}")
 
     @property
     def campaigns(self) -> int:
         return max(1, round(self.weeks * self.campaigns_per_week))
+
+    @property
+    def start(self) -> datetime:
+        return self.end - timedelta(weeks=self.weeks)
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)

@@ -1,5 +1,6 @@
 -- The attempt's staged decision-log messages (sendflowr/decisions/records.py), parsed into their columns, each with
 -- why it is rejected ('' when valid); also what rejects and counts read (sendflowr/ingest/sink.py, Sink.staged).
+-- Behind the scratch guard (sql/ingest/staged_here.sql): the staging is in memory on one server.
 -- Rendered by sendflowr/decisions/log_ingest.py from records.FIELDS: the message's JSON type, each column's length
 -- in the JSON, the column names and the time columns.
 SELECT attempt_id, kafka_topic, kafka_partition, kafka_offset, raw_size, reason,
@@ -33,5 +34,5 @@ FROM
                    'columns: a time outside [2000, 2200) (epoch milliseconds)',
                '') AS reason
     FROM ${database}.decision_log_staging
-    WHERE attempt_id = {attempt:String} AND kafka_topic = {topic:String}
+    WHERE attempt_id = {attempt:String} AND kafka_topic = {topic:String} AND ${staged_here}
 )
