@@ -117,10 +117,11 @@ class Settings(BaseSettings):
         default="", description="SendGrid Signed Event Webhook public key (base64); when set, unsigned or "
         "badly signed SendGrid posts are rejected.")
     mailgun_signing_key: SecretStr = Field(
-        default=SecretStr(""), description="Secret: Mailgun HTTP webhook signing key; when set, every Mailgun post must "
-        "carry a valid, fresh, unused signature.")
+        default=SecretStr(""), description="Secret: Mailgun HTTP webhook signing key; when set, every Mailgun post "
+        "must carry a valid, fresh, unused signature.")
     klaviyo_webhook_secret: SecretStr = Field(
-        default=SecretStr(""), description="Secret: Klaviyo system webhook secret; when set, Klaviyo-Signature is checked.")
+        default=SecretStr(""),
+        description="Secret: Klaviyo system webhook secret; when set, Klaviyo-Signature is checked.")
     sns_verify_signatures: bool = Field(
         default=True, description="Check SNS message signatures on /webhooks/ses (certificate fetched from "
         "sns.<region>.amazonaws.com only).")

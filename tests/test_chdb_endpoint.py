@@ -533,8 +533,8 @@ class TestClientCalls:
         assert "Code: 62" in str(syntax.value)
         assert "SYNTAX_ERROR" in str(syntax.value)
 
-        response = httpx.get(f"{endpoint.url}/", params={"query": f"SELECT * FROM {missing}", "database": TEST_DATABASE},
-                             auth=endpoint.auth)
+        response = httpx.get(f"{endpoint.url}/", auth=endpoint.auth,
+                             params={"query": f"SELECT * FROM {missing}", "database": TEST_DATABASE})
         assert response.status_code != 200
         assert response.headers["X-ClickHouse-Exception-Code"] == "60"
         assert response.text.startswith("Code: 60.")

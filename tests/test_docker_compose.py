@@ -26,7 +26,7 @@ import jsonschema
 import pytest
 import yaml
 
-from sendflowr.settings import Settings
+from sendflowr.settings import Settings, reveal
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -373,10 +373,10 @@ def test_service_environment_builds_valid_settings(name, env_source, monkeypatch
 
     if name in ("api", "webhooks"):
         assert settings.clickhouse_user == READONLY_API_USER
-        assert settings.clickhouse_password != clickhouse_env["CLICKHOUSE_PASSWORD"]
+        assert reveal(settings.clickhouse_password) != clickhouse_env["CLICKHOUSE_PASSWORD"]
     else:
         assert settings.clickhouse_user == clickhouse_env["CLICKHOUSE_USER"] != READONLY_API_USER
-        assert settings.clickhouse_password == clickhouse_env["CLICKHOUSE_PASSWORD"]
+        assert reveal(settings.clickhouse_password) == clickhouse_env["CLICKHOUSE_PASSWORD"]
 
 
 def test_published_ports_match_settings_defaults():

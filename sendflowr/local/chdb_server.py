@@ -146,8 +146,9 @@ class _Handler(BaseHTTPRequestHandler):
             if scheme.lower() != "basic":
                 user, password = "", secrets.token_hex(8)
             given.append((user, password))
-        if self.headers.get("X-ClickHouse-User") is not None or self.headers.get("X-ClickHouse-Key") is not None:
-            given.append((self.headers.get("X-ClickHouse-User") or "default", self.headers.get("X-ClickHouse-Key") or ""))
+        header_user, header_key = self.headers.get("X-ClickHouse-User"), self.headers.get("X-ClickHouse-Key")
+        if header_user is not None or header_key is not None:
+            given.append((header_user or "default", header_key or ""))
         if "user" in params or "password" in params:
             given.append((params.get("user") or "default", params.get("password", "")))
         if len(given) > 1:
@@ -270,7 +271,8 @@ def open_server(settings: Settings, host: str | None = None, port: int | None = 
     port = port if port is not None else settings.clickhouse_port
     if not is_loopback(host):
         raise SendflowrError(f"the embedded ClickHouse endpoint serves loopback only, not {host} "
-                             f"(SENDFLOWR_CLICKHOUSE_URL); for remote access run a ClickHouse server (docker-compose.yml)")
+                             "(SENDFLOWR_CLICKHOUSE_URL); for remote access run a ClickHouse server "
+                             "(docker-compose.yml)")
     if port:
         processes.require_free_port(host, port, "SENDFLOWR_CLICKHOUSE_URL")
     try:
