@@ -14,6 +14,7 @@ from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.types import ASGIApp
 
 from sendflowr import __version__
 from sendflowr.asgi_guard import RequestGuard
@@ -31,6 +32,7 @@ from sendflowr_api.auth import (
     require_api_key,
 )
 from sendflowr_api.coalesce import Coalescer
+from sendflowr_api.decisions import _replay
 from sendflowr_api.metrics import Metrics, MetricsMiddleware
 from sendflowr_api.models import Health, Readiness
 from sendflowr_api.render import iso_z
@@ -71,6 +73,35 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> Re
     return Response(orjson.dumps({"detail": detail}), status_code=422, media_type="application/json")
 
 
+def batch_limit(app: ASGIApp, limit: int) -> ASGIApp:
+    """POST /timing-decisions: the recipient count is checked on a fast parse of the (already bounded) body, before
+    FastAPI builds a model per recipient; an oversized list costs one orjson pass, not a million validations."""
+
+    async def guarded(scope, receive, send) -> None:
+        if scope["type"] != "http" or scope["path"] != "/timing-decisions" or scope["method"] != "POST":
+            return await app(scope, receive, send)
+        chunks, more = [], True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":
+                return await app(scope, _replay(b"".join(chunks), receive, message), send)
+            chunks.append(message.get("body", b""))
+            more = message.get("more_body", False)
+        raw = b"".join(chunks)
+        try:
+            recipients = orjson.loads(raw).get("recipients")
+        except (orjson.JSONDecodeError, AttributeError):
+            recipients = None  # FastAPI's own 422 says what is wrong with it
+        if isinstance(recipients, list) and len(recipients) > limit:
+            detail = [{"loc": ["body", "recipients"], "type": "too_long",
+                       "msg": f"at most {limit} recipients per request, got {len(recipients)}"}]
+            response = Response(orjson.dumps({"detail": detail}), status_code=422, media_type="application/json")
+            return await response(scope, receive, send)
+        await app(scope, _replay(raw, receive), send)
+
+    return guarded
+
+
 def create_app(settings: Settings | None = None, holder: SnapshotHolder | None = None,
                refresher: bool = True) -> FastAPI:
     """`holder`: a prepared snapshot holder (tests); `refresher`: poll ClickHouse in the background."""
@@ -100,6 +131,7 @@ def create_app(settings: Settings | None = None, holder: SnapshotHolder | None =
     app.state.query_client = None
     app.add_middleware(MetricsMiddleware, metrics_of=lambda scope: scope["app"].state.metrics)
     digest = app.state.api_key_digest
+    app.add_middleware(batch_limit, limit=settings.api_batch_max_size)
     # Outermost: refused requests (cross-origin pages, a missing key, oversized bodies) cost no parsing at all.
     app.add_middleware(RequestGuard, browsers="same-origin", loopback=is_loopback(settings.api_host),
                        max_body_bytes=settings.api_max_body_bytes,

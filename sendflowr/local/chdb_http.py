@@ -33,6 +33,8 @@ import chdb
 from sendflowr.local.chdb_errors import ClickHouseError
 from sendflowr.local.chdb_guard import QueryGuard
 
+# Query text (the statement, with inline INSERT data) the endpoint vets at most; data belongs in the body.
+MAX_STATEMENT_BYTES = 4 << 20
 # URL parameters that steer the transport, not the query; everything else is a ClickHouse setting.
 TRANSPORT_PARAMS = frozenset({
     "query", "database", "default_format", "query_id", "session_id", "session_timeout", "session_check",
@@ -154,6 +156,15 @@ def _text(raw: bytes) -> str:
 def split_insert_body(sql: str, body: bytes) -> tuple[str, bytes]:
     """Return (statement, data). Data arrives after the SQL in the query string or in the body itself.
     The split only routes bytes: the statement is vetted on the engine's parse tree afterwards."""
+    statement, data = _split(sql, body)
+    if len(statement) > MAX_STATEMENT_BYTES:
+        raise ClickHouseError(f"Query text of {len(statement)} characters is over {MAX_STATEMENT_BYTES}: send INSERT "
+                              "data in the request body after `INSERT INTO ... FORMAT <format>` (QUERY_IS_TOO_LARGE)",
+                              code=202, status=413)
+    return statement, data
+
+
+def _split(sql: str, body: bytes) -> tuple[str, bytes]:
     if sql:
         if not body:
             return sql, b""
