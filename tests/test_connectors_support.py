@@ -33,7 +33,7 @@ def cert_url(topic_arn: str) -> str:
     return f"https://sns.{topic_arn.split(':')[3]}.amazonaws.com{CERT_PATH}"
 
 
-class TestPki:
+class SnsPki:
     """A root CA, an intermediate and leaf certificates made here, shaped like Amazon's: the leaf names its
     issuer's certificate by Authority Information Access, as SNS signing certificates do."""
 
@@ -80,11 +80,11 @@ class TestPki:
 
 
 class SnsSigner:
-    """Signs SNS envelopes like SNS does, with a certificate of `TestPki` served by `fetch` at the signing
+    """Signs SNS envelopes like SNS does, with a certificate of `SnsPki` served by `fetch` at the signing
     certificate URL of the topic's region (and the intermediate at its AIA URL)."""
 
-    def __init__(self, common_name: str = "sns.amazonaws.com", pki: TestPki | None = None, self_signed: bool = False):
-        self.pki = pki or TestPki()
+    def __init__(self, common_name: str = "sns.amazonaws.com", pki: SnsPki | None = None, self_signed: bool = False):
+        self.pki = pki or SnsPki()
         self.key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         cert = self.pki.leaf(self.key, common_name, self_signed=self_signed)
         self.pem = cert.public_bytes(serialization.Encoding.PEM)

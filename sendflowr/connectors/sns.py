@@ -22,6 +22,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+import warnings
 from collections import OrderedDict
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -35,6 +36,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.utils import CryptographyDeprecationWarning
 from cryptography.x509 import verification
 from cryptography.x509.oid import AuthorityInformationAccessOID, NameOID
 
@@ -124,7 +126,8 @@ def _download(url: str) -> bytes:
 @cache
 def amazon_roots() -> tuple[x509.Certificate, ...]:
     """Amazon's root CAs from certifi's bundle (maintained with Mozilla's trust store)."""
-    with open(certifi.where(), "rb") as bundle:
+    with open(certifi.where(), "rb") as bundle, warnings.catch_warnings():
+        warnings.simplefilter("ignore", CryptographyDeprecationWarning)  # an old non-Amazon root's serial
         certs = x509.load_pem_x509_certificates(bundle.read())
     return tuple(c for c in certs if [a.value for a in c.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)]
                  == ["Amazon"])
