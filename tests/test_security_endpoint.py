@@ -142,7 +142,7 @@ FILE_READS = [
     "SELECT file('/etc/passwd')",
     "SELECT `fil\\x65`('/etc/passwd')",
     'SELECT "fil\\x65"(\'/etc/passwd\')',
-    "SELECT * FROM `/etc/passwd`",
+    "SELECT * FROM default.`/etc/passwd`",  # chDB's default database maps files as tables
     "SELECT * FROM sqlite('/etc/passwd', 't')",
     "SELECT * FROM executable('cat /etc/passwd', 'LineAsString', 'x String')",
     "SELECT * FROM icebergLocal('/etc')",
