@@ -54,7 +54,7 @@ API_ENV_OVERRIDES = {
     f"{ENV_PREFIX}API_KEY",
 }
 # The webhook receiver binds 0.0.0.0, never touches ClickHouse (so gets the read-only account) and alone
-# holds the ESP signing secrets.
+# holds the ESP signing secrets, the routes it serves and the SNS topics it accepts.
 WEBHOOKS_ENV_OVERRIDES = {
     f"{ENV_PREFIX}CLICKHOUSE_USER",
     f"{ENV_PREFIX}CLICKHOUSE_PASSWORD",
@@ -63,6 +63,8 @@ WEBHOOKS_ENV_OVERRIDES = {
     f"{ENV_PREFIX}MAILGUN_SIGNING_KEY",
     f"{ENV_PREFIX}KLAVIYO_WEBHOOK_SECRET",
     f"{ENV_PREFIX}WEBHOOKS_EVENTS_TOKEN",
+    f"{ENV_PREFIX}WEBHOOKS_ROUTES",
+    f"{ENV_PREFIX}SNS_TOPIC_ARNS",
 }
 ENV_OVERRIDES = {"api": API_ENV_OVERRIDES, "webhooks": WEBHOOKS_ENV_OVERRIDES}
 
