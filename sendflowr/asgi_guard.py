@@ -9,13 +9,17 @@
   service read and parse megabytes first.
 - A body bound (413): Content-Length over the limit is refused at once; a chunked body is counted as it
   streams and cut off at the limit.
+- `loopback_only`: a service without a key answers 403 to a request that arrived on a non-loopback address
+  (uvicorn's `scope["server"]`), whatever address the settings named.
 
 Plain ASGI, no framework: one dictionary walk over the headers per request.
 """
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Awaitable, Callable
+from functools import lru_cache
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -35,10 +39,20 @@ async def _answer(send: Callable[[Message], Awaitable[None]], status: int, detai
     await send({"type": "http.response.body", "body": body})
 
 
+@lru_cache(maxsize=64)
+def over_the_network(address: str) -> bool:
+    """A local address that is not loopback (an in-process test transport puts a name there: not an address)."""
+    try:
+        return not ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False
+
+
 class RequestGuard:
     def __init__(self, app: Any, *, browsers: str, loopback: bool, max_body_bytes: int | None = None,
                  authorized: Callable[[Scope], bool] | None = None,
-                 unauthorized: tuple[str, tuple[tuple[bytes, bytes], ...]] = ("unauthorized", ())):
+                 unauthorized: tuple[str, tuple[tuple[bytes, bytes], ...]] = ("unauthorized", ()),
+                 loopback_only: bool = False):
         if browsers not in ("refuse", "same-origin"):
             raise ValueError(f"browsers must be 'refuse' or 'same-origin', not {browsers!r}")
         self.app = app
@@ -47,6 +61,7 @@ class RequestGuard:
         self.max_body_bytes = max_body_bytes
         self.authorized = authorized
         self.unauthorized = unauthorized
+        self.loopback_only = loopback_only
 
     async def __call__(self, scope: Scope, receive: Callable[[], Awaitable[Message]],
                        send: Callable[[Message], Awaitable[None]]) -> None:
@@ -67,6 +82,8 @@ class RequestGuard:
             problem = self._browser_problem(origin, host)
             if problem:
                 return await _answer(send, 403, problem)
+        if self.loopback_only and scope.get("server") and over_the_network(scope["server"][0]):
+            return await _answer(send, 403, "this service has no key configured and answers on loopback only")
         if self.authorized is not None and not self.authorized(scope):
             return await _answer(send, 401, *self.unauthorized)
         limit = self.max_body_bytes

@@ -136,7 +136,8 @@ def create_app(settings: Settings | None = None, holder: SnapshotHolder | None =
     app.add_middleware(RequestGuard, browsers="same-origin", loopback=is_loopback(settings.api_host),
                        max_body_bytes=settings.api_max_body_bytes,
                        authorized=key_guard(digest, app.state.metrics.auth_failures.inc) if digest else None,
-                       unauthorized=(UNAUTHORIZED_DETAIL, ((b"www-authenticate", API_KEY_HEADER.encode()),)))
+                       unauthorized=(UNAUTHORIZED_DETAIL, ((b"www-authenticate", API_KEY_HEADER.encode()),)),
+                       loopback_only=digest is None and not settings.api_allow_unauthenticated)
     # Only with a key configured: an unused dependency still costs its solving on every request.
     protected = [Depends(require_api_key)] if digest else []
     for router, tags in ((decisions.router, ["decisions"]), (people.router, ["people"])):

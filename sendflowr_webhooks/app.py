@@ -14,7 +14,6 @@ worker thread on bodies bounded before they are read, so no request can stall th
 
 import gc
 import hmac
-import ipaddress
 import logging
 from collections.abc import Callable
 from contextlib import asynccontextmanager
@@ -27,7 +26,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 
 from sendflowr import __version__
-from sendflowr.asgi_guard import RequestGuard
+from sendflowr.asgi_guard import RequestGuard, over_the_network
 from sendflowr.clickhouse import is_loopback
 from sendflowr.connectors import FORMATS, Normalized, native
 from sendflowr.connectors.common import ConnectorError, serialize
@@ -220,7 +219,7 @@ def create_app(settings: Settings | None = None, sns_fetch: Callable[[str], byte
         if route not in receiver.routes:
             raise Rejected(404, f"/webhooks/{route} is not served (SENDFLOWR_WEBHOOKS_ROUTES)")
         if (route in receiver.open_routes and not receiver.settings.webhooks_allow_unauthenticated
-                and _over_the_network(request.scope.get("server"))):  # whatever the settings said at start-up
+                and request.scope.get("server") and over_the_network(request.scope["server"][0])):
             raise Rejected(403, f"/webhooks/{route} has no key configured and is served on loopback only")
         return receiver
 
@@ -330,13 +329,7 @@ def create_app(settings: Settings | None = None, sns_fetch: Callable[[str], byte
     return app
 
 
-def _over_the_network(server: Any) -> bool:
-    """Did the request arrive on a non-loopback local address? (uvicorn puts the socket's address in
-    scope["server"]; an in-process test transport puts a name there, which says nothing either way.)"""
-    try:
-        return bool(server) and not ipaddress.ip_address(server[0]).is_loopback
-    except ValueError:
-        return False
+
 
 
 app = create_app()

@@ -61,11 +61,33 @@ def test_one_email_does_not_reveal_a_person_without_a_key(world) -> None:
         assert found.status_code == 200 and found.json()["universal_id"] == jane.universal_id
 
 
-def test_the_api_refuses_to_start_off_loopback_without_a_key() -> None:
+def test_the_api_refuses_to_start_off_loopback_without_a_key(world) -> None:
+    settings, _ = world
     with pytest.raises(SendflowrError, match="SENDFLOWR_API_KEY"):
         create_app(Settings(api_host="0.0.0.0"), refresher=False)
     create_app(Settings(api_host="0.0.0.0", api_key=KEY), refresher=False)
     create_app(Settings(api_host="0.0.0.0", api_allow_unauthenticated=True), refresher=False)  # the opt-out
+    # started by hand on 0.0.0.0 with loopback settings: a request from the network still finds it closed
+    holder = SnapshotHolder(lambda: get_client(settings), settings.clickhouse_database, 3600)
+    assert holder.refresh()
+    app = create_app(settings, holder=holder, refresher=False)
+    with TestClient(app, base_url="http://192.0.2.10:8000") as remote:
+        assert remote.post("/timing-decision", json=decision(email="Jane.Doe@gmail.com")).status_code == 403
+    with TestClient(app, base_url="http://127.0.0.1:8000") as local:
+        assert local.post("/timing-decision", json=decision(email="Jane.Doe@gmail.com")).status_code == 200
+
+
+def test_hostile_bodies_get_a_4xx(world) -> None:
+    settings, _ = world
+    bodies = [b"[" * 100_000 + b"]" * 100_000, b'{"recipients":' + b"[" * 50_000 + b"]" * 50_000 + b"}",
+              b'{"email": "\\ud800"}', b"\xff\xfe", b'{"send_after": "0001-01-01T00:00:00+01:00"}',
+              b'{"latency_estimate_seconds": 1e400}', b"", b"null"]
+    with api(settings.model_copy(update={"api_key": KEY})) as client:
+        for path in ("/timing-decision", "/timing-decisions", "/people/lookup"):
+            for body in bodies:
+                response = client.post(path, content=body, headers={"Content-Type": "application/json",
+                                                                     "X-API-Key": KEY})
+                assert 400 <= response.status_code < 500, (path, body[:40], response.status_code)
 
 
 async def asgi_call(app, method: str, path: str, headers: list[tuple[bytes, bytes]], chunks: list[bytes]):

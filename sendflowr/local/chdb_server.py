@@ -259,7 +259,7 @@ class ChdbHttpServer(ThreadingHTTPServer):
         self.users = users
         super().__init__((host, port), _Handler)
         bound = self.server_address[1]
-        self.url = f"http://{host}:{bound}"
+        self.url = f"http://{f'[{host}]' if ':' in host else host}:{bound}"
         # The names this endpoint answers to; a rebinding attacker's domain is none of them.
         self.allowed_hosts = {f"{name}:{bound}" for name in (host.lower(), "127.0.0.1", "localhost", "[::1]")}
 
