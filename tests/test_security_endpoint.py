@@ -213,6 +213,9 @@ def test_no_urls_or_other_servers(endpoint) -> None:
         f"CREATE DICTIONARY {settings.clickhouse_database}.d (x String) PRIMARY KEY x "
         f"SOURCE(HTTP(url '{own}' format 'TSV')) LAYOUT(FLAT()) LIFETIME(0)",
         "SELECT 1 FORMAT AvroConfluent SETTINGS format_avro_schema_registry_url = 'http://127.0.0.1:1'",
+        f"CREATE TABLE {settings.clickhouse_database}.x (x String) ENGINE = Executable('cat', 'LineAsString')",
+        f"CREATE TABLE {settings.clickhouse_database}.y (x String) ENGINE = ExecutablePool('cat', 'LineAsString')",
+        f"CREATE TABLE {settings.clickhouse_database}.z (x String DEFAULT file('/etc/passwd')) ENGINE = Memory",
         "SET dialect = 'prql'",
         "SYSTEM SHUTDOWN",
         "CREATE USER sec_attacker IDENTIFIED WITH no_password",
