@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 from dagster import materialize
 
+from sendflowr.clickhouse import password_for
 from sendflowr.local.processes import free_port
 from sendflowr.settings import Settings
 from sendflowr_assets.assets.identity import identity_graph
@@ -36,7 +37,7 @@ BIN = Path(sys.executable).parent
 def _resource(settings: Settings) -> SendflowrResource:
     return SendflowrResource(
         clickhouse_url=settings.clickhouse_url, clickhouse_user=settings.clickhouse_user,
-        clickhouse_password=settings.clickhouse_password, clickhouse_database=settings.clickhouse_database,
+        clickhouse_password=password_for(settings), clickhouse_database=settings.clickhouse_database,
         kafka_bootstrap_servers=settings.kafka_bootstrap_servers, kafka_topic=settings.kafka_topic)
 
 

@@ -11,6 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 from dagster import materialize
 
+from sendflowr.clickhouse import password_for
 from sendflowr.identity.run import IDENTITY_LEASE, stitch_once
 from sendflowr.ingest import lease
 from sendflowr.kafka_io import produce_all
@@ -34,7 +35,7 @@ UID = re.compile(r"^sf_[0-9a-f]{16}$")
 def _resource(settings: Settings) -> SendflowrResource:
     return SendflowrResource(
         clickhouse_url=settings.clickhouse_url, clickhouse_user=settings.clickhouse_user,
-        clickhouse_password=settings.clickhouse_password, clickhouse_database=settings.clickhouse_database,
+        clickhouse_password=password_for(settings), clickhouse_database=settings.clickhouse_database,
         kafka_bootstrap_servers=settings.kafka_bootstrap_servers, kafka_topic=settings.kafka_topic)
 
 
