@@ -245,7 +245,9 @@ def read_graph(client, database: str) -> tuple[Nodes, Edges]:
     node_key = nt.column("node_key").to_numpy().astype(np.uint64)
     src = np.searchsorted(node_key, et.column("src").to_numpy().astype(np.uint64))
     dst = np.searchsorted(node_key, et.column("dst").to_numpy().astype(np.uint64))
-    nodes = Nodes(nt.column("node_type").to_numpy(), node_key, nt.column("first_ingested").to_numpy())
+    nodes = Nodes(nt.column("node_type").to_numpy(), node_key, nt.column("first_ingested").to_numpy(),
+                  active_from=nt.column("first_seen").to_numpy(), active_to=nt.column("last_seen").to_numpy(),
+                  events=nt.column("events").to_numpy())
     return nodes, Edges(src, dst, et.column("events").to_numpy(), et.column("first_seen").to_numpy())
 
 

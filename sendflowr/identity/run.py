@@ -270,9 +270,10 @@ def _stitch_region(client: Client, database: str, guards: Guards, run_id: str, r
     if had_row.any():
         prev[had_row] = graph.parse_uid(prev_text.filter(pa.array(had_row)).to_numpy(zero_copy_only=False)
                                         .astype("U19"))
-    nodes = Nodes(_col(nt, "node_type"), node_key, _col(nt, "first_ingested"))
+    nodes = Nodes(_col(nt, "node_type"), node_key, _col(nt, "first_ingested"), active_from=_col(nt, "first_seen"),
+                  active_to=_col(nt, "last_seen"), events=_col(nt, "events"))
     edges = Edges(src, dst, _col(et, "events")[known], _col(et, "first_seen")[known])
-    res = graph.restitch(nodes, edges, in_region, _col(nt, "prev_shared").astype(bool),
+    res = graph.restitch(nodes, edges, in_region, _col(nt, "prev_shared") == graph.SHARED_DEGREE,
                          np.zeros(n, np.uint64) if forget_ids else prev, guards)
 
     region = res.region
