@@ -275,7 +275,7 @@ def test_guarded_partition_equals_oracle_and_reference(seed, loop_below, lifetim
         for comp in np.unique(res.component):
             mine = np.flatnonzero((res.component == comp) & (nodes.node_type == t))
             spans = sorted(zip(nodes.active_from[mine].tolist(), nodes.active_to[mine].tolist(), strict=True))
-            assert all(b[0] > a[1] for a, b in zip(spans, spans[1:])), spans
+            assert all(b[0] > a[1] for a, b in zip(spans, spans[1:], strict=False)), spans
 
 
 def test_shared_phone_on_a_thousand_profiles_does_not_glue_them():
