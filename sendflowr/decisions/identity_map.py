@@ -9,7 +9,6 @@ for a new person is the one stitching will assign: mix(lowest node key) of the r
 
 from __future__ import annotations
 
-import hashlib
 from collections import OrderedDict
 from dataclasses import dataclass
 from threading import Lock
@@ -19,6 +18,7 @@ import pyarrow as pa
 from clickhouse_connect.driver.client import Client
 
 from sendflowr.identity import graph
+from sendflowr.identity.graph import raw_hash, raw_hashes  # noqa: F401 (the API's lookup key of raw identifiers)
 from sendflowr.identity.normalize import normalize_many
 from sendflowr.sql_files import load_sql
 
@@ -27,19 +27,6 @@ from sendflowr.sql_files import load_sql
 IDENTIFIER_PRIORITY = ("klaviyo_id", "external_id", "email", "phone")
 TYPE_CODE = {name: code for code, name in enumerate(graph.TYPE_NAMES)}
 _EMPTY = np.zeros(0, np.uint64)
-
-
-def raw_hash(identifier_type: str, raw: str) -> int:
-    """halfMD5(type || '\\0' || raw) as ClickHouse computes it in sql/decisions/identity_raw.sql."""
-    return int.from_bytes(hashlib.md5(f"{identifier_type}\0{raw}".encode()).digest()[:8], "big")
-
-
-def raw_hashes(identifier_type: str, raws: list[str]) -> np.ndarray:
-    """`raw_hash` of many raw values of one type: digests joined into one buffer and read as big-endian uint64
-    by numpy (hashing itself has no column kernel)."""
-    prefix = f"{identifier_type}\0".encode()
-    digests = b"".join([hashlib.md5(prefix + raw.encode()).digest() for raw in raws])
-    return np.frombuffer(digests, dtype=">u8")[0::2].astype(np.uint64)
 
 
 def _find(sorted_keys: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -100,6 +100,20 @@ def identifier_key(types, values) -> np.ndarray:
     return out
 
 
+def raw_hash(identifier_type: str, raw: str) -> int:
+    """halfMD5(type || '\\0' || raw) as ClickHouse computes it (sql/decisions/identity_raw.sql,
+    sql/identity/eval_cooccurrence.sql): a raw identifier's key before any normalization."""
+    return int.from_bytes(hashlib.md5(f"{identifier_type}\0{raw}".encode()).digest()[:8], "big")
+
+
+def raw_hashes(identifier_type: str, raws: list[str]) -> np.ndarray:
+    """`raw_hash` of many raw values of one type: digests joined into one buffer and read as big-endian uint64
+    by numpy (hashing itself has no column kernel)."""
+    prefix = f"{identifier_type}\0".encode()
+    digests = b"".join([hashlib.md5(prefix + raw.encode()).digest() for raw in raws])
+    return np.frombuffer(digests, dtype=">u8")[0::2].astype(np.uint64)
+
+
 def mix(keys) -> np.ndarray:
     """Salted splitmix64 finalizer: a fixed bijection uint64 -> uint64 (node_key -> the id it originates)."""
     z = np.asarray(keys, dtype=np.uint64) ^ _SALT

@@ -252,7 +252,7 @@ def _nanp_regions() -> tuple[tuple[str | None, str, str, str], ...]:
             return (desc is not None and bool(desc.national_number_pattern)
                     and (not desc.possible_length or 10 in desc.possible_length))
 
-        def alternation(names) -> str:
+        def alternation(names, md=md) -> str:
             found = [getattr(md, name).national_number_pattern for name in names if fits(getattr(md, name))]
             return "^(?:" + "|".join(f"(?:{t})" for t in found) + ")$" if found else "^$"
 
