@@ -114,11 +114,10 @@ def reference_stitch(nodes: Nodes, edges: Edges, guards: Guards):
         around[x].add(y)
     frm, to, events = nodes.active_from.tolist(), nodes.active_to.tolist(), nodes.events.tolist()
     pos = {t: i for i, t in enumerate(guards.type_priority)}
-    conflict = [None] * n
+    pairs = []  # (x, y1, y2): x stands between two identifiers of one kind that are two people
     for x in range(n):
         if ntype[x] in guards.profile_types:
             continue
-        found = []
         for y1 in around[x]:
             for y2 in around[x]:
                 if y1 >= y2 or ntype[y1] != ntype[y2] or ntype[y1] not in guards.conflict_kinds:
@@ -127,11 +126,42 @@ def reference_stitch(nodes: Nodes, edges: Edges, guards: Guards):
                     continue  # one of them is never seen without x
                 if max(frm[y1], frm[y2]) > min(to[y1], to[y2]):
                     continue  # one followed the other
-                profiles = {p for p in around[y1] & around[y2] if ntype[p] in guards.profile_types} - {x}
-                if not profiles:
-                    found.append(ntype[y1])
-        if found:
-            conflict[x] = min(found, key=pos.get)
+                if not {p for p in around[y1] & around[y2] if ntype[p] in guards.profile_types} - {x}:
+                    pairs.append((x, y1, y2))
+    # clusters: components of the edges the degree guard left
+    label = list(range(n))
+
+    def root(x):
+        while label[x] != x:
+            x = label[x]
+        return x
+
+    for a, b in live:
+        label[root(a)] = root(b)
+    # peel: per cluster and round, the node with the most specific conflict kind, most such pairs, least
+    # specific type, lowest key becomes shared; pairs whose evidence became shared no longer count
+    strength = {t: i for i, t in enumerate(sorted(range(N_TYPES), key=lambda t: (t not in guards.exclusive_types,
+                                                                                   pos[t])))}
+    kinds = {i: t for t, i in strength.items()}
+    conflict = [None] * n
+    while True:
+        pairs = [(x, a, b) for x, a, b in pairs if conflict[x] is None and conflict[a] is None and conflict[b] is None]
+        if not pairs:
+            break
+        best: dict[int, list[int]] = {}
+        involved = defaultdict(int)
+        for x, a, b in pairs:
+            best.setdefault(x, []).append(strength[ntype[a]])
+            for node in (x, a, b):
+                involved[node] += 1
+        score = {x: (-involved[x], min(k), -pos[ntype[x]], int(nodes.node_key[x])) for x, k in best.items()}
+        top: dict[int, int] = {}
+        for x in score:
+            c = root(x)
+            if c not in top or score[x] < score[top[c]]:
+                top[c] = x
+        for x in top.values():
+            conflict[x] = kinds[score[x][1]]
 
     limits = guards.limits().tolist()
 
@@ -149,8 +179,15 @@ def reference_stitch(nodes: Nodes, edges: Edges, guards: Guards):
             x = parent[x]
         return x
 
+    soft = [t for t in guards.conflict_kinds if t not in guards.exclusive_types and t not in guards.profile_types]
+    own = [False] * n  # a soft-kind identifier seen in more events than it shared with non-profile neighbours
+    for x in range(n):
+        if ntype[x] in soft:
+            own[x] = events[x] > sum(c for (a, b), c in live.items() if a == x and ntype[b] not in guards.profile_types)
+
     def clash(a: list[int], b: list[int], t: int) -> bool:
-        a, b = [i for i in a if ntype[i] == t], [i for i in b if ntype[i] == t]
+        a = [i for i in a if ntype[i] == t and (t in guards.exclusive_types or own[i])]
+        b = [i for i in b if ntype[i] == t and (t in guards.exclusive_types or own[i])]
         if not a or not b:
             return False
         lo = max(min(frm[i] for i in a), min(frm[i] for i in b))
@@ -172,8 +209,11 @@ def reference_stitch(nodes: Nodes, edges: Edges, guards: Guards):
             continue
         union = members[rs] + members[rd]
         counts = np.bincount(nodes.node_type[union], minlength=N_TYPES)
+        vouched = {ntype[d] if ntype[s] in guards.profile_types else ntype[s] if ntype[d] in guards.profile_types
+                   else None}  # a profile id vouches for the kind of its other endpoint
         over = [t for t in range(N_TYPES) if counts[t] > limits[t]
-                or (t in guards.exclusive_types and clash(members[rs], members[rd], t))]
+                or (t in guards.exclusive_types and clash(members[rs], members[rd], t))
+                or (t in soft and t not in vouched and clash(members[rs], members[rd], t))]
         if over:
             codes[e] = TYPE_LIMIT + over[0]
         elif len(union) > guards.max_person_size:
@@ -254,10 +294,11 @@ def test_unguarded_partition_equals_networkx(shape):
 @pytest.mark.parametrize("seed", range(6))
 @pytest.mark.parametrize("loop_below", [1, 10**9])
 @pytest.mark.parametrize("lifetimes", [False, True])
-def test_guarded_partition_equals_oracle_and_reference(seed, loop_below, lifetimes):
+@pytest.mark.parametrize("conflicts", [True, False])
+def test_guarded_partition_equals_oracle_and_reference(seed, loop_below, lifetimes, conflicts):
     nodes, edges = random_graph(1500, 1700, seed, lifetimes)
     guards = Guards(max_per_type={KLAVIYO_ID: 2, EMAIL: 3, PHONE: 2, EXTERNAL_ID: 2}, max_person_size=6,
-                    max_degree_for_shared=6)
+                    max_degree_for_shared=6, **({} if conflicts else {"conflict_kinds": ()}))
     res = stitch(nodes, edges, guards, loop_below=loop_below)
     check_against_oracle(nodes, edges, res)
     ref_comp, ref_codes, ref_shared = reference_stitch(nodes, edges, guards)
@@ -268,8 +309,9 @@ def test_guarded_partition_equals_oracle_and_reference(seed, loop_below, lifetim
     np.add.at(counts, (res.component, nodes.node_type), 1)
     assert (counts <= guards.limits()).all() and counts.sum(axis=1).max() <= guards.max_person_size
     seen = set(res.blocked_reason.tolist())
-    assert {SHARED, SIZE_CAP}.issubset(seen) and seen & {CONFLICT + t for t in range(N_TYPES)}
-    assert seen & {TYPE_LIMIT + t for t in guards.exclusive_types}
+    assert SHARED in seen and bool(seen & {CONFLICT + t for t in range(N_TYPES)}) == conflicts
+    if not conflicts:  # with the conflict guard on, the random graph's conflicts leave nothing this big
+        assert SIZE_CAP in seen and seen & {TYPE_LIMIT + t for t in guards.exclusive_types}
     # exclusive identifiers in one person never overlap in time
     for t in guards.exclusive_types:
         for comp in np.unique(res.component):
@@ -384,7 +426,7 @@ def test_household_phone_and_family_account_in_parallel_are_both_shared():
     links = [("k1", "e1", 40), ("k2", "e2", 40), ("ph", "k1", 2), ("ph", "e2", 3)]
     people, shared, reasons = world_of(spec, links)
     assert not shared and people == {frozenset({"k1", "e1", "ph"}), frozenset({"k2", "e2"}), frozenset({"acct"})}
-    assert reasons == {("ph", "e2"): "per-type limit: klaviyo_id"}
+    assert reasons == {("ph", "e2"): "per-type limit: email"}  # two mailboxes of their own (and two profiles)
 
 
 def test_second_mailbox_of_one_profile_is_not_a_conflict():
@@ -396,11 +438,15 @@ def test_second_mailbox_of_one_profile_is_not_a_conflict():
              ("acct", "e2", 2)]
     people, shared, _ = world_of(spec, links)
     assert people == {frozenset(spec)} and not shared
-    # a Klaviyo id is never shared by a conflict (a profile is one person), a phone is no evidence of one
+    # a Klaviyo id is never shared by a conflict (a profile is one person); two phones are the profile's when
+    # it saw both, two people's when only the email joins them
     spec = {"k1": (KLAVIYO_ID, *live), "e1": (EMAIL, *live), "e2": (EMAIL, *live), "p1": (PHONE, *live),
             "p2": (PHONE, *live)}
-    people, shared, _ = world_of(spec, [("k1", "e1", 5), ("k1", "e2", 5), ("e1", "p1", 5), ("e1", "p2", 5)])
+    links = [("k1", "e1", 5), ("k1", "e2", 5), ("e1", "p1", 5), ("e1", "p2", 5)]
+    people, shared, _ = world_of(spec, [*links, ("k1", "p1", 2), ("k1", "p2", 2)])
     assert people == {frozenset(spec)} and not shared
+    people, shared, _ = world_of(spec, links)
+    assert shared == {"e1": SHARED_CONFLICT} and frozenset({"k1", "e2"}) in people
 
 
 def test_esp_profile_merge_keeps_one_person_and_concurrent_profiles_do_not():

@@ -19,7 +19,7 @@ snapshot); the rest is column work on the truth (tens of thousands of rows).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -50,9 +50,15 @@ class IdentityScore:
     merged_profiles: int  # true people with two evidence-connected Klaviyo ids (ESP profile merges)
     merged_profiles_split: int
 
+    achievable_joined: int  # achievable pairs that ended in one universal_id
+    glued_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64), repr=False)  # person ids
+    split_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64), repr=False)
+    merged_split_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64), repr=False)
+
     @property
     def recall_of_achievable(self) -> float:
-        return self.recall / self.achievable_recall if self.achievable_recall else 1.0
+        """Of the pairs the evidence connects, the share joined (can only fall short of 1)."""
+        return self.achievable_joined / self.achievable_pairs if self.achievable_pairs else 1.0
 
     @property
     def glued_share(self) -> float:
@@ -99,7 +105,8 @@ def score_identity(client: Client, database: str, truth_path: Path) -> IdentityS
     # universal_id of each unit; units outside the graph get a label of their own
     stitched = client.query_arrow(load_sql("identity/eval_stitched.sql", database), use_strings=True)
     joined = truth.select(["identifier_type", "raw_value"]).append_column("row", pa.array(np.arange(n))).join(
-        stitched.select(["identifier_type", "raw_value", "universal_id"]), ["identifier_type", "raw_value"])
+        stitched.select(["identifier_type", "raw_value", "universal_id"]), ["identifier_type", "raw_value"],
+        join_type="inner")
     rows = joined["row"].to_numpy()
     uid_text = np.array([f"~{i}" for i in range(n)], object)
     uid_text[rows] = np.asarray(joined["universal_id"].to_pylist(), object)
@@ -142,12 +149,15 @@ def score_identity(client: Client, database: str, truth_path: Path) -> IdentityS
     k_per_part = np.bincount(achievable[klaviyo], minlength=n)
     merged_parts = np.flatnonzero(k_per_part >= 2)
     k_uids = _distinct_per(achievable[klaviyo], uid[klaviyo], n)
+    broken = merged_parts[k_uids[merged_parts] > 1]
     return IdentityScore(
         identifiers=n, unstitched=n - len(rows), people=len(np.unique(person)),
         precision=both / predicted if predicted else 1.0, recall=both / true_pairs if true_pairs else 1.0,
         achievable_recall=possible / true_pairs if true_pairs else 1.0, predicted_pairs=predicted,
         true_pairs=true_pairs, achievable_pairs=possible, glued_people=len(glued), split_people=len(split),
-        merged_profiles=len(merged_parts), merged_profiles_split=int((k_uids[merged_parts] > 1).sum()))
+        merged_profiles=len(merged_parts), merged_profiles_split=len(broken),
+        achievable_joined=_pairs(achievable.astype(np.int64), uid), glued_ids=glued, split_ids=split,
+        merged_split_ids=np.unique(person[klaviyo][np.isin(achievable[klaviyo], broken)]))
 
 
 def _units(key: np.ndarray, order: np.ndarray, hashes: np.ndarray) -> np.ndarray:

@@ -230,7 +230,7 @@ class Guards:
     # id, or customer id, that follow each other do).
     exclusive_types: tuple[int, ...] = (KLAVIYO_ID, EXTERNAL_ID)
     # Two concurrent identifiers of one of these kinds next to a node are two people: the node is shared.
-    conflict_kinds: tuple[int, ...] = (KLAVIYO_ID, EMAIL, EXTERNAL_ID)
+    conflict_kinds: tuple[int, ...] = (KLAVIYO_ID, EMAIL, EXTERNAL_ID, PHONE)
     # ESP profile ids: one person by construction, so never shared by a conflict, and two identifiers that share
     # one are the same profile's (no conflict).
     profile_types: tuple[int, ...] = (KLAVIYO_ID,)
@@ -330,7 +330,7 @@ def stitch(nodes: Nodes, edges: Edges, guards: Guards | None = None,
     n_clusters, cluster = _components(n, src[live], dst[live])
     shared = np.where(degree, SHARED_DEGREE, NOT_SHARED).astype(np.uint8)
 
-    kind = _conflicts(nodes, edges, live, guards)
+    kind = _conflicts(nodes, edges, live, cluster, guards)
     hit = kind >= 0
     if hit.any():
         shared[hit] = SHARED_CONFLICT
@@ -342,20 +342,47 @@ def stitch(nodes: Nodes, edges: Edges, guards: Guards | None = None,
     else:
         n_parts, part = n_clusters, cluster
 
-    bad = _breaks_guards(nodes, part, n_parts, guards)
+    own = _own_life(nodes, edges, np.flatnonzero(~blocked & ~loop), guards)
+    bad = _breaks_guards(nodes, part, n_parts, own, guards)
     component = part.copy()
     if bad.any():
         bad_nodes = np.flatnonzero(bad[part])
         sel = live[bad[part[src[live]]]]
-        roots, reason[sel] = _greedy(nodes, edges, sel, bad_nodes, part, guards, loop_below)
+        roots, reason[sel] = _greedy(nodes, edges, sel, bad_nodes, part, own, guards, loop_below)
         component[bad_nodes] = n_parts + roots
         component = _compact(component, n_parts + len(bad_nodes))
     return StitchResult(component, cluster, shared, reason)
 
 
-def _breaks_guards(nodes: Nodes, part: np.ndarray, n_parts: int, guards: Guards) -> np.ndarray:
-    """Per component: over the size cap, over a per-type limit, or two exclusive identifiers of one type (whether
-    their lifetimes overlap is the greedy pass's question: it decides in edge order)."""
+def _soft_kinds(guards: Guards) -> list[int]:
+    """Conflict kinds a person may hold several of, as long as an ESP profile vouches for them (emails, phones)."""
+    return [t for t in guards.conflict_kinds if t not in guards.exclusive_types and t not in guards.profile_types]
+
+
+def _own_life(nodes: Nodes, edges: Edges, live: np.ndarray, guards: Guards) -> np.ndarray:
+    """Per node: an identifier of a soft kind that was seen in more events than it shared with its neighbours
+    other than profile ids (its own mailbox or line, not only a field of someone's orders). Summing over the
+    neighbours counts an event carrying two of them twice, so this errs towards 'no'."""
+    n = len(nodes)
+    own = np.zeros(n, bool)
+    soft = _soft_kinds(guards)
+    if not soft:
+        return own
+    ntype = nodes.node_type.astype(np.int64)
+    is_profile = np.zeros(N_TYPES, bool)
+    is_profile[list(guards.profile_types)] = True
+    s, d, c = edges.src[live], edges.dst[live], edges.edge_count[live]
+    shared_with = np.zeros(n, np.int64)
+    np.add.at(shared_with, s[~is_profile[ntype[d]]], c[~is_profile[ntype[d]]])
+    np.add.at(shared_with, d[~is_profile[ntype[s]]], c[~is_profile[ntype[s]]])
+    own[np.isin(ntype, soft)] = True
+    return own & (nodes.events > shared_with)
+
+
+def _breaks_guards(nodes: Nodes, part: np.ndarray, n_parts: int, own: np.ndarray, guards: Guards) -> np.ndarray:
+    """Per component: over the size cap, over a per-type limit, or two exclusive identifiers of one type, or two
+    soft-kind identifiers with a life of their own (whether they may share a person is the greedy pass's question:
+    it decides in edge order)."""
     ntype = nodes.node_type.astype(np.int64)
     bad = np.bincount(part, minlength=n_parts) > guards.max_person_size
     limits = guards.limits()
@@ -364,12 +391,16 @@ def _breaks_guards(nodes: Nodes, part: np.ndarray, n_parts: int, guards: Guards)
         per_type = np.bincount(part * N_TYPES + ntype, minlength=n_parts * N_TYPES).reshape(-1, N_TYPES)
         for t in np.flatnonzero(limits < len(nodes)).tolist():
             bad |= per_type[:, t] > limits[t]
+    if own.any():
+        mine = np.flatnonzero(own)
+        per_type = np.bincount(part[mine] * N_TYPES + ntype[mine], minlength=n_parts * N_TYPES)
+        bad |= (per_type.reshape(-1, N_TYPES) > 1).any(axis=1)
     return bad
 
 
-def _conflicts(nodes: Nodes, edges: Edges, live: np.ndarray, guards: Guards) -> np.ndarray:
+def _conflicts(nodes: Nodes, edges: Edges, live: np.ndarray, cluster: np.ndarray, guards: Guards) -> np.ndarray:
     """Conflict guard (module docstring, step 3) over the `live` edges: per node, the kind (type code) of the
-    conflict that makes it shared, or -1. When several kinds conflict, the best-ranked in `type_priority`."""
+    conflict that makes it shared, or -1 (`_peel` decides which conflicted nodes are shared)."""
     n = len(nodes)
     kind = np.full(n, -1, np.int64)
     if not guards.conflict_kinds or not len(live):
@@ -412,14 +443,47 @@ def _conflicts(nodes: Nodes, edges: Edges, live: np.ndarray, guards: Guards) -> 
     apart = ~_share_a_profile(n, s, d, ntype, is_profile, yi, yj, xs)
     if not apart.any():
         return kind
-    xs, t = xs[apart], ntype[yi[apart]]
+    return _peel(nodes, cluster, xs[apart], yi[apart], yj[apart], guards)
+
+
+def _peel(nodes: Nodes, cluster: np.ndarray, xs: np.ndarray, yi: np.ndarray, yj: np.ndarray,
+          guards: Guards) -> np.ndarray:
+    """Conflicts -> shared nodes. A conflict (xs, yi, yj) stands only while its evidence yi, yj is personal, so
+    nodes are made shared one per cluster per round, the most involved first: the one that stands between, or is
+    evidence of, the most conflicts still standing; then the one whose conflict is of the strongest kind (exclusive
+    kinds first: two profiles > two customer ids > two emails > two phones), then of the least specific type (a
+    phone before an account before an email), then the lowest key. A role address between colleagues goes before a
+    colleague's account that saw it next to his own email (whose conflict then falls: its evidence is no longer
+    personal); a family phone before the family account, which then stands on its own evidence. Returns the kind
+    that made each node shared (or -1)."""
+    n = len(nodes)
+    kind = np.full(n, -1, np.int64)
     pos = np.empty(N_TYPES, np.int64)
     pos[list(guards.type_priority)] = np.arange(N_TYPES)
-    best = np.full(n, N_TYPES, np.int64)
-    np.minimum.at(best, xs, pos[t])
-    hit = best < N_TYPES
-    kind[hit] = np.asarray(guards.type_priority)[best[hit]]
-    return kind
+    exclusive = np.zeros(N_TYPES, bool)
+    exclusive[list(guards.exclusive_types)] = True
+    ranked = sorted(range(N_TYPES), key=lambda t: (not exclusive[t], pos[t]))  # exclusive kinds first
+    rank = np.empty(N_TYPES, np.int64)
+    rank[ranked] = np.arange(N_TYPES)
+    strength = rank[nodes.node_type[yi].astype(np.int64)]  # kind of the conflict, strongest evidence first
+    suspicion = (N_TYPES - 1) - pos[nodes.node_type.astype(np.int64)]  # least specific type first
+    removed = np.zeros(n, bool)
+    live = np.ones(len(xs), bool)
+    while True:
+        live &= ~(removed[xs] | removed[yi] | removed[yj])
+        if not live.any():
+            return kind
+        x, st = xs[live], strength[live]
+        best = np.full(n, N_TYPES, np.int64)
+        np.minimum.at(best, x, st)
+        # involvement: conflicts a node stands between, plus conflicts it is evidence of
+        involved = np.bincount(np.r_[x, yi[live], yj[live]], minlength=n)
+        cand = np.unique(x)
+        order = np.lexsort((nodes.node_key[cand], suspicion[cand], best[cand], -involved[cand], cluster[cand]))
+        cand = cand[order]
+        first = cand[np.r_[True, cluster[cand][1:] != cluster[cand][:-1]]]  # the top candidate per cluster
+        removed[first] = True
+        kind[first] = np.asarray(ranked)[best[first]]
 
 
 def _share_a_profile(n: int, s: np.ndarray, d: np.ndarray, ntype: np.ndarray, is_profile: np.ndarray,
@@ -467,11 +531,13 @@ def _find(parent: np.ndarray, x: np.ndarray) -> np.ndarray:
 
 
 def _greedy(nodes: Nodes, edges: Edges, sel: np.ndarray, bad_nodes: np.ndarray, cluster: np.ndarray,
-            guards: Guards, loop_below: int = 64):
+            own: np.ndarray, guards: Guards, loop_below: int = 64):
     """Kruskal-like union-find over the edges `sel` of guard-breaking components (`cluster` labels them), each in
     priority order. A merge is refused when it would exceed a per-type limit or the size cap, or when both sides
     hold an exclusive identifier of one type and the spans of those lifetimes overlap (a span covers a whole
-    succession, so a refused merge may also be one of interleaved successions: the cautious side).
+    succession, so a refused merge may also be one of interleaved successions: the cautious side). Soft kinds
+    (emails, phones) with a life of their own (`own`) are held to the same rule, except through an edge from a
+    profile id to one of them: the profile vouches that its two mailboxes are one person's.
     Clusters are independent, so round j takes the j-th edge of every cluster at once (vectorized, no two edges
     of a round share a root). Once a round has fewer than `loop_below` edges, the tail (the few big clusters)
     goes through a plain Python loop. Returns (root per bad node, code per sel edge)."""
@@ -490,14 +556,21 @@ def _greedy(nodes: Nodes, edges: Edges, sel: np.ndarray, bad_nodes: np.ndarray, 
     counts = np.zeros((k, N_TYPES), np.int64)
     counts[np.arange(k), nodes.node_type[bad_nodes]] = 1
     limits, cap = guards.limits(), guards.max_person_size
-    # per root and exclusive type: the span [lo, hi] of its identifiers' lifetimes (empty: lo > hi)
-    excl = list(guards.exclusive_types)
+    # per root and tracked type: the span [lo, hi] of its (exclusive, or soft with a life of their own)
+    # identifiers' lifetimes (empty: lo > hi)
+    excl = list(guards.exclusive_types) + _soft_kinds(guards)
     lo = np.full((k, len(excl)), _NEVER, np.int64)
     hi = np.full((k, len(excl)), -_NEVER, np.int64)
     for j, t in enumerate(excl):
-        mine = np.flatnonzero(nodes.node_type[bad_nodes] == t)
+        mine = np.flatnonzero((nodes.node_type[bad_nodes] == t) & (own[bad_nodes] | (t in guards.exclusive_types)))
         lo[mine, j] = nodes.active_from[bad_nodes[mine]]
         hi[mine, j] = nodes.active_to[bad_nodes[mine]]
+    # per edge: the tracked column a profile id vouches for (its other endpoint's soft type), else -1
+    column = np.full(N_TYPES, -1, np.int64)
+    column[_soft_kinds(guards)] = np.arange(len(guards.exclusive_types), len(excl))
+    ta, tb = nodes.node_type[edges.src[order]], nodes.node_type[edges.dst[order]]
+    profile = np.isin(np.arange(N_TYPES), guards.profile_types)
+    vouch = np.where(profile[ta], column[tb], np.where(profile[tb], column[ta], -1))
     codes = np.zeros(len(order), np.int8)
 
     offset = 0
@@ -508,7 +581,11 @@ def _greedy(nodes: Nodes, edges: Edges, sel: np.ndarray, bad_nodes: np.ndarray, 
         offset += width
         ra, rb = _find(parent, la[idx]), _find(parent, lb[idx])
         over = (counts[ra] + counts[rb]) > limits
-        over[:, excl] |= np.maximum(lo[ra], lo[rb]) <= np.minimum(hi[ra], hi[rb])  # two at a time
+        clash = np.maximum(lo[ra], lo[rb]) <= np.minimum(hi[ra], hi[rb])  # two at a time
+        v = vouch[idx]
+        clash[np.flatnonzero(v >= 0), v[v >= 0]] = False
+        for j, t in enumerate(excl):
+            over[:, t] |= clash[:, j]
         merge = ra != rb
         code = np.where(over.any(axis=1), TYPE_LIMIT + over.argmax(axis=1), ACCEPTED)
         code = np.where((code == ACCEPTED) & (size[ra] + size[rb] > cap), SIZE_CAP, code)
@@ -528,6 +605,7 @@ def _greedy(nodes: Nodes, edges: Edges, sel: np.ndarray, bad_nodes: np.ndarray, 
         par, sz, cnt, lim = parent.tolist(), size.tolist(), counts.tolist(), limits.tolist()
         los, his = lo.tolist(), hi.tolist()
         excl_at = {t: j for j, t in enumerate(excl)}
+        vouched = vouch.tolist()
 
         def find(x: int) -> int:
             while par[x] != x:
@@ -535,21 +613,21 @@ def _greedy(nodes: Nodes, edges: Edges, sel: np.ndarray, bad_nodes: np.ndarray, 
                 x = par[x]
             return x
 
-        def violation(ra: int, rb: int) -> int:
+        def violation(ra: int, rb: int, skip: int) -> int:
             ca, cb = cnt[ra], cnt[rb]
             for t in range(N_TYPES):
                 j = excl_at.get(t)
-                if ca[t] + cb[t] > lim[t] or (j is not None and max(los[ra][j], los[rb][j])
+                if ca[t] + cb[t] > lim[t] or (j is not None and j != skip and max(los[ra][j], los[rb][j])
                                               <= min(his[ra][j], his[rb][j])):
                     return TYPE_LIMIT + t
             return SIZE_CAP if sz[ra] + sz[rb] > cap else ACCEPTED
 
         out = []
-        for a, b in zip(la[rest].tolist(), lb[rest].tolist(), strict=True):
+        for a, b, e in zip(la[rest].tolist(), lb[rest].tolist(), rest.tolist(), strict=True):
             ra, rb = find(a), find(b)
             code = ACCEPTED
             if ra != rb:
-                code = violation(ra, rb)
+                code = violation(ra, rb, vouched[e])
                 if code == ACCEPTED:
                     if sz[ra] < sz[rb]:
                         ra, rb = rb, ra

@@ -128,9 +128,9 @@ def apply(world, esp: int, ts: np.ndarray, person: np.ndarray, fields: list[np.n
     email, klaviyo, phone, external = fields
     want_e, want_k, want_ph, want_x = wants
     m = len(person)
-    if esp == KLAVIYO:  # before the ESP merged the profile, its events carry the old id
-        old = ph.klaviyo_old[person]
-        klaviyo[:] = np.where((old >= 0) & (ts < ph.merge_ms[person]), old, klaviyo)
+    # before the ESP merged the profile, every event carrying its id carries the old one
+    old = ph.klaviyo_old[person]
+    klaviyo[:] = np.where((old >= 0) & (ts < ph.merge_ms[person]), old, klaviyo)
     if esp != KLAVIYO or cfg.second_mailbox_on_profile:
         second = ph.email2[person]
         email[:] = np.where((second >= 0) & (rng.random(m) < cfg.second_mailbox_rate), second, email)
