@@ -371,10 +371,10 @@ def _own_life(nodes: Nodes, edges: Edges, live: np.ndarray, guards: Guards) -> n
     ntype = nodes.node_type.astype(np.int64)
     is_profile = np.zeros(N_TYPES, bool)
     is_profile[list(guards.profile_types)] = True
-    s, d, c = edges.src[live], edges.dst[live], edges.edge_count[live]
-    shared_with = np.zeros(n, np.int64)
-    np.add.at(shared_with, s[~is_profile[ntype[d]]], c[~is_profile[ntype[d]]])
-    np.add.at(shared_with, d[~is_profile[ntype[s]]], c[~is_profile[ntype[s]]])
+    s, d, c = edges.src[live], edges.dst[live], edges.edge_count[live].astype(np.float64)
+    to_s, to_d = ~is_profile[ntype[d]], ~is_profile[ntype[s]]
+    shared_with = (np.bincount(s[to_s], weights=c[to_s], minlength=n)
+                   + np.bincount(d[to_d], weights=c[to_d], minlength=n))
     own[np.isin(ntype, soft)] = True
     return own & (nodes.events > shared_with)
 
