@@ -220,12 +220,13 @@ def build_identifiers(config: WorldConfig, people: People, rng: np.random.Genera
         e164_of[p] = e164
         by_country.setdefault(countries[p], []).append(i)
     shared: set[str] = set()
+    in_household = {int(p) for h in households for p in h}
     for i in np.flatnonzero(member).tolist():  # join a family: take a same-country owner's number
         p = int(owners[i])
         candidates = by_country[countries[p]]
         head_i = candidates[int(rng.integers(0, len(candidates)))]
-        if member[head_i]:  # heads never move, so every shared number has at least two people
-            continue
+        if member[head_i] or p in in_household or int(owners[head_i]) in in_household:
+            continue  # heads never move, so every shared number has at least two people
         digits[i] = digits[head_i]
         e164_of[p] = e164_of[int(owners[head_i])]
         shared.add(e164_of[p])

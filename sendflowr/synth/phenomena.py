@@ -5,8 +5,9 @@
   handed out);
 * small businesses: 2..`business_max` people whose email events carry the business's role address
   (`<role prefix>@<business>.com`) instead of their own on a share of events;
-* ESP profile merges: a Klaviyo profile had an old id until a moment inside the world; Klaviyo events before it
-  carry the old id, after it the new one (so a message's early events carry the old one, later ones the new);
+* ESP profile merges: a Klaviyo profile had an old id until a moment inside the world (during a Klaviyo
+  campaign, `merge_moments`); events before it carry the old id, after it the new one (so the messages of that
+  campaign carry the old id on their send and delivery and the new one on their opens and clicks);
 * placeholders: filler the backend's forms put in a field (`+10000000000`, the store's toll-free line,
   `customer@...`, `web-checkout`, `GUEST`), on a share of people's backend events (phones also on Klaviyo);
 * second mailboxes: a share of people use a second address next to the first on some events;
@@ -108,6 +109,22 @@ def build_phenomena(config: WorldConfig, rng: np.random.Generator, add: Callable
     return Phenomena(klaviyo_old, merge_ms, email2, role, placeholder, placeholder_type)
 
 
+MERGE_AFTER_SEND_MS = 25 * 60_000  # after a send's burst went out (<= 20 min) and mostly before its opens
+
+
+def merge_moments(world) -> np.ndarray:
+    """When each merged profile changes id: during the first Klaviyo campaign at or after the drawn moment, once
+    its messages went out, so that a message's send and delivery carry the old id and its opens the new one (a
+    click identifying the browser is what merges profiles on the ESP side)."""
+    ph, camp = world.identifiers.phenomena, world.campaigns
+    sends = np.sort(camp.send_ms[camp.esp == KLAVIYO].astype(np.int64))
+    if not len(sends):
+        return ph.merge_ms
+    at = np.searchsorted(sends, ph.merge_ms)
+    snapped = sends[np.minimum(at, len(sends) - 1)] + MERGE_AFTER_SEND_MS
+    return np.where(at < len(sends), snapped, ph.merge_ms)
+
+
 def _normalized(type_name: str, raw: str) -> str:
     """Ground-truth normal form (identifiers._normalize's rules, without the import cycle)."""
     if type_name == "email":
@@ -130,7 +147,7 @@ def apply(world, esp: int, ts: np.ndarray, person: np.ndarray, fields: list[np.n
     m = len(person)
     # before the ESP merged the profile, every event carrying its id carries the old one
     old = ph.klaviyo_old[person]
-    klaviyo[:] = np.where((old >= 0) & (ts < ph.merge_ms[person]), old, klaviyo)
+    klaviyo[:] = np.where((old >= 0) & (ts < merge_moments(world)[person]), old, klaviyo)
     if esp != KLAVIYO or cfg.second_mailbox_on_profile:
         second = ph.email2[person]
         email[:] = np.where((second >= 0) & (rng.random(m) < cfg.second_mailbox_rate), second, email)
