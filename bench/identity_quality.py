@@ -53,9 +53,10 @@ WORLDS: dict[str, dict] = {
     # many small businesses, role addresses not on the role list, on most of their staff's events
     "businesses": {**_ISSUE, "business_share": 0.2, "business_max": 9, "role_address_rate": 0.7, "seed": 303,
                    "role_prefixes": ("bakery", "atelier", "crew", "kitchen", "workshop", "desk2")},
-    # a third of the profiles merged on the ESP side; the backend mostly sends one of phone / customer id
-    "merges": {**_ISSUE, "esp_merge_share": 0.33, "single_source_rate": 0.85, "klaviyo_phone_rate": 0.02,
-               "seed": 404},
+    # a third of the profiles merged on the ESP side, a third of them duplicates in use side by side before the
+    # merge; the backend mostly sends one of phone / customer id
+    "merges": {**_ISSUE, "esp_merge_share": 0.33, "esp_merge_overlap": 0.3, "single_source_rate": 0.85,
+               "klaviyo_phone_rate": 0.02, "seed": 404},
     # placeholders on most profiles, other values than the usual ones (some rare enough to pass the degree guard)
     "placeholders": {**_ISSUE, "placeholder_share": 0.6, "placeholder_rate": 0.3, "seed": 505,
                      "placeholder_values": (("phone", "+1 (866) 318-4000"), ("email", "noemail@store-checkout.com"),

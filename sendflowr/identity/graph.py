@@ -9,19 +9,23 @@ Pipeline (`stitch`, then `assign_ids`; `rebuild` / `update` wrap both):
    included) is *shared* (a placeholder, a store's phone line): all its edges are blocked.
 2. Clusters = connected components of the remaining edges (scipy). Everything below is computed per cluster
    (the unit an incremental run recomputes).
-3. Conflict guard (`_conflicts`). A node X is *shared by conflict* when two of its neighbours are identifiers of
-   one kind (`Guards.conflict_kinds`: Klaviyo ids, customer ids, emails) that stand for two people: both were in
-   use at the same time (their [active_from, active_to] overlap), each was also seen in an event without X, and
-   no ESP profile id (`Guards.profile_types`) other than X is a neighbour of both. A household phone seen with
-   two relatives' emails, a family account, a role address of a small business: all their edges are blocked,
-   whatever their degree. ESP profile ids themselves are never shared by conflict (a profile is one person).
+3. Conflict guard (`_conflicts`, `_peel`). A node X is *shared by conflict* when two of its neighbours are
+   identifiers of one kind (`Guards.conflict_kinds`) that stand for two people: both were in use at the same
+   time (their [active_from, active_to] overlap), each was also seen in an event without X, and nothing vouches
+   that they are one person's (`Guards.vouchers`: no ESP profile id other than X seen with both; for two profile
+   ids, no email seen with both -- an ESP keeps one profile per email, so two profile ids on one email are one
+   profile merged on the ESP side). A household phone seen with two relatives' emails, a family account, a role
+   address of a small business: all their edges are blocked, whatever their degree. Conflicts stand only while
+   their evidence is personal, so `_peel` makes nodes shared one at a time per cluster, the most involved first.
+   Profile ids are never shared by a conflict (a profile is one person).
 4. Components of what is left. One that breaks no per-type limit, no size cap and holds no two *exclusive*
-   identifiers (`Guards.exclusive_types`: Klaviyo ids, customer ids) in use at the same time is a person as is:
-   almost all of the data. An old and a new ESP profile id whose lifetimes follow each other (a profile merge on
-   the ESP side) are not a conflict.
+   identifiers (`Guards.exclusive_types`: Klaviyo ids, customer ids) or two soft-kind identifiers with a life of
+   their own (emails, phones) is a person as is: almost all of the data.
 5. Only components that break a guard go through the greedy pass: their edges in priority order (see
    `_edge_order`) through a union-find; an edge is accepted unless the merge it causes would exceed a per-type
-   limit, the size cap, or put two exclusive identifiers of one type with overlapping lifetimes together.
+   limit, the size cap, or put two such identifiers of one type with overlapping lifetimes together -- unless
+   the edge's endpoint vouches for them (a profile id for its mailboxes, an email for its profile ids). An old
+   and a new profile id whose lifetimes follow each other (an ESP-side merge) never clash.
    Edges already inside one component are accepted (no-op).
    A blocked edge always ends up between two different people (counts and lifetimes only grow), so the people are
    exactly the connected components of the accepted edges -- the property the networkx oracle tests check.
@@ -234,15 +238,27 @@ class Guards:
     # ESP profile ids: one person by construction, so never shared by a conflict, and two identifiers that share
     # one are the same profile's (no conflict).
     profile_types: tuple[int, ...] = (KLAVIYO_ID,)
+    # What an ESP keys its profiles by: one profile per email at a time, so two profile ids seen with one email are
+    # one profile (merged on the ESP side, or duplicates it will merge), never two people.
+    profile_key_types: tuple[int, ...] = (EMAIL,)
 
     def __post_init__(self) -> None:
         if min(self.max_per_type.values(), default=1) < 1 or self.max_person_size < 1:
             raise ValueError("per-type limits and the size cap must be >= 1")
         if sorted(self.type_priority) != list(range(N_TYPES)):
             raise ValueError("type_priority must be a permutation of the type codes")
-        for name in ("exclusive_types", "conflict_kinds", "profile_types"):
+        for name in ("exclusive_types", "conflict_kinds", "profile_types", "profile_key_types"):
             if not set(getattr(self, name)) <= set(range(N_TYPES)):
                 raise ValueError(f"{name} must hold type codes")
+
+    def vouchers(self) -> np.ndarray:
+        """[a, b]: an identifier of type a vouches that identifiers of type b next to it are one person's -- a
+        profile id for everything it was seen with, an email for the profile ids seen with it."""
+        out = np.zeros((N_TYPES, N_TYPES), bool)
+        out[list(self.profile_types), :] = True
+        for key in self.profile_key_types:
+            out[key, list(self.profile_types)] = True
+        return out
 
     @classmethod
     def disabled(cls) -> Guards:
@@ -409,9 +425,10 @@ def _conflicts(nodes: Nodes, edges: Edges, live: np.ndarray, cluster: np.ndarray
     is_kind, is_profile = np.zeros(N_TYPES, bool), np.zeros(N_TYPES, bool)
     is_kind[list(guards.conflict_kinds)] = True
     is_profile[list(guards.profile_types)] = True
+    vouches = guards.vouchers()
     s, d, c = edges.src[live], edges.dst[live], edges.edge_count[live]
     x, y, cnt = np.r_[s, d], np.r_[d, s], np.r_[c, c]
-    keep = is_kind[ntype[y]] & ~is_profile[ntype[x]]
+    keep = is_kind[ntype[y]] & ~is_profile[ntype[x]] & ~vouches[ntype[x], ntype[y]]
     x, y, cnt = x[keep], y[keep], cnt[keep]
     # Only (x, kind) groups with two rows can hold a pair: a cheap count before any sort.
     g = x * N_TYPES + ntype[y]
@@ -440,7 +457,7 @@ def _conflicts(nodes: Nodes, edges: Edges, live: np.ndarray, cluster: np.ndarray
                   <= np.minimum(nodes.active_to[yi], nodes.active_to[yj]))
     first, yi, yj = first[concurrent], yi[concurrent], yj[concurrent]
     xs = x[first]
-    apart = ~_share_a_profile(n, s, d, ntype, is_profile, yi, yj, xs)
+    apart = ~_vouched_together(n, s, d, ntype, vouches, yi, yj, xs)
     if not apart.any():
         return kind
     return _peel(nodes, cluster, xs[apart], yi[apart], yj[apart], guards)
@@ -486,15 +503,16 @@ def _peel(nodes: Nodes, cluster: np.ndarray, xs: np.ndarray, yi: np.ndarray, yj:
         kind[first] = np.asarray(ranked)[best[first]]
 
 
-def _share_a_profile(n: int, s: np.ndarray, d: np.ndarray, ntype: np.ndarray, is_profile: np.ndarray,
-                     yi: np.ndarray, yj: np.ndarray, xs: np.ndarray) -> np.ndarray:
-    """Per pair: do yi and yj have a common neighbour (over the edges s-d) of a profile type, other than xs?"""
+def _vouched_together(n: int, s: np.ndarray, d: np.ndarray, ntype: np.ndarray, vouches: np.ndarray,
+                      yi: np.ndarray, yj: np.ndarray, xs: np.ndarray) -> np.ndarray:
+    """Per pair (yi, yj of one type): is there a common neighbour (over the edges s-d), other than xs, that
+    vouches for both (`Guards.vouchers`): one profile id seen with both, or one email seen with two profile ids?"""
     out = np.zeros(len(yi), bool)
     if not len(yi):
         return out
     a, b = np.r_[s, d], np.r_[d, s]
-    m = is_profile[ntype[b]]
-    held = np.unique(a[m] * n + b[m])  # (node, profile neighbour), sorted
+    m = vouches[ntype[b], ntype[a]]
+    held = np.unique(a[m] * n + b[m])  # (node, neighbour vouching for it), sorted
     if not len(held):
         return out
     owner = held // n
@@ -536,8 +554,9 @@ def _greedy(nodes: Nodes, edges: Edges, sel: np.ndarray, bad_nodes: np.ndarray, 
     priority order. A merge is refused when it would exceed a per-type limit or the size cap, or when both sides
     hold an exclusive identifier of one type and the spans of those lifetimes overlap (a span covers a whole
     succession, so a refused merge may also be one of interleaved successions: the cautious side). Soft kinds
-    (emails, phones) with a life of their own (`own`) are held to the same rule, except through an edge from a
-    profile id to one of them: the profile vouches that its two mailboxes are one person's.
+    (emails, phones) with a life of their own (`own`) are held to the same rule. An edge skips the rule for a type
+    its endpoint vouches for (`Guards.vouchers`): a profile id for its two mailboxes, an email for its two
+    profile ids (an ESP-side merge of duplicates that were in use side by side).
     Clusters are independent, so round j takes the j-th edge of every cluster at once (vectorized, no two edges
     of a round share a root). Once a round has fewer than `loop_below` edges, the tail (the few big clusters)
     goes through a plain Python loop. Returns (root per bad node, code per sel edge)."""
@@ -565,12 +584,13 @@ def _greedy(nodes: Nodes, edges: Edges, sel: np.ndarray, bad_nodes: np.ndarray, 
         mine = np.flatnonzero((nodes.node_type[bad_nodes] == t) & (own[bad_nodes] | (t in guards.exclusive_types)))
         lo[mine, j] = nodes.active_from[bad_nodes[mine]]
         hi[mine, j] = nodes.active_to[bad_nodes[mine]]
-    # per edge: the tracked column a profile id vouches for (its other endpoint's soft type), else -1
+    # per edge: the tracked columns its endpoints vouch for (the other endpoint's type), else -1
     column = np.full(N_TYPES, -1, np.int64)
-    column[_soft_kinds(guards)] = np.arange(len(guards.exclusive_types), len(excl))
+    column[excl] = np.arange(len(excl))
     ta, tb = nodes.node_type[edges.src[order]], nodes.node_type[edges.dst[order]]
-    profile = np.isin(np.arange(N_TYPES), guards.profile_types)
-    vouch = np.where(profile[ta], column[tb], np.where(profile[tb], column[ta], -1))
+    vouches = guards.vouchers()
+    vouch_a = np.where(vouches[ta, tb], column[tb], -1)  # the src vouches for the dst's type
+    vouch_b = np.where(vouches[tb, ta], column[ta], -1)
     codes = np.zeros(len(order), np.int8)
 
     offset = 0
@@ -582,8 +602,8 @@ def _greedy(nodes: Nodes, edges: Edges, sel: np.ndarray, bad_nodes: np.ndarray, 
         ra, rb = _find(parent, la[idx]), _find(parent, lb[idx])
         over = (counts[ra] + counts[rb]) > limits
         clash = np.maximum(lo[ra], lo[rb]) <= np.minimum(hi[ra], hi[rb])  # two at a time
-        v = vouch[idx]
-        clash[np.flatnonzero(v >= 0), v[v >= 0]] = False
+        for v in (vouch_a[idx], vouch_b[idx]):
+            clash[np.flatnonzero(v >= 0), v[v >= 0]] = False
         for j, t in enumerate(excl):
             over[:, t] |= clash[:, j]
         merge = ra != rb
@@ -605,7 +625,7 @@ def _greedy(nodes: Nodes, edges: Edges, sel: np.ndarray, bad_nodes: np.ndarray, 
         par, sz, cnt, lim = parent.tolist(), size.tolist(), counts.tolist(), limits.tolist()
         los, his = lo.tolist(), hi.tolist()
         excl_at = {t: j for j, t in enumerate(excl)}
-        vouched = vouch.tolist()
+        vouched = list(zip(vouch_a.tolist(), vouch_b.tolist(), strict=True))
 
         def find(x: int) -> int:
             while par[x] != x:
@@ -613,11 +633,11 @@ def _greedy(nodes: Nodes, edges: Edges, sel: np.ndarray, bad_nodes: np.ndarray, 
                 x = par[x]
             return x
 
-        def violation(ra: int, rb: int, skip: int) -> int:
+        def violation(ra: int, rb: int, skip: tuple[int, int]) -> int:
             ca, cb = cnt[ra], cnt[rb]
             for t in range(N_TYPES):
                 j = excl_at.get(t)
-                if ca[t] + cb[t] > lim[t] or (j is not None and j != skip and max(los[ra][j], los[rb][j])
+                if ca[t] + cb[t] > lim[t] or (j is not None and j not in skip and max(los[ra][j], los[rb][j])
                                               <= min(his[ra][j], his[rb][j])):
                     return TYPE_LIMIT + t
             return SIZE_CAP if sz[ra] + sz[rb] > cap else ACCEPTED

@@ -68,6 +68,8 @@ class WorldConfig:
     role_address_rate: float = 0.5  # role address <prefix>@<business>.com is on this share of their email events
     esp_merge_share: float = 0.0  # of Klaviyo profiles, share merged on the ESP side during the world: the old id
     #   before the merge, the new one after (same email; a message's early events old, later events new)
+    esp_merge_overlap: float = 0.0  # share of events before a merge already carrying the surviving id (the two
+    #   profiles were duplicates in use side by side until the ESP merged them)
     placeholder_share: float = 0.0  # share of people whose backend (and Klaviyo phone) fields hold a placeholder
     placeholder_rate: float = 0.5  # share of those people's events of that source carrying it
     placeholder_values: tuple[tuple[str, str], ...] = (

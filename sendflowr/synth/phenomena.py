@@ -147,7 +147,10 @@ def apply(world, esp: int, ts: np.ndarray, person: np.ndarray, fields: list[np.n
     m = len(person)
     # before the ESP merged the profile, every event carrying its id carries the old one
     old = ph.klaviyo_old[person]
-    klaviyo[:] = np.where((old >= 0) & (ts < merge_moments(world)[person]), old, klaviyo)
+    before = (old >= 0) & (ts < merge_moments(world)[person])
+    if cfg.esp_merge_overlap > 0:  # duplicates: the surviving profile was in use before the merge too
+        before &= rng.random(m) >= cfg.esp_merge_overlap
+    klaviyo[:] = np.where(before, old, klaviyo)
     if esp != KLAVIYO or cfg.second_mailbox_on_profile:
         second = ph.email2[person]
         email[:] = np.where((second >= 0) & (rng.random(m) < cfg.second_mailbox_rate), second, email)
