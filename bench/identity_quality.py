@@ -32,6 +32,7 @@ import pyarrow.parquet as pq
 
 from sendflowr.clickhouse import get_client
 from sendflowr.identity.evaluate import IdentityScore, score_identity
+from sendflowr.identity.graph import EMAIL, EXTERNAL_ID, KLAVIYO_ID, PHONE, Guards
 from sendflowr.identity.run import IdentityReport, stitch_once
 from sendflowr.local import chdb_server, processes
 from sendflowr.local.processes import free_port
@@ -66,6 +67,10 @@ WORLDS: dict[str, dict] = {
     "mailboxes": {**_ISSUE, "second_mailbox_share": 0.3, "second_mailbox_on_profile": False, "seed": 606},
 }
 GOALS = {"precision": 0.998, "recall_of_achievable": 0.99, "glued_share": 0.002, "merged_profiles_split": 0}
+# --before: the rules before issue 20 (one Klaviyo id per person by count, no conflict guard, accounts ranked
+# before emails), on the same world, for comparison
+BEFORE = Guards(max_per_type={KLAVIYO_ID: 1, EMAIL: 5, PHONE: 3, EXTERNAL_ID: 3}, exclusive_types=(),
+                conflict_kinds=(), type_priority=(KLAVIYO_ID, EXTERNAL_ID, EMAIL, PHONE))
 
 
 def _text(table: pa.Table, name: str) -> pa.Array:
@@ -172,6 +177,7 @@ def main() -> int:
     parser.add_argument("--worlds", default=",".join(WORLDS), help="comma-separated names of WORLDS")
     parser.add_argument("--seed-offset", type=int, default=0, help="added to every world's seed")
     parser.add_argument("--keep", action="store_true", help="keep the temporary state directory")
+    parser.add_argument("--before", action="store_true", help="also score the rules before issue 20")
     args = parser.parse_args()
     names = [w for w in args.worlds.split(",") if w]
     unknown = set(names) - set(WORLDS)
@@ -198,6 +204,13 @@ def main() -> int:
                   f"[{time.perf_counter() - started:.0f}s]", flush=True)
             print(diagnose(client, database, truth_dir), flush=True)
             rows.append(_row(name, score, oracle))
+            if args.before:
+                db_settings = Settings(home=workdir, clickhouse_url=settings.clickhouse_url,
+                                       clickhouse_database=database)
+                stitch_once(db_settings, client, guards=BEFORE, full_rebuild=True, forget_ids=True, log=lambda _: None)
+                before = score_identity(client, database, truth_dir / "identifiers.parquet")
+                print(f"    rules before: {before.summary()}", flush=True)
+                rows.append(_row(f"{name}, rules before", before, oracle_equal(client, database)))
         print("\n| world | people | personal identifiers | precision | recall | achievable | of achievable | "
               "people glued | people split | merged profiles split | oracle | goals met |")
         print("|---|---|---|---|---|---|---|---|---|---|---|---|")

@@ -477,6 +477,20 @@ def test_esp_profile_merge_keeps_one_person_and_concurrent_profiles_do_not():
     assert not shared and len(people) == 2 and list(reasons.values()) == ["per-type limit: klaviyo_id"]
 
 
+def test_role_address_goes_first_and_its_colleagues_phone_stays_personal():
+    """A role address seen with three colleagues' accounts, and one colleague's phone that saw it next to his own
+    email: the address is shared (the most involved), after which the phone's only conflict (own email vs the
+    address) stands on non-personal evidence and falls."""
+    live = (0, 12 * WEEK, 30)
+    spec = {"role": (EMAIL, *live), "a1": (EXTERNAL_ID, *live), "a2": (EXTERNAL_ID, *live),
+            "a3": (EXTERNAL_ID, *live), "e1": (EMAIL, *live), "ph1": (PHONE, *live)}
+    links = [("role", "a1", 4), ("role", "a2", 4), ("role", "a3", 4), ("ph1", "e1", 5), ("ph1", "role", 2),
+             ("ph1", "a1", 6)]
+    people, shared, _ = world_of(spec, links)
+    assert shared == {"role": SHARED_CONFLICT}
+    assert people == {frozenset({"ph1", "e1", "a1"}), frozenset({"a2"}), frozenset({"a3"}), frozenset({"role"})}
+
+
 def test_a_changed_mailbox_is_a_succession_not_two_people():
     spec = {"before": (EMAIL, 0, 4 * WEEK, 20), "after": (EMAIL, 4 * WEEK + 1, 12 * WEEK, 30),
             "ph": (PHONE, 0, 12 * WEEK, 10)}
