@@ -427,13 +427,16 @@ def _conflicts(nodes: Nodes, edges: Edges, live: np.ndarray, cluster: np.ndarray
     is_profile[list(guards.profile_types)] = True
     vouches = guards.vouchers()
     s, d, c = edges.src[live], edges.dst[live], edges.edge_count[live]
-    x, y, cnt = np.r_[s, d], np.r_[d, s], np.r_[c, c]
-    keep = is_kind[ntype[y]] & ~is_profile[ntype[x]] & ~vouches[ntype[x], ntype[y]]
-    x, y, cnt = x[keep], y[keep], cnt[keep]
-    # Only (x, kind) groups with two rows can hold a pair: a cheap count before any sort.
-    g = x * N_TYPES + ntype[y]
-    cand = np.bincount(g, minlength=n * N_TYPES)[g] >= 2
-    x, y, cnt = x[cand], y[cand], cnt[cand]
+    ts, td = ntype[s], ntype[d]
+    # rows (x, y) in both directions of an edge: y of a conflict kind, x not vouching for it. Only (x, kind)
+    # groups with two rows can hold a pair: a cheap count over both directions before any copy or sort.
+    fwd = is_kind[td] & ~is_profile[ts] & ~vouches[ts, td]
+    bwd = is_kind[ts] & ~is_profile[td] & ~vouches[td, ts]
+    g_fwd, g_bwd = s * N_TYPES + td, d * N_TYPES + ts
+    rows = (np.bincount(g_fwd[fwd], minlength=n * N_TYPES) + np.bincount(g_bwd[bwd], minlength=n * N_TYPES)) >= 2
+    fwd &= rows[g_fwd]
+    bwd &= rows[g_bwd]
+    x, y, cnt = np.r_[s[fwd], d[bwd]], np.r_[d[fwd], s[bwd]], np.r_[c[fwd], c[bwd]]
     if not len(x):
         return kind
     # one row per (x, y); `together` = events that carried both (duplicate edge rows summed)
