@@ -13,6 +13,7 @@ import networkx as nx
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from test_identity_incremental import _graph, _verdicts  # the graph and its verdicts as ClickHouse holds them
 
 from sendflowr.identity.evaluate import score_identity
 from sendflowr.identity.graph import EMAIL, EXTERNAL_ID, KLAVIYO_ID, PHONE, Guards
@@ -71,17 +72,6 @@ def test_score_counts_every_personal_identifier(settings: Settings, ch, tmp_path
     assert (score.glued_people, score.split_people) == (2, 1) and sorted(score.glued_ids.tolist()) == [1, 2]
     assert (score.merged_profiles, score.merged_profiles_split) == (1, 0)
     assert score_identity(ch, settings.clickhouse_database, tmp_path / "absent.parquet") is None
-
-
-def _graph(ch, db: str) -> dict[int, tuple[str, int, int]]:
-    return {int(k): (u, int(c), int(s)) for k, u, c, s in ch.query(
-        f"SELECT node_key, universal_id, cluster, shared FROM {db}.identity_nodes FINAL").result_rows}
-
-
-def _verdicts(ch, db: str) -> dict[tuple[int, int], str]:
-    return {(int(s), int(d)): r for s, d, r in ch.query(
-        f"SELECT src, dst, argMax(reason, at) AS r FROM {db}.identity_blocked WHERE kind = 'edge' "
-        "GROUP BY src, dst HAVING r != 'accepted'").result_rows}
 
 
 def test_hard_world_incremental_equals_rebuild_and_meets_the_guards(settings: Settings, ch, tmp_path: Path) -> None:

@@ -286,7 +286,7 @@ def build_identifiers(config: WorldConfig, people: People, rng: np.random.Genera
         junk[type_name] = np.array([table.add(t, raw, -1, _normalize(type_name, raw), 2, "junk") for raw in raws],
                                    dtype=np.int32)
     # The other phenomena only add values (after all of the above, so their indices never move).
-    extras = build_phenomena(config, extra, table.add, table.values, klaviyo, email, ulid_range=(start, stop))
+    extras = build_phenomena(config, extra, table.add, table.values, klaviyo, email, (start, stop), _normalize)
 
     # Shared external ids: mark the original owner's row as shared too.
     rows = table.rows

@@ -65,9 +65,11 @@ def groups(rng: np.random.Generator, people: np.ndarray, share: float, max_size:
 
 
 def build_phenomena(config: WorldConfig, rng: np.random.Generator, add: Callable[..., int], values: list[str],
-                    klaviyo: np.ndarray, email: np.ndarray, ulid_range: tuple[int, int]) -> Phenomena:
+                    klaviyo: np.ndarray, email: np.ndarray, ulid_range: tuple[int, int],
+                    normal_form: Callable[[str, str], str]) -> Phenomena:
     """The values of merges, second mailboxes, role addresses and placeholders (`add` puts one row in the
-    identifier table and returns its index); households are handled where phones and accounts are made."""
+    identifier table and returns its index; `normal_form` is the ground truth's normalization); households are
+    handled where phones and accounts are made."""
     n = len(klaviyo)
     none = np.full(n, -1, np.int32)
     klaviyo_old, email2, role, placeholder = none.copy(), none.copy(), none.copy(), none.copy()
@@ -101,7 +103,7 @@ def build_phenomena(config: WorldConfig, rng: np.random.Generator, add: Callable
 
     carriers = np.flatnonzero(rng.random(n) < config.placeholder_share)
     if len(carriers):
-        table = [add(TYPES.index(t), raw, -1, _normalized(t, raw), 2, "placeholder")
+        table = [add(TYPES.index(t), raw, -1, normal_form(t, raw), 2, "placeholder")
                  for t, raw in config.placeholder_values]
         pick = rng.integers(0, len(table), size=len(carriers))
         placeholder[carriers] = np.array(table, np.int32)[pick]
@@ -123,16 +125,6 @@ def merge_moments(world) -> np.ndarray:
     at = np.searchsorted(sends, ph.merge_ms)
     snapped = sends[np.minimum(at, len(sends) - 1)] + MERGE_AFTER_SEND_MS
     return np.where(at < len(sends), snapped, ph.merge_ms)
-
-
-def _normalized(type_name: str, raw: str) -> str:
-    """Ground-truth normal form (identifiers._normalize's rules, without the import cycle)."""
-    if type_name == "email":
-        return raw.strip().lower()
-    if type_name == "phone":
-        digits = "".join(c for c in raw if c.isdigit())
-        return "+" + digits if raw.strip().startswith("+") else "+1" + digits[-10:]
-    return raw.strip()
 
 
 def apply(world, esp: int, ts: np.ndarray, person: np.ndarray, fields: list[np.ndarray], wants: list[np.ndarray],
