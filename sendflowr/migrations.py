@@ -12,17 +12,17 @@ import argparse
 import hashlib
 import re
 from dataclasses import dataclass
-from pathlib import Path
+from importlib.resources.abc import Traversable
 
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import ClickHouseError as DriverError
 
 from sendflowr.clickhouse import get_client, wait_for_clickhouse
 from sendflowr.errors import SendflowrError
-from sendflowr.settings import PROJECT_ROOT, Settings
-from sendflowr.sql_files import render
+from sendflowr.settings import Settings
+from sendflowr.sql_files import render, sql_path
 
-MIGRATIONS_DIR = PROJECT_ROOT / "sql" / "migrations"
+MIGRATIONS_DIR = sql_path("migrations")
 _FILE_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 _STATEMENT_END = re.compile(r";[ \t]*(?:--[^\n]*)?$", re.MULTILINE)
 
@@ -35,7 +35,7 @@ class MigrationError(SendflowrError):
 class Migration:
     version: int
     name: str
-    path: Path
+    path: Traversable
     text: str
 
     @property
@@ -52,13 +52,13 @@ def _strip_comments(sql: str) -> str:
     return "\n".join(line for line in sql.splitlines() if not line.strip().startswith("--"))
 
 
-def discover(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
+def discover(directory: Traversable = MIGRATIONS_DIR) -> list[Migration]:
     found: list[Migration] = []
-    for path in sorted(directory.glob("*.sql")):
+    for path in sorted((p for p in directory.iterdir() if p.name.endswith(".sql")), key=lambda p: p.name):
         match = _FILE_NAME.match(path.name)
         if not match:
             raise MigrationError(f"migration file {path.name} must be named NNNN_lower_snake.sql")
-        found.append(Migration(int(match.group(1)), match.group(2), path, path.read_text()))
+        found.append(Migration(int(match.group(1)), match.group(2), path, path.read_text(encoding="utf-8")))
     versions = [m.version for m in found]
     if len(set(versions)) != len(versions):
         raise MigrationError(f"two migrations share a version number in {directory}")
@@ -75,7 +75,7 @@ def _applied(client: Client, database: str) -> dict[int, str]:
     return {int(version): checksum for version, checksum in rows.result_rows}
 
 
-def apply_migrations(settings: Settings, directory: Path = MIGRATIONS_DIR, wait: float = 30.0) -> list[str]:
+def apply_migrations(settings: Settings, directory: Traversable = MIGRATIONS_DIR, wait: float = 30.0) -> list[str]:
     """Apply what is missing, in order; return the names applied. Safe to run at every start-up."""
     database = settings.clickhouse_database
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", database):
@@ -123,11 +123,19 @@ def _apply_events_ttl(client: Client, settings: Settings) -> None:
 
 def add_cli(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("migrate", help="apply the ClickHouse migrations in sql/migrations")
+    parser.add_argument("--with-topic", action="store_true",
+                        help="also create the Kafka events topic if it is missing (the compose `migrate` service)")
     parser.set_defaults(handler=_cli_migrate)
 
 
-def _cli_migrate(_args, settings: Settings) -> int:
+def _cli_migrate(args, settings: Settings) -> int:
     done = apply_migrations(settings)
     print(f"applied {len(done)} migration(s)" + (f": {', '.join(done)}" if done else " (schema up to date)")
           + f" on {settings.clickhouse_url}/{settings.clickhouse_database}")
+    if args.with_topic:
+        from sendflowr.kafka_io import ensure_topic
+
+        created = ensure_topic(settings)
+        print(f"topic {settings.kafka_topic} " + ("created" if created else "already exists")
+              + f" on {settings.kafka_bootstrap_servers}")
     return 0

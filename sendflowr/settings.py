@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from functools import cached_property
 from pathlib import Path
+from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -33,6 +34,9 @@ class Settings(BaseSettings):
     clickhouse_user: str = Field(default="default", description="ClickHouse user.")
     clickhouse_password: str = Field(default="", description="ClickHouse password (never stored in code).")
     clickhouse_database: str = Field(default="sendflowr", description="Database holding every SendFlowr table.")
+    clickhouse_ca_cert: str = Field(
+        default="", description="PEM file of the CA that signed the ClickHouse server's certificate (https URLs); "
+        "empty trusts the system's CAs (enough for ClickHouse Cloud).")
     chdb_path: Path | None = Field(
         default=None,
         description="Data directory of the embedded chDB engine (default: <home>/chdb).",
@@ -47,6 +51,31 @@ class Settings(BaseSettings):
     kafka_topic: str = Field(default="sendflowr.events", description="Topic carrying engagement events.")
     kafka_partitions: int = Field(default=4, ge=1, description="Partitions of the events topic when created.")
     kafka_replication_factor: int = Field(default=1, ge=1, description="Replication factor when created.")
+    kafka_min_insync_replicas: int = Field(
+        default=1, ge=1, description="Topic's min.insync.replicas when created: replicas that must have a message "
+        "before acks=all confirms it (at most the replication factor).")
+    kafka_retention_hours: int = Field(
+        default=168, ge=1, description="Topic's retention.ms when created, in hours; must outlast the longest "
+        "ingestion outage you want to recover from.")
+    kafka_consumer_group: str = Field(
+        default="sendflowr-ingest", min_length=1,
+        description="Consumer group the ingestion mirrors its committed offsets into (lag in standard tools).")
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        default="PLAINTEXT", description="librdkafka security.protocol for every Kafka client (SASL_SSL for "
+        "Confluent Cloud, MSK with SASL/SCRAM, Aiven with SASL).")
+    kafka_sasl_mechanism: Literal["", "PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = Field(
+        default="", description="librdkafka sasl.mechanism (SASL protocols only).")
+    kafka_sasl_username: str = Field(
+        default="", description="librdkafka sasl.username (an API key on Confluent Cloud).")
+    kafka_sasl_password: SecretStr = Field(
+        default=SecretStr(""), description="Secret: librdkafka sasl.password (never stored in code, never logged).")
+    kafka_ssl_ca_location: str = Field(
+        default="", description="librdkafka ssl.ca.location: PEM file of the CA of the brokers' certificates; "
+        "empty trusts the system's CAs.")
+    kafka_ssl_certificate_location: str = Field(
+        default="", description="librdkafka ssl.certificate.location: client certificate (PEM) for mutual TLS.")
+    kafka_ssl_key_location: str = Field(
+        default="", description="librdkafka ssl.key.location: private key (PEM) of the client certificate.")
     kafka_version: str = Field(
         default="4.1.1",
         description="Apache Kafka release (org.apache.kafka:kafka_2.13) fetched from Maven Central for "
@@ -122,6 +151,21 @@ class Settings(BaseSettings):
             raise ValueError(f"SENDFLOWR_CLICKHOUSE_URL must look like http://host:port, got {value!r}")
         return value.rstrip("/")
 
+    @model_validator(mode="after")
+    def _kafka_security_is_complete(self) -> Settings:
+        sasl = self.kafka_security_protocol.startswith("SASL_")
+        if sasl and not (self.kafka_sasl_mechanism and self.kafka_sasl_username):
+            raise ValueError(f"SENDFLOWR_KAFKA_SECURITY_PROTOCOL={self.kafka_security_protocol} needs "
+                             "SENDFLOWR_KAFKA_SASL_MECHANISM and SENDFLOWR_KAFKA_SASL_USERNAME (and the password)")
+        if not sasl and self.kafka_sasl_mechanism:
+            raise ValueError("SENDFLOWR_KAFKA_SASL_MECHANISM is set but SENDFLOWR_KAFKA_SECURITY_PROTOCOL="
+                             f"{self.kafka_security_protocol} does not use SASL")
+        if self.kafka_min_insync_replicas > self.kafka_replication_factor:
+            # acks=all could then never be satisfied: every produce would fail with NOT_ENOUGH_REPLICAS
+            raise ValueError(f"SENDFLOWR_KAFKA_MIN_INSYNC_REPLICAS={self.kafka_min_insync_replicas} exceeds "
+                             f"SENDFLOWR_KAFKA_REPLICATION_FACTOR={self.kafka_replication_factor}")
+        return self
+
     @cached_property
     def chdb_data_dir(self) -> Path:
         return (self.chdb_path or self.home / "chdb").resolve()
@@ -140,6 +184,8 @@ class Settings(BaseSettings):
         env = {}
         for name in type(self).model_fields:
             value = getattr(self, name)
+            if isinstance(value, SecretStr):
+                value = value.get_secret_value()
             if value is not None:
                 env[f"SENDFLOWR_{name.upper()}"] = str(value)
         return env

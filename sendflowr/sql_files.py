@@ -1,17 +1,25 @@
-"""Load the SQL the pipeline runs from sql/, with ${database} filled in; values go as query parameters."""
+"""Load the SQL the pipeline runs from sql/, with ${database} filled in; values go as query parameters.
+
+sql/ ships inside the package as `sendflowr._sql` (setup.py), so the same lookup works from a wheel, an
+editable install and the Docker image: importlib.resources, never a path relative to the source tree.
+"""
 
 from __future__ import annotations
 
 from functools import cache
+from importlib.resources import files
+from importlib.resources.abc import Traversable
 
-from sendflowr.settings import PROJECT_ROOT
+SQL_DIR: Traversable = files("sendflowr._sql")
 
-SQL_DIR = PROJECT_ROOT / "sql"
+
+def sql_path(relative: str) -> Traversable:
+    return SQL_DIR.joinpath(*relative.split("/"))
 
 
 @cache
 def _text(relative: str) -> str:
-    return (SQL_DIR / relative).read_text()
+    return sql_path(relative).read_text(encoding="utf-8")
 
 
 def render(sql: str, database: str) -> str:

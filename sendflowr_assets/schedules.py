@@ -16,9 +16,17 @@ from dagster import (
 
 from sendflowr.settings import get_settings
 
+
+def _max_runtime(hours: float) -> dict[str, str]:
+    # Where run monitoring is on (docker-compose's instance), a run still going after this is terminated: a hung
+    # or orphaned run would otherwise keep its schedule skipping every tick. Progress is committed per range, so
+    # the next run carries on.
+    return {"dagster/max_runtime": str(int(hours * 3600))}
+
+
 ingest_job = define_asset_job("ingest_events", selection=AssetSelection.assets("events"),
-                              description="Pull new Kafka offsets into ClickHouse.")
-all_assets_job = define_asset_job("sendflowr_all", selection=AssetSelection.all(),
+                              description="Pull new Kafka offsets into ClickHouse.", tags=_max_runtime(1))
+all_assets_job = define_asset_job("sendflowr_all", selection=AssetSelection.all(), tags=_max_runtime(12),
                                   description="Materialize every SendFlowr asset (the demo's main job).")
 
 _ACTIVE = [DagsterRunStatus.QUEUED, DagsterRunStatus.NOT_STARTED, DagsterRunStatus.STARTING,
@@ -40,7 +48,7 @@ def _skipping_while_active(name: str, job, cron: str, what: str):
     return _schedule
 
 
-identity_job = define_asset_job("identity", selection=AssetSelection.assets("identity_graph"),
+identity_job = define_asset_job("identity", selection=AssetSelection.assets("identity_graph"), tags=_max_runtime(3),
                                 description="Stitch the identifiers of newly ingested events into people.")
 
 ingest_schedule = _skipping_while_active("ingest_schedule", ingest_job, get_settings().ingest_cron, "Ingest new events")
@@ -48,6 +56,7 @@ identity_schedule = _skipping_while_active("identity_schedule", identity_job, ge
                                            "Stitch identities of newly ingested events")
 
 timing_job = define_asset_job("timing", selection=AssetSelection.assets("timing_curves", "timing_evaluation"),
-                              description="Rebuild changed timing curves, then evaluate and recalibrate.")
+                              tags=_max_runtime(6), description="Rebuild changed timing curves, then evaluate and "
+                              "recalibrate.")
 timing_schedule = _skipping_while_active("timing_schedule", timing_job, get_settings().timing_cron,
                                          "Rebuild timing curves")

@@ -33,14 +33,16 @@ COMPOSE_FILE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
 ENV_EXAMPLE = ROOT / ".env.example"
-WORKSPACE_FILE = ROOT / "workspace.yaml"
+WORKSPACE_FILE = ROOT / "workspace.yaml"  # the embedded `dagster dev`'s
+COMPOSE_WORKSPACE_FILE = ROOT / "deploy" / "dagster" / "workspace.yaml"
 DAGSTER_YAML = ROOT / "deploy" / "dagster" / "dagster.yaml"
 CLICKHOUSE_INIT_SQL = ROOT / "deploy" / "clickhouse" / "init" / "01-readonly-api-user.sql"
 PYPROJECT = ROOT / "pyproject.toml"
 
 ENV_PREFIX = Settings.model_config["env_prefix"]
-APP_SERVICES = ("dagster-webserver", "dagster-daemon", "api", "webhooks")
-DAGSTER_SERVICES = ("dagster-webserver", "dagster-daemon")
+APP_SERVICES = ("migrate", "dagster-code-server", "dagster-webserver", "dagster-daemon", "api", "webhooks")
+DAGSTER_SERVICES = ("dagster-code-server", "dagster-webserver", "dagster-daemon")
+ONE_SHOT = "migrate"  # applies migrations and creates the topic, then exits; the others wait for its success
 READONLY_API_USER = "sendflowr_api"
 INITDB_DIR = "/docker-entrypoint-initdb.d"
 # The modules the image runs: the Dagster code location and the ASGI app of the API.
@@ -212,6 +214,23 @@ def built_from_dockerfile(service: dict[str, Any]) -> bool:
     return context == ROOT and build.get("dockerfile", "Dockerfile") == "Dockerfile"
 
 
+def image_copies() -> dict[str, Path]:
+    """Destination in the image -> file in the repository, for the final stage's plain COPY instructions."""
+    env = dict(re.findall(r"(\w+)=(\S+)", " ".join(a for i, a in dockerfile_instructions() if i == "ENV")))
+    copies = {}
+    for instruction, args in dockerfile_instructions():
+        parts = shlex.split(args)
+        if instruction == "COPY" and not any(p.startswith("--from") for p in parts) and len(parts) == 2:
+            destination = re.sub(r"\$\{?(\w+)\}?", lambda m: env.get(m.group(1), m.group(0)), parts[1])
+            copies[destination] = ROOT / parts[0]
+    return copies
+
+
+def repo_file(path: str) -> Path:
+    """A file a container command names: the repository file the Dockerfile copied there, else a repo path."""
+    return image_copies().get(path, ROOT / path)
+
+
 def workspace_modules(workspace: Path) -> set[str]:
     config = yaml.safe_load(workspace.read_text())
     modules = set()
@@ -235,7 +254,7 @@ def referenced_modules(argv: list[str]) -> set[str]:
         if flag == "-m" and program.startswith("python"):
             modules.add(value)
         if flag in ("-w", "--workspace") and program.startswith("dagster"):
-            modules.update(workspace_modules(ROOT / value))
+            modules.update(workspace_modules(repo_file(value)))
         if flag in ("-m", "--module-name") and program.startswith("dagster"):
             modules.add(value)
     return modules
@@ -309,7 +328,27 @@ def test_expected_services_are_defined():
     assert set(services()) == {"kafka", "clickhouse", "postgres", *APP_SERVICES}
 
 
-@pytest.mark.parametrize("name", ["kafka", "clickhouse", "postgres", *APP_SERVICES])
+def test_migrate_is_a_one_shot_that_every_sendflowr_service_waits_for():
+    all_services = services()
+    migrate = all_services[ONE_SHOT]
+    assert migrate["restart"] == "no", "a one-shot must not be restarted after it exits"
+    argv = command_argv(migrate["command"])
+    assert argv[:2] == ["sendflowr", "migrate"] and "--with-topic" in argv, argv
+    # the flag exists: the CLI parses it (migrations and topic, both idempotent)
+    from sendflowr.cli import build_parser
+
+    assert build_parser().parse_args(argv[1:]).with_topic is True
+    assert {k: v["condition"] for k, v in migrate["depends_on"].items()} == {
+        "kafka": "service_healthy", "clickhouse": "service_healthy"}
+    for name in APP_SERVICES:
+        if name != ONE_SHOT:
+            spec = all_services[name]["depends_on"].get(ONE_SHOT)
+            assert spec == {"condition": "service_completed_successfully"}, f"{name} does not wait for migrate"
+    for name in ("kafka", "clickhouse", "postgres"):
+        assert ONE_SHOT not in (all_services[name].get("depends_on") or {}), f"{name} must not wait for migrate"
+
+
+@pytest.mark.parametrize("name", ["kafka", "clickhouse", "postgres", *(s for s in APP_SERVICES if s != ONE_SHOT)])
 def test_every_service_has_a_healthcheck(name):
     service = services()[name]
     healthcheck = service.get("healthcheck")
@@ -425,11 +464,15 @@ def test_depends_on_targets_exist_and_wait_for_health():
             assert target in all_services, f"{name} depends on unknown service {target}"
             assert target != name, f"{name} depends on itself"
             condition = (spec or {}).get("condition")
+            if target == ONE_SHOT:
+                assert condition == "service_completed_successfully", f"{name} -> {target}: {condition}"
+                continue
             assert condition == "service_healthy", f"{name} -> {target}: {condition}"
             assert all_services[target].get("healthcheck"), f"{name} waits for {target} (no healthcheck)"
     assert seen, "no depends_on at all"
-    for name in DAGSTER_SERVICES:
-        assert set(all_services[name]["depends_on"]) >= {"kafka", "clickhouse", "postgres"}, name
+    assert set(all_services["dagster-code-server"]["depends_on"]) >= {"kafka", "clickhouse", "postgres"}
+    for name in ("dagster-webserver", "dagster-daemon"):
+        assert set(all_services[name]["depends_on"]) >= {"postgres", "dagster-code-server"}, name
     assert "clickhouse" in all_services["api"]["depends_on"]
 
 
@@ -453,8 +496,8 @@ def test_named_volumes_are_declared_and_hold_the_state():
     assert "/var/lib/postgresql/data" in mounts.get("postgres", {})
     kafka_log_dirs = environment(document["services"]["kafka"])["KAFKA_LOG_DIRS"]
     assert kafka_log_dirs in mounts.get("kafka", {}), "Kafka's log dir is not on a named volume"
-    storage = mounts.get("dagster-webserver", {}).get("/opt/dagster/home/storage")
-    assert storage and storage == mounts.get("dagster-daemon", {}).get("/opt/dagster/home/storage")
+    storage = {mounts.get(name, {}).get("/opt/dagster/home/storage") for name in DAGSTER_SERVICES}
+    assert len(storage) == 1 and None not in storage, "the Dagster containers do not share one storage volume"
 
 
 def test_no_password_is_written_in_the_compose_file():
@@ -525,11 +568,22 @@ def test_kafka_is_a_single_kraft_node_with_internal_and_host_listeners():
     check = healthcheck_text(kafka)
     assert re.search(r"/opt/kafka/bin/(kafka-broker-api-versions|kafka-topics)\.sh", check), check
 
+    # One broker: the events topic cannot have more replicas than brokers, and acks=all with
+    # min.insync.replicas above the replication factor would refuse every produce.
+    settings_env = load_compose()["x-sendflowr-env"]
+    replication = int(settings_env[f"{ENV_PREFIX}KAFKA_REPLICATION_FACTOR"])
+    min_isr = int(settings_env[f"{ENV_PREFIX}KAFKA_MIN_INSYNC_REPLICAS"])
+    brokers = len(env["KAFKA_CONTROLLER_QUORUM_VOTERS"].split(","))
+    assert min_isr <= replication <= brokers == 1
+    assert int(env["KAFKA_DEFAULT_REPLICATION_FACTOR"]) == replication
+    assert int(env["KAFKA_MIN_INSYNC_REPLICAS"]) == min_isr
+
 
 def test_clickhouse_server_is_pinned_and_checked_on_ping():
+    # The pin is the engine the suite runs and at least the floor: tests/test_clickhouse_version.py.
     clickhouse = services()["clickhouse"]
     image = clickhouse["image"]
-    assert re.fullmatch(r"clickhouse/clickhouse-server:25\.\d+(\.\d+)*", image), image
+    assert re.fullmatch(r"clickhouse/clickhouse-server:\d+\.\d+\.\d+", image), image
     check = healthcheck_text(clickhouse)
     assert "/ping" in check and ("wget" in check or "clickhouse-client" in check), check
     assert ":8123/ping" in check
@@ -625,25 +679,27 @@ def test_api_healthcheck_path_is_served_by_the_api():
 
 def test_dockerfile_builds_the_project_with_dagster_postgres():
     instructions = dockerfile_instructions()
-    assert instructions[0] == ("FROM", "python:3.11-slim")
+    stages = [args for instruction, args in instructions if instruction == "FROM"]
+    assert stages == ["python:3.11-slim AS wheel", "python:3.11-slim"], stages
     env_text = " ".join(args for instruction, args in instructions if instruction == "ENV")
     home = re.search(r"DAGSTER_HOME=(\S+)", env_text)
     assert home and home.group(1) == "/opt/dagster/home"
     runs = " ".join(args for instruction, args in instructions if instruction == "RUN")
     assert re.search(r"pip install[^&;]*\bdagster-postgres\b", runs), "dagster-postgres is not installed"
-    assert re.search(r"pip install[^&;]*\s(-e\s+)?\.(\s|$)", runs), "the project (.) is not installed"
+    # The project goes in as a wheel (SQL as package data), never as an editable install of a source tree.
+    assert re.search(r"pip wheel[^&;]*\s\.(\s|$)", runs), "the project is not built as a wheel"
+    assert re.search(r"pip install[^&;]*\.whl", runs), "the project's wheel is not installed"
+    assert not re.search(r"pip install[^&;]*\s-e\s", runs), "editable install in the image"
 
     copies = [shlex.split(args) for instruction, args in instructions if instruction == "COPY"]
     for parts in copies:
-        sources = [p for p in parts[:-1] if not p.startswith("--")]
-        for source in sources:
+        if any(p.startswith("--from") for p in parts):
+            continue
+        for source in parts[:-1]:
             assert (ROOT / source).exists(), f"COPY source {source} is missing"
-    dagster_copy = [p for p in copies if "deploy/dagster/dagster.yaml" in p]
-    assert dagster_copy and dagster_copy[0][-1] in (
-        "${DAGSTER_HOME}/dagster.yaml",
-        "$DAGSTER_HOME/dagster.yaml",
-        "/opt/dagster/home/dagster.yaml",
-    )
+    copied = image_copies()
+    assert copied["/opt/dagster/home/dagster.yaml"] == DAGSTER_YAML
+    assert copied["/opt/dagster/home/workspace.yaml"] == COMPOSE_WORKSPACE_FILE
 
 
 def test_dockerignore_keeps_what_the_image_needs():
@@ -667,9 +723,12 @@ def test_dockerignore_keeps_what_the_image_needs():
 
     needed = [
         "pyproject.toml",
+        "setup.py",
         "README.md",
-        "workspace.yaml",
         "deploy/dagster/dagster.yaml",
+        "deploy/dagster/workspace.yaml",
+        "sql/__init__.py",
+        "sql/ingest/new_events.sql",
         "sql/migrations/0001_events.sql",
         "sendflowr/settings.py",
         "sendflowr/schemas/event.v1.json",
@@ -677,7 +736,7 @@ def test_dockerignore_keeps_what_the_image_needs():
         "sendflowr_assets/definitions.py",
     ]
     assert not [p for p in needed if ignored(p)], [p for p in needed if ignored(p)]
-    for secret_or_local in (".env", ".venv/bin/python", ".git/HEAD", ".sendflowr/chdb"):
+    for secret_or_local in (".env", ".venv/bin/python", ".venv-pinned/bin/python", ".git/HEAD", ".sendflowr/chdb"):
         assert ignored(secret_or_local), f"{secret_or_local} would be sent to the Docker build"
 
 
@@ -734,15 +793,72 @@ def test_dagster_yaml_uses_postgres_storage_from_env(tmp_path):
 def test_workspace_loads_the_sendflowr_code_location():
     from dagster._core.workspace.config_schema import process_workspace_config
 
+    tool_dagster = tomllib.loads(PYPROJECT.read_text())["tool"]["dagster"]
+    # The embedded `dagster dev` loads the module in process ...
     config = yaml.safe_load(WORKSPACE_FILE.read_text())
     result = process_workspace_config(config)
     assert result.success, result.errors
     (entry,) = config["load_from"]
     target = entry["python_module"]
-    tool_dagster = tomllib.loads(PYPROJECT.read_text())["tool"]["dagster"]
     assert target["module_name"] == tool_dagster["module_name"] == "sendflowr_assets.definitions"
     assert target.get("location_name") == tool_dagster["code_location_name"]
     assert (WORKSPACE_FILE.parent / target["working_directory"]).resolve() == ROOT
-    for name in DAGSTER_SERVICES:
-        argv = command_argv(services()[name]["command"])
-        assert (ROOT / argv[argv.index("-w") + 1]).resolve() == WORKSPACE_FILE.resolve(), name
+
+    # ... compose's webserver and daemon reach the code server over gRPC, as Dagster documents for deployments.
+    config = yaml.safe_load(COMPOSE_WORKSPACE_FILE.read_text())
+    result = process_workspace_config(config)
+    assert result.success, result.errors
+    (entry,) = config["load_from"]
+    grpc = entry["grpc_server"]
+    all_services = services()
+    server = command_argv(all_services["dagster-code-server"]["command"])
+    assert server[:3] == ["dagster", "code-server", "start"], server
+    assert grpc["host"] == "dagster-code-server" and grpc["host"] in all_services
+    assert int(server[server.index("-p") + 1]) == grpc["port"]
+    assert server[server.index("-m") + 1] == tool_dagster["module_name"]
+    assert server[server.index("--location-name") + 1] == grpc["location_name"] == tool_dagster["code_location_name"]
+    health = healthcheck_text(all_services["dagster-code-server"])
+    assert "grpc-health-check" in health and f"-p {grpc['port']}" in health
+    for name in ("dagster-webserver", "dagster-daemon"):
+        argv = command_argv(all_services[name]["command"])
+        assert repo_file(argv[argv.index("-w") + 1]).resolve() == COMPOSE_WORKSPACE_FILE.resolve(), name
+
+
+def test_compose_instance_has_the_embedded_pools_run_queue_and_monitoring(tmp_path):
+    from dagster._core.instance.config import dagster_instance_config
+
+    from sendflowr.local.stack import _DAGSTER_YAML
+    from sendflowr_assets.definitions import defs
+
+    compose = yaml.safe_load(DAGSTER_YAML.read_text())
+    embedded = yaml.safe_load(_DAGSTER_YAML)
+    # One set of limits for both deployments: the pools the assets declare, one step each, and the run queue.
+    assert compose["concurrency"] == embedded["concurrency"]
+    assert compose["concurrency"]["pools"]["default_limit"] == 1
+    (tmp_path / "embedded").mkdir()
+    (tmp_path / "embedded" / "dagster.yaml").write_text(_DAGSTER_YAML)
+    dagster_instance_config(str(tmp_path / "embedded"))  # Dagster's own schema accepts the embedded one too
+
+    # The instance Dagster builds from it (SQLite standing in for Postgres): runs go through the run queue.
+    from dagster import DagsterInstance
+    from dagster._core.run_coordinator import QueuedRunCoordinator
+
+    (tmp_path / "compose").mkdir()
+    (tmp_path / "compose" / "dagster.yaml").write_text(yaml.safe_dump({k: v for k, v in compose.items()
+                                                                      if k != "storage"}))
+    with DagsterInstance.from_config(str(tmp_path / "compose")) as instance:
+        assert isinstance(instance.run_coordinator, QueuedRunCoordinator)
+        limits = instance.get_concurrency_config()  # what the daemon's run queue and pools read
+        assert limits.run_queue_config.max_concurrent_runs == 4
+        assert limits.pool_config.default_pool_limit == 1
+        assert instance.run_monitoring_enabled
+
+    monitoring = compose["run_monitoring"]
+    assert monitoring["enabled"] is True
+    assert monitoring["start_timeout_seconds"] > 0 and monitoring["max_runtime_seconds"] > 0
+    # Every job carries a max runtime within the instance's backstop, so a hung run ends and its schedule resumes.
+    jobs = [job for job in defs.resolve_all_job_defs() if not job.name.startswith("__")]
+    assert {job.name for job in jobs} >= {"ingest_events", "identity", "timing", "sendflowr_all"}
+    for job in jobs:
+        limit = int(job.tags["dagster/max_runtime"])
+        assert 0 < limit <= monitoring["max_runtime_seconds"], job.name

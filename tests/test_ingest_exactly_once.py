@@ -157,7 +157,7 @@ def group_offsets(settings: Settings) -> dict[int, int]:
     consumer = Consumer(
         {
             "bootstrap.servers": settings.kafka_bootstrap_servers,
-            "group.id": consume.CONSUMER_GROUP,
+            "group.id": settings.kafka_consumer_group,
             "enable.auto.commit": False,
         }
     )
@@ -597,7 +597,7 @@ def test_consumer_group_rebalance_does_not_disturb_the_run(settings: Settings) -
         other = Consumer(
             {
                 "bootstrap.servers": settings.kafka_bootstrap_servers,
-                "group.id": consume.CONSUMER_GROUP,
+                "group.id": settings.kafka_consumer_group,
                 "enable.auto.commit": False,
                 "auto.offset.reset": "earliest",
                 "session.timeout.ms": 6000,

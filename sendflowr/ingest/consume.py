@@ -12,15 +12,14 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Topic
 
 from sendflowr.errors import SendflowrError
 from sendflowr.ingest.plan import OffsetRange, Watermarks
+from sendflowr.kafka_io import client_config, list_topics
 from sendflowr.settings import Settings
 
-CONSUMER_GROUP = "sendflowr-ingest"
 
-
-def make_consumer(settings: Settings, group: str = CONSUMER_GROUP) -> Consumer:
+def make_consumer(settings: Settings, group: str | None = None) -> Consumer:
     return Consumer({
-        "bootstrap.servers": settings.kafka_bootstrap_servers,
-        "group.id": group,
+        **client_config(settings),
+        "group.id": group or settings.kafka_consumer_group,
         "enable.auto.commit": False,
         "enable.auto.offset.store": False,
         "auto.offset.reset": "earliest",
@@ -33,8 +32,8 @@ def make_consumer(settings: Settings, group: str = CONSUMER_GROUP) -> Consumer:
 
 def watermarks(consumer: Consumer, topic: str, timeout: float = 15.0) -> dict[int, Watermarks]:
     try:
-        meta = consumer.list_topics(topic, timeout=timeout).topics.get(topic)
-    except KafkaException as exc:
+        meta = list_topics(consumer, topic, timeout=timeout).topics.get(topic)
+    except KafkaException as exc:  # a refusal (KafkaRefused) is no KafkaException: it goes up as it is
         raise SendflowrError(f"Kafka did not answer for topic {topic!r}: {exc}") from exc
     if meta is None or meta.error is not None or not meta.partitions:
         raise SendflowrError(f"Kafka topic {topic!r} does not exist (create it with `sendflowr kafka topic`)")

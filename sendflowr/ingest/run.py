@@ -137,6 +137,7 @@ class _Attempt:
     id: str
     ranges: list[OffsetRange]
     loaded: bool = False
+    staged: int = 0  # rows the writer put into ingest_staging; every statement reading it checks this count
 
 
 def _run_pass(settings: Settings, client: Client, consumer, ranges: list[OffsetRange], per_attempt: int,
@@ -194,7 +195,7 @@ def _run_pass(settings: Settings, client: Client, consumer, ranges: list[OffsetR
     mirror_error = consume.commit_group_offsets(consumer, ranges)
     if mirror_error:
         log(f"offsets are committed in ClickHouse, but mirroring them to consumer group "
-            f"{consume.CONSUMER_GROUP!r} failed: {mirror_error}")
+            f"{settings.kafka_consumer_group!r} failed: {mirror_error}")
 
 
 def _target(per_attempt: int, total: int, cut_so_far: int, left: int) -> int:
@@ -217,6 +218,7 @@ def _stage(client: Client, database: str, topic: str, attempt: _Attempt, tables:
     if not tables:
         return
     table = pa.concat_tables(tables)
+    attempt.staged = table.num_rows
     table = table.append_column("attempt_id", _constant(attempt.id, table.num_rows)) \
                  .append_column("kafka_topic", _constant(topic, table.num_rows)).combine_chunks()
     # Into the Null-engine inbox: its materialized views certify and stage each row (migration 0008).
@@ -235,11 +237,13 @@ def _load_attempt(previous: Future | None, staged: Future, settings: Settings, c
         log(f"staged attempt {attempt.id}: ClickHouse parsed and validated its messages")
         hooks.after_stage()
         params = {"attempt": attempt.id, "topic": topic, "partitions": [r.partition for r in ranges],
-                  "starts": [r.start for r in ranges], "ends": [r.end for r in ranges]}
+                  "starts": [r.start for r in ranges], "ends": [r.end for r in ranges],
+                  "staged": attempt.staged, "known": 0}
         token = plan.attempt_token(ranges)
         # Ids already ingested from other ranges, found once: both inserts below exclude them with a cheap probe.
-        client.command(load_sql("ingest/known_ids.sql", database), parameters=params)
-        new_events = load_sql("ingest/new_events.sql", database)
+        known = client.command(_ingest_sql("known_ids", database), parameters=params)
+        params["known"] = known.written_rows
+        new_events = _ingest_sql("new_events", database)
         # event_ids first: a crash before `events` is written then replays both with the same tokens.
         ids = client.command(
             f"INSERT INTO {database}.event_ids (event_id, kafka_topic, kafka_partition, kafka_offset) "
@@ -250,7 +254,7 @@ def _load_attempt(previous: Future | None, staged: Future, settings: Settings, c
             f"INSERT INTO {database}.events ({EVENT_COLUMNS}) SELECT {EVENT_COLUMNS} FROM ({new_events})",
             parameters=params, settings={**DETERMINISTIC_INSERT, "insert_deduplication_token": f"{token}:events"})
         hooks.after_insert("events")
-        client.command(load_sql("ingest/insert_rejected.sql", database), parameters=params,
+        client.command(_ingest_sql("insert_rejected", database), parameters=params,
                        settings={**DETERMINISTIC_INSERT, "insert_deduplication_token": f"{token}:rejected"})
         hooks.after_insert("rejected_events")
         stats = _range_stats(client, database, ranges, params, ids.written_rows, report, log)
@@ -261,6 +265,14 @@ def _load_attempt(previous: Future | None, staged: Future, settings: Settings, c
 
 
 SCRATCH_TABLES = ("ingest_staging", "ingest_known_ids")  # in memory, keyed by attempt_id (migrations 0011, 0012)
+
+
+def _ingest_sql(name: str, database: str) -> str:
+    """sql/ingest/<name>.sql with the scratch guard (sql/ingest/staged_here.sql) spliced in: each statement that
+    reads the attempt's in-memory scratch refuses to run on a server that does not hold it."""
+    guard = "\n".join(line for line in load_sql("ingest/staged_here.sql", database).splitlines()
+                      if not line.lstrip().startswith("--"))
+    return load_sql(f"ingest/{name}.sql", database).replace("${staged_here}", guard)
 
 
 def _drop_attempt(client: Client, database: str, attempt_id: str) -> None:
@@ -274,7 +286,7 @@ def _range_stats(client: Client, database: str, ranges: list[OffsetRange], param
                  report: IngestReport, log: Callable[[str], None]) -> dict[int, tuple[int, int, int]]:
     """Per partition: messages, valid, rejected (from staging); new events are counted for the attempt."""
     staged = {row[0]: row[1:] for row in client.query(
-        load_sql("ingest/range_counts.sql", database), parameters=params).result_rows}
+        _ingest_sql("range_counts", database), parameters=params).result_rows}
     stats: dict[int, tuple[int, int, int]] = {}
     for rng in ranges:
         messages, rejected, valid = staged.get(rng.partition, (0, 0, 0))

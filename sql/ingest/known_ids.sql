@@ -13,4 +13,5 @@ PREWHERE event_id IN (
 WHERE NOT (kafka_topic = {topic:String}
          AND arrayExists((p, s, e) -> kafka_partition = p AND kafka_offset >= s AND kafka_offset < e,
                          {partitions:Array(UInt32)}, {starts:Array(UInt64)}, {ends:Array(UInt64)}))
+  AND ${staged_here}
 SETTINGS use_index_for_in_with_subqueries = 0

@@ -10,5 +10,6 @@ SELECT
 FROM ${database}.ingest_staging
 WHERE attempt_id = {attempt:String} AND kafka_topic = {topic:String} AND reason = ''
   AND event_id NOT IN (SELECT event_id FROM ${database}.ingest_known_ids WHERE attempt_id = {attempt:String})
+  AND ${staged_here}
 ORDER BY kafka_topic, kafka_partition, kafka_offset
 LIMIT 1 BY event_id
