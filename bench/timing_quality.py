@@ -110,13 +110,29 @@ def print_world(name: str, report: EvalReport, truth: SignalTruth | None, cfg: d
     if report.ml.get("buckets"):
         print("ML prior (scikit-learn activity clusters) vs without, lift: "
               + ", ".join(f"{k} {_ci(v)}" for k, v in report.ml["buckets"].items()))
+    pred = report.predictive
+    if pred.get("metrics"):
+        m = pred["metrics"]
+        print(f"predictive, no truth used ({pred['deliveries']:,} held-out deliveries before the cutoff, sharpness "
+              f"{pred['sharpness']:.2f}): " + "; ".join(
+                  f"{name} " + ", ".join(f"{k} {v:.4f}" for k, v in vals.items()) for name, vals in m.items()))
+        by_auc = sorted(("ours", "global_curve", "genuine_open_hour"), key=lambda k: -m[k]["auc"])
+        share = report.overall["share_of_oracle"]
+        by_truth = sorted(("ours", "global_best_hour", "genuine_open_hour"),
+                          key=lambda k: -share[k if k != "global_curve" else "global_best_hour"])
+        print(f"ranking by held-out AUC: {' > '.join(by_auc)}; by the truth's share of the oracle: "
+              f"{' > '.join(by_truth)}")
     signals = report.signals
     if truth is not None and signals:
         inflation = signals["engaged"] / max(truth.engaged_messages, 1) - 1
-        print(f"signal cleaning (all events, whole world): engaged messages found {signals['engaged']:,} vs true "
+        opens = signals["genuine_opens"] / max(truth.human_opens, 1) - 1
+        print(f"signal cleaning (all events, whole world): genuine opens found {signals['genuine_opens']:,} vs "
+              f"true {truth.human_opens:,} ({opens:+.1%}); engaged messages found {signals['engaged']:,} vs true "
               f"{truth.engaged_messages:,} ({inflation:+.1%}); machine opens {signals['machine_opens']:,} vs true "
               f"{truth.machine_opens:,}; scanner clicks {signals['scanner_clicks']:,} vs true "
               f"{truth.scanner_clicks:,}")
+        if opens > 0.05:
+            missed.append(f"genuine opens inflated by {opens:+.1%}")
     return missed
 
 

@@ -6,15 +6,24 @@ ClickHouse HTTP endpoint). Pointing the URLs at real servers needs no code chang
 
 from __future__ import annotations
 
+import re
 from functools import cached_property
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+
+
+def reveal(value: SecretStr | str | None) -> str:
+    """A secret's text (secrets are SecretStr so that repr, logs and tracebacks show `**********`)."""
+    if isinstance(value, SecretStr):
+        return value.get_secret_value()
+    return value or ""
 
 
 class Settings(BaseSettings):
@@ -32,8 +41,11 @@ class Settings(BaseSettings):
         "works by URL.",
     )
     clickhouse_user: str = Field(default="default", description="ClickHouse user.")
-    clickhouse_password: str = Field(default="", description="ClickHouse password (never stored in code).")
-    clickhouse_database: str = Field(default="sendflowr", description="Database holding every SendFlowr table.")
+    clickhouse_password: SecretStr = Field(
+        default=SecretStr(""), description="ClickHouse password (never stored in code). Empty with the embedded "
+        "endpoint: the per-install password it generated under <home>/secrets is used.")
+    clickhouse_database: str = Field(
+        default="sendflowr", description="Database holding every SendFlowr table (a plain SQL identifier).")
     clickhouse_ca_cert: str = Field(
         default="", description="PEM file of the CA that signed the ClickHouse server's certificate (https URLs); "
         "empty trusts the system's CAs (enough for ClickHouse Cloud).")
@@ -109,8 +121,14 @@ class Settings(BaseSettings):
 
     api_host: str = Field(default="127.0.0.1", description="Address the decision API binds.")
     api_port: int = Field(default=8000, description="Port of the decision API.")
-    api_key: str = Field(
-        default="", description="When set, the decision and lookup endpoints require it in the X-API-Key header.")
+    api_key: SecretStr = Field(
+        default=SecretStr(""), description="When set, the decision and lookup endpoints require it in the X-API-Key "
+        "header. Required for a non-loopback SENDFLOWR_API_HOST and for person lookups (/people).")
+    api_allow_unauthenticated: bool = Field(
+        default=False, description="Opt-out: let the API start on a non-loopback address without SENDFLOWR_API_KEY "
+        "(only behind something else that authenticates).")
+    api_max_body_bytes: int = Field(
+        default=16 * 1024 * 1024, ge=1024, description="Largest API request body accepted (413 above, before parsing).")
     api_snapshot_refresh_seconds: float = Field(
         default=5.0, gt=0, description="How often the API polls ClickHouse for a newer materialization to load.")
     api_batch_max_size: int = Field(
@@ -142,19 +160,29 @@ class Settings(BaseSettings):
     sendgrid_verification_key: str = Field(
         default="", description="SendGrid Signed Event Webhook public key (base64); when set, unsigned or "
         "badly signed SendGrid posts are rejected.")
-    mailgun_signing_key: str = Field(
-        default="", description="Secret: Mailgun HTTP webhook signing key; when set, every Mailgun post must "
-        "carry a valid, fresh, unused signature.")
-    klaviyo_webhook_secret: str = Field(
-        default="", description="Secret: Klaviyo system webhook secret; when set, Klaviyo-Signature is checked.")
+    mailgun_signing_key: SecretStr = Field(
+        default=SecretStr(""), description="Secret: Mailgun HTTP webhook signing key; when set, every Mailgun post "
+        "must carry a valid, fresh, unused signature.")
+    klaviyo_webhook_secret: SecretStr = Field(
+        default=SecretStr(""),
+        description="Secret: Klaviyo system webhook secret; when set, Klaviyo-Signature is checked.")
     sns_verify_signatures: bool = Field(
         default=True, description="Check SNS message signatures on /webhooks/ses (certificate fetched from "
         "sns.<region>.amazonaws.com only).")
     sns_topic_arns: str = Field(
-        default="", description="Comma-separated SNS topic ARNs accepted on /webhooks/ses; empty accepts any "
-        "topic whose signature verifies.")
-    webhooks_events_token: str = Field(
-        default="", description="Secret: bearer token required on /webhooks/events (our own contract) when set.")
+        default="", description="Comma-separated SNS topic ARNs accepted on /webhooks/ses; empty refuses every SNS "
+        "message (nothing is confirmed), `*` accepts any topic whose signature verifies.")
+    webhooks_events_token: SecretStr = Field(
+        default=SecretStr(""),
+        description="Secret: bearer token required on /webhooks/events (our own contract) when set.")
+    webhooks_routes: str = Field(
+        default="sendgrid,mailgun,ses,klaviyo,events",
+        description="Comma-separated webhook routes served; the others answer 404.")
+    webhooks_allow_unauthenticated: bool = Field(
+        default=False, description="Opt-out: let the receiver start on a non-loopback address with served routes "
+        "that have no key (only behind something else that authenticates).")
+    webhooks_max_records: int = Field(
+        default=10_000, ge=1, description="Most records one webhook request may carry (413 above).")
     webhooks_produce_timeout_seconds: float = Field(
         default=10.0, gt=0, description="How long a webhook request waits for Kafka to confirm its events "
         "before answering 503 (the provider then retries).")
@@ -166,6 +194,15 @@ class Settings(BaseSettings):
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"SENDFLOWR_CLICKHOUSE_URL must look like http://host:port, got {value!r}")
         return value.rstrip("/")
+
+    @field_validator("clickhouse_database")
+    @classmethod
+    def _database_is_identifier(cls, value: str) -> str:
+        # The name is written into SQL text (sql/ files, DDL): only a plain identifier is safe there.
+        if not _IDENTIFIER.match(value):
+            raise ValueError(f"SENDFLOWR_CLICKHOUSE_DATABASE must be a plain identifier ([A-Za-z_][A-Za-z0-9_]*, "
+                             f"at most 64 characters), got {value!r}")
+        return value
 
     @model_validator(mode="after")
     def _kafka_security_is_complete(self) -> Settings:
@@ -205,11 +242,9 @@ class Settings(BaseSettings):
         """These settings as SENDFLOWR_* variables, so a child process sees exactly the same ones."""
         env = {}
         for name in type(self).model_fields:
-            value = getattr(self, name)
-            if isinstance(value, SecretStr):
-                value = value.get_secret_value()
+            value: Any = getattr(self, name)
             if value is not None:
-                env[f"SENDFLOWR_{name.upper()}"] = str(value)
+                env[f"SENDFLOWR_{name.upper()}"] = reveal(value) if isinstance(value, SecretStr) else str(value)
         return env
 
     @property

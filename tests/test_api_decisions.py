@@ -273,7 +273,17 @@ def test_api_key_is_required_when_configured(db) -> None:
 
 
 def test_lookup_by_any_identifier_and_by_id(world) -> None:
-    api, people, *_ = world
+    open_api, people, settings, *_ = world
+    # A lookup returns a person's identifiers: never without a key configured on the server.
+    assert open_api.post("/people/lookup", json={"email": "JaneDoe@googlemail.com"}).status_code == 403
+    assert open_api.get("/people/sf_00000000000000aa").status_code == 403
+    keyed, _ = make_client(settings.model_copy(update={"api_key": "lookup-key"}))
+    with keyed as api:
+        api.headers["X-API-Key"] = "lookup-key"
+        _lookups(api, people)
+
+
+def _lookups(api, people) -> None:
     jane = people["jane"]
     r = api.post("/people/lookup", json={"email": "JaneDoe@googlemail.com"})
     assert r.status_code == 200, r.text

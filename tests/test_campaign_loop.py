@@ -14,7 +14,7 @@ from dagster import materialize
 
 from sendflowr.campaign import truth
 from sendflowr.campaign.cli import campaign
-from sendflowr.clickhouse import get_client
+from sendflowr.clickhouse import get_client, password_for
 from sendflowr.kafka_io import ensure_topic
 from sendflowr.settings import Settings
 from sendflowr.synth import WorldConfig, generate
@@ -31,7 +31,7 @@ ANCHOR = datetime(2026, 6, 1, tzinfo=UTC)
 def _resource(settings: Settings) -> SendflowrResource:
     return SendflowrResource(
         clickhouse_url=settings.clickhouse_url, clickhouse_user=settings.clickhouse_user,
-        clickhouse_password=settings.clickhouse_password, clickhouse_database=settings.clickhouse_database,
+        clickhouse_password=password_for(settings), clickhouse_database=settings.clickhouse_database,
         kafka_bootstrap_servers=settings.kafka_bootstrap_servers, kafka_topic=settings.kafka_topic,
         decision_log_topic=settings.decision_log_topic)
 
@@ -39,7 +39,7 @@ def _resource(settings: Settings) -> SendflowrResource:
 @pytest.mark.parametrize("with_message_ids", [True, False], ids=["by-message-id", "by-nearest-delivery"])
 def test_the_measured_uplift_holds_the_truth_and_is_significant(settings: Settings, tmp_path: Path,
                                                                  with_message_ids: bool) -> None:
-    loop = settings.model_copy(update={"home": tmp_path, "decision_log_topic": f"decisions-{uuid.uuid4().hex[:8]}"})
+    loop = settings.model_copy(update={"decision_log_topic": f"decisions-{uuid.uuid4().hex[:8]}"})
     ensure_topic(loop, loop.decision_log_topic)
     world = tmp_path / "world"
     # A fixed past: the world, the rounds, their arms and outcomes are the same on every run (seeded), so the

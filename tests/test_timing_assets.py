@@ -13,6 +13,7 @@ import orjson
 import pytest
 from dagster import materialize
 
+from sendflowr.clickhouse import password_for
 from sendflowr.kafka_io import produce_all
 from sendflowr.settings import Settings
 from sendflowr.synth import WorldConfig, build_world, iter_event_batches, serialize_batch, write_ground_truth
@@ -33,7 +34,7 @@ pytestmark = pytest.mark.integration
 def _resource(settings: Settings) -> SendflowrResource:
     return SendflowrResource(
         clickhouse_url=settings.clickhouse_url, clickhouse_user=settings.clickhouse_user,
-        clickhouse_password=settings.clickhouse_password, clickhouse_database=settings.clickhouse_database,
+        clickhouse_password=password_for(settings), clickhouse_database=settings.clickhouse_database,
         kafka_bootstrap_servers=settings.kafka_bootstrap_servers, kafka_topic=settings.kafka_topic)
 
 

@@ -13,7 +13,7 @@ import pytest
 from api_world import Person, write_identity
 from dagster import AssetCheckSeverity, materialize
 
-from sendflowr.clickhouse import get_client
+from sendflowr.clickhouse import get_client, password_for
 from sendflowr.decisions import records
 from sendflowr.migrations import apply_migrations
 from sendflowr.settings import Settings
@@ -27,13 +27,13 @@ NOW = datetime.now(UTC).replace(microsecond=0)
 T0 = (NOW - timedelta(days=10)).replace(minute=0, second=0)
 BROWSER = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 Chrome/126.0 Safari/537.36"
 PROXY = "Mozilla/5.0"
+NO_WORLD = {"ops": {"timing_uplift": {"config": {"ground_truth": "/nonexistent/world"}}}}  # no synthetic truth here
 S, MIN, H = timedelta(seconds=1), timedelta(minutes=1), timedelta(hours=1)
 
 
 @pytest.fixture
 def db(base_settings: Settings, clickhouse: Settings):
-    settings = base_settings.model_copy(update={"clickhouse_database": f"up_{uuid.uuid4().hex[:10]}",
-                                                "home": base_settings.home / uuid.uuid4().hex[:8]})
+    settings = base_settings.model_copy(update={"clickhouse_database": f"up_{uuid.uuid4().hex[:10]}"})
     apply_migrations(settings)
     client = get_client(settings)
     yield settings, client
@@ -209,7 +209,7 @@ def _experiment(client, database: str, n: int, treatment_rate: float, control_ra
 def _resource(settings: Settings) -> SendflowrResource:
     return SendflowrResource(
         clickhouse_url=settings.clickhouse_url, clickhouse_user=settings.clickhouse_user,
-        clickhouse_password=settings.clickhouse_password, clickhouse_database=settings.clickhouse_database,
+        clickhouse_password=password_for(settings), clickhouse_database=settings.clickhouse_database,
         kafka_bootstrap_servers=settings.kafka_bootstrap_servers, kafka_topic=settings.kafka_topic)
 
 
@@ -221,7 +221,7 @@ def test_the_asset_check_warns_when_treatment_is_significantly_worse(db, treatme
                                                                     passed) -> None:
     settings, client = db
     _experiment(client, settings.clickhouse_database, 200, treatment_rate, control_rate, seed=3)
-    result = materialize([timing_uplift], resources={"sendflowr": _resource(settings)})
+    result = materialize([timing_uplift], resources={"sendflowr": _resource(settings)}, run_config=NO_WORLD)
     assert result.success
     check = result.get_asset_check_evaluations()[0]
     assert check.check_name == UPLIFT_CHECK and check.passed is passed and check.severity == AssetCheckSeverity.WARN
@@ -241,12 +241,12 @@ def test_the_asset_check_warns_when_treatment_is_significantly_worse(db, treatme
 def test_the_check_never_passes_on_too_little_data(db) -> None:
     settings, client = db
     _experiment(client, settings.clickhouse_database, 30, 0.5, 0.1, seed=4)  # 30 a side: below the minimum
-    result = materialize([timing_uplift], resources={"sendflowr": _resource(settings)})
+    result = materialize([timing_uplift], resources={"sendflowr": _resource(settings)}, run_config=NO_WORLD)
     check = result.get_asset_check_evaluations()[0]
     assert not check.passed and check.severity == AssetCheckSeverity.WARN
     assert check.metadata["verdict"].value == "too_little_data" and "too little data" in check.description
     empty = Settings(clickhouse_url=settings.clickhouse_url, clickhouse_database=settings.clickhouse_database)
     client.command(f"TRUNCATE TABLE {empty.clickhouse_database}.decision_log")
-    nothing = materialize([timing_uplift], resources={"sendflowr": _resource(settings)})
+    nothing = materialize([timing_uplift], resources={"sendflowr": _resource(settings)}, run_config=NO_WORLD)
     assert not nothing.get_asset_check_evaluations()[0].passed
     assert nothing.asset_materializations_for_node("timing_uplift")[0].metadata["verdict"].value == "too_little_data"

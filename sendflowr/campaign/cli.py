@@ -26,6 +26,7 @@ from sendflowr.decisions.arms import DEMO_CONTROL_SHARE, demo_control_share
 from sendflowr.errors import SendflowrError
 from sendflowr.kafka_io import ensure_topic
 from sendflowr.local.processes import free_port
+from sendflowr.local.stack import api_env
 from sendflowr.settings import PROJECT_ROOT, Settings
 
 UPLIFT_JOB = "uplift"
@@ -37,7 +38,7 @@ def decision_api(settings: Settings, clock_offset_seconds: float, log_file: Path
     """The decision API under uvicorn with a shifted clock; yields its URL. On exit it waits until every decision
     record is confirmed by Kafka (or counted lost), then stops the API."""
     port = free_port()
-    env = {**os.environ, **settings.as_env(), "SENDFLOWR_API_PORT": str(port),
+    env = {**os.environ, **api_env(settings), "SENDFLOWR_API_PORT": str(port),  # read-only, as the stack's API
            "SENDFLOWR_API_CLOCK_OFFSET_SECONDS": f"{clock_offset_seconds:.3f}"}
     log_file.parent.mkdir(parents=True, exist_ok=True)
     with open(log_file, "ab") as out:

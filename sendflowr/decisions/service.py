@@ -68,12 +68,15 @@ class Curves:
 
 
 def curves_for(snapshot: DecisionSnapshot, uid: np.ndarray, emails: Sequence[str | None],
-               phones: Sequence[str | None]) -> Curves:
-    """Person rows from the timing snapshot; everyone else (no curve yet) gets their cohort's prior, or the
-    global curve, from what the request tells about them (cohort_for_identifiers)."""
+               phones: Sequence[str | None], personal: np.ndarray | None = None) -> Curves:
+    """Person rows from the timing snapshot; everyone else (no curve yet, or `personal` false: the request named
+    no one person) gets their cohort's prior, or the global curve, from what the request tells about them
+    (cohort_for_identifiers)."""
     t = snapshot.timing
     n = len(uid)
     rows, found = snapshot.timing_rows(uid)
+    if personal is not None:
+        found = found & personal
     curves = np.empty((n, t.curves.shape[1] if t.curves.ndim == 2 else 168), np.float32)
     evidence = np.empty(n, np.float64)
     level = np.empty(n, object)
@@ -117,14 +120,14 @@ class DecisionResult:
     model_expected_engagement: float | None = None
 
 
-def curve_for_one(snapshot: DecisionSnapshot, uid: int, email: str | None,
-                  phone: str | None) -> tuple[np.ndarray, float, str, str]:
+def curve_for_one(snapshot: DecisionSnapshot, uid: int, email: str | None, phone: str | None,
+                  personal: bool = True) -> tuple[np.ndarray, float, str, str]:
     """`curves_for` for one person without building columns: (curve, evidence, level, cohort)."""
     t = snapshot.timing
-    row = snapshot.timing_row(uid)
+    row = snapshot.timing_row(uid) if personal else None
     if row is not None:
         return t.curves[row], float(t.evidence[row]), str(t.fallback_level[row]), str(t.cohort[row])
-    chosen = curves_for(snapshot, np.array([uid], np.uint64), [email], [phone])
+    chosen = curves_for(snapshot, np.array([uid], np.uint64), [email], [phone], np.array([personal]))
     return chosen.curves[0], 0.0, str(chosen.level[0]), str(chosen.cohort[0])
 
 
@@ -137,11 +140,13 @@ def decide_one(snapshot: DecisionSnapshot, cache: NormalizeCache, identifiers: M
     if res.errors[0] is not None:
         raise UnusableIdentifiers(res.errors[0])
     uid = int(res.uid[0])
-    curve, evidence, level, cohort = curve_for_one(snapshot, uid, identifiers.get("email"), identifiers.get("phone"))
+    shared = res.shared_only(0)
+    curve, evidence, level, cohort = curve_for_one(snapshot, uid, identifiers.get("email"), identifiers.get("phone"),
+                                                   personal=shared is None)
     d = decide(curve, evidence=evidence, fallback_level=level, send_after=send_after, send_before=send_before,
                latency_seconds=latency_seconds, now=now, calibration=snapshot.timing.calibration)
     known = bool(res.known[0])
-    explanation = d.explanation if known else "unknown person (no events stitched yet); " + d.explanation
+    explanation = _who_note(known, shared) + d.explanation
     return DecisionResult(universal_id=res.universal_id(0), trigger_at=d.trigger_at, delivery_at=d.delivery_at,
                           confidence=d.confidence, expected_engagement=d.expected_engagement,
                           fallback_level=d.fallback_level, explanation=explanation, known_person=known,
@@ -164,6 +169,15 @@ class DecisionRequest:
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _SOURCE = {"person": "this person's curve", "cohort": "their cohort's curve", "global": "the global curve"}
+
+
+def _who_note(known: bool, shared: tuple[str, ...] | None) -> str:
+    """What the explanation says first when the request named no known person."""
+    if shared:
+        fields = " and ".join(shared)
+        return (f"no one person: the {fields} given {'is' if len(shared) == 1 else 'are'} shared by several people "
+                "in the identity graph (a household, a business, a placeholder), so no person's curve is used; ")
+    return "" if known else "unknown person (no events stitched yet); "
 
 
 def _ms(moment: datetime) -> int:
@@ -203,18 +217,19 @@ COLUMN_MIN = 8  # from this many requests, resolving them as columns costs less 
 
 def _who(snapshot: DecisionSnapshot, cache: NormalizeCache, requests: Sequence[DecisionRequest], out: list):
     """Resolution and curve of each request that names a person (the others get UnusableIdentifiers in `out`):
-    (rows, uid, known, redirected, curves, evidence, levels, cohorts). Scalar lookups for a few requests, column
+    (rows, uid, known, redirected, curves, evidence, levels, cohorts, shared fields of requests that named no one
+    person). Scalar lookups for a few requests, column
     calls (resolve, curves_for: the batch endpoint's) for many; both give the same values (tests hold them so)."""
     n = len(requests)
     if n < COLUMN_MIN:
-        rows, uid, known, redirected, curves, evidence, levels, cohorts = [], [], [], [], [], [], [], []
+        rows, uid, known, redirected, curves, evidence, levels, cohorts, shared = [], [], [], [], [], [], [], [], []
         for i, req in enumerate(requests):
             res = resolve_one(snapshot.identity, cache, req.identifiers, req.universal_id)
             if res.errors[0] is not None:
                 out[i] = UnusableIdentifiers(res.errors[0])
                 continue
             curve, ev, level, cohort = curve_for_one(snapshot, int(res.uid[0]), req.identifiers.get("email"),
-                                                     req.identifiers.get("phone"))
+                                                     req.identifiers.get("phone"), personal=res.shared_only(0) is None)
             rows.append(i)
             uid.append(int(res.uid[0]))
             known.append(bool(res.known[0]))
@@ -223,7 +238,8 @@ def _who(snapshot: DecisionSnapshot, cache: NormalizeCache, requests: Sequence[D
             evidence.append(ev)
             levels.append(level)
             cohorts.append(cohort)
-        return rows, uid, known, redirected, np.stack(curves) if rows else None, evidence, levels, cohorts
+            shared.append(res.shared_only(0))
+        return rows, uid, known, redirected, np.stack(curves) if rows else None, evidence, levels, cohorts, shared
     columns = {t: [req.identifiers.get(t) for req in requests] for t in IDENTIFIER_FIELDS}
     res = resolve(snapshot.identity, cache, columns, [req.universal_id for req in requests], n)
     rows = []
@@ -233,11 +249,12 @@ def _who(snapshot: DecisionSnapshot, cache: NormalizeCache, requests: Sequence[D
         else:
             out[i] = UnusableIdentifiers(fields)
     if not rows:
-        return rows, [], [], [], None, [], [], []
+        return rows, [], [], [], None, [], [], [], []
+    shared = [res.shared_only(i) for i in rows]
     chosen = curves_for(snapshot, res.uid[rows], [columns["email"][i] for i in rows],
-                        [columns["phone"][i] for i in rows])
+                        [columns["phone"][i] for i in rows], np.array([s is None for s in shared]))
     return (rows, res.uid[rows].tolist(), res.known[rows].tolist(), res.redirected[rows].tolist(), chosen.curves,
-            chosen.evidence.tolist(), chosen.level.tolist(), chosen.cohort.tolist())
+            chosen.evidence.tolist(), chosen.level.tolist(), chosen.cohort.tolist(), shared)
 
 
 def _moment(ms: int) -> datetime:
@@ -251,7 +268,8 @@ def decide_requests(snapshot: DecisionSnapshot, cache: NormalizeCache, requests:
     decision rule is paid once for all the requests that arrived together. Same results as `decide_one` each, except
     that a `control_share` of them (by universal_id and campaign_id) are served a random moment (arms.py)."""
     out: list = [None] * len(requests)
-    rows, uids, known_people, redirected, curves, evidence, levels, cohorts = _who(snapshot, cache, requests, out)
+    rows, uids, known_people, redirected, curves, evidence, levels, cohorts, shared = _who(snapshot, cache, requests,
+                                                                                           out)
     if not rows:
         return out
     picked = [requests[i] for i in rows]
@@ -273,7 +291,7 @@ def decide_requests(snapshot: DecisionSnapshot, cache: NormalizeCache, requests:
         known = known_people[j]
         value, conf = values[j], confidences[j]
         source = _SOURCE.get(levels[j], levels[j])
-        lead = "" if known else "unknown person (no events stitched yet); "
+        lead = _who_note(known, shared[j])
         shift = delivery[j] - trigger[j]  # the latency in whole ms, as the decision rule rounded it
         # the arm on Python ints: a flush holds a few requests, where array set-up would cost more than the hash
         h = arms.arm_hash(uids[j], arms.campaign_key(picked[j].campaign_id)) if control_share > 0 else 0
@@ -329,7 +347,8 @@ def decide_batch(snapshot: DecisionSnapshot, cache: NormalizeCache, identifiers:
     n = len(universal_ids)
     res: Resolution = resolve(snapshot.identity, cache, identifiers, universal_ids, n)
     none = [None] * n
-    chosen = curves_for(snapshot, res.uid, identifiers.get("email", none), identifiers.get("phone", none))
+    personal = np.array([res.shared_only(i) is None for i in range(n)], bool)
+    chosen = curves_for(snapshot, res.uid, identifiers.get("email", none), identifiers.get("phone", none), personal)
     batch = decide_many(chosen.curves, chosen.evidence, chosen.level, send_after, send_before, latency_seconds,
                         now, snapshot.timing.calibration)
     error_field = batch.error_field.tolist()

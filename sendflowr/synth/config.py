@@ -72,6 +72,28 @@ class WorldConfig:
     drift_hours: float = 3.0  # largest drift (either direction); each drifter gets 0.5-1 times it
     switch_share: float = 0.0  # share of people who switch archetype at a random week
     zone_mix_share: float = 0.0  # share of people whose phone country is not their time zone's
+    # --- Identity phenomena (sendflowr/synth/phenomena.py). Every share at 0 (the default) leaves the world
+    # exactly as without them: they draw from their own random streams.
+    household_share: float = 0.0  # share of people living in a household of 2..household_max sharing one phone
+    household_max: int = 4
+    household_account_share: float = 0.0  # of households, share that also share one customer account
+    business_share: float = 0.0  # share of people working at a small business (2..business_max staff) ...
+    business_max: int = 6
+    role_prefixes: tuple[str, ...] = ("info", "frontdesk", "orders", "office", "reception", "hello")  # ... whose
+    role_address_rate: float = 0.5  # role address <prefix>@<business>.com is on this share of their email events
+    esp_merge_share: float = 0.0  # of Klaviyo profiles, share merged on the ESP side during the world: the old id
+    #   before the merge, the new one after (same email; a message's early events old, later events new)
+    esp_merge_overlap: float = 0.0  # share of events before a merge already carrying the surviving id (the two
+    #   profiles were duplicates in use side by side until the ESP merged them)
+    placeholder_share: float = 0.0  # share of people whose backend (and Klaviyo phone) fields hold a placeholder
+    placeholder_rate: float = 0.5  # share of those people's events of that source carrying it
+    placeholder_values: tuple[tuple[str, str], ...] = (
+        ("phone", "+10000000000"), ("phone", "+1 (888) 240-1234"), ("email", "customer@mystore.com"),
+        ("external_id", "web-checkout"), ("external_id", "GUEST"))  # (identifier type, raw value)
+    second_mailbox_share: float = 0.0  # of email owners, share with a second mailbox used next to the first
+    second_mailbox_rate: float = 0.3  # share of their email-carrying events with the second mailbox
+    second_mailbox_on_profile: bool = True  # also on Klaviyo events (False: only SendGrid and the backend see it)
+    single_source_rate: float = 0.0  # share of backend events carrying only the phone or only the customer id
 
     def __post_init__(self) -> None:
         if isinstance(self.end, str):  # convenience for callers passing ISO strings
@@ -95,6 +117,7 @@ class WorldConfig:
             if field.type == "float" and field.name not in NOT_PROBABILITIES and not 0 <= value <= 1:
                 raise SendflowrError(f"{field.name} is a probability, got {value}")
         self._check_phenomena()
+        self._check_identity_phenomena()
 
     def _check_phenomena(self) -> None:
         if not 0 <= self.send_slots <= 168:
@@ -105,6 +128,19 @@ class WorldConfig:
             raise SendflowrError(f"open_delay must be one of {', '.join(OPEN_DELAYS)}, got {self.open_delay!r}")
         if not 0 <= self.drift_hours <= 12:
             raise SendflowrError(f"drift_hours must be between 0 and 12, got {self.drift_hours}")
+
+    def _check_identity_phenomena(self) -> None:
+        for name in ("household_max", "business_max"):
+            if not 2 <= getattr(self, name) <= 50:
+                raise SendflowrError(f"{name} must be between 2 and 50, got {getattr(self, name)}")
+        if not self.role_prefixes or not all(p and "@" not in p for p in self.role_prefixes):
+            raise SendflowrError("role_prefixes must be non-empty local parts (no '@')")
+        types = ("email", "phone", "external_id")  # fields a backend form fills with filler
+        if not self.placeholder_values or not all(len(v) == 2 and v[0] in types and v[1]
+                                                  for v in self.placeholder_values):
+            raise SendflowrError(f"placeholder_values must be (type, value) pairs with a type of {types}")
+        object.__setattr__(self, "role_prefixes", tuple(self.role_prefixes))
+        object.__setattr__(self, "placeholder_values", tuple(tuple(v) for v in self.placeholder_values))
 
     @property
     def campaigns(self) -> int:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from sendflowr.events import EVENT_TYPES
+from sendflowr.synth import phenomena
 from sendflowr.synth.campaigns import ESPS
 from sendflowr.synth.clients import SCANNERS
 from sendflowr.synth.opens import draw_opens, lognormal_delay
@@ -242,6 +243,9 @@ def _assign_identifiers(world: World, esp: int, events: Columns, person: np.ndar
         want_x |= want_k & has_x & (rng.random(m) < cfg.klaviyo_external_rate)
     elif esp == SYNTHETIC:  # order and account events of the backend carry the customer's email
         want_e |= (want_ph | want_x) & has_e & (rng.random(m) < cfg.backend_email_rate)
+    # Households, businesses, ESP merges, ... (WorldConfig identity knobs), from their own random stream.
+    phenomena.apply(world, esp, events["ts"], p, [email, klaviyo, phone, external], [want_e, want_k, want_ph, want_x],
+                    rng.spawn(1)[0])
 
     junk = rng.random(m) < cfg.junk_identifier_rate
     if esp == KLAVIYO:  # a form fill left "info@company.com" next to a real profile id

@@ -16,7 +16,8 @@ Layout of <out>/:
                        for the world's last third). propensity = max_h p_open.
   identifiers.parquet  identifier_type, raw_value (exactly as emitted), normalized, person_id (null for junk),
                        is_generic (junk or shared by several people: never use to join), generic_kind
-                       ('' | 'shared' | 'junk')
+                       ('' | 'shared' | 'junk'), detail (what it is: phenomena.DETAILS, e.g. 'household',
+                       'business', 'merged_profile', 'second_mailbox', 'placeholder'; '' = plain)
   campaigns.parquet    campaign_id, esp, send_time, audience_share, n_links
   event_truth.parquet  event_id, person_id, origin (system | human | apple_mpp | scanner), duplicate, late
                        (one row per emitted line, written by generate)
@@ -205,6 +206,7 @@ def identifiers_table(world: World) -> pa.Table:
         "person_id": pa.array(person, mask=person < 0),
         "is_generic": ids.truth_kind > 0,
         "generic_kind": pa.array(np.array(GENERIC_KINDS, dtype=object)[ids.truth_kind].tolist(), pa.string()),
+        "detail": pa.array(ids.truth_detail, pa.string()),
     })
 
 

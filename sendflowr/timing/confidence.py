@@ -23,7 +23,7 @@ from sendflowr.timing.estimate import direct_curves, kernel_mass, levels
 
 
 def fit_posterior_calibration(f, rng: np.random.Generator, people: int = 6000, draws: int = 16,
-                              sharpness: float = 1.0, spread: float = 0.0) -> Calibration:
+                              sharpness: float = 1.0) -> Calibration:
     """The calibration decisions use, fitted on draws from the fitted model's posterior (no truth needed).
 
     f: a timing.run.Fit. People are sampled per fallback level (so every level gets its own curve), one window
@@ -56,10 +56,9 @@ def fit_posterior_calibration(f, rng: np.random.Generator, people: int = 6000, d
     hit = np.zeros(k)
     for _ in range(draws):
         drawn = direct_curves(f.decay.curves(rng.gamma(a, 1.0).astype(np.float32) / b), s, e, f.params)
-        if sharpness < 1.0 or spread > 0.0:  # as held-out outcomes say the curve's shape may be: the served
-            # curve's contrasts shrunk to what they predicted, the draw's own noise kept
-            drawn = drawn - (1.0 - sharpness) * (mean - level) + spread * rng.standard_normal(
-                drawn.shape).astype(np.float32)
+        if sharpness < 1.0:  # as held-out outcomes say the curve's shape may be: the served curve's contrasts
+            # shrunk to what they predicted, the draw's own noise kept
+            drawn = drawn - (1.0 - sharpness) * (mean - level)
         for hours in np.unique(length):  # the draw's best slot in each window (ties: earliest, as decisions)
             rows = np.flatnonzero(length == hours)
             slots = (start_slot[rows, None] + np.arange(hours)[None, :]) % HOURS
@@ -122,8 +121,7 @@ def calibrate(inputs, f, rng: np.random.Generator, holdout_weeks: float = 2.0):
     from sendflowr.timing.predictive import evaluate_predictive
 
     predictive = evaluate_predictive(inputs, f.params, holdout_weeks)
-    cal = fit_posterior_calibration(f, rng, sharpness=predictive.sharpness, spread=predictive.spread)
-    notes = {**cal.notes, "sharpness": predictive.sharpness, "spread": predictive.spread,
-             "heldout_deliveries": float(predictive.deliveries)}
+    cal = fit_posterior_calibration(f, rng, sharpness=predictive.sharpness)
+    notes = {**cal.notes, "sharpness": predictive.sharpness, "heldout_deliveries": float(predictive.deliveries)}
     engagement = predictive.calibration if predictive.deliveries >= 50 else None
     return predictive, replace(cal, notes=notes, engagement=engagement)

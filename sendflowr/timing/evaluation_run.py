@@ -64,8 +64,7 @@ def run_evaluation(client: Client, database: str, rules: SignalRules, params: Es
         return EvaluationOutcome(version=None, skipped="no delivered messages yet")
     f = inputs.fit(params)
     predictive, calibration = calibrate(inputs, f, np.random.default_rng(config.seed))
-    log(f"timing evaluation: {predictive.deliveries} held-out deliveries, sharpness {predictive.sharpness:.2f}, "
-        f"spread {predictive.spread:.3f}")
+    log(f"timing evaluation: {predictive.deliveries} held-out deliveries, sharpness {predictive.sharpness:.2f}")
     truth = None
     if has_truth(truth_dir):
         truth = evaluate(client, database, truth_dir, rules, params, config)

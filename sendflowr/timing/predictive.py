@@ -9,9 +9,8 @@ rule), with a reliability table of the predictions.
 The same held-out deliveries tell how much of the curve's shape is real: within each person, do deliveries at
 hours the curve rates higher get engaged more? `sharpness` is the slope of the outcome's deviation from the
 person's mean on the prediction's deviation (1: the hourly contrasts are as large as predicted; 0: the person
-engages alike whenever mail arrives), and `spread` the hourly variation of the truth the curve does not
-explain (beyond the binomial noise of a yes/no outcome). The confidence calibration reads both
-(sendflowr.timing.confidence): it is fitted on draws of the curve as these held-out outcomes say it may be.
+engages alike whenever mail arrives). The confidence calibration reads it (sendflowr.timing.confidence): it
+is fitted on draws of the curve with its contrasts shrunk to what these held-out outcomes support.
 """
 
 from __future__ import annotations
@@ -34,13 +33,12 @@ class Predictive:
     metrics: dict[str, dict[str, float]] = field(default_factory=dict)  # method -> log_loss, brier, auc
     reliability: list[tuple[float, float, int]] = field(default_factory=list)  # (mean predicted, observed, n)
     sharpness: float = 1.0
-    spread: float = 0.0
     calibration: tuple[tuple[float, ...], tuple[float, ...]] = ((0.0, 1.0), (0.0, 1.0))  # predicted -> observed
 
     def to_dict(self) -> dict:
         return {"cut_hour": self.cut_hour, "deliveries": self.deliveries, "people": self.people,
                 "engaged_share": self.engaged_share, "metrics": self.metrics, "reliability": self.reliability,
-                "sharpness": self.sharpness, "spread": self.spread,
+                "sharpness": self.sharpness,
                 "calibration": [list(self.calibration[0]), list(self.calibration[1])]}
 
 
@@ -73,31 +71,22 @@ def reliability(p: np.ndarray, y: np.ndarray, bins: int = 10) -> list[tuple[floa
     return out
 
 
-def sharpness_and_spread(person: np.ndarray, p: np.ndarray, y: np.ndarray) -> tuple[float, float]:
-    """Within-person slope of outcomes on predictions, and the unexplained hourly spread of the truth (sd in
-    probability units), from people with at least two held-out deliveries."""
+def sharpness(person: np.ndarray, p: np.ndarray, y: np.ndarray) -> float:
+    """Within-person slope of outcomes on predictions (clipped to [0, 1]), from people with at least two held-out
+    deliveries; 1 when there are too few to tell."""
     order = np.argsort(person, kind="stable")
     person, p, y = person[order], p[order].astype(np.float64), y[order].astype(np.float64)
     starts = np.flatnonzero(np.concatenate([[True], person[1:] != person[:-1]])) if person.size else np.zeros(0, int)
     counts = np.diff(np.append(starts, person.size))
     keep = np.repeat(counts >= 2, counts)
     if keep.sum() < 50:
-        return 1.0, 0.0
-    n_i = np.repeat(counts, counts)[keep]
-    idx = np.repeat(np.arange(starts.size), counts)[keep]
+        return 1.0
+    idx = np.unique(np.repeat(np.arange(starts.size), counts)[keep], return_inverse=True)[1]
     p, y = p[keep], y[keep]
-    idx = np.unique(idx, return_inverse=True)[1]  # people kept, numbered densely
-    pm = np.bincount(idx, weights=p) / np.bincount(idx)
-    ym = np.bincount(idx, weights=y) / np.bincount(idx)
-    dp, dy = p - pm[idx], y - ym[idx]
+    dp = p - (np.bincount(idx, weights=p) / np.bincount(idx))[idx]
+    dy = y - (np.bincount(idx, weights=y) / np.bincount(idx))[idx]
     denominator = float((dp * dp).sum())
-    slope = float((dp * dy).sum() / denominator) if denominator > 0 else 0.0
-    slope = min(max(slope, 0.0), 1.0)
-    residual = dy - slope * dp
-    shrink = (n_i - 1) / n_i  # centering on the person's own mean removes a share of every variance
-    noise = p * (1 - p)  # a yes/no outcome's own variance at the predicted chance
-    excess = float((residual * residual - noise * shrink).sum() / shrink.sum())
-    return slope, float(np.sqrt(max(excess, 0.0)))
+    return min(max(float((dp * dy).sum() / denominator), 0.0), 1.0) if denominator > 0 else 0.0
 
 
 def isotonic_map(p: np.ndarray, y: np.ndarray, knots: int = 32) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -176,7 +165,7 @@ def evaluate_predictive(inputs, params, holdout_weeks: float = 2.0, recent: int 
                    "person_rate": scores(person_rate, y),
                    "genuine_open_hour": {"auc": auc(match.astype(np.float64) + 1e-3 * person_rate, y)}}
     out.reliability = reliability(ours, y)
-    out.sharpness, out.spread = sharpness_and_spread(owners, ours, y)
+    out.sharpness = sharpness(owners, ours, y)
     out.calibration = isotonic_map(ours.astype(np.float64), y.astype(np.float64))
     return out
 
