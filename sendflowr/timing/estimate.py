@@ -220,15 +220,16 @@ def learn_clusters(rich_rates: np.ndarray, rich_cohort: np.ndarray, n_cohorts: i
     return ActivityClusters(shapes=centers, cohort_mix=mix)
 
 
-def mixture_prior(x: np.ndarray, n: np.ndarray, prior: np.ndarray, cohort: np.ndarray,
+def mixture_prior(x: np.ndarray, n, prior: np.ndarray, cohort: np.ndarray,
                   clusters: ActivityClusters, params: EstimatorParams) -> np.ndarray:
-    """[k, 168] prior rates: cluster shapes at each row's prior level, weighted by P(cluster | cohort, own data)."""
-    x, n = np.asarray(x), np.asarray(n)
+    """[k, 168] prior rates: cluster shapes at each row's prior level, weighted by P(cluster | cohort, own data).
+    n: engagements, dense or sparse rows."""
     level = prior.mean(axis=1, keepdims=True)  # [k, 1]
     shapes = clusters.shapes  # [K, 168]
-    expected = (x @ shapes.T) * level  # [k, K] expected engagements under each cluster at the prior's level
-    lam = (n.sum(axis=1, keepdims=True) + params.level_strength) / (expected + params.level_strength)
-    loglik = n @ np.log(shapes).T + n.sum(axis=1, keepdims=True) * np.log(lam) - lam * expected
+    expected = (np.asarray(x) @ shapes.T) * level  # [k, K] expected engagements under each cluster at the level
+    total = np.asarray(n.sum(axis=1)).reshape(-1, 1)
+    lam = (total + params.level_strength) / (expected + params.level_strength)
+    loglik = np.asarray(n @ np.log(shapes).T) + total * np.log(lam) - lam * expected
     logpost = loglik + np.log(clusters.cohort_mix[cohort])
     logpost -= logpost.max(axis=1, keepdims=True)
     w = np.exp(logpost)

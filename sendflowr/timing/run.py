@@ -370,9 +370,8 @@ class Fit:
         x = np.asarray(cells @ self.decay.exposure + left * g0)  # [k, 168] exposure by hour of week
         n = st.engagements(lo, hi)
         if self.clusters is not None:  # the ML prior, for people with something of their own to place them by
-            own = np.flatnonzero(st.engaged[lo:hi] > 0)
-            prior[own] = mixture_prior(x[own], n[own].toarray(), prior[own], self.cohort_index[lo:hi][own],
-                                       self.clusters, self.params)
+            mixed = mixture_prior(x, n, prior, self.cohort_index[lo:hi], self.clusters, self.params)
+            prior = np.where((st.engaged[lo:hi] > 0)[:, None], mixed, prior)
         expected = np.einsum("ij,ij->i", x, prior)
         total = np.asarray(n.sum(axis=1), dtype=np.float64).ravel()
         # smoothing folded into the exposure rows: one sparse product, no dense [k, 168] x [168, 168] one
