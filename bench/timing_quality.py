@@ -53,15 +53,16 @@ def world_report(base: Settings, name: str, people: int | None, seed: int | None
     admin = get_client(settings, with_database=False)
     loaded = bool(admin.command("SELECT count() FROM system.tables WHERE database = {d:String} AND name = 'events'",
                                 parameters={"d": database})) and (truth_dir / "signal_truth.json").exists()
-    if not loaded:
+    if loaded:
+        apply_migrations(settings)  # a kept state may predate a migration
+        truth = SignalTruth(**json.loads((truth_dir / "signal_truth.json").read_text()))
+    else:
         admin.command(f"DROP DATABASE IF EXISTS {database}")
         apply_migrations(settings)
         started = time.perf_counter()
         truth = load_world(settings, get_client(settings), build_world(world_config), truth_dir, log=log)
         (truth_dir / "signal_truth.json").write_text(json.dumps(dataclasses.asdict(truth)))
         log(f"  {name}: loaded in {time.perf_counter() - started:.0f}s")
-    else:
-        truth = SignalTruth(**json.loads((truth_dir / "signal_truth.json").read_text()))
     started = time.perf_counter()
     client = get_client(settings)
     report = evaluate(client, database, truth_dir, config=config)

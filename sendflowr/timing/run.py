@@ -241,32 +241,36 @@ def person_stats(m: Messages, persons: np.ndarray, params: EstimatorParams,
     cell; also each person's owner-map index. persons: the owner map's universal_ids (index - 1)."""
     n = len(m)
     horizon = params.horizon_hours
-    how = (m.delivered_hour.astype(np.int64) + EPOCH_HOW) % HOURS
-    # per (person, cell): a sort by the combined key, then sums over runs of equal keys
     cells = HOURS * horizon
-    key = m.p.astype(np.int64) * cells + how * horizon + m.wait
-    order = np.argsort(key)
-    key = key[order]
-    first = np.flatnonzero(np.concatenate([[True], key[1:] != key[:-1]])) if n else np.zeros(0, np.int64)
-    # Recent messages may weigh more (habits shift): weight 2^(-age / half-life).
-    age = m.observed_hour - m.delivered_hour[order].astype(np.float64)
-    w = np.exp2(-np.maximum(age, 0.0) / params.half_life_hours) if params.half_life_hours > 0 else np.ones(n)
-    messages = np.add.reduceat(w, first) if n else np.zeros(0)
-    events = np.add.reduceat(m.engaged[order] * w, first) if n else np.zeros(0)
-    left = 1.0 - (m.delivered_second[order].astype(np.float64) + 0.5) / 3600.0
-    fresh = np.add.reduceat(left * w, first) if n else np.zeros(0)
-    p, cell = key[first] // cells, key[first] % cells
-    starts = np.flatnonzero(np.concatenate([[True], p[1:] != p[:-1]])) if p.size else np.zeros(0, np.int64)
-    person_of = np.searchsorted(p[starts], m.p) if n else np.zeros(0, np.int64)
-    engaged = np.bincount(person_of, weights=m.engaged, minlength=starts.size)
-    delivered = np.bincount(person_of, minlength=starts.size).astype(np.float64)
-    stats = PersonStats(universal_id=persons[p[starts] - 1], offsets=np.append(starts, p.size).astype(np.int64),
-                        cell=cell.astype(np.int64), messages=messages, events=events, fresh=fresh, engaged=engaged,
-                        delivered=delivered, horizon=horizon, totals=m.totals)
+    cell = ((m.delivered_hour.astype(np.int64) + EPOCH_HOW) % HOURS) * horizon + m.wait
+    p = m.p.astype(np.int64)
+    engaged_flag = m.engaged.astype(np.float64)
+    left = 1.0 - (m.delivered_second.astype(np.float64) + 0.5) / 3600.0
+    if params.half_life_hours > 0:  # recent messages may weigh more (habits shift): 2^(-age / half-life)
+        w = np.exp2(-np.maximum(m.observed_hour - m.delivered_hour.astype(np.float64), 0.0) / params.half_life_hours)
+    else:
+        w = np.ones(n)
+    # Sums per (person, cell) by scipy's COO -> CSR conversion (a counting sort by row, in C; the same coordinates
+    # give the same structure): the owner-map index is the row, so rows come out in universal_id order.
+    rows = int(p.max()) + 1 if n else 1
+
+    def summed(values: np.ndarray) -> sparse.csr_matrix:
+        return sparse.coo_matrix((values, (p, cell)), shape=(rows, cells)).tocsr()
+
+    by_cell = summed(w)
+    lengths = np.diff(by_cell.indptr)
+    present = np.flatnonzero(lengths)
+    stats = PersonStats(universal_id=persons[present - 1],
+                        offsets=np.concatenate([[0], np.cumsum(lengths[present])]).astype(np.int64),
+                        cell=by_cell.indices.astype(np.int64), messages=by_cell.data,
+                        events=summed(engaged_flag * w).data, fresh=summed(left * w).data,
+                        engaged=np.bincount(p, weights=engaged_flag, minlength=rows)[present],
+                        delivered=np.bincount(p, minlength=rows)[present].astype(np.float64),
+                        horizon=horizon, totals=m.totals)
     if recent:
         stats.recent_hour = genuine_open_hour(m.p, m.delivered_hour.astype(np.int64) + m.wait, m.engaged,
-                                              p[starts], recent)
-    return stats, p[starts]
+                                              present, recent)
+    return stats, present
 
 
 def genuine_open_hour(p: np.ndarray, hour: np.ndarray, engaged: np.ndarray, people: np.ndarray,
