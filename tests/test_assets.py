@@ -6,23 +6,16 @@ import json
 
 import pytest
 from dagster import materialize
+from dagster_resources import resource_for
 
-from sendflowr.clickhouse import password_for
 from sendflowr.kafka_io import produce_all
 from sendflowr.settings import Settings
 from sendflowr_assets.assets.ingestion import events
 from sendflowr_assets.checks.ingestion_checks import INGESTION_CHECKS
 from sendflowr_assets.definitions import defs
-from sendflowr_assets.resources import SendflowrResource
 
 pytestmark = pytest.mark.integration
 
-
-def _resource(settings: Settings) -> SendflowrResource:
-    return SendflowrResource(
-        clickhouse_url=settings.clickhouse_url, clickhouse_user=settings.clickhouse_user,
-        clickhouse_password=password_for(settings), clickhouse_database=settings.clickhouse_database,
-        kafka_bootstrap_servers=settings.kafka_bootstrap_servers, kafka_topic=settings.kafka_topic)
 
 
 def _event(i: int) -> bytes:
@@ -42,7 +35,7 @@ def test_materialize_events_reports_counts_and_runs_checks(settings: Settings, c
     messages = [(None, _event(i)) for i in range(300)] + [(None, _event(5)), (None, b"{broken")]
     produce_all(settings, messages)
 
-    result = materialize([events, *INGESTION_CHECKS], resources={"sendflowr": _resource(settings)})
+    result = materialize([events, *INGESTION_CHECKS], resources={"sendflowr": resource_for(settings)})
 
     assert result.success
     metadata = result.asset_materializations_for_node("events")[0].metadata
@@ -61,7 +54,7 @@ def test_materialize_events_reports_counts_and_runs_checks(settings: Settings, c
 def test_rejected_share_check_fails_above_threshold(settings: Settings) -> None:
     produce_all(settings, [(None, _event(1))] + [(None, b"nope")] * 3)
     result = materialize(
-        [events], resources={"sendflowr": _resource(settings)},
+        [events], resources={"sendflowr": resource_for(settings)},
         run_config={"ops": {"events": {"config": {"max_rejected_share": 0.5}}}})
     evaluation = result.get_asset_check_evaluations()[0]
     assert evaluation.check_name == "rejected_share_below_threshold"

@@ -11,10 +11,11 @@ from pathlib import Path
 
 import pytest
 from dagster import materialize
+from dagster_resources import resource_for
 
 from sendflowr.campaign import truth
 from sendflowr.campaign.cli import campaign
-from sendflowr.clickhouse import get_client, password_for
+from sendflowr.clickhouse import get_client
 from sendflowr.kafka_io import ensure_topic
 from sendflowr.settings import Settings
 from sendflowr.synth import WorldConfig, generate
@@ -22,18 +23,10 @@ from sendflowr_assets.assets.identity import identity_graph
 from sendflowr_assets.assets.ingestion import events
 from sendflowr_assets.assets.timing import timing_curves
 from sendflowr_assets.assets.uplift import UPLIFT_CHECK, decision_log, timing_uplift
-from sendflowr_assets.resources import SendflowrResource
 
 pytestmark = pytest.mark.integration
 ANCHOR = datetime(2026, 6, 1, tzinfo=UTC)
 
-
-def _resource(settings: Settings) -> SendflowrResource:
-    return SendflowrResource(
-        clickhouse_url=settings.clickhouse_url, clickhouse_user=settings.clickhouse_user,
-        clickhouse_password=password_for(settings), clickhouse_database=settings.clickhouse_database,
-        kafka_bootstrap_servers=settings.kafka_bootstrap_servers, kafka_topic=settings.kafka_topic,
-        decision_log_topic=settings.decision_log_topic)
 
 
 @pytest.mark.parametrize("with_message_ids", [True, False], ids=["by-message-id", "by-nearest-delivery"])
@@ -46,7 +39,7 @@ def test_the_measured_uplift_holds_the_truth_and_is_significant(settings: Settin
     # assertions below hold or fail reproducibly rather than by the luck of the day.
     config = WorldConfig(people=3000, weeks=6, seed=23, end=ANCHOR - timedelta(days=1))
     generate(config, world, to_kafka=loop)
-    resources = {"sendflowr": _resource(loop)}
+    resources = {"sendflowr": resource_for(loop)}
     assert materialize([events, identity_graph, timing_curves], resources=resources).success
 
     lines: list[str] = []

@@ -18,8 +18,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 from dagster import materialize
+from dagster_resources import resource_for
 
-from sendflowr.clickhouse import password_for
 from sendflowr.local.processes import free_port
 from sendflowr.settings import Settings
 from sendflowr_assets.assets.identity import identity_graph
@@ -28,17 +28,10 @@ from sendflowr_assets.assets.timing import timing_curves, timing_evaluation
 from sendflowr_assets.checks.identity_checks import IDENTITY_CHECKS
 from sendflowr_assets.checks.ingestion_checks import INGESTION_CHECKS
 from sendflowr_assets.checks.timing_checks import TIMING_CHECKS
-from sendflowr_assets.resources import SendflowrResource
 
 pytestmark = pytest.mark.integration
 BIN = Path(sys.executable).parent
 
-
-def _resource(settings: Settings) -> SendflowrResource:
-    return SendflowrResource(
-        clickhouse_url=settings.clickhouse_url, clickhouse_user=settings.clickhouse_user,
-        clickhouse_password=password_for(settings), clickhouse_database=settings.clickhouse_database,
-        kafka_bootstrap_servers=settings.kafka_bootstrap_servers, kafka_topic=settings.kafka_topic)
 
 
 @pytest.fixture
@@ -90,7 +83,7 @@ def test_decisions_of_the_served_api_find_the_true_best_slots(settings: Settings
     result = materialize(
         [events, identity_graph, timing_curves, timing_evaluation, *INGESTION_CHECKS, *IDENTITY_CHECKS,
          *TIMING_CHECKS],
-        resources={"sendflowr": _resource(settings)},
+        resources={"sendflowr": resource_for(settings)},
         run_config={"ops": {"identity_graph": {"config": {"ground_truth": str(world / "identifiers.parquet")}},
                             "timing_evaluation": {"config": {"ground_truth": str(world)}}}})
     assert result.success

@@ -10,8 +10,8 @@ import networkx as nx
 import pyarrow.parquet as pq
 import pytest
 from dagster import materialize
+from dagster_resources import resource_for
 
-from sendflowr.clickhouse import password_for
 from sendflowr.identity.run import IDENTITY_LEASE, stitch_once
 from sendflowr.ingest import lease
 from sendflowr.kafka_io import produce_all
@@ -25,18 +25,11 @@ from sendflowr_assets.checks.identity_checks import (
     one_universal_id_per_identifier,
 )
 from sendflowr_assets.definitions import defs
-from sendflowr_assets.resources import SendflowrResource
 
 pytestmark = pytest.mark.integration
 
 UID = re.compile(r"^sf_[0-9a-f]{16}$")
 
-
-def _resource(settings: Settings) -> SendflowrResource:
-    return SendflowrResource(
-        clickhouse_url=settings.clickhouse_url, clickhouse_user=settings.clickhouse_user,
-        clickhouse_password=password_for(settings), clickhouse_database=settings.clickhouse_database,
-        kafka_bootstrap_servers=settings.kafka_bootstrap_servers, kafka_topic=settings.kafka_topic)
 
 
 def _world_lines(out: Path) -> list[bytes]:
@@ -47,7 +40,7 @@ def _world_lines(out: Path) -> list[bytes]:
 
 def _materialize(settings: Settings, truth: Path, full_rebuild: bool = False):
     result = materialize(
-        [events, identity_graph, *IDENTITY_CHECKS], resources={"sendflowr": _resource(settings)},
+        [events, identity_graph, *IDENTITY_CHECKS], resources={"sendflowr": resource_for(settings)},
         run_config={"ops": {"identity_graph": {"config": {"full_rebuild": full_rebuild,
                                                           "ground_truth": str(truth)}}}})
     assert result.success
@@ -171,7 +164,7 @@ def test_identity_graph_on_a_synthetic_world(settings: Settings, ch, tmp_path: P
 
 def test_identity_checks_catch_corrupt_graphs(settings: Settings, ch) -> None:
     db = settings.clickhouse_database
-    resource = _resource(settings)
+    resource = resource_for(settings)
     assert one_universal_id_per_identifier(sendflowr=resource).passed
     assert merge_log_acyclic(sendflowr=resource).passed
     # one raw email normalized into two different nodes (say, rules changed without a rebuild)

@@ -12,8 +12,8 @@ import numpy as np
 import orjson
 import pytest
 from dagster import materialize
+from dagster_resources import resource_for
 
-from sendflowr.clickhouse import password_for
 from sendflowr.kafka_io import produce_all
 from sendflowr.settings import Settings
 from sendflowr.synth import WorldConfig, build_world, iter_event_batches, serialize_batch, write_ground_truth
@@ -26,16 +26,9 @@ from sendflowr_assets.assets.ingestion import events
 from sendflowr_assets.assets.timing import timing_curves, timing_evaluation
 from sendflowr_assets.checks.timing_checks import TIMING_CHECKS
 from sendflowr_assets.definitions import defs
-from sendflowr_assets.resources import SendflowrResource
 
 pytestmark = pytest.mark.integration
 
-
-def _resource(settings: Settings) -> SendflowrResource:
-    return SendflowrResource(
-        clickhouse_url=settings.clickhouse_url, clickhouse_user=settings.clickhouse_user,
-        clickhouse_password=password_for(settings), clickhouse_database=settings.clickhouse_database,
-        kafka_bootstrap_servers=settings.kafka_bootstrap_servers, kafka_topic=settings.kafka_topic)
 
 
 def _world(out: Path) -> tuple[list[bytes], Counter]:
@@ -66,7 +59,7 @@ def test_curves_and_evaluation_on_a_synthetic_world(settings: Settings, ch, tmp_
     produce_all(settings, [(None, line) for line in lines])
     result = materialize(
         [events, identity_graph, timing_curves, timing_evaluation, *TIMING_CHECKS],
-        resources={"sendflowr": _resource(settings)},
+        resources={"sendflowr": resource_for(settings)},
         run_config={"ops": {"identity_graph": {"config": {"ground_truth": str(truth_dir / "identifiers.parquet")}},
                             "timing_evaluation": {"config": {"ground_truth": str(truth_dir)}}}})
     assert result.success
@@ -154,7 +147,7 @@ def test_machine_opens_and_scanner_clicks_are_removed(settings: Settings, ch) ->
         _event("delivered", "2026-11-02T10:00:00.000Z", "m4", "dee.lee@yahoo.com"),  # delivered, never engaged
     ]
     produce_all(settings, msgs)
-    result = materialize([events, identity_graph, timing_curves], resources={"sendflowr": _resource(settings)})
+    result = materialize([events, identity_graph, timing_curves], resources={"sendflowr": resource_for(settings)})
     assert result.success
     meta = result.asset_materializations_for_node("timing_curves")[0].metadata
     assert "| opens | 4 | 2 | 2 |" in meta["signal"].value
@@ -181,7 +174,7 @@ def test_a_late_apple_prefetch_is_a_machine_open_and_the_second_proxy_open_the_r
         _event("opened", "2026-11-02T11:30:00.000Z", "m2", "bob.jones@gmail.com", **apple),
         _event("opened", "2026-11-02T19:00:00.000Z", "m2", "bob.jones@gmail.com", **apple),
     ])
-    result = materialize([events, identity_graph, timing_curves], resources={"sendflowr": _resource(settings)})
+    result = materialize([events, identity_graph, timing_curves], resources={"sendflowr": resource_for(settings)})
     meta = result.asset_materializations_for_node("timing_curves")[0].metadata
     assert "| opens | 3 | 2 | 1 |" in meta["signal"].value
     assert "| deliveries | 2 | | engaged 1 |" in meta["signal"].value
@@ -211,7 +204,7 @@ def test_a_late_event_of_an_old_message_counts_and_rewrites_only_its_person(sett
         _event("delivered", "2026-11-02T10:00:00.000Z", "m2", "bob.jones@acme-corp.com"),
         _event("opened", "2026-11-02T13:00:00.000Z", "m2", "bob.jones@acme-corp.com", **human),
     ])
-    resources = {"sendflowr": _resource(settings)}
+    resources = {"sendflowr": resource_for(settings)}
     assert materialize([events, identity_graph, timing_curves], resources=resources).success
     first = load_snapshot(ch, db)
     ann = first.universal_id.tolist().index(ch.command(

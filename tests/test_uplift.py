@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 from api_world import Person, write_identity
 from dagster import AssetCheckSeverity, materialize
+from dagster_resources import resource_for
 
-from sendflowr.clickhouse import get_client, password_for
+from sendflowr.clickhouse import get_client
 from sendflowr.decisions import records
 from sendflowr.migrations import apply_migrations
 from sendflowr.settings import Settings
@@ -21,7 +22,6 @@ from sendflowr.timing.signals import SignalRules
 from sendflowr.uplift.measure import EVIDENCE_BUCKETS, UpliftConfig, measure_uplift, outcome_units
 from sendflowr.uplift.stats import compare_arms, decisions_needed, poisson_weights
 from sendflowr_assets.assets.uplift import UPLIFT_CHECK, timing_uplift
-from sendflowr_assets.resources import SendflowrResource
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 T0 = (NOW - timedelta(days=10)).replace(minute=0, second=0)
@@ -206,12 +206,6 @@ def _experiment(client, database: str, n: int, treatment_rate: float, control_ra
     write_events(client, database, events)
 
 
-def _resource(settings: Settings) -> SendflowrResource:
-    return SendflowrResource(
-        clickhouse_url=settings.clickhouse_url, clickhouse_user=settings.clickhouse_user,
-        clickhouse_password=password_for(settings), clickhouse_database=settings.clickhouse_database,
-        kafka_bootstrap_servers=settings.kafka_bootstrap_servers, kafka_topic=settings.kafka_topic)
-
 
 @pytest.mark.parametrize(("treatment_rate", "control_rate", "verdict", "passed"), [
     (0.10, 0.45, "significantly_worse", False),
@@ -221,7 +215,7 @@ def test_the_asset_check_warns_when_treatment_is_significantly_worse(db, treatme
                                                                     passed) -> None:
     settings, client = db
     _experiment(client, settings.clickhouse_database, 200, treatment_rate, control_rate, seed=3)
-    result = materialize([timing_uplift], resources={"sendflowr": _resource(settings)}, run_config=NO_WORLD)
+    result = materialize([timing_uplift], resources={"sendflowr": resource_for(settings)}, run_config=NO_WORLD)
     assert result.success
     check = result.get_asset_check_evaluations()[0]
     assert check.check_name == UPLIFT_CHECK and check.passed is passed and check.severity == AssetCheckSeverity.WARN
@@ -241,12 +235,12 @@ def test_the_asset_check_warns_when_treatment_is_significantly_worse(db, treatme
 def test_the_check_never_passes_on_too_little_data(db) -> None:
     settings, client = db
     _experiment(client, settings.clickhouse_database, 30, 0.5, 0.1, seed=4)  # 30 a side: below the minimum
-    result = materialize([timing_uplift], resources={"sendflowr": _resource(settings)}, run_config=NO_WORLD)
+    result = materialize([timing_uplift], resources={"sendflowr": resource_for(settings)}, run_config=NO_WORLD)
     check = result.get_asset_check_evaluations()[0]
     assert not check.passed and check.severity == AssetCheckSeverity.WARN
     assert check.metadata["verdict"].value == "too_little_data" and "too little data" in check.description
     empty = Settings(clickhouse_url=settings.clickhouse_url, clickhouse_database=settings.clickhouse_database)
     client.command(f"TRUNCATE TABLE {empty.clickhouse_database}.decision_log")
-    nothing = materialize([timing_uplift], resources={"sendflowr": _resource(settings)}, run_config=NO_WORLD)
+    nothing = materialize([timing_uplift], resources={"sendflowr": resource_for(settings)}, run_config=NO_WORLD)
     assert not nothing.get_asset_check_evaluations()[0].passed
     assert nothing.asset_materializations_for_node("timing_uplift")[0].metadata["verdict"].value == "too_little_data"

@@ -35,7 +35,7 @@ def curves_well_formed(client: Client, database: str) -> Finding:
     rows = client.query(
         "SELECT universal_id, length(c) AS n, b, lvl FROM (SELECT universal_id, argMax(curve, version) AS c, "
         "argMax(best_hour, version) AS b, toString(argMax(fallback_level, version)) AS lvl "
-        f"FROM {database}.timing_curves WHERE version <= {{v:UInt64}} GROUP BY universal_id) "
+        f"FROM {database}.timing_curves WHERE {versions.committed(database)} GROUP BY universal_id) "
         "WHERE n != 168 OR arrayExists(x -> NOT isFinite(x) OR x < 0 OR x > 1, c) OR b + 1 != indexOf(c, arrayMax(c)) "
         "OR lvl NOT IN ('person', 'cohort', 'global') LIMIT 10", parameters={"v": head}).result_rows
     return Finding(passed=not rows, facts={"examples": [list(map(str, r)) for r in rows]})
@@ -47,11 +47,10 @@ def every_person_has_a_curve(client: Client, database: str) -> Finding:
     head = versions.latest_run(client, database, kind="curves")
     if head is None:
         return _skip("no committed curves run yet")
-    params = {"v": head["version"]}
     curves = int(client.command(f"SELECT uniqExact(universal_id) FROM {database}.timing_curves "
-                                "WHERE version <= {v:UInt64}", parameters=params))
+                                f"WHERE {versions.committed(database)}"))
     priors = int(client.command(f"SELECT count() FROM {database}.timing_priors WHERE level = 'global' "
-                                "AND version <= {v:UInt64}", parameters=params))
+                                f"AND {versions.committed(database)}"))
     return Finding(passed=curves == head["people"] and priors > 0,
                    facts={"people": head["people"], "curves": curves, "global_priors": priors})
 

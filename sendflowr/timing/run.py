@@ -1,5 +1,6 @@
 """One timing materialization (docs/TIMING.md, "Pipeline"): read the owned messages of the committed events in one
-pass (sql/timing/messages.sql: signal cleaning, owner, delivery hour, wait for the first genuine engagement),
+pass (sql/timing/message_state.sql and message_outputs.sql: signal cleaning, owner, delivery hour, wait for the
+first genuine engagement),
 turn them into per-person cell statistics with numpy, fit the time-to-engagement model (decay, priors, the ML
 prior), estimate curves on [n, 168] blocks, write priors and the curves that changed, commit (timing_runs last,
 sendflowr.timing.versions).
@@ -30,7 +31,7 @@ from scipy import sparse
 
 from sendflowr.ingest import plan
 from sendflowr.sql_files import load_sql
-from sendflowr.timing import versions
+from sendflowr.timing import incremental, versions
 from sendflowr.timing.decide import EPOCH_HOW, HOURS, Calibration
 from sendflowr.timing.estimate import (
     ActivityClusters,
@@ -122,6 +123,7 @@ class TimingReport:
     cohorts: int = 0
     totals: dict[str, int] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
+    started: float = field(default_factory=time.perf_counter)
 
     def shares(self) -> dict[str, float]:
         t = self.totals
@@ -133,7 +135,7 @@ class TimingReport:
 def record_progress(client: Client, database: str, run_id: str) -> tuple[int, dict[tuple[str, int], int]]:
     """Advance the watermark to the committed ends; returns (events newly committed, committed end per range).
 
-    Nothing is folded: every run reads the committed events straight from `events` (messages.sql), so the
+    Nothing is folded: every run reads the committed events straight from `events` (messages_sql), so the
     watermark only tells whether anything is new since the last run."""
     ends = plan.committed_ends(client, database)
     bounds = plan.pending_bounds(client, database, "timing_progress", ends)
@@ -147,12 +149,19 @@ def record_progress(client: Client, database: str, run_id: str) -> tuple[int, di
     return sum(e - s for s, e in bounds.values()), ends
 
 
-def _range_parameters(ends: dict[tuple[str, int], int]) -> dict[str, list]:
-    """Committed ranges as the (topic index << 32 | partition) -> end arrays messages.sql looks up."""
-    topics = sorted({t for t, _ in ends})
+def range_parameters(bounds: dict[tuple[str, int], tuple[int, int]]) -> dict[str, list]:
+    """Offset ranges as the (topic index << 32 | partition) -> [start, end) arrays message_state.sql looks up."""
+    topics = sorted({t for t, _ in bounds})
     index = {t: i + 1 for i, t in enumerate(topics)}
     return {"topics": topics, "topic_index": [index[t] for t in topics],
-            "range_keys": [(index[t] << 32) | p for t, p in ends], "range_ends": list(ends.values())}
+            "range_keys": [(index[t] << 32) | p for t, p in bounds],
+            "range_starts": [b[0] for b in bounds.values()], "range_ends": [b[1] for b in bounds.values()]}
+
+
+def messages_sql(database: str, states: str | None = None, extra: str = "") -> str:
+    """message_outputs.sql over `states` (default: message_state.sql over the events), with extra output columns."""
+    states = load_sql("timing/message_state.sql", database) if states is None else states
+    return load_sql("timing/message_outputs.sql", database).replace("${states}", states).replace("${extra}", extra)
 
 
 OWNER_MAP_PREFIX = "timing_owners_"
@@ -160,14 +169,19 @@ STALE_OWNER_MAP_SECONDS = 86_400  # a run-private owner map older than this was 
 
 
 @contextmanager
-def owner_map(client: Client, database: str) -> Iterator[str]:
-    """A run-private Join-engine table (its name): identifier hash -> person index and universal_id.
-    Dropped when the block ends (also on error); maps a killed process left behind are dropped a day later."""
+def owner_map(client: Client, database: str, identifiers_of: str | None = None) -> Iterator[str]:
+    """A run-private Join-engine table (its name): identifier hash -> person index and universal_id; of every
+    accepted identifier, or only of those a table of message states (`identifiers_of`) carries. Dropped when the
+    block ends (also on error); maps a killed process left behind are dropped a day later."""
     _drop_stale_owner_maps(client, database)
     name = f"{database}.{OWNER_MAP_PREFIX}{int(time.time())}_{uuid.uuid4().hex[:12]}"
+    restrict = "" if identifiers_of is None else " AND (" + " OR ".join(
+        f"(i.identifier_type = '{t}' AND i.raw_value IN (SELECT {t} FROM {identifiers_of}))"
+        for t in ("email", "klaviyo_id", "external_id", "phone")) + ")"
     client.command(load_sql("timing/owners_table.sql", database).replace("${owners}", name))
     try:
-        client.command(load_sql("timing/owners.sql", database).replace("${owners}", name))
+        client.command(load_sql("timing/owners.sql", database).replace("${owners}", name)
+                       .replace("${restrict}", restrict))
         yield name
     finally:
         client.command(f"DROP TABLE IF EXISTS {name}")
@@ -191,7 +205,7 @@ def owner_persons(client: Client, owners: str) -> np.ndarray:
 
 @dataclass
 class Messages:
-    """One row per owned, delivered message (messages.sql), as columns: the owner's index in the run's owner map,
+    """One row per owned, delivered message (messages_sql), as columns: the owner's index in the run's owner map,
     the delivery hour (hours since the epoch) and second into it, the wait and whether it ended engaged."""
 
     p: np.ndarray
@@ -217,13 +231,13 @@ class Messages:
 def message_rows(client: Client, database: str, rules: SignalRules, owners: str, params: EstimatorParams,
                  observed_before: datetime | None = None,
                  ends: dict[tuple[str, int], int] | None = None) -> Messages:
-    """The committed events' owned messages (messages.sql). observed_before: what is known is what happened
+    """The committed events' owned messages (messages_sql). observed_before: what is known is what happened
     before it (default now)."""
     ends = plan.committed_ends(client, database) if ends is None else ends
     observed = observed_before or datetime.now(UTC)
-    table = client.query_arrow(load_sql("timing/messages.sql", database), parameters={
-        **rules.parameters(), **_range_parameters(ends), "owners": owners, "horizon_hours": params.horizon_hours,
-        "observed_before_ms": int(observed.timestamp() * 1000)})
+    table = client.query_arrow(messages_sql(database), parameters={
+        **rules.parameters(), **range_parameters({k: (0, e) for k, e in ends.items()}), "owners": owners,
+        "horizon_hours": params.horizon_hours, "observed_before_ms": int(observed.timestamp() * 1000), "since_ms": 0})
     col = {name: table.column(name).to_numpy() for name in ("p", "delivered_hour", "delivered_second", "wait",
                                                             "engaged")}
     totals = {name: int(pc.sum(table.column(name)).as_py() or 0)
@@ -501,10 +515,10 @@ def _previous(client: Client, database: str) -> tuple[pa.Table | None, np.ndarra
     version, calibration = head.result_rows[0]
     rows = client.query_arrow(
         f"SELECT universal_id, argMax(stats_hash, version) AS h FROM {database}.timing_curves "
-        "WHERE version <= {v:UInt64} GROUP BY universal_id ORDER BY universal_id", parameters={"v": int(version)},
+        f"WHERE {versions.committed(database)} GROUP BY universal_id ORDER BY universal_id",
         use_strings=True)
     g = client.query(f"SELECT argMax(curve, version) FROM {database}.timing_priors "
-                     "WHERE level = 'global' AND version <= {v:UInt64}", parameters={"v": int(version)}).result_rows
+                     f"WHERE level = 'global' AND {versions.committed(database)}").result_rows
     prior = np.asarray(g[0][0], dtype=np.float32) if g and g[0][0] else None
     return rows, prior, calibration
 
@@ -512,8 +526,10 @@ def _previous(client: Client, database: str) -> tuple[pa.Table | None, np.ndarra
 def materialize(client: Client, database: str, rules: SignalRules | None = None,
                 params: EstimatorParams | None = None, run_id: str | None = None, full: bool = False,
                 log: Callable[[str], None] = print) -> TimingReport:
-    """Check for anything new, fit, write what changed, commit (timing_runs last). The client is used from a
-    side and a writer thread too: it must not hold an HTTP session (sendflowr.clickhouse.get_client's never do)."""
+    """Check for anything new; then a full build (fit everything, leave a base) or an incremental run on the
+    base (sendflowr.timing.incremental); write what changed, commit (timing_runs last). The client is used from
+    a side and a writer thread too: it must not hold an HTTP session (sendflowr.clickhouse.get_client's never
+    do)."""
     rules = rules or SignalRules()
     params = params or EstimatorParams()
     report = TimingReport(run_id=run_id or f"timing-{uuid.uuid4().hex[:12]}")
@@ -526,10 +542,25 @@ def materialize(client: Client, database: str, rules: SignalRules | None = None,
         report.seconds["total"] = time.perf_counter() - t0
         log(f"timing: no new events and no identity change since v{report.version}: nothing to do")
         return report
+    base = incremental.base_of(client, database)
+    now = incremental.now_ms()
+    why = "asked for" if full else incremental.needs_full(
+        base, incremental.estimate_messages(incremental.pending(base, ends)) if base else 0, params, now)
+    report.seconds["progress"] = time.perf_counter() - t0
+    if why:
+        log(f"timing: a full build ({why})")
+        return _full_build(client, database, rules, params, report, ends, mark, now, full, log)
+    return _incremental(client, database, rules, params, report, ends, mark, base, now, log)
+
+
+def _full_build(client: Client, database: str, rules: SignalRules, params: EstimatorParams, report: TimingReport,
+                ends: dict[tuple[str, int], int], mark: list, now: int, full: bool,
+                log: Callable[[str], None]) -> TimingReport:
     t1 = time.perf_counter()
-    f = fit(client, database, rules, params, ends=ends)
+    observed = datetime.fromtimestamp(now / 1000, tz=UTC)
+    f = fit(client, database, rules, params, observed_before=observed, ends=ends)
     t2 = time.perf_counter()
-    report.seconds.update(progress=t1 - t0, aggregate=t2 - t1)
+    report.seconds["aggregate"] = t2 - t1
     report.people, report.totals = len(f.stats), f.stats.totals
     report.cohorts = len(f.priors.cohorts) - 1
     version = report.version = versions.next_version(client, database)
@@ -538,30 +569,126 @@ def materialize(client: Client, database: str, rules: SignalRules | None = None,
              else float(np.max(np.abs(f.priors.global_curve - old_prior) / np.maximum(old_prior, 1e-6))))
     report.full_rewrite = full or drift > PRIOR_DRIFT
     new_hash = _stats_hash(f)
-    if report.full_rewrite:
-        changed = np.ones(len(f.stats), dtype=bool)
-    else:
-        changed = _changed(hashes, f.stats.universal_id, new_hash)
+    changed = np.ones(len(f.stats), dtype=bool) if report.full_rewrite else _changed(hashes, f.stats.universal_id,
+                                                                                      new_hash)
     _write_priors(client, database, f.priors, version)
+    write_curves(client, database, f, version, changed, new_hash, report)
+    # the base incremental runs add to (sendflowr.timing.incremental)
+    base_meta = _write_base(client, database, rules, params, f, version, ends, now) \
+        if params.half_life_hours <= 0 else {}
+    t3 = time.perf_counter()
+    report.seconds["estimate_and_write"] = t3 - t2
+    metadata = {"identity_mark": mark, "shares": report.shares(), "totals": report.totals,
+                "by_level": report.by_level, "rules": rules.describe(), "params": params.to_dict(),
+                "prior_drift": drift, "seconds": report.seconds, "new_events": report.new_events, **base_meta}
+    versions.commit(client, database, version, report.run_id, "curves", report.people,
+                    calibration or Calibration.default().to_json(), report.people_written, metadata)
+    if base_meta:
+        incremental.drop_old_bases(client, database, keep=version)
+    report.seconds["total"] = time.perf_counter() - report.started
+    log(f"timing v{version}: {report.people} people ({report.by_level}), {report.people_written} curve rows "
+        f"written, {report.cohorts} cohorts, machine opens {report.shares()['machine_open_share']:.1%}, scanner "
+        f"clicks {report.shares()['scanner_click_share']:.1%}, {report.seconds['total']:.2f}s")
+    return report
+
+
+def _write_base(client: Client, database: str, rules: SignalRules, params: EstimatorParams, f: Fit, version: int,
+                ends: dict[tuple[str, int], int], now: int) -> dict:
+    incremental.write_base_cells(client, database, version, f.stats)
+    client.command(f"INSERT INTO {database}.timing_models VALUES ({{v:UInt64}}, {{m:String}})",
+                   parameters={"v": version, "m": incremental.model_json(f.decay, f.priors, f.clusters)})
+    incremental.seed_open(client, database, rules, params, version, ends, now)
+    base = incremental.Base(version=version, built_ms=now, messages=int(f.stats.delivered.sum()), ends=ends,
+                            merged_at=incremental.newest_merge(client, database))
+    return incremental.base_metadata(base)
+
+
+def _incremental(client: Client, database: str, rules: SignalRules, params: EstimatorParams, report: TimingReport,
+                 ends: dict[tuple[str, int], int], mark: list, base: incremental.Base, now: int,
+                 log: Callable[[str], None]) -> TimingReport:
+    t1 = time.perf_counter()
+    version = report.version = versions.next_version(client, database)
+    committed = versions.latest_version(client, database) or 0
+    merged_at = incremental.newest_merge(client, database)
+    delta, merged, kept = incremental.run_increment(client, database, rules, params, base, version, ends, now, log)
+    cells = incremental.read_cells(client, database, base.version, version, delta.people)
+    stats = stats_from_cells(cells, params.horizon_hours)
+    decay, priors, clusters = incremental.load_model(client, database, base.version)
+    code, names = person_cohorts(client, database, stats.universal_id)
+    lookup = {name: i for i, name in enumerate(priors.cohorts)}
+    cohort_index = np.array([lookup.get(name, 0) for name in names], dtype=np.int64)[code] if len(stats) else \
+        np.zeros(0, np.int64)
+    f = Fit(stats=stats, decay=decay, priors=priors, cohort_index=cohort_index, params=params, clusters=clusters)
+    t2 = time.perf_counter()
+    report.seconds["aggregate"] = t2 - t1
+    head = versions.latest_run(client, database, kind="curves")
+    report.people = int(head["people"]) + _new_people(client, database, stats.universal_id, committed)
+    report.totals = {"merged_messages": merged, "open_messages": kept}
+    report.cohorts = len(priors.cohorts) - 1
+    write_curves(client, database, f, version, np.ones(len(stats), dtype=bool), _stats_hash(f), report)
+    report.seconds["estimate_and_write"] = time.perf_counter() - t2
+    _, _, calibration = _previous(client, database)
+    after = incremental.Base(version=base.version, built_ms=base.built_ms, messages=base.messages, ends=ends,
+                             merged_at=merged_at)
+    metadata = {"identity_mark": mark, "incremental": True, "by_level_written": report.by_level,
+                "params": params.to_dict(), "seconds": report.seconds, "new_events": report.new_events,
+                "changed_people": len(stats), **incremental.base_metadata(after)}
+    versions.commit(client, database, version, report.run_id, "curves", report.people,
+                    calibration or Calibration.default().to_json(), report.people_written, metadata)
+    report.seconds["total"] = time.perf_counter() - report.started
+    log(f"timing v{version} (incremental): {len(stats)} people re-estimated, {report.people_written} curve rows "
+        f"written, {report.seconds['total']:.2f}s")
+    return report
+
+
+def _new_people(client: Client, database: str, ids: np.ndarray, committed: int) -> int:
+    """How many of these people had no committed curve yet."""
+    if ids.size == 0:
+        return 0
+    with incremental.scratch(client, database, "universal_id String") as table:
+        client.insert_arrow(table, pa.table({"universal_id": pa.array(ids, pa.string())}))
+        known = int(client.command(
+            f"SELECT uniqExact(universal_id) FROM {database}.timing_curves WHERE {versions.committed(database)} "
+            f"AND universal_id IN (SELECT universal_id FROM {table})"))
+    return int(ids.size) - known
+
+
+def stats_from_cells(cells: pa.Table, horizon: int) -> PersonStats:
+    """PersonStats from summed cells (incremental.read_cells: universal_id order, then cell)."""
+    ids = np.asarray(cells.column("universal_id").to_numpy(zero_copy_only=False), dtype=object)
+    n = ids.shape[0]
+    starts = np.flatnonzero(np.concatenate([[True], ids[1:] != ids[:-1]])) if n else np.zeros(0, np.int64)
+    messages = np.maximum(cells.column("messages").to_numpy().astype(np.float64), 0.0)
+    events = np.maximum(cells.column("events").to_numpy().astype(np.float64), 0.0)
+    fresh = np.maximum(cells.column("fresh").to_numpy().astype(np.float64), 0.0)
+    per = (lambda v: np.add.reduceat(v, starts)) if n else (lambda v: np.zeros(0))
+    return PersonStats(universal_id=ids[starts], offsets=np.append(starts, n).astype(np.int64),
+                       cell=cells.column("cell").to_numpy().astype(np.int64), messages=messages, events=events,
+                       fresh=fresh, engaged=np.round(per(events)), delivered=np.round(per(messages)), horizon=horizon)
+
+
+def write_curves(client: Client, database: str, f: Fit, version: int, changed: np.ndarray, stats_hash: np.ndarray,
+                 report: TimingReport) -> None:
+    """Estimate every person's curve in blocks and write the changed ones. One writer thread: block i goes over
+    the wire (and ClickHouse parses and sorts it) while numpy estimates block i + 1; at most one write in
+    flight, all of them done when this returns (before the commit marker)."""
     by_level: dict[str, int] = {"person": 0, "cohort": 0, "global": 0}
     cohorts = np.asarray(f.priors.cohorts, dtype=object)
-    # One writer thread: chunk i goes over the wire (and ClickHouse parses and sorts it) while numpy estimates
-    # chunk i + 1. At most one write in flight; the commit marker waits for all of them.
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="timing-write") as writer:
         pending: Future | None = None
         for lo in range(0, len(f.stats), CHUNK):
             hi = min(lo + CHUNK, len(f.stats))
             curves, evidence, engaged = f.curves(lo, hi)
-            lv = levels(engaged, f.cohort_index[lo:hi], params)
+            lv = levels(engaged, f.cohort_index[lo:hi], f.params)
             for name in by_level:
                 by_level[name] += int((lv == name).sum())
             mask = changed[lo:hi]
             if mask.any():
-                # everyone in the chunk changed (a full build): views instead of a fancy-indexed copy of the curves
+                # everyone in the block changed (a full build): views instead of a fancy-indexed copy of the curves
                 rows = slice(None) if mask.all() else np.flatnonzero(mask)
                 table = _curves_table(version, f.stats.universal_id[lo:hi][rows], curves[rows], evidence[rows],
                                       engaged[rows], f.stats.delivered[lo:hi][rows], lv[rows],
-                                      cohorts[f.cohort_index[lo:hi][rows]], new_hash[lo:hi][rows])
+                                      cohorts[f.cohort_index[lo:hi][rows]], stats_hash[lo:hi][rows])
                 if pending is not None:
                     pending.result()
                 pending = writer.submit(_insert_curves, client, database, table)
@@ -569,18 +696,6 @@ def materialize(client: Client, database: str, rules: SignalRules | None = None,
         if pending is not None:
             pending.result()
     report.by_level = by_level
-    t3 = time.perf_counter()
-    report.seconds["estimate_and_write"] = t3 - t2
-    metadata = {"identity_mark": mark, "shares": report.shares(), "totals": report.totals, "by_level": by_level,
-                "rules": rules.describe(), "params": params.to_dict(), "prior_drift": drift,
-                "seconds": report.seconds, "new_events": report.new_events}
-    versions.commit(client, database, version, report.run_id, "curves", report.people,
-                    calibration or Calibration.default().to_json(), report.people_written, metadata)
-    report.seconds["total"] = time.perf_counter() - t0
-    log(f"timing v{version}: {report.people} people ({by_level}), {report.people_written} curve rows written, "
-        f"{report.cohorts} cohorts, machine opens {report.shares()['machine_open_share']:.1%}, scanner clicks "
-        f"{report.shares()['scanner_click_share']:.1%}, {report.seconds['total']:.2f}s")
-    return report
 
 
 def _list(matrix: np.ndarray) -> pa.Array:

@@ -1,7 +1,7 @@
 """Signal cleaning rules: which opens and clicks are machines' (docs/TIMING.md, "Signal cleaning").
 
-The rules run in ClickHouse (sql/timing/messages.sql classifies each event and decides per message once
-its delivery time is known, in the same pass); this module holds their parameters.
+The rules run in ClickHouse (sql/timing/message_state.sql gathers each message's facts, message_outputs.sql
+decides once the message's delivery time is known); this module holds their parameters.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """Reading committed timing curves from ClickHouse, as columns (the API polls versions.latest_version and
 reloads).
 
-A run writes its timing_curves / timing_priors rows first and its timing_runs row last, so everything with a
-version <= max(timing_runs.version) is complete; rows above it (a run in progress or one that died) are
+A run writes its timing_curves / timing_priors rows first and its timing_runs row last, so every version a
+timing_runs row names is complete; rows of other versions (a run in progress or one that died) are
 ignored. Each person's newest committed row wins (incremental runs rewrite only changed people).
 """
 
@@ -17,6 +17,7 @@ import pyarrow as pa
 from clickhouse_connect.driver.client import Client
 
 from sendflowr.timing.decide import HOURS, Calibration
+from sendflowr.timing.versions import committed
 
 PHONE_COHORT = "phone:+"
 EMAIL_COHORT = "email:"
@@ -79,11 +80,11 @@ def load_snapshot(client: Client, database: str) -> TimingSnapshot | None:
         "SELECT universal_id, argMax(curve, version) AS curve, argMax(evidence, version) AS evidence, "
         "argMax(engagements, version) AS engagements, toString(argMax(fallback_level, version)) AS fallback_level, "
         "argMax(cohort, version) AS cohort, argMax(best_hour, version) AS best_hour "
-        f"FROM {database}.timing_curves WHERE version <= {{v:UInt64}} GROUP BY universal_id ORDER BY universal_id",
+        f"FROM {database}.timing_curves WHERE {committed(database)} GROUP BY universal_id ORDER BY universal_id",
         parameters=params, use_strings=True)
     priors = client.query_arrow(
         "SELECT toString(level) AS level, cohort, argMax(curve, version) AS curve, "
-        f"argMax(evidence, version) AS evidence FROM {database}.timing_priors WHERE version <= {{v:UInt64}} "
+        f"argMax(evidence, version) AS evidence FROM {database}.timing_priors WHERE {committed(database)} "
         "GROUP BY level, cohort", parameters=params, use_strings=True)
     n = curves.num_rows
     prior_levels = _strings(priors.column("level"))

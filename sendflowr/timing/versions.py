@@ -1,8 +1,9 @@
 """Timing versions, in one place: every write (curves, priors, an evaluation's calibration) carries the run's
 version, and a version exists for readers only once its `timing_runs` row is written, last (the commit marker).
 
-Readers (store.load_snapshot, the API) trust versions <= latest_version(); a dead run's rows stay invisible and
-the next run's version is above them (next_version counts uncommitted rows too).
+Readers (store.load_snapshot, the API) read rows whose version a commit marker names (`committed`); a dead
+run's rows stay invisible for good, and the next run's version is above them (next_version counts uncommitted
+rows too).
 """
 
 from __future__ import annotations
@@ -10,6 +11,12 @@ from __future__ import annotations
 import json
 
 from clickhouse_connect.driver.client import Client
+
+
+def committed(database: str, column: str = "version") -> str:
+    """SQL condition: the row's version was committed. (Not `version <= latest`: a run that died leaves rows
+    under a version below the next run's, and runs rewrite only what changed.)"""
+    return f"{column} IN (SELECT version FROM {database}.timing_runs)"
 
 
 def latest_version(client: Client, database: str) -> int | None:
@@ -21,10 +28,10 @@ def latest_version(client: Client, database: str) -> int | None:
 
 def next_version(client: Client, database: str) -> int:
     """Strictly above anything written, committed or not (a dead run's rows must never look committed)."""
-    row = client.query(
-        f"SELECT greatest((SELECT max(version) FROM {database}.timing_runs), "
-        f"(SELECT max(version) FROM {database}.timing_curves), "
-        f"(SELECT max(version) FROM {database}.timing_priors))").result_rows[0]
+    row = client.query("SELECT greatest(" + ", ".join(
+        f"(SELECT max(version) FROM {database}.{table})" for table in
+        ("timing_runs", "timing_curves", "timing_priors", "timing_cells", "timing_open_messages", "timing_models"))
+        + ")").result_rows[0]
     return int(row[0]) + 1
 
 
