@@ -13,7 +13,9 @@
    once and grouping them per person and hour), best of two;
 4. ours: `sendflowr.timing.run.materialize` from empty (one pass over the committed events: per-message signal
    cleaning, owner lookup, per-person statistics; estimation, curve writes, commit), with its phases;
-5. incremental: a rerun with no new events (nothing folded, no curve rewritten);
+5. a rerun with no new events (nothing to do), then an incremental run after +1% events (`--increment`): new
+   messages to people already known, committed as new ranges (sendflowr.timing.incremental: only the new events
+   are grouped, only the people they touch re-estimated), against the full build's wall and CPU;
 6. the floor any exposure-corrected build must pay, whatever its design: (a) a bare `GROUP BY` of the events on
    the message key with one count() (each engagement must meet its message's delivery time), best of two, and
    (b) writing the built timing_curves rows once into an empty copy of the table, with no computation: by the
@@ -82,7 +84,7 @@ FROM (
            p % 3 = 0 AS mpp, p % 33 = 1 AS scanner,
            addHours(toDateTime64('{base}', 3, 'UTC'),
                     (campaign * 37) % 24 * 7 + [8, 14, 15, 18, 3, 21][campaign % 6 + 1]) AS delivered
-    FROM numbers({events})
+    FROM numbers({start}, {events})
 )
 """
 
@@ -193,16 +195,21 @@ def estimate_only(client, db: str, cpu: Cpu) -> tuple[float, float, int]:
     return wall, py, len(f.stats)
 
 
-def load(client, db: str, people: int, events: int) -> None:
+def load(client, db: str, people: int, events: int, start: int = 0) -> None:
+    """Events [start, start + events) (event n of message n // 3, of a person drawn from the message: an
+    increment is new messages to people already known), their committed ranges; the identity tables first."""
     client.command(EVENTS_SQL.format(db=db, topic=TOPIC, partitions=PARTITIONS, people=people, events=events,
-                                     campaigns=max(events // 3 // max(people, 1) * 3, 12), base=BASE))
-    for sql in IDENTITY_SQL:
-        client.command(sql.format(db=db, people=people))
+                                     start=start, campaigns=max((start + events) // 3 // max(people, 1) * 3, 12),
+                                     base=BASE))
+    if start == 0:
+        for sql in IDENTITY_SQL:
+            client.command(sql.format(db=db, people=people))
     client.command(
         f"INSERT INTO {db}.ingest_ranges (kafka_topic, kafka_partition, start_offset, end_offset, state, run_id, "
-        f"messages, valid, rejected) SELECT '{TOPIC}', number, 0, {events}, 'committed', 'bench', 0, 0, 0 "
-        f"FROM numbers({PARTITIONS})")
-    client.command(f"OPTIMIZE TABLE {db}.events FINAL")
+        f"messages, valid, rejected) SELECT '{TOPIC}', number, {start}, {start + events}, 'committed', 'bench', "
+        f"0, 0, 0 FROM numbers({PARTITIONS})")
+    if start == 0:
+        client.command(f"OPTIMIZE TABLE {db}.events FINAL")
     settle(client, db)
 
 
@@ -221,6 +228,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--people", type=int, default=1_000_000)
     parser.add_argument("--events", type=int, default=20_000_000)
+    parser.add_argument("--increment", type=float, default=0.01, help="new events for the incremental run, as a "
+                        "share of --events")
     parser.add_argument("--keep", action="store_true", help="keep the temporary state directory")
     args = parser.parse_args()
 
@@ -256,6 +265,13 @@ def main() -> int:
         t = time.perf_counter()
         again = materialize(client, db, log=lambda line: print("  " + line, flush=True))
         rerun = time.perf_counter() - t
+
+        extra = max(int(args.events * args.increment), 3)
+        load(client, db, args.people, extra, start=args.events)  # not timed
+        inc, inc_wall, inc_ch, inc_py = cpu.timed(
+            lambda: materialize(client, db, log=lambda line: print("  " + line, flush=True)))
+        print(f"\nincremental run after +{extra:,} events ({args.increment:.0%}): {inc_wall:.2f}s, CPU {inc_ch:.2f}s "
+              f"chDB + {inc_py:.2f}s Python ({inc.people_written:,} curves rewritten)")
 
         settle(client, db)  # the build's curve parts merge in the background after it returns
         ((messages, _), group, group_ch, group_py), groups_wall = best_of_two(
@@ -304,6 +320,8 @@ def main() -> int:
         line("rules floor: sum (+ write)", rules_floor, rules_floor_cpu)
         print(f"rerun, nothing new             {rerun:>13.2f}s {rerun / anchor:6.2f}x "
               f"({again.people_written:,} curves rewritten)")
+        print(f"incremental, +{args.increment:.0%} events   {inc_wall:>13.2f}s {inc_wall / full:6.1%} of the full "
+              f"build; CPU {inc_ch + inc_py:.2f}s = {(inc_ch + inc_py) / (full_ch + full_py):.1%}")
         return 0
     finally:
         processes.stop(settings, chdb_server.PROCESS_NAME)
