@@ -1,5 +1,6 @@
 """Schedules: ingestion every minute (SENDFLOWR_INGEST_CRON), identity hourly (SENDFLOWR_IDENTITY_CRON), timing
-daily (SENDFLOWR_TIMING_CRON); each skips a tick while its previous run still runs."""
+daily (SENDFLOWR_TIMING_CRON); each skips a tick while its previous run still runs. With SENDFLOWR_INGEST_WRITERS
+= N > 1 an ingestion tick launches one run per writer slot whose previous run has ended (docs/INGESTION.md)."""
 
 
 from dagster import (
@@ -48,10 +49,33 @@ def _skipping_while_active(name: str, job, cron: str, what: str):
     return _schedule
 
 
+INGEST_SLOT_TAG = "sendflowr/ingest_slot"
+
+
+def _ingest_schedule(writers: int):
+    if writers == 1:
+        return _skipping_while_active("ingest_schedule", ingest_job, get_settings().ingest_cron, "Ingest new events")
+
+    @schedule(name="ingest_schedule", job=ingest_job, cron_schedule=get_settings().ingest_cron,
+              execution_timezone="UTC", default_status=DefaultScheduleStatus.RUNNING,
+              description=f"Ingest new events with {writers} writers at once, one run per partition slot; a slot "
+                          "skips a tick while its previous run is still in progress.")
+    def _schedule(context: ScheduleEvaluationContext):
+        requests = [
+            RunRequest(run_config={"ops": {"events": {"config": {"slot": slot, "writers": writers}}}},
+                       tags={INGEST_SLOT_TAG: str(slot)})
+            for slot in range(writers)
+            if not context.instance.get_run_records(
+                RunsFilter(job_name=ingest_job.name, statuses=_ACTIVE, tags={INGEST_SLOT_TAG: str(slot)}), limit=1)]
+        return requests or SkipReason(f"the previous run of each of the {writers} writer slots is still in progress")
+
+    return _schedule
+
+
 identity_job = define_asset_job("identity", selection=AssetSelection.assets("identity_graph"), tags=_max_runtime(3),
                                 description="Stitch the identifiers of newly ingested events into people.")
 
-ingest_schedule = _skipping_while_active("ingest_schedule", ingest_job, get_settings().ingest_cron, "Ingest new events")
+ingest_schedule = _ingest_schedule(get_settings().ingest_writers)
 identity_schedule = _skipping_while_active("identity_schedule", identity_job, get_settings().identity_cron,
                                            "Stitch identities of newly ingested events")
 

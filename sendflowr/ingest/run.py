@@ -1,14 +1,15 @@
 """One ingestion run: lease, plan, read, stage, load, commit. Safe to kill at any point and rerun.
 
 Order of effects (docs/INGESTION.md):
-  1. lease the topic (one writer at a time)      4. insert event_ids, events and rejects, each with
+  1. lease the writer's slot of the topic         4. insert event_ids, events and rejects, each with
   2. plan ranges, split them into attempts          a deduplication token derived from the ranges
   3. stage an attempt's raw messages (ClickHouse  5. record the ranges committed, then mirror the
      parses and validates them), then record its     offsets into the Kafka consumer group
      ranges planned
 Attempts load strictly one after another while the next one is read and staged. A crash before 5 leaves
 one attempt's 'planned' ranges that the next run replays byte-for-byte; the engine then drops the blocks
-it already has by their token."""
+it already has by their token. Writers of other slots (other partitions) run at the same time; they take
+turns only for the event-id section of 4 (sql/ingest/known_ids.sql and the event_ids insert)."""
 
 from __future__ import annotations
 
@@ -16,20 +17,29 @@ import contextlib
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 import numpy as np
 import pyarrow as pa
 from clickhouse_connect.driver.client import Client
 
+from sendflowr.cluster import consistency, retrying
 from sendflowr.ingest import consume, lease, plan
 from sendflowr.ingest.plan import OffsetRange
+from sendflowr.ingest.slots import WHOLE, Slot, parse_scope
 from sendflowr.settings import Settings
 from sendflowr.sql_files import load_sql
 
 ATTEMPTS_IN_FLIGHT = 2  # read, staged or loading but not yet committed
+# Writers of every slot (and topic) share `event_ids`: finding an attempt's known ids and adding its new ones is
+# one section under this lease, so two writers never both take the same event_id as new (docs/INGESTION.md).
+EVENT_IDS_LEASE = "ingest:event_ids"  # ':' is not allowed in Kafka topic names, so it never meets a real topic
+# The section lasts seconds; a holder that dies on another machine blocks the others until its lease expires,
+# so they wait out one lifetime of it before failing their attempt (replayed by the next run).
+EVENT_IDS_TTL = timedelta(minutes=5)
 # A total ORDER BY, one insert thread and row-count squashing make an INSERT ... SELECT build the same
 # blocks on a replay; the SELECT itself may read and sort with every core. force_enable: should the engine
 # ever judge the SELECT unstable, the insert fails instead of silently running without deduplication.
@@ -49,6 +59,7 @@ class IngestOptions:
     # Messages loaded as one attempt (one set of tokens). Reading the next attempt overlaps the load of
     # this one: smaller attempts overlap more but pay the fixed cost of an attempt more often.
     attempt_messages: int = 200_000
+    slot: Slot = WHOLE  # the partitions this writer owns (slots.py); other slots' writers may run at once
 
 
 @dataclass
@@ -102,16 +113,20 @@ def ingest_once(settings: Settings, client: Client, options: IngestOptions = Ing
                 ) -> IngestReport:
     run_id = run_id or f"ingest-{uuid.uuid4().hex[:12]}"
     hooks = hooks or Hooks()
-    database, topic = settings.clickhouse_database, settings.kafka_topic
+    database, topic, slot = settings.clickhouse_database, settings.kafka_topic, options.slot
+    state = consistency(settings)
     report = IngestReport(run_id=run_id, topic=topic)
     started = time.perf_counter()
     consumer = consume.make_consumer(settings)
     try:
-        with lease.ingest_lease(client, database, topic, run_id) as holder:
-            _drop_stale_staging(client, database)
+        with lease.ingest_lease(client, database, topic, run_id, slot=slot) as holder:
+            _drop_stale_staging(client, database, topic, slot)
             while True:
-                marks = consume.watermarks(consumer, topic)
-                work = plan.plan_ranges(client, database, topic, marks, options.max_messages_per_partition)
+                marks = _owned(consume.watermarks(consumer, topic), slot)
+                if not marks:
+                    log(f"writer slot {slot} owns no partition of {topic!r}: nothing to ingest")
+                    break
+                work = plan.plan_ranges(client, database, topic, marks, options.max_messages_per_partition, slot, state)
                 report.replayed |= work.replay
                 for partition, lost in work.skipped_by_retention.items():
                     report.skipped_by_retention[partition] = report.skipped_by_retention.get(partition, 0) + lost
@@ -121,15 +136,20 @@ def ingest_once(settings: Settings, client: Client, options: IngestOptions = Ing
                 # A replay must load exactly the crashed attempt's ranges again, as one attempt.
                 per_attempt = sum(r.size for r in work.ranges) if work.replay else options.attempt_messages
                 _run_pass(settings, client, consumer, work.ranges, per_attempt, run_id, options, report, log, hooks)
-                lease.renew(client, database, topic, holder)
+                lease.renew(client, database, topic, holder, slot=slot)
                 if not (options.until_caught_up or work.replay):
                     break
-            committed, _ = plan.ingestion_state(client, database, topic)
-            report.lag = consume.group_lag(consumer, topic, consume.watermarks(consumer, topic), committed)
+            committed, _ = plan.ingestion_state(client, database, topic, state)
+            report.lag = consume.group_lag(consumer, topic, _owned(consume.watermarks(consumer, topic), slot),
+                                           committed)
     finally:
         consumer.close()
     report.seconds = time.perf_counter() - started
     return report
+
+
+def _owned(marks: dict[int, plan.Watermarks], slot: Slot) -> dict[int, plan.Watermarks]:
+    return {p: m for p, m in marks.items() if slot.owns(p)}
 
 
 @dataclass
@@ -172,7 +192,8 @@ def _run_pass(settings: Settings, client: Client, consumer, ranges: list[OffsetR
                 finished = all(batch.read_through[p] >= end for p, end in ends.items())
                 if sum(t.num_rows for t in tables) >= _target(per_attempt, total, len(attempts), total - read_cut) \
                         or finished:
-                    attempt = _Attempt(f"{run_id}-{uuid.uuid4().hex[:8]}",
+                    # The id begins with the writer's scope: _drop_stale_staging finds a dead writer's rows by it.
+                    attempt = _Attempt(f"{options.slot.scope(topic)}~{run_id}-{uuid.uuid4().hex[:8]}",
                                        [OffsetRange(topic, p, cut[p], batch.read_through[p])
                                         for p in sorted(cut) if batch.read_through[p] > cut[p]])
                     if attempt.ranges:
@@ -231,37 +252,47 @@ def _load_attempt(previous: Future | None, staged: Future, settings: Settings, c
         previous.result()  # never load past an attempt that failed: its ranges must be replayed first
     staged.result()
     database, topic, ranges = settings.clickhouse_database, settings.kafka_topic, attempt.ranges
+    state = consistency(settings)
     try:
         # Planned only now, right before the first insert: at most one attempt is ever left to replay.
-        plan.record_ranges(client, database, ranges, "planned", run_id)
+        plan.record_ranges(client, database, ranges, "planned", run_id, consistency=state)
         log(f"staged attempt {attempt.id}: ClickHouse parsed and validated its messages")
         hooks.after_stage()
         params = {"attempt": attempt.id, "topic": topic, "partitions": [r.partition for r in ranges],
                   "starts": [r.start for r in ranges], "ends": [r.end for r in ranges],
                   "staged": attempt.staged, "known": 0}
         token = plan.attempt_token(ranges)
-        # Ids already ingested from other ranges, found once: both inserts below exclude them with a cheap probe.
-        known = client.command(_ingest_sql("known_ids", database), parameters=params)
-        params["known"] = known.written_rows
         new_events = _ingest_sql("new_events", database)
-        # event_ids first: a crash before `events` is written then replays both with the same tokens.
-        ids = client.command(
-            f"INSERT INTO {database}.event_ids (event_id, kafka_topic, kafka_partition, kafka_offset) "
-            f"SELECT event_id, kafka_topic, kafka_partition, kafka_offset FROM ({new_events})",
-            parameters=params, settings={**DETERMINISTIC_INSERT, "insert_deduplication_token": f"{token}:ids"})
-        hooks.after_insert("event_ids")
-        client.command(
-            f"INSERT INTO {database}.events ({EVENT_COLUMNS}) SELECT {EVENT_COLUMNS} FROM ({new_events})",
-            parameters=params, settings={**DETERMINISTIC_INSERT, "insert_deduplication_token": f"{token}:events"})
+        # One writer at a time from reading event_ids to adding to it: two writers holding copies of one event_id
+        # (an ESP resend into another partition) would otherwise both take it as new. A replay then also finds
+        # the same known ids as its first try: later writers saw the first try's ids and left them alone.
+        with lease.ingest_lease(client, database, EVENT_IDS_LEASE, attempt.id, ttl=EVENT_IDS_TTL,
+                                wait=2 * EVENT_IDS_TTL.total_seconds()):
+            # Ids already ingested from other ranges, found once: both inserts below exclude them with a cheap probe.
+            known = retrying(lambda: client.command(_ingest_sql("known_ids", database), parameters=params,
+                                                    settings=dict(state.read)))
+            params["known"] = known.written_rows
+            # event_ids first: a crash before `events` is written then replays both with the same tokens.
+            ids = _insert(client, f"INSERT INTO {database}.event_ids (event_id, kafka_topic, kafka_partition, "
+                                  f"kafka_offset) SELECT event_id, kafka_topic, kafka_partition, kafka_offset "
+                                  f"FROM ({new_events})", params, f"{token}:ids", state.write)
+            hooks.after_insert("event_ids")
+        _insert(client, f"INSERT INTO {database}.events ({EVENT_COLUMNS}) SELECT {EVENT_COLUMNS} FROM ({new_events})",
+                params, f"{token}:events", state.data)
         hooks.after_insert("events")
-        client.command(_ingest_sql("insert_rejected", database), parameters=params,
-                       settings={**DETERMINISTIC_INSERT, "insert_deduplication_token": f"{token}:rejected"})
+        _insert(client, _ingest_sql("insert_rejected", database), params, f"{token}:rejected", state.data)
         hooks.after_insert("rejected_events")
         stats = _range_stats(client, database, ranges, params, ids.written_rows, report, log)
-        plan.record_ranges(client, database, ranges, "committed", run_id, stats)
+        plan.record_ranges(client, database, ranges, "committed", run_id, stats, state)
     finally:
         attempt.loaded = True
         _drop_attempt(client, database, attempt.id)
+
+
+def _insert(client: Client, sql: str, params: dict, token: str, settings: Mapping[str, object]):
+    """One deterministic INSERT ... SELECT of the attempt with its deduplication token (so a retry is harmless)."""
+    return retrying(lambda: client.command(sql, parameters=params, settings={
+        **DETERMINISTIC_INSERT, **settings, "insert_deduplication_token": token}))
 
 
 SCRATCH_TABLES = ("ingest_staging", "ingest_known_ids")  # in memory, keyed by attempt_id (migrations 0011, 0012)
@@ -306,10 +337,16 @@ def _range_stats(client: Client, database: str, ranges: list[OffsetRange], param
     return stats
 
 
-def _drop_stale_staging(client: Client, database: str) -> None:
-    # Only the lease holder stages, so every row left behind belongs to a dead attempt.
+def _drop_stale_staging(client: Client, database: str, topic: str, slot: Slot) -> None:
+    """Delete scratch rows of dead attempts: those of any writer whose slot shares a partition with ours (our lease
+    excludes them all, also those of an earlier writer layout). Other slots' writers may be staging right now."""
     for table in SCRATCH_TABLES:
-        client.command(f"TRUNCATE TABLE {database}.{table}")
+        scopes = [scope for (scope,) in client.query(
+            f"SELECT DISTINCT splitByChar('~', attempt_id)[1] FROM {database}.{table}").result_rows]
+        dead = [scope for scope in scopes if parse_scope(scope)[0] == topic and parse_scope(scope)[1].overlaps(slot)]
+        if dead:
+            client.command(f"ALTER TABLE {database}.{table} DELETE WHERE splitByChar('~', attempt_id)[1] "
+                           "IN {dead:Array(String)}", parameters={"dead": dead})
 
 
 def _constant(value: str, rows: int) -> pa.Array:
