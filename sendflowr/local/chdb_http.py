@@ -91,8 +91,8 @@ class _EngineConnection:
     baseline: dict[str, str] = field(default_factory=dict)
 
     @classmethod
-    def open(cls, data_dir: Path) -> _EngineConnection:
-        conn = chdb.connect(str(data_dir))
+    def open(cls, data_dir: Path, config: Path | None = None) -> _EngineConnection:
+        conn = chdb.connect(f"{data_dir}?config-file={config}" if config else str(data_dir))
         database = conn.query("SELECT currentDatabase()", "TabSeparated").bytes().decode().strip()
         changed = conn.query("SELECT name, value FROM system.settings WHERE changed", "JSONCompact").bytes()
         baseline = {name: value for name, value in json.loads(changed)["data"]}
@@ -182,14 +182,14 @@ class ChdbEngine:
     parallel, so a long aggregation does not stall point lookups.
     """
 
-    def __init__(self, data_dir: Path, pool_size: int = 4):
+    def __init__(self, data_dir: Path, pool_size: int = 4, config: Path | None = None):
         self.data_dir = Path(data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._pool: queue.Queue[_EngineConnection] = queue.Queue()
         self._spool_dir = Path(tempfile.mkdtemp(prefix="sendflowr-chdb-inserts-"))
         try:
             for _ in range(pool_size):
-                self._pool.put(_EngineConnection.open(self.data_dir))
+                self._pool.put(_EngineConnection.open(self.data_dir, config))
         except Exception as exc:
             raise ClickHouseError(str(exc)) from exc
         with self._connection() as engine:

@@ -13,6 +13,7 @@ import socket
 import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from urllib.parse import parse_qsl, urlsplit
 
 from sendflowr.errors import SendflowrError
@@ -154,6 +155,16 @@ class ChdbHttpServer(ThreadingHTTPServer):
         super().__init__((host, port), _Handler)
 
 
+def engine_config(settings: Settings) -> Path | None:
+    """ClickHouse configuration for the engine when <home>/chdb-engine/config.d/ holds any (ZooKeeper for KeeperMap
+    in the cluster-mode tests): ClickHouse merges config.d/*.xml into the config.xml beside it."""
+    root = settings.home.absolute() / "chdb-engine"
+    if not any((root / "config.d").glob("*.xml")):
+        return None
+    (root / "config.xml").write_text("<clickhouse/>\n")
+    return root / "config.xml"
+
+
 def open_server(settings: Settings, host: str | None = None, port: int | None = None,
                 pool_size: int | None = None, verbose: bool = False) -> ChdbHttpServer:
     """Open the engine and bind the endpoint (not yet serving). Errors are specific and actionable."""
@@ -162,7 +173,7 @@ def open_server(settings: Settings, host: str | None = None, port: int | None = 
     if port:
         processes.require_free_port(host, port, "SENDFLOWR_CLICKHOUSE_URL")
     try:
-        engine = ChdbEngine(settings.chdb_data_dir, pool_size or default_pool_size())
+        engine = ChdbEngine(settings.chdb_data_dir, pool_size or default_pool_size(), engine_config(settings))
     except ClickHouseError as exc:
         hint = ""
         # chDB prints "Cannot lock file .../status" to stderr; its exception says only "Error initializing".
