@@ -62,8 +62,9 @@ def _ingest_schedule(writers: int):
                           "skips a tick while its previous run is still in progress.")
     def _schedule(context: ScheduleEvaluationContext):
         requests = [
-            RunRequest(run_config={"ops": {"events": {"config": {"slot": slot, "writers": writers}}}},
-                       tags={INGEST_SLOT_TAG: str(slot)})
+            # A run key per tick and slot: several requests of one tick need keys, and a key is launched only once.
+            RunRequest(run_key=f"{context.scheduled_execution_time}/{slot}", tags={INGEST_SLOT_TAG: str(slot)},
+                       run_config={"ops": {"events": {"config": {"slot": slot, "writers": writers}}}})
             for slot in range(writers)
             if not context.instance.get_run_records(
                 RunsFilter(job_name=ingest_job.name, statuses=_ACTIVE, tags={INGEST_SLOT_TAG: str(slot)}), limit=1)]

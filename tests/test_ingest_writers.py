@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import threading
+from datetime import UTC, datetime
 
 import pytest
 from test_ingest_exactly_once import (
@@ -253,3 +254,28 @@ def test_two_crashed_slot_attempts_are_replayed_one_by_one(settings: Settings, c
     assert report.lag == {p: 0 for p in high_watermarks(settings)}
     assert_exact(settings, corpus, ch)
     assert_bookkeeping_counts_each_message_once(settings, corpus, ch)
+
+
+# ------------------------------------------------------------------------------------------------ Dagster
+
+
+def test_the_schedule_launches_one_run_per_idle_slot() -> None:
+    from dagster import build_schedule_context, instance_for_test, validate_run_config
+
+    from sendflowr_assets.definitions import defs
+    from sendflowr_assets.schedules import INGEST_SLOT_TAG, _ingest_schedule
+
+    schedule, job = _ingest_schedule(3), defs.get_job_def("ingest_events")
+    with instance_for_test() as instance:
+        def tick() -> list:
+            context = build_schedule_context(instance=instance, scheduled_execution_time=datetime.now(UTC))
+            return schedule.evaluate_tick(context).run_requests
+
+        requests = tick()
+        assert [r.tags[INGEST_SLOT_TAG] for r in requests] == ["0", "1", "2"]
+        for slot, request in enumerate(requests):
+            config = validate_run_config(job, request.run_config)["ops"]["events"]["config"]
+            assert (config["slot"], config["writers"]) == (slot, 3)
+        assert len({r.run_key for r in requests}) == 3
+        instance.create_run_for_job(job_def=job, run_config=requests[1].run_config, tags=requests[1].tags)
+        assert [r.tags[INGEST_SLOT_TAG] for r in tick()] == ["0", "2"]  # slot 1's run has not ended yet
