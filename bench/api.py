@@ -1,18 +1,23 @@
 """Decision API benchmark over HTTP on loopback, with wrk as the load generator, against a bare FastAPI endpoint
 (constant JSON body) under the same uvicorn settings, measured in the same run.
 
-    .venv/bin/python bench/api.py [--people 200000] [--duration 10] [--connections 32]
+    .venv/bin/python bench/api.py [--people 200000] [--duration 10] [--connections 32] [--control-share 0.1]
+                                  [--no-decision-log]
 
 Needs `wrk` (the OS package `wrk`, e.g. `apt-get install wrk`).
 
-1. starts a private chDB endpoint (own port, temp home), applies the migrations and writes a materialized world
-   straight into the identity and timing tables (people with 1-3 identifiers, a curve each, priors, a commit);
+1. starts a private chDB endpoint and a private Kafka broker (own ports, temp home), applies the migrations and
+   writes a materialized world straight into the identity and timing tables (people with 1-3 identifiers, a
+   curve each, priors, a commit);
 2. starts two uvicorn processes with identical flags (1 worker, uvloop + httptools, no access log): the
-   decision API (`sendflowr_api.app:app`, which loads the snapshot) and the anchor `bench/api_bare.py`;
+   decision API (`sendflowr_api.app:app`, which loads the snapshot; its decision log ON, producing every decision
+   to the broker, and the demo's 10% control arm, unless --no-decision-log / --control-share say otherwise) and
+   the anchor `bench/api_bare.py`;
 3. max throughput: wrk POSTs decision bodies (a Lua script rotates through known people's identifiers; the bare
    endpoint gets the same bodies) -> requests/s, p50, p99 for both, and the ratio;
 4. latency under load: wrk paced (Lua `delay`) at half of the API's measured maximum -> p50/p99;
-5. batch: one POST /timing-decisions with 10,000 recipients, several times -> wall time per batch.
+5. batch: one POST /timing-decisions with 10,000 recipients, several times -> wall time per batch;
+6. the decision log's counts from /metrics: decisions queued, confirmed by Kafka, dropped (by reason).
 
 Nothing here is asserted; figures depend on the machine (2 cores shared with wrk and chDB here).
 """
@@ -40,7 +45,9 @@ from sendflowr.clickhouse import get_client
 from sendflowr.decisions.identity_map import TYPE_CODE
 from sendflowr.identity import graph
 from sendflowr.identity.normalize import normalize_many
+from sendflowr.kafka_io import ensure_topic
 from sendflowr.local import chdb_server, processes
+from sendflowr.local.kafka_broker import LocalKafka
 from sendflowr.local.processes import free_port
 from sendflowr.migrations import apply_migrations
 from sendflowr.settings import Settings
@@ -165,6 +172,25 @@ def show(name: str, r: dict) -> None:
           f"   errors {r['errors']}", flush=True)
 
 
+def show_decision_log(port: int, settle: float = 30.0) -> None:
+    """The decision log's counts once Kafka confirmed what it could (every decision of the run, single and batch)."""
+    def counts() -> dict[str, float]:
+        return {ln.rsplit(" ", 1)[0]: float(ln.rsplit(" ", 1)[1]) for ln in httpx.get(
+            f"http://127.0.0.1:{port}/metrics").text.splitlines() if ln.startswith("sendflowr_api_decision_log_")}
+
+    deadline = time.monotonic() + settle
+    found = counts()
+    while found.get("sendflowr_api_decision_log_pending", 0) > 0 and time.monotonic() < deadline:
+        time.sleep(0.5)
+        found = counts()
+    dropped = {k.split('"')[1]: int(v) for k, v in found.items()
+               if k.startswith("sendflowr_api_decision_log_dropped") and v}
+    print(f"\ndecision log: {'on' if found.get('sendflowr_api_decision_log_enabled') else 'OFF'}; "
+          f"{found.get('sendflowr_api_decision_log_queued_total', 0):,.0f} decisions queued, "
+          f"{found.get('sendflowr_api_decision_log_delivered_total', 0):,.0f} confirmed by Kafka, "
+          f"{found.get('sendflowr_api_decision_log_pending', 0):,.0f} pending, dropped {dropped or 'none'}", flush=True)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--people", type=int, default=200_000)
@@ -173,15 +199,25 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=10_000)
     parser.add_argument("--rounds", type=int, default=3, help="alternating bare/API rounds at full load")
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--control-share", type=float, default=0.1, help="the API's control arm (the demo's 10%%)")
+    parser.add_argument("--no-decision-log", action="store_true", help="run the API with its decision log off")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         print("wrk not found: install the OS package `wrk`", file=sys.stderr)
         return 2
 
     workdir = Path(tempfile.mkdtemp(prefix="sendflowr-bench-api-"))
-    settings = Settings(home=workdir, clickhouse_url=f"http://127.0.0.1:{free_port()}", clickhouse_database="bench")
+    settings = Settings(home=workdir, clickhouse_url=f"http://127.0.0.1:{free_port()}", clickhouse_database="bench",
+                        kafka_bootstrap_servers=f"127.0.0.1:{free_port()}", kafka_controller_port=free_port(),
+                        decision_log_topic="" if args.no_decision_log else "bench.decisions",
+                        api_control_share=args.control_share)
     procs: list[subprocess.Popen] = []
+    kafka = LocalKafka(settings) if settings.decision_log_topic else None
     try:
+        if kafka is not None:
+            print(f"starting Kafka for the decision log at {settings.kafka_bootstrap_servers}", flush=True)
+            kafka.start()
+            ensure_topic(settings, settings.decision_log_topic)
         print(f"starting chDB endpoint under {workdir}", flush=True)
         chdb_server.start_background(settings)
         apply_migrations(settings)
@@ -199,7 +235,9 @@ def main() -> int:
         wait_ready(f"http://127.0.0.1:{bare_port}/healthz")
         ready = httpx.get(f"http://127.0.0.1:{api_port}/readyz").json()
         print(f"API ready in {time.perf_counter() - t0:.1f}s: snapshot {ready['snapshot_version']}, "
-              f"{ready['people_with_curves']:,} curves, {ready['identifiers']:,} identifiers", flush=True)
+              f"{ready['people_with_curves']:,} curves, {ready['identifiers']:,} identifiers; decision log "
+              f"{'ON to ' + settings.decision_log_topic if settings.decision_log_topic else 'OFF'}, control share "
+              f"{settings.api_control_share:.0%}", flush=True)
 
         start = (datetime.now(UTC) + timedelta(days=1)).replace(minute=0, second=0, microsecond=0)
         window = {"send_after": start.strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -266,12 +304,15 @@ def main() -> int:
         print(f"\nbatch of {args.batch:,} recipients (POST /timing-decisions, {len(batch_body) / 1e6:.1f} MB body): "
               f"median {statistics.median(times) * 1000:.0f} ms, best {min(times) * 1000:.0f} ms over {len(times)}",
               flush=True)
+        show_decision_log(api_port)
         return 0
     finally:
         for proc in procs:
             os.killpg(proc.pid, signal.SIGTERM)
             proc.wait(timeout=30)
         processes.stop(settings, chdb_server.PROCESS_NAME)
+        if kafka is not None:
+            kafka.stop()
         shutil.rmtree(workdir, ignore_errors=True)
 
 

@@ -15,8 +15,9 @@
    can be faster than that);
 5. incremental: +1% events (new people and new identifiers for existing people), then +0.1%, each with a run;
 6. recall/precision: a synthetic world (sendflowr.synth, `--world-people`) straight into `events` of a second
-   database, stitched, and scored against its ground truth (`run.pairwise_score`), with the world's
-   cross-source identifier rates as configured and with them set to zero.
+   database, stitched, and scored against its ground truth (`sendflowr.identity.evaluate.score_identity`, as
+   bench/identity_quality.py does for the hard worlds), with the world's cross-source identifier rates as
+   configured and with them set to zero.
 
 Prints figures and ratios. Nothing here is asserted: see docs/IDENTITY-RESOLUTION.md.
 """
@@ -34,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
+from identity_quality import stitch_world  # bench/: the quality bench's world loader and scoring
 from scipy.sparse import csr_matrix
 from scipy.sparse.csgraph import connected_components
 
@@ -46,7 +47,7 @@ from sendflowr.local import chdb_server, processes
 from sendflowr.local.processes import free_port
 from sendflowr.migrations import apply_migrations
 from sendflowr.settings import Settings
-from sendflowr.synth import WorldConfig, build_world, iter_event_batches, write_ground_truth
+from sendflowr.synth import WorldConfig
 
 TOPIC = "bench.identity"
 PARTITIONS = 4
@@ -245,7 +246,9 @@ def read_graph(client, database: str) -> tuple[Nodes, Edges]:
     node_key = nt.column("node_key").to_numpy().astype(np.uint64)
     src = np.searchsorted(node_key, et.column("src").to_numpy().astype(np.uint64))
     dst = np.searchsorted(node_key, et.column("dst").to_numpy().astype(np.uint64))
-    nodes = Nodes(nt.column("node_type").to_numpy(), node_key, nt.column("first_ingested").to_numpy())
+    nodes = Nodes(nt.column("node_type").to_numpy(), node_key, nt.column("first_ingested").to_numpy(),
+                  active_from=nt.column("first_seen").to_numpy(), active_to=nt.column("last_seen").to_numpy(),
+                  events=nt.column("events").to_numpy())
     return nodes, Edges(src, dst, et.column("events").to_numpy(), et.column("first_seen").to_numpy())
 
 
@@ -275,47 +278,15 @@ def io_floor(client, database: str) -> tuple[float, float, int]:
     return min(reads), write, nodes.num_rows
 
 
-def _text(table: pa.Table, name: str) -> pa.Array:
-    col = table.column(name).combine_chunks()
-    if pa.types.is_dictionary(col.type):
-        col = col.dictionary_decode()
-    return pc.fill_null(col.cast(pa.string()), "")
-
-
 def world_score(base: Settings, people: int, bridges: bool) -> str:
     """Stitch a synthetic world (events inserted directly, no Kafka) and score it against its ground truth."""
     overrides = {} if bridges else {"klaviyo_phone_rate": 0.0, "klaviyo_external_rate": 0.0,
                                     "backend_email_rate": 0.0}
-    world = build_world(WorldConfig(people=people, **overrides))
     database = "bench_world" if bridges else "bench_world_nobridge"
-    settings = Settings(home=base.home, clickhouse_url=base.clickhouse_url, clickhouse_database=database)
-    apply_migrations(settings)
-    client = get_client(settings)
-    offset = bridging = 0
-    for batch in iter_event_batches(world):
-        ids = {name: _text(batch, name) for name in ("email", "klaviyo_id", "phone", "external_id")}
-        n = batch.num_rows
-        left = pc.or_(pc.not_equal(ids["email"], ""), pc.not_equal(ids["klaviyo_id"], ""))
-        right = pc.or_(pc.not_equal(ids["phone"], ""), pc.not_equal(ids["external_id"], ""))
-        bridging += pc.sum(pc.and_(left, right)).as_py() or 0
-        client.insert_arrow(f"{database}.events", pa.table(ids | {
-            "event_id": _text(batch, "event_id"), "event_type": _text(batch, "event_type"),
-            "occurred_at": batch.column("_ts").combine_chunks(), "person_key": ids["email"],
-            "esp": _text(batch, "esp"), "kafka_topic": pa.array(np.full(n, "bench.world"), pa.string()),
-            "kafka_partition": pa.array(np.zeros(n, np.uint32)),
-            "kafka_offset": pa.array(np.arange(offset, offset + n, dtype=np.uint64))}))
-        offset += n
-    client.insert(f"{database}.ingest_ranges", [["bench.world", 0, 0, offset, "committed", "bench", offset, offset, 0]],
-                  column_names=["kafka_topic", "kafka_partition", "start_offset", "end_offset", "state", "run_id",
-                                "messages", "valid", "rejected"])
-    truth_dir = base.home / database
-    write_ground_truth(world, truth_dir)
-    report = stitch_once(settings, client, log=lambda _: None)
-    score = run.pairwise_score(client, database, truth_dir / "identifiers.parquet")
+    report, score, events, bridging, _ = stitch_world(base, database, WorldConfig(people=people, **overrides))
     label = "cross-source rates as configured" if bridges else "cross-source rates 0"
-    return (f"synthetic world, {people:,} people, {label}: {offset:,} events ({bridging:,} carry email/klaviyo_id "
-            f"AND phone/external_id), {report.people_total:,} people found, pairwise precision "
-            f"{score.precision:.4f} recall {score.recall:.4f} over {score.identifiers:,} truth identifiers "
+    return (f"synthetic world, {people:,} people, {label}: {events:,} events ({bridging:,} carry email/klaviyo_id "
+            f"AND phone/external_id), {report.people_total:,} people found, {score.summary()} "
             f"({report.seconds:.1f}s)")
 
 

@@ -17,6 +17,7 @@ _COMMAND_MODULES = (
     "sendflowr.synth.cli",
     "sendflowr.local.stack",
     "sendflowr.connectors.cli",
+    "sendflowr.campaign.cli",
 )
 
 

@@ -14,7 +14,8 @@ from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import ClickHouseError as DriverError
 
 from sendflowr.errors import SendflowrError
-from sendflowr.settings import Settings
+from sendflowr.local.chdb_access import embedded_password
+from sendflowr.settings import Settings, reveal
 
 # The oldest ClickHouse SendFlowr runs on. Every load sends deduplicate_insert_select='force_enable': servers
 # before 25.12 reject the setting as unknown, 26.1 throws on our INSERT ... SELECT (dropping the setting there
@@ -27,6 +28,13 @@ class ClickHouseUnavailable(SendflowrError):
     pass
 
 
+def password_for(settings: Settings) -> str:
+    """The configured password, else the per-install one of the embedded endpoint when settings.clickhouse_url is
+    the endpoint this state directory started (chdb_access keeps it in <home>/secrets, for that URL only)."""
+    configured = reveal(settings.clickhouse_password)
+    if configured:
+        return configured
+    return embedded_password(settings) or ""
 class ClickHouseTooOld(SendflowrError):
     pass
 
@@ -51,7 +59,7 @@ def get_client(settings: Settings, *, with_database: bool = True, **kwargs) -> C
             port=settings.clickhouse_port,
             interface="https" if settings.clickhouse_url.startswith("https") else "http",
             username=settings.clickhouse_user,
-            password=settings.clickhouse_password,
+            password=password_for(settings),
             database=settings.clickhouse_database if with_database else "",
             # No HTTP session: sessions serialize a client's queries, and every SendFlowr client is shared
             # by threads (pipelined inserts) without needing temporary tables.

@@ -29,7 +29,7 @@ T = TypeVar("T")
 # Per-writer scratch: rows of the running attempt or identity run, read back by the same writer on the same server.
 LOCAL_TABLES = frozenset({
     "ingest_staging", "ingest_staging_in_memory", "ingest_known_ids", "ingest_inbox", "ingest_certified",
-    "identity_run_identifiers", "identity_run_nodes", "identity_run_edges", "identity_region",
+    "decision_log_staging", "identity_run_identifiers", "identity_run_nodes", "identity_run_edges", "identity_region",
 })
 # Linearizable in Keeper (sendflowr/ingest/lease.py): table -> its key column.
 KEEPER_MAP_TABLES = {"ingest_leases": "holder"}

@@ -47,7 +47,10 @@ def parse_occurred_at(value: str) -> datetime:
         raise InvalidEvent("occurred_at: needs an offset (Z or +hh:mm)")
     if value[-6:-5] in ("+", "-") and value[-2:].isdigit() and int(value[-2:]) > 59:
         raise InvalidEvent("occurred_at: offset minutes must be 00 to 59")  # fromisoformat takes +05:60
-    return parsed.astimezone(UTC)
+    try:
+        return parsed.astimezone(UTC)
+    except OverflowError:  # 0001-01-01T00:00:00+01:00 is before year 1 once in UTC
+        raise InvalidEvent("occurred_at: out of range once converted to UTC") from None
 
 
 def event_errors(event: Any, now: datetime | None = None) -> list[str]:

@@ -141,7 +141,8 @@ def _apply_events_ttl(client: Client, settings: Settings) -> None:
 def add_cli(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("migrate", help="apply the ClickHouse migrations in sql/migrations")
     parser.add_argument("--with-topic", action="store_true",
-                        help="also create the Kafka events topic if it is missing (the compose `migrate` service)")
+                        help="also create the Kafka events and decision-log topics if they are missing (the compose "
+                             "`migrate` service)")
     parser.set_defaults(handler=_cli_migrate)
 
 
@@ -152,7 +153,8 @@ def _cli_migrate(args, settings: Settings) -> int:
     if args.with_topic:
         from sendflowr.kafka_io import ensure_topic
 
-        created = ensure_topic(settings)
-        print(f"topic {settings.kafka_topic} " + ("created" if created else "already exists")
-              + f" on {settings.kafka_bootstrap_servers}")
+        for topic in filter(None, (settings.kafka_topic, settings.decision_log_topic)):
+            created = ensure_topic(settings, topic)
+            print(f"topic {topic} " + ("created" if created else "already exists")
+                  + f" on {settings.kafka_bootstrap_servers}")
     return 0

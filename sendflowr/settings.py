@@ -6,15 +6,24 @@ ClickHouse HTTP endpoint). Pointing the URLs at real servers needs no code chang
 
 from __future__ import annotations
 
+import re
 from functools import cached_property
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+
+
+def reveal(value: SecretStr | str | None) -> str:
+    """A secret's text (secrets are SecretStr so that repr, logs and tracebacks show `**********`)."""
+    if isinstance(value, SecretStr):
+        return value.get_secret_value()
+    return value or ""
 
 
 class Settings(BaseSettings):
@@ -32,8 +41,11 @@ class Settings(BaseSettings):
         "works by URL.",
     )
     clickhouse_user: str = Field(default="default", description="ClickHouse user.")
-    clickhouse_password: str = Field(default="", description="ClickHouse password (never stored in code).")
-    clickhouse_database: str = Field(default="sendflowr", description="Database holding every SendFlowr table.")
+    clickhouse_password: SecretStr = Field(
+        default=SecretStr(""), description="ClickHouse password (never stored in code). Empty with the embedded "
+        "endpoint: the per-install password it generated under <home>/secrets is used.")
+    clickhouse_database: str = Field(
+        default="sendflowr", description="Database holding every SendFlowr table (a plain SQL identifier).")
     clickhouse_ca_cert: str = Field(
         default="", description="PEM file of the CA that signed the ClickHouse server's certificate (https URLs); "
         "empty trusts the system's CAs (enough for ClickHouse Cloud).")
@@ -53,6 +65,9 @@ class Settings(BaseSettings):
 
     kafka_bootstrap_servers: str = Field(default="127.0.0.1:9092", description="Kafka bootstrap servers.")
     kafka_topic: str = Field(default="sendflowr.events", description="Topic carrying engagement events.")
+    decision_log_topic: str = Field(
+        default="sendflowr.decisions",
+        description="Topic carrying the decision log (every decision the API serves); empty turns the log off.")
     kafka_partitions: int = Field(default=4, ge=1, description="Partitions of the events topic when created.")
     kafka_replication_factor: int = Field(default=1, ge=1, description="Replication factor when created.")
     kafka_min_insync_replicas: int = Field(
@@ -94,10 +109,11 @@ class Settings(BaseSettings):
     ingest_cron: str = Field(default="* * * * *", description="Schedule of the ingestion asset (cron, UTC).")
     identity_cron: str = Field(default="0 * * * *", description="Schedule of the identity graph asset (cron, UTC).")
     timing_cron: str = Field(default="0 3 * * *", description="Schedule of the timing curves asset (cron, UTC).")
-    timing_open_weight: float = Field(
-        default=1.0, ge=0, description="Weight of a genuinely opened delivery in the timing signal.")
-    timing_click_weight: float = Field(
-        default=2.0, ge=0, description="Extra weight of a genuinely clicked delivery in the timing signal.")
+    uplift_cron: str = Field(default="15 * * * *", description="Schedule of the timing_uplift asset (cron, UTC).")
+    uplift_horizon_hours: int = Field(
+        default=72, ge=1, le=720,
+        description="A decision counts as engaged when its delivery is genuinely engaged with within this many "
+        "hours; younger deliveries are not scored yet.")
     timing_prior_strength: float = Field(
         default=1.0, gt=0,
         description="Pseudo-engagements of the cohort prior per hour in a person's curve (shrinkage strength).")
@@ -112,14 +128,32 @@ class Settings(BaseSettings):
 
     api_host: str = Field(default="127.0.0.1", description="Address the decision API binds.")
     api_port: int = Field(default=8000, description="Port of the decision API.")
-    api_key: str = Field(
-        default="", description="When set, the decision and lookup endpoints require it in the X-API-Key header.")
+    api_key: SecretStr = Field(
+        default=SecretStr(""), description="When set, the decision and lookup endpoints require it in the X-API-Key "
+        "header. Required for a non-loopback SENDFLOWR_API_HOST and for person lookups (/people).")
+    api_allow_unauthenticated: bool = Field(
+        default=False, description="Opt-out: let the API start on a non-loopback address without SENDFLOWR_API_KEY "
+        "(only behind something else that authenticates).")
+    api_max_body_bytes: int = Field(
+        default=16 * 1024 * 1024, ge=1024, description="Largest API request body accepted (413 above, before parsing).")
     api_snapshot_refresh_seconds: float = Field(
         default=5.0, gt=0, description="How often the API polls ClickHouse for a newer materialization to load.")
     api_batch_max_size: int = Field(
         default=10_000, ge=1, description="Most recipients one POST /timing-decisions request may carry.")
     api_normalize_cache_size: int = Field(
         default=100_000, ge=1, description="Identifiers unknown to the snapshot whose normalization the API caches.")
+    api_control_share: float = Field(
+        default=0.0, ge=0, le=1,
+        description="Share of decisions in the randomized control arm (a uniformly random moment in the window), "
+        "assigned by a hash of universal_id and campaign_id; 0 turns the control arm off.")
+    api_clock_offset_seconds: float = Field(
+        default=0.0, ge=0,
+        description="Simulation only: the API decides as if the time were this many seconds earlier "
+        "(`sendflowr campaign` replays campaigns in the past); keep 0.")
+    decision_log_queue_size: int = Field(
+        default=100_000, ge=1,
+        description="Most decisions the API holds for Kafka; beyond that, decisions are answered but their log "
+        "records are dropped and counted in /metrics.")
     dagster_port: int = Field(default=3000, description="Port of the Dagster UI (dagster dev).")
 
     webhooks_host: str = Field(default="127.0.0.1", description="Address the ESP webhook receiver binds.")
@@ -133,19 +167,29 @@ class Settings(BaseSettings):
     sendgrid_verification_key: str = Field(
         default="", description="SendGrid Signed Event Webhook public key (base64); when set, unsigned or "
         "badly signed SendGrid posts are rejected.")
-    mailgun_signing_key: str = Field(
-        default="", description="Secret: Mailgun HTTP webhook signing key; when set, every Mailgun post must "
-        "carry a valid, fresh, unused signature.")
-    klaviyo_webhook_secret: str = Field(
-        default="", description="Secret: Klaviyo system webhook secret; when set, Klaviyo-Signature is checked.")
+    mailgun_signing_key: SecretStr = Field(
+        default=SecretStr(""), description="Secret: Mailgun HTTP webhook signing key; when set, every Mailgun post "
+        "must carry a valid, fresh, unused signature.")
+    klaviyo_webhook_secret: SecretStr = Field(
+        default=SecretStr(""),
+        description="Secret: Klaviyo system webhook secret; when set, Klaviyo-Signature is checked.")
     sns_verify_signatures: bool = Field(
         default=True, description="Check SNS message signatures on /webhooks/ses (certificate fetched from "
         "sns.<region>.amazonaws.com only).")
     sns_topic_arns: str = Field(
-        default="", description="Comma-separated SNS topic ARNs accepted on /webhooks/ses; empty accepts any "
-        "topic whose signature verifies.")
-    webhooks_events_token: str = Field(
-        default="", description="Secret: bearer token required on /webhooks/events (our own contract) when set.")
+        default="", description="Comma-separated SNS topic ARNs accepted on /webhooks/ses; empty refuses every SNS "
+        "message (nothing is confirmed), `*` accepts any topic whose signature verifies.")
+    webhooks_events_token: SecretStr = Field(
+        default=SecretStr(""),
+        description="Secret: bearer token required on /webhooks/events (our own contract) when set.")
+    webhooks_routes: str = Field(
+        default="sendgrid,mailgun,ses,klaviyo,events",
+        description="Comma-separated webhook routes served; the others answer 404.")
+    webhooks_allow_unauthenticated: bool = Field(
+        default=False, description="Opt-out: let the receiver start on a non-loopback address with served routes "
+        "that have no key (only behind something else that authenticates).")
+    webhooks_max_records: int = Field(
+        default=10_000, ge=1, description="Most records one webhook request may carry (413 above).")
     webhooks_produce_timeout_seconds: float = Field(
         default=10.0, gt=0, description="How long a webhook request waits for Kafka to confirm its events "
         "before answering 503 (the provider then retries).")
@@ -157,6 +201,15 @@ class Settings(BaseSettings):
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"SENDFLOWR_CLICKHOUSE_URL must look like http://host:port, got {value!r}")
         return value.rstrip("/")
+
+    @field_validator("clickhouse_database")
+    @classmethod
+    def _database_is_identifier(cls, value: str) -> str:
+        # The name is written into SQL text (sql/ files, DDL): only a plain identifier is safe there.
+        if not _IDENTIFIER.match(value):
+            raise ValueError(f"SENDFLOWR_CLICKHOUSE_DATABASE must be a plain identifier ([A-Za-z_][A-Za-z0-9_]*, "
+                             f"at most 64 characters), got {value!r}")
+        return value
 
     @model_validator(mode="after")
     def _kafka_security_is_complete(self) -> Settings:
@@ -171,6 +224,12 @@ class Settings(BaseSettings):
             # acks=all could then never be satisfied: every produce would fail with NOT_ENOUGH_REPLICAS
             raise ValueError(f"SENDFLOWR_KAFKA_MIN_INSYNC_REPLICAS={self.kafka_min_insync_replicas} exceeds "
                              f"SENDFLOWR_KAFKA_REPLICATION_FACTOR={self.kafka_replication_factor}")
+        return self
+
+    @model_validator(mode="after")
+    def _decision_log_has_its_own_topic(self) -> Settings:
+        if self.decision_log_topic and self.decision_log_topic == self.kafka_topic:
+            raise ValueError("SENDFLOWR_DECISION_LOG_TOPIC must differ from SENDFLOWR_KAFKA_TOPIC")
         return self
 
     @cached_property
@@ -190,11 +249,9 @@ class Settings(BaseSettings):
         """These settings as SENDFLOWR_* variables, so a child process sees exactly the same ones."""
         env = {}
         for name in type(self).model_fields:
-            value = getattr(self, name)
-            if isinstance(value, SecretStr):
-                value = value.get_secret_value()
+            value: Any = getattr(self, name)
             if value is not None:
-                env[f"SENDFLOWR_{name.upper()}"] = str(value)
+                env[f"SENDFLOWR_{name.upper()}"] = reveal(value) if isinstance(value, SecretStr) else str(value)
         return env
 
     @property

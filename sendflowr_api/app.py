@@ -14,15 +14,27 @@ from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.types import ASGIApp
 
 from sendflowr import __version__
-from sendflowr.clickhouse import get_client
+from sendflowr.asgi_guard import RequestGuard
+from sendflowr.clickhouse import get_client, is_loopback
 from sendflowr.decisions.identity_map import NormalizeCache
+from sendflowr.decisions.log import DecisionLog
+from sendflowr.decisions.service import decision_clock
 from sendflowr.decisions.snapshot import SnapshotHolder
 from sendflowr.settings import Settings, get_settings
 from sendflowr_api import decisions, people
-from sendflowr_api.auth import key_digest, require_api_key
+from sendflowr_api.auth import (
+    API_KEY_HEADER,
+    UNAUTHORIZED_DETAIL,
+    check_exposure,
+    key_digest,
+    key_guard,
+    require_api_key,
+)
 from sendflowr_api.coalesce import Coalescer
+from sendflowr_api.decisions import _replay
 from sendflowr_api.metrics import Metrics, MetricsMiddleware
 from sendflowr_api.models import Health, Readiness
 from sendflowr_api.render import iso_z
@@ -33,7 +45,8 @@ from an in-memory snapshot that is refreshed in the background when a newer mate
 * **Decision**: trigger = best delivery moment in `[send_after, send_before)` minus `latency_estimate_seconds`.
 * **fallback_level**: `person` (their own curve), `cohort` (email domain / phone country prior), `global`.
 * **confidence_score**: probability that the chosen hour is within one hour of the person's true best hour.
-* **Authentication**: when the server has `SENDFLOWR_API_KEY`, send it in the `X-API-Key` header.
+* **Authentication**: when the server has `SENDFLOWR_API_KEY`, send it in the `X-API-Key` header. Without a key the
+  API serves decisions on a loopback address only, and person lookups (`/people`) not at all.
 * **Errors**: 422 lists each offending field (`loc`, `msg`); unknown fields are rejected.
 """
 
@@ -62,20 +75,54 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> Re
     return Response(orjson.dumps({"detail": detail}), status_code=422, media_type="application/json")
 
 
+def batch_limit(app: ASGIApp, limit: int) -> ASGIApp:
+    """POST /timing-decisions: the recipient count is checked on a fast parse of the (already bounded) body, before
+    FastAPI builds a model per recipient; an oversized list costs one orjson pass, not a million validations."""
+
+    async def guarded(scope, receive, send) -> None:
+        if scope["type"] != "http" or scope["path"] != "/timing-decisions" or scope["method"] != "POST":
+            return await app(scope, receive, send)
+        chunks, more = [], True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":
+                return await app(scope, _replay(b"".join(chunks), receive, message), send)
+            chunks.append(message.get("body", b""))
+            more = message.get("more_body", False)
+        raw = b"".join(chunks)
+        try:
+            recipients = orjson.loads(raw).get("recipients")
+        except (orjson.JSONDecodeError, AttributeError):
+            recipients = None  # FastAPI's own 422 says what is wrong with it
+        if isinstance(recipients, list) and len(recipients) > limit:
+            detail = [{"loc": ["body", "recipients"], "type": "too_long",
+                       "msg": f"at most {limit} recipients per request, got {len(recipients)}"}]
+            response = Response(orjson.dumps({"detail": detail}), status_code=422, media_type="application/json")
+            return await response(scope, receive, send)
+        await app(scope, _replay(raw, receive), send)
+
+    return guarded
+
+
 def create_app(settings: Settings | None = None, holder: SnapshotHolder | None = None,
                refresher: bool = True) -> FastAPI:
     """`holder`: a prepared snapshot holder (tests); `refresher`: poll ClickHouse in the background."""
     settings = settings or get_settings()
+    check_exposure(settings)
     if holder is None:
         holder = SnapshotHolder(lambda: get_client(settings, connect_timeout=2, send_receive_timeout=300),
                                 settings.clickhouse_database, settings.api_snapshot_refresh_seconds)
+
+    decision_log = DecisionLog(settings)  # every served decision to Kafka, off the request path
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         if refresher:
             holder.start()
+        decision_log.start()
         yield
         holder.stop()
+        decision_log.stop()
 
     # FastAPI's native OpenTelemetry is off: metrics are Prometheus (/metrics), and its per-request check for a
     # configured provider cost tens of microseconds on every request.
@@ -85,12 +132,23 @@ def create_app(settings: Settings | None = None, holder: SnapshotHolder | None =
     app.state.holder = holder
     app.state.api_key_digest = key_digest(settings.api_key)
     app.state.normalize_cache = NormalizeCache(settings.api_normalize_cache_size)
-    app.state.coalescer = Coalescer(app.state.normalize_cache)
-    app.state.metrics = Metrics(holder, app.state.coalescer)
+    app.state.clock = decision_clock(settings.api_clock_offset_seconds)
+    app.state.decision_log = decision_log
+    app.state.coalescer = Coalescer(app.state.normalize_cache, app.state.clock, settings.api_control_share,
+                                    decision_log)
+    app.state.metrics = Metrics(holder, app.state.coalescer, decision_log)
     app.state.query_client = None
     app.add_middleware(MetricsMiddleware, metrics_of=lambda scope: scope["app"].state.metrics)
+    digest = app.state.api_key_digest
+    app.add_middleware(batch_limit, limit=settings.api_batch_max_size)
+    # Outermost: refused requests (cross-origin pages, a missing key, oversized bodies) cost no parsing at all.
+    app.add_middleware(RequestGuard, browsers="same-origin", loopback=is_loopback(settings.api_host),
+                       max_body_bytes=settings.api_max_body_bytes,
+                       authorized=key_guard(digest, app.state.metrics.auth_failures.inc) if digest else None,
+                       unauthorized=(UNAUTHORIZED_DETAIL, ((b"www-authenticate", API_KEY_HEADER.encode()),)),
+                       loopback_only=digest is None and not settings.api_allow_unauthenticated)
     # Only with a key configured: an unused dependency still costs its solving on every request.
-    protected = [Depends(require_api_key)] if settings.api_key else []
+    protected = [Depends(require_api_key)] if digest else []
     for router, tags in ((decisions.router, ["decisions"]), (people.router, ["people"])):
         _add_routes(app, router, tags, protected)
 

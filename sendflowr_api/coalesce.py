@@ -4,22 +4,30 @@ Each request handler parks its request and awaits a future; the first one schedu
 the flush runs after every request already made ready in the same event-loop turn has parked its own. The flush
 hands them all to `decide_requests`, one vectorized `decide_many` call instead of one per request, which is what
 keeps single-decision throughput close to the bare framework under load. With one request in flight the batch
-has one row and nothing waits longer than a loop turn.
+has one row and nothing waits longer than a loop turn. The flush also hands its decisions to the decision log in
+one record (a queue append; encoding and Kafka happen on the log's own thread).
 """
 
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime
+from collections.abc import Callable
+from datetime import datetime
 
+from sendflowr.decisions import records
 from sendflowr.decisions.identity_map import NormalizeCache
-from sendflowr.decisions.service import DecisionRequest, DecisionResult, decide_requests
+from sendflowr.decisions.log import DecisionLog
+from sendflowr.decisions.service import DecisionRequest, DecisionResult, decide_requests, decision_clock
 from sendflowr.decisions.snapshot import DecisionSnapshot
 
 
 class Coalescer:
-    def __init__(self, cache: NormalizeCache) -> None:
+    def __init__(self, cache: NormalizeCache, clock: Callable[[], datetime] | None = None,
+                 control_share: float = 0.0, decision_log: DecisionLog | None = None) -> None:
         self.cache = cache
+        self.clock = clock or decision_clock()
+        self.control_share = control_share
+        self.decision_log = decision_log
         self._pending: list[tuple[DecisionSnapshot, DecisionRequest, asyncio.Future]] = []
         self._scheduled = False
         self.flushes = 0
@@ -37,17 +45,19 @@ class Coalescer:
 
     def _flush(self) -> None:
         pending, self._pending, self._scheduled = self._pending, [], False
-        now = datetime.now(UTC)
+        now = self.clock()
         groups: dict[int, list] = {}
         for item in pending:  # a refresh may have swapped the snapshot between two requests of one turn
             groups.setdefault(id(item[0]), []).append(item)
         self.flushes += 1
         self.decided += len(pending)
         for items in groups.values():
+            requests = [item[1] for item in items]
             try:
-                results = decide_requests(items[0][0], self.cache, [item[1] for item in items], now)
+                results = decide_requests(items[0][0], self.cache, requests, now, self.control_share)
             except Exception as exc:  # a bug must fail these requests, not leave them hanging
                 results = [exc] * len(items)
+            self._log(items[0][0], now, requests, results)
             for (_, _, future), result in zip(items, results, strict=True):
                 if future.cancelled():
                     continue
@@ -55,3 +65,12 @@ class Coalescer:
                     future.set_exception(result)
                 else:
                     future.set_result(result)
+
+    def _log(self, snapshot: DecisionSnapshot, now: datetime, requests: list, results: list) -> None:
+        if self.decision_log is None:
+            return
+        decided = [i for i, r in enumerate(results) if isinstance(r, DecisionResult)]
+        if len(decided) < len(results):
+            requests, results = [requests[i] for i in decided], [results[i] for i in decided]
+        self.decision_log.offer(len(results), records.singles, records.epoch_ms(now), snapshot.version,
+                                self.control_share, requests, results)

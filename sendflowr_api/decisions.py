@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from datetime import UTC, datetime
 
 import orjson
 from fastapi import APIRouter, Request
@@ -14,6 +13,8 @@ from fastapi.routing import APIRoute
 from pydantic import ValidationError
 from starlette.middleware.body_limit import MAX_BODY_SIZE_SCOPE_KEY
 
+from sendflowr.decisions import records
+from sendflowr.decisions.arms import CONTROL, TREATMENT
 from sendflowr.decisions.redact import redact_identifiers
 from sendflowr.decisions.service import DecisionError, DecisionRequest, UnusableIdentifiers, decide_batch
 from sendflowr_api.auth import UNAUTHORIZED, key_matches, require_api_key
@@ -107,7 +108,8 @@ async def timing_decision(body: TimingDecisionRequest, request: Request) -> Resp
     identifiers = body.identifiers()
     try:
         result = await request.app.state.coalescer.decide(snapshot, DecisionRequest(
-            identifiers, body.universal_id, body.send_after, body.send_before, body.latency_estimate_seconds))
+            identifiers, body.universal_id, body.send_after, body.send_before, body.latency_estimate_seconds,
+            body.campaign_id, body.message_id))
     except UnusableIdentifiers as exc:
         metrics.decision_errors.labels("single", "identifiers").inc()
         return _unprocessable([(f if f in IDENTIFIER_FIELDS else "identifiers", msg, "unusable_identifier")
@@ -115,7 +117,7 @@ async def timing_decision(body: TimingDecisionRequest, request: Request) -> Resp
     except DecisionError as exc:
         metrics.decision_errors.labels("single", exc.field).inc()
         return _unprocessable([(exc.field, str(exc), "undecidable")])
-    metrics.single_decision(result.fallback_level)
+    metrics.single_decision(result.fallback_level, result.arm)
     if log.isEnabledFor(logging.DEBUG):
         log.debug("decision %s %s -> %s (%s)", redact_identifiers(identifiers), result.universal_id,
                   result.trigger_at.isoformat(), result.fallback_level)
@@ -129,6 +131,7 @@ async def timing_decision(body: TimingDecisionRequest, request: Request) -> Resp
         "known_person": result.known_person,
         "explanation": result.explanation,
         "snapshot_version": snapshot.version,
+        "arm": result.arm,
     }), media_type=_JSON)
 
 
@@ -138,8 +141,10 @@ router.add_api_route(
     summary="When to trigger one send",
     description="Resolves the identifiers to a universal_id (unknown people get the id stitching will assign), "
     "takes their curve (person, else cohort, else global) and returns the trigger moment: the best delivery "
-    "moment in [send_after, send_before) minus the latency. 422 names the field at fault: malformed or naive "
-    "timestamps, send_before not after send_after, a window already past or too short for the latency, "
+    "moment in [send_after, send_before) minus the latency; in the randomized control arm (`arm: control`, "
+    "SENDFLOWR_API_CONTROL_SHARE of decisions) a uniformly random moment instead. Every decision is recorded in "
+    "the decision log with the optional campaign_id and message_id. 422 names the field at fault: malformed or "
+    "naive timestamps, send_before not after send_after, a window already past or too short for the latency, "
     "negative or absurd latency, no usable identifier, unknown fields.")
 
 
@@ -147,9 +152,12 @@ router.add_api_route(
     "/timing-decisions", response_model=BatchDecisionResponse, responses={**UNAUTHORIZED, **NOT_READY},
     summary="When to trigger every send of a campaign",
     description="One window and latency for up to SENDFLOWR_API_BATCH_MAX_SIZE recipients (10,000 by default). "
-    "Decisions come back in request order with their `index`. A recipient that cannot be decided (no usable "
-    "identifier, window too short for the latency) gets an `error` and the others are unaffected; a malformed "
-    "request (bad window, wrong types, unknown fields, too many recipients) is a 422 for the whole batch.")
+    "Decisions come back in request order with their `index` and `arm` (the control arm gets a uniformly random "
+    "moment; a recipient's arm is the one a single call with the same campaign_id gets). A recipient that cannot be "
+    "decided (no usable identifier, window too short for the latency) gets an `error` and the others are "
+    "unaffected; a malformed request (bad window, wrong types, unknown fields, too many recipients) is a 422 for "
+    "the whole batch. Every decision is recorded in the decision log with the batch's campaign_id and each "
+    "recipient's message_id.")
 def timing_decisions(body: BatchDecisionRequest, request: Request) -> Response:
     # a plain def: a large batch runs in the thread pool instead of stalling the event loop
     snapshot = current_snapshot(request)
@@ -158,27 +166,37 @@ def timing_decisions(body: BatchDecisionRequest, request: Request) -> Response:
     if len(recipients) > limit:
         raise RequestValidationError([{"loc": ("body", "recipients"), "type": "too_long",
                                        "msg": f"at most {limit} recipients per request, got {len(recipients)}"}])
+    state = request.app.state
+    share = state.settings.api_control_share
     columns = {f: [getattr(r, f) for r in recipients] for f in IDENTIFIER_FIELDS}
-    result = decide_batch(snapshot, request.app.state.normalize_cache, columns,
-                          [r.universal_id for r in recipients], body.send_after, body.send_before,
-                          body.latency_estimate_seconds, datetime.now(UTC))
+    now = state.clock()
+    result = decide_batch(snapshot, state.normalize_cache, columns, [r.universal_id for r in recipients],
+                          body.send_after, body.send_before, body.latency_estimate_seconds, now, share,
+                          body.campaign_id)
     trigger, delivery = iso_z_many(result.trigger_at), iso_z_many(result.delivery_at)
     confidence = result.confidence.round(2).tolist()
     levels, known, uids = result.fallback_level.tolist(), result.known_person.tolist(), result.universal_id.tolist()
+    control = result.control.tolist()
     items = []
     for i, field in enumerate(result.error_field):
         if field is None:
             items.append({"index": i, "universal_id": uids[i], "trigger_timestamp_utc": trigger[i],
                           "confidence_score": confidence[i], "delivery_timestamp_utc": delivery[i],
-                          "fallback_level": levels[i], "known_person": known[i]})
+                          "fallback_level": levels[i], "known_person": known[i],
+                          "arm": CONTROL if control[i] else TREATMENT})
         else:
             items.append({"index": i, "universal_id": uids[i] or None, "known_person": known[i],
                           "error": {"field": field, "message": result.error_message[i]}})
     failed = sum(f is not None for f in result.error_field)
-    metrics = request.app.state.metrics
+    state.decision_log.offer(len(items) - failed, records.batch, records.epoch_ms(now), snapshot.version, share,
+                             body.campaign_id, [r.message_id for r in recipients], records.epoch_ms(body.send_after),
+                             records.epoch_ms(body.send_before), body.latency_estimate_seconds, result)
+    metrics = state.metrics
     for level, count in Counter(levels).items():
         if level is not None:  # failed rows carry no level
             metrics.decisions.labels("batch", level).inc(count)
+    if in_control := sum(control):
+        metrics.control_decisions.labels("batch").inc(in_control)
     if failed:
         metrics.decision_errors.labels("batch", "recipients").inc(failed)
     log.info("batch of %d recipients: %d decided, %d failed (snapshot %s)", len(items), len(items) - failed, failed,

@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+from sendflowr.decisions.arms import CONTROL
 from sendflowr.decisions.snapshot import SnapshotHolder
 
 # Known routes only, so a scan of random paths cannot explode label cardinality.
@@ -63,8 +64,40 @@ class _CoalescerCollector:
             yield family
 
 
+class _DecisionLogCollector:
+    """The decision log's counts (sendflowr.decisions.log), read at scrape time: what reached Kafka and, by reason,
+    what did not (a decision is always answered; only its record can be lost)."""
+
+    def __init__(self, decision_log) -> None:
+        self.decision_log = decision_log
+
+    def collect(self):
+        stats = self.decision_log.stats()
+        enabled = GaugeMetricFamily("sendflowr_api_decision_log_enabled",
+                                    "1 when decisions are recorded (SENDFLOWR_DECISION_LOG_TOPIC is set)")
+        enabled.add_metric([], 1.0 if stats["enabled"] else 0.0)
+        yield enabled
+        for name, doc, key in (
+            ("sendflowr_api_decision_log_queued", "Decisions queued for the decision log", "queued"),
+            ("sendflowr_api_decision_log_delivered", "Decisions the decision log's Kafka topic confirmed", "delivered"),
+        ):
+            family = CounterMetricFamily(name, doc)
+            family.add_metric([], stats[key])
+            yield family
+        dropped = CounterMetricFamily("sendflowr_api_decision_log_dropped",
+                                      "Decisions answered but not recorded, by reason (disabled, queue_full, "
+                                      "producer_full, delivery_failed, encode_failed, shutdown)", labels=["reason"])
+        for reason, count in stats["dropped"].items():
+            dropped.add_metric([reason], count)
+        yield dropped
+        pending = GaugeMetricFamily("sendflowr_api_decision_log_pending",
+                                    "Decisions queued or in flight to Kafka, not yet confirmed")
+        pending.add_metric([], stats["pending"])
+        yield pending
+
+
 class Metrics:
-    def __init__(self, holder: SnapshotHolder, coalescer=None) -> None:
+    def __init__(self, holder: SnapshotHolder, coalescer=None, decision_log=None) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter("sendflowr_api_requests", "HTTP requests by route and status",
                                 ["route", "status"], registry=self.registry)
@@ -76,16 +109,23 @@ class Metrics:
                                        ["endpoint", "field"], registry=self.registry)
         self.auth_failures = Counter("sendflowr_api_auth_failures", "Requests refused for a missing/invalid key",
                                      registry=self.registry)
+        self.control_decisions = Counter("sendflowr_api_control_decisions",
+                                         "Decisions served in the randomized control arm, by endpoint", ["endpoint"],
+                                         registry=self.registry)
+        if decision_log is not None:
+            self.registry.register(_DecisionLogCollector(decision_log))
         self.registry.register(_SnapshotCollector(holder))
         if coalescer is not None:  # requests per flush = decisions / flushes: how much coalescing happens
             self.registry.register(_CoalescerCollector(coalescer))
         self._children: dict = {}  # resolved label children, by (route, status) or fallback level
 
-    def single_decision(self, level: str) -> None:
+    def single_decision(self, level: str, arm: str) -> None:
         child = self._children.get(level)
         if child is None:
             child = self._children[level] = self.decisions.labels("single", level)
         child.inc()
+        if arm == CONTROL:
+            self.control_decisions.labels("single").inc()
 
     def observe(self, route: str, status: int, seconds: float) -> None:
         key = (route, status)

@@ -62,6 +62,18 @@ def _identifier(description: str, example: str, max_length: int = 320):
     return Field(default=None, min_length=1, max_length=max_length, description=description, examples=[example])
 
 
+# Optional labels the decision log records with each decision (the event contract's limits, 256 characters).
+CAMPAIGN_ID = Field(
+    default=None, min_length=1, max_length=256, examples=["cmp_2026_spring_sale"],
+    description="Your campaign's id. Recorded in the decision log; with the universal_id it decides the arm (the "
+    "same person and campaign always get the same arm). Without it a person's arm is the same for every request.")
+MESSAGE_ID = Field(
+    default=None, min_length=1, max_length=256, examples=["msg_8c1f2e"],
+    description="The id your ESP will report on this message's events (the events' message_id). Recorded in the "
+    "decision log so that the uplift asset joins the decision to its delivery exactly; without it, to the "
+    "person's delivery nearest the chosen moment.")
+
+
 class IdentifierFields(BaseModel):
     """Who: any subset of identifiers."""
 
@@ -98,6 +110,8 @@ class Recipient(IdentifierFields):
     milliseconds. A recipient without any identifier gets a per-recipient error, like any other that cannot be
     decided."""
 
+    message_id: Text | None = MESSAGE_ID
+
 
 class Window(BaseModel):
     """When: the delivery window and how long the ESP takes to deliver."""
@@ -127,8 +141,17 @@ class TimingDecisionRequest(Identifiers, Window):
         "email": "user@example.com", "klaviyo_id": "k_abc123", "send_after": "2026-01-10T00:00:00Z",
         "send_before": "2026-01-17T00:00:00Z", "latency_estimate_seconds": 300}]})
 
+    campaign_id: Text | None = CAMPAIGN_ID
+    message_id: Text | None = MESSAGE_ID
+
 
 FallbackLevel = Literal["person", "cohort", "global"]
+Arm = Literal["treatment", "control"]
+ARM_DESCRIPTION = ("`treatment`: the model's best moment; `control`: a uniformly random moment in the window, for "
+                   "the randomized control arm (SENDFLOWR_API_CONTROL_SHARE of decisions, by universal_id and "
+                   "campaign_id) that measures SendFlowr's uplift on your list (docs/EVALUATION.md). A control "
+                   "decision keeps the confidence and fallback level of the model's choice, so acting on them "
+                   "treats both arms alike.")
 
 
 class TimingDecision(BaseModel):
@@ -149,6 +172,7 @@ class TimingDecision(BaseModel):
     known_person: bool = Field(description="True when the person exists in the materialized identity graph.")
     explanation: str = Field(description="Human-readable reason: curve used, evidence, margin.")
     snapshot_version: str = Field(description="Version of the materialized data that decided.")
+    arm: Arm = Field(description=ARM_DESCRIPTION)
 
 
 class FieldError(BaseModel):
@@ -166,6 +190,7 @@ class BatchDecisionRequest(Window):
 
     recipients: list[Recipient] = Field(min_length=1, description="Recipients, each with at least one "
                                         "identifier. At most SENDFLOWR_API_BATCH_MAX_SIZE per request.")
+    campaign_id: Text | None = CAMPAIGN_ID
 
 
 class BatchDecisionItem(BaseModel):
@@ -178,6 +203,7 @@ class BatchDecisionItem(BaseModel):
     known_person: bool | None = None
     error: FieldError | None = Field(default=None, description="Why this recipient got no decision (the other "
                                      "recipients are unaffected).")
+    arm: Arm | None = Field(default=None, description=ARM_DESCRIPTION)
 
 
 class BatchDecisionResponse(BaseModel):

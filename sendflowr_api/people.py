@@ -2,7 +2,8 @@
 
 The id, merges and curve come from the in-memory snapshot; the identifier list is one parameterized point
 query on identity_nodes (lookups are for people and support tools, not the hot path). Identifiers travel in a
-POST body, never in a URL, so access logs and proxies do not record them.
+POST body, never in a URL, so access logs and proxies do not record them. A lookup returns every identifier of
+a person, so it needs the API key: without SENDFLOWR_API_KEY these routes answer 403.
 """
 
 from __future__ import annotations
@@ -26,6 +27,15 @@ from sendflowr_api.render import iso_z
 
 router = APIRouter(tags=["people"])  # the API-key dependency is added by create_app when a key is set
 TOP_HOURS = 5
+NO_KEY = {403: {"description": "The API has no SENDFLOWR_API_KEY: person lookups are off.",
+                "content": {"application/json": {"example": {"detail": "person lookups need SENDFLOWR_API_KEY"}}}}}
+
+
+def _require_configured_key(request: Request) -> None:
+    # Knowing one email must not reveal a person's phone, ids and other addresses to whoever can reach the API.
+    if request.app.state.api_key_digest is None:
+        raise HTTPException(status_code=403, detail="person lookups return a person's identifiers and need "
+                            "SENDFLOWR_API_KEY on the server (and the key in X-API-Key)")
 
 
 def _identifiers(request: Request, snapshot: DecisionSnapshot, uid: int, universal_id: str) -> dict[str, list[dict]]:
@@ -72,11 +82,12 @@ def _person(request: Request, snapshot: DecisionSnapshot, uid: int, known: bool,
     }
 
 
-@router.post("/people/lookup", response_model=Person, responses={**UNAUTHORIZED, **NOT_READY},
+@router.post("/people/lookup", response_model=Person, responses={**UNAUTHORIZED, **NO_KEY, **NOT_READY},
              summary="Find a person by any identifier",
              description="Resolves like /timing-decision. An unknown person is answered too (known_person false) "
              "with the universal_id stitching will assign and the cohort/global curve that would decide.")
 def lookup(body: Identifiers, request: Request) -> dict:
+    _require_configured_key(request)
     snapshot = current_snapshot(request)
     res = resolve(snapshot.identity, request.app.state.normalize_cache,
                   {k: [v] for k, v in body.identifiers().items() if v is not None}, [body.universal_id], 1)
@@ -89,11 +100,13 @@ def lookup(body: Identifiers, request: Request) -> dict:
 
 
 @router.get("/people/{universal_id}", response_model=Person,
-            responses={**UNAUTHORIZED, **NOT_READY, 404: {"description": "No such universal_id (never assigned)."}},
+            responses={**UNAUTHORIZED, **NO_KEY, **NOT_READY,
+                       404: {"description": "No such universal_id (never assigned)."}},
             summary="A person by universal_id", description="An id merged into another person answers with the "
             "survivor (`redirected_from` shows the requested id).")
 def person(universal_id: Annotated[str, Path(pattern=UID_PATTERN, examples=["sf_b8783dbfc0024695"])],
            request: Request) -> dict:
+    _require_configured_key(request)
     snapshot = current_snapshot(request)
     requested = graph.parse_uid(np.array([universal_id], "U19"))
     survivor, known = snapshot.identity.survivors(requested)

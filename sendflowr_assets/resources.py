@@ -20,8 +20,10 @@ class SendflowrResource(ConfigurableResource):
     clickhouse_database: str
     kafka_bootstrap_servers: str
     kafka_topic: str
+    decision_log_topic: str | None = None  # None: SENDFLOWR_DECISION_LOG_TOPIC
 
     def settings(self) -> Settings:
+        extra = {} if self.decision_log_topic is None else {"decision_log_topic": self.decision_log_topic}
         return Settings(
             clickhouse_url=self.clickhouse_url,
             clickhouse_user=self.clickhouse_user,
@@ -29,6 +31,7 @@ class SendflowrResource(ConfigurableResource):
             clickhouse_database=self.clickhouse_database,
             kafka_bootstrap_servers=self.kafka_bootstrap_servers,
             kafka_topic=self.kafka_topic,
+            **extra,
         )
 
     def client(self) -> Client:
@@ -46,4 +49,5 @@ def default_resource(settings: Settings | None = None) -> SendflowrResource:
         clickhouse_database=settings.clickhouse_database,
         kafka_bootstrap_servers=settings.kafka_bootstrap_servers,
         kafka_topic=settings.kafka_topic,
+        decision_log_topic=settings.decision_log_topic,
     )

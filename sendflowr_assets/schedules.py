@@ -1,6 +1,7 @@
-"""Schedules: ingestion every minute (SENDFLOWR_INGEST_CRON), identity hourly (SENDFLOWR_IDENTITY_CRON), timing
-daily (SENDFLOWR_TIMING_CRON); each skips a tick while its previous run still runs. With SENDFLOWR_INGEST_WRITERS
-= N > 1 an ingestion tick launches one run per writer slot whose previous run has ended (docs/INGESTION.md)."""
+"""Schedules: ingestion of events and the decision log every minute (SENDFLOWR_INGEST_CRON), identity hourly
+(SENDFLOWR_IDENTITY_CRON), timing daily (SENDFLOWR_TIMING_CRON), the uplift hourly (SENDFLOWR_UPLIFT_CRON); each
+skips a tick while its previous run still runs. With SENDFLOWR_INGEST_WRITERS = N > 1 an ingestion tick launches one
+run per writer slot whose previous run has ended (docs/INGESTION.md, "Several writers")."""
 
 
 from dagster import (
@@ -25,8 +26,9 @@ def _max_runtime(hours: float) -> dict[str, str]:
     return {"dagster/max_runtime": str(int(hours * 3600))}
 
 
-ingest_job = define_asset_job("ingest_events", selection=AssetSelection.assets("events"),
-                              description="Pull new Kafka offsets into ClickHouse.", tags=_max_runtime(1))
+ingest_job = define_asset_job("ingest_events", selection=AssetSelection.assets("events", "decision_log"),
+                              description="Pull new Kafka offsets (events, decision log) into ClickHouse.",
+                              tags=_max_runtime(1))
 all_assets_job = define_asset_job("sendflowr_all", selection=AssetSelection.all(), tags=_max_runtime(12),
                                   description="Materialize every SendFlowr asset (the demo's main job).")
 
@@ -58,13 +60,14 @@ def _ingest_schedule(writers: int):
 
     @schedule(name="ingest_schedule", job=ingest_job, cron_schedule=get_settings().ingest_cron,
               execution_timezone="UTC", default_status=DefaultScheduleStatus.RUNNING,
-              description=f"Ingest new events with {writers} writers at once, one run per partition slot; a slot "
-                          "skips a tick while its previous run is still in progress.")
+              description=f"Ingest new events and decisions with {writers} writers at once, one run per partition "
+                          "slot; a slot skips a tick while its previous run is still in progress.")
     def _schedule(context: ScheduleEvaluationContext):
         requests = [
             # A run key per tick and slot: several requests of one tick need keys, and a key is launched only once.
             RunRequest(run_key=f"{context.scheduled_execution_time}/{slot}", tags={INGEST_SLOT_TAG: str(slot)},
-                       run_config={"ops": {"events": {"config": {"slot": slot, "writers": writers}}}})
+                       run_config={"ops": {asset: {"config": {"slot": slot, "writers": writers}}
+                                           for asset in ("events", "decision_log")}})
             for slot in range(writers)
             if not context.instance.get_run_records(
                 RunsFilter(job_name=ingest_job.name, statuses=_ACTIVE, tags={INGEST_SLOT_TAG: str(slot)}), limit=1)]
@@ -85,3 +88,9 @@ timing_job = define_asset_job("timing", selection=AssetSelection.assets("timing_
                               "recalibrate.")
 timing_schedule = _skipping_while_active("timing_schedule", timing_job, get_settings().timing_cron,
                                          "Rebuild timing curves")
+
+uplift_job = define_asset_job("uplift", selection=AssetSelection.assets("events", "decision_log", "timing_uplift"),
+                              tags=_max_runtime(2),
+                              description="Ingest new events and decisions, then measure the uplift against control.")
+uplift_schedule = _skipping_while_active("uplift_schedule", uplift_job, get_settings().uplift_cron,
+                                         "Measure the uplift of treatment over control")

@@ -51,6 +51,7 @@ class RoutingProxy:
                 host, port = proxy.backends[index]
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_BY_HOP}
                 headers["Content-Length"] = str(len(body))
+                headers["Host"] = f"{host}:{port}"  # as a balancer addresses its backend (the endpoint checks Host)
                 upstream = http.client.HTTPConnection(host, port, timeout=600)
                 try:
                     upstream.request(self.command, self.path, body=body, headers=headers)

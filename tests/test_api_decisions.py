@@ -38,9 +38,10 @@ ISO_Z = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$")
 
 @pytest.fixture
 def db(base_settings: Settings, clickhouse: Settings):
-    """A fresh migrated database on the session's chDB endpoint (no Kafka needed here)."""
+    """A fresh migrated database on the session's chDB endpoint (no Kafka here: the decision log is off; its tests
+    are tests/test_decision_log.py)."""
     settings = base_settings.model_copy(update={"clickhouse_database": f"api_{uuid.uuid4().hex[:10]}",
-                                                "api_batch_max_size": 10_000})
+                                                "api_batch_max_size": 10_000, "decision_log_topic": ""})
     apply_migrations(settings)
     client = get_client(settings)
     yield settings, client
@@ -272,7 +273,17 @@ def test_api_key_is_required_when_configured(db) -> None:
 
 
 def test_lookup_by_any_identifier_and_by_id(world) -> None:
-    api, people, *_ = world
+    open_api, people, settings, *_ = world
+    # A lookup returns a person's identifiers: never without a key configured on the server.
+    assert open_api.post("/people/lookup", json={"email": "JaneDoe@googlemail.com"}).status_code == 403
+    assert open_api.get("/people/sf_00000000000000aa").status_code == 403
+    keyed, _ = make_client(settings.model_copy(update={"api_key": "lookup-key"}))
+    with keyed as api:
+        api.headers["X-API-Key"] = "lookup-key"
+        _lookups(api, people)
+
+
+def _lookups(api, people) -> None:
     jane = people["jane"]
     r = api.post("/people/lookup", json={"email": "JaneDoe@googlemail.com"})
     assert r.status_code == 200, r.text
@@ -313,10 +324,17 @@ def test_openapi_documents_every_field_and_example(world) -> None:
     spec = api.get("/openapi.json").json()
     req = spec["components"]["schemas"]["TimingDecisionRequest"]
     assert set(req["properties"]) == {"email", "klaviyo_id", "phone", "external_id", "universal_id",
-                                      "send_after", "send_before", "latency_estimate_seconds"}
+                                      "send_after", "send_before", "latency_estimate_seconds", "campaign_id",
+                                      "message_id"}
     assert all(prop.get("description") for prop in req["properties"].values())
-    resp = spec["components"]["schemas"]["TimingDecision"]
+    assert set(req["required"]) == {"send_after", "send_before"}  # the seed's request stays valid
+    schemas = spec["components"]["schemas"]
+    assert schemas["BatchDecisionRequest"]["properties"]["campaign_id"]["description"]
+    assert schemas["Recipient"]["properties"]["message_id"]["description"]
+    resp = schemas["TimingDecision"]
     assert list(resp["properties"])[:3] == ["universal_id", "trigger_timestamp_utc", "confidence_score"]
+    assert list(resp["properties"])[-1] == "arm" and "control" in resp["properties"]["arm"]["description"]
+    assert schemas["BatchDecisionItem"]["properties"]["arm"]["description"]
     responses = spec["paths"]["/timing-decision"]["post"]["responses"]
     assert {"200", "401", "422", "503"} <= set(responses)
     assert api.get("/docs").status_code == 200

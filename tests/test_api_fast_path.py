@@ -39,7 +39,8 @@ def _snapshot() -> DecisionSnapshot:
 def api(request):
     holder = SnapshotHolder(lambda: None, "unused", 3600)
     holder.current = _snapshot()
-    with TestClient(create_app(Settings(api_key=request.param), holder=holder, refresher=False)) as client:
+    with TestClient(create_app(Settings(api_key=request.param, decision_log_topic=""), holder=holder,
+                                     refresher=False)) as client:
         yield client, request.param
 
 

@@ -30,7 +30,7 @@ pytestmark = pytest.mark.integration
 
 _target: dict[str, Settings] = {}
 holder = SnapshotHolder(lambda: get_client(_target["settings"]), "unset", 3600)
-app = create_app(Settings(api_batch_max_size=50), holder=holder, refresher=False)
+app = create_app(Settings(api_batch_max_size=50, decision_log_topic=""), holder=holder, refresher=False)
 schema = schemathesis.openapi.from_asgi("/openapi.json", app)
 
 

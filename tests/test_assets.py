@@ -7,6 +7,7 @@ import json
 import pytest
 from dagster import materialize
 
+from sendflowr.clickhouse import password_for
 from sendflowr.kafka_io import produce_all
 from sendflowr.settings import Settings
 from sendflowr_assets.assets.ingestion import events
@@ -20,7 +21,7 @@ pytestmark = pytest.mark.integration
 def _resource(settings: Settings) -> SendflowrResource:
     return SendflowrResource(
         clickhouse_url=settings.clickhouse_url, clickhouse_user=settings.clickhouse_user,
-        clickhouse_password=settings.clickhouse_password, clickhouse_database=settings.clickhouse_database,
+        clickhouse_password=password_for(settings), clickhouse_database=settings.clickhouse_database,
         kafka_bootstrap_servers=settings.kafka_bootstrap_servers, kafka_topic=settings.kafka_topic)
 
 

@@ -32,6 +32,7 @@ import pandas as pd
 import pytest
 from clickhouse_connect.driver.exceptions import DatabaseError
 
+from sendflowr.clickhouse import get_client
 from sendflowr.errors import SendflowrError
 from sendflowr.local import chdb_server, processes
 from sendflowr.local.chdb_server import ChdbHttpServer, open_server
@@ -41,6 +42,7 @@ pytestmark = pytest.mark.integration
 
 HOST = "127.0.0.1"
 POOL_SIZE = 4
+TEST_DATABASE = "endpoint_tests"
 UTC = dt.UTC
 
 
@@ -88,8 +90,17 @@ class Endpoint:
     def url(self) -> str:
         return f"http://{HOST}:{self.port}"
 
+    @property
+    def auth(self) -> tuple[str, str]:
+        """The writer's credentials (the endpoint generated them into its state directory)."""
+        return self.server.users.writer, self.server.users.writer_password
+
     def client(self, **kwargs):
-        return clickhouse_connect.get_client(host=HOST, port=self.port, **kwargs)
+        """A writer's client in the tests' own database (chDB's `default` also maps files as tables, so creating
+        tables there needs the FILE grant, which the endpoint's engine user does not have)."""
+        user, password = self.auth
+        kwargs.setdefault("database", TEST_DATABASE)
+        return clickhouse_connect.get_client(host=HOST, port=self.port, username=user, password=password, **kwargs)
 
     def requests_for(self, table: str) -> list[RecordedRequest]:
         return [r for r in list(self.requests) if table in r.statement]
@@ -124,7 +135,11 @@ def start_endpoint(settings: Settings) -> Endpoint:
     server.RequestHandlerClass = RecordingHandler
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
     thread.start()
-    return Endpoint(server, thread, recorded)
+    endpoint = Endpoint(server, thread, recorded)
+    bare = endpoint.client(database="")
+    bare.command(f"CREATE DATABASE IF NOT EXISTS {TEST_DATABASE}")
+    bare.close()
+    return endpoint
 
 
 @pytest.fixture(scope="class")
@@ -425,10 +440,13 @@ class TestClientCalls:
             assert scoped.command("SELECT currentDatabase()") == database
             assert admin.command(f"SELECT count() FROM {database}.items") == 3
             # A client without a database lands in `default` on every pooled connection, as on a server.
-            seen = {admin.command("SELECT currentDatabase()") for _ in range(3 * POOL_SIZE)}
+            bare = endpoint.client(database="")
+            seen = {bare.command("SELECT currentDatabase()") for _ in range(3 * POOL_SIZE)}
             assert seen == {"default"}
-            with pytest.raises(DatabaseError, match="Code: 60"):
-                admin.query("SELECT count() FROM items")
+            # Not there: chDB's `default` would look for a file of that name, which the engine user may not read.
+            with pytest.raises(DatabaseError, match="Code: 497.*READ ON FILE"):
+                bare.query("SELECT count() FROM items")
+            bare.close()
         finally:
             scoped.close()
 
@@ -488,12 +506,15 @@ class TestClientCalls:
         table = unique("plain_http")
         admin.command(f"CREATE TABLE {table} (a UInt32) ENGINE = MergeTree ORDER BY a")
         response = httpx.post(
-            f"{endpoint.url}/", content=f"INSERT INTO {table} (a) FORMAT TabSeparated\n1\n2\n"
+            f"{endpoint.url}/", content=f"INSERT INTO {table} (a) FORMAT TabSeparated\n1\n2\n", auth=endpoint.auth,
+            params={"database": TEST_DATABASE},
         )
         assert response.status_code == 200, response.text
         # curl style: statement in the URL, data in the body.
         response = httpx.post(
-            f"{endpoint.url}/", params={"query": f"INSERT INTO {table} (a) FORMAT CSV"}, content=b"3\n4\n"
+            f"{endpoint.url}/", params={"query": f"INSERT INTO {table} (a) FORMAT CSV", "database": TEST_DATABASE},
+            content=b"3\n4\n",
+            auth=endpoint.auth,
         )
         assert response.status_code == 200, response.text
         assert admin.query(f"SELECT a FROM {table} ORDER BY a").result_rows == [(1,), (2,), (3,), (4,)]
@@ -512,11 +533,12 @@ class TestClientCalls:
         assert "Code: 62" in str(syntax.value)
         assert "SYNTAX_ERROR" in str(syntax.value)
 
-        response = httpx.get(f"{endpoint.url}/", params={"query": f"SELECT * FROM {missing}"})
+        response = httpx.get(f"{endpoint.url}/", auth=endpoint.auth,
+                             params={"query": f"SELECT * FROM {missing}", "database": TEST_DATABASE})
         assert response.status_code != 200
         assert response.headers["X-ClickHouse-Exception-Code"] == "60"
         assert response.text.startswith("Code: 60.")
-        response = httpx.post(f"{endpoint.url}/", content=b"SELEC 1")
+        response = httpx.post(f"{endpoint.url}/", content=b"SELEC 1", auth=endpoint.auth)
         assert response.status_code != 200
         assert response.headers["X-ClickHouse-Exception-Code"] == "62"
         # The endpoint is still healthy afterwards.
@@ -549,7 +571,8 @@ import clickhouse_connect
 
 host, port, table = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 worker, batches, rows = map(int, sys.argv[4:7])
-client = clickhouse_connect.get_client(host=host, port=port)
+client = clickhouse_connect.get_client(host=host, port=port, username=sys.argv[7], database=sys.argv[8],
+                                       password=sys.stdin.readline().strip())
 print("ready", flush=True)
 sys.stdin.readline()
 started = time.monotonic()  # CLOCK_MONOTONIC is system-wide: comparable across processes
@@ -578,8 +601,13 @@ class TestConcurrency:
         workers, batches, rows = 4, 10, 400
         argv = [sys.executable, "-c", WORKER, HOST, str(endpoint.port), table]
         pipes = {"stdin": subprocess.PIPE, "stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True}
-        procs = [subprocess.Popen([*argv, str(w), str(batches), str(rows)], **pipes) for w in range(workers)]
+        user, password = endpoint.auth
+        procs = [subprocess.Popen([*argv, str(w), str(batches), str(rows), user, TEST_DATABASE], **pipes)
+                 for w in range(workers)]
         try:
+            for proc in procs:  # the password on stdin, never in a command line
+                proc.stdin.write(password + "\n")
+                proc.stdin.flush()
             for proc in procs:
                 assert proc.stdout.readline().strip() == "ready", proc.stderr.read()
             for proc in procs:  # release them together
@@ -717,9 +745,10 @@ class TestLifecycle:
         settings = make_settings(tmp_path, free_port())
         proc = serve_in_subprocess(settings, tmp_path / "serve.log")
         try:
-            client = clickhouse_connect.get_client(host=HOST, port=settings.clickhouse_port)
-            client.command("CREATE TABLE kept (id UInt32) ENGINE = MergeTree ORDER BY id")
-            client.insert("kept", [[i] for i in range(10)], column_names=["id"])
+            client = get_client(settings, with_database=False)
+            client.command(f"CREATE DATABASE {TEST_DATABASE}")
+            client.command(f"CREATE TABLE {TEST_DATABASE}.kept (id UInt32) ENGINE = MergeTree ORDER BY id")
+            client.insert("kept", [[i] for i in range(10)], column_names=["id"], database=TEST_DATABASE)
 
             with pytest.raises(SendflowrError) as err:
                 open_server(settings, host=HOST, port=0)
@@ -727,7 +756,7 @@ class TestLifecycle:
             assert str(settings.chdb_data_dir) in message
             assert "Another process owns" in message  # the actionable hint, not only the engine's text
 
-            assert client.command("SELECT count() FROM kept") == 10  # the owner is unaffected
+            assert client.command(f"SELECT count() FROM {TEST_DATABASE}.kept") == 10  # the owner is unaffected
             client.close()
         finally:
             proc.send_signal(signal.SIGTERM)
@@ -753,9 +782,10 @@ class TestLifecycle:
         pid = chdb_server.start_background(settings, timeout=60)
         try:
             assert chdb_server.ping(settings)
-            client = clickhouse_connect.get_client(host=HOST, port=settings.clickhouse_port)
-            client.command("CREATE TABLE kept (id UInt32) ENGINE = MergeTree ORDER BY id")
-            client.insert("kept", [[1], [2], [3]], column_names=["id"])
+            client = get_client(settings, with_database=False)
+            client.command(f"CREATE DATABASE {TEST_DATABASE}")
+            client.command(f"CREATE TABLE {TEST_DATABASE}.kept (id UInt32) ENGINE = MergeTree ORDER BY id")
+            client.insert("kept", [[1], [2], [3]], column_names=["id"], database=TEST_DATABASE)
             client.close()
             assert chdb_server.start_background(settings) == pid  # already up: the same process, not a second
         finally:

@@ -20,7 +20,7 @@ from clickhouse_connect.driver.exceptions import DatabaseError
 from http_proxy import RoutingProxy
 from tls_material import make_server_tls
 
-from sendflowr.clickhouse import ClickHouseUnavailable, get_client
+from sendflowr.clickhouse import ClickHouseUnavailable, get_client, password_for
 from sendflowr.events import validate_event
 from sendflowr.ingest import IngestOptions, ingest_once
 from sendflowr.ingest.run import Hooks
@@ -40,10 +40,12 @@ def _address(settings: Settings) -> tuple[str, int]:
 
 
 @pytest.fixture(scope="module")
-def replica_b(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
-    """A second ClickHouse server (its own chDB engine and data), as a second replica behind a balancer."""
+def replica_b(tmp_path_factory: pytest.TempPathFactory, clickhouse: Settings) -> Iterator[Settings]:
+    """A second ClickHouse server (its own chDB engine and data), as a second replica behind a balancer: the
+    same user and password as the first, as replicas of one cluster have."""
     home = tmp_path_factory.mktemp("replica-b")
-    other = Settings(home=home, clickhouse_url=f"http://127.0.0.1:{free_port()}")
+    other = Settings(home=home, clickhouse_url=f"http://127.0.0.1:{free_port()}",
+                     clickhouse_password=password_for(clickhouse))
     chdb_server.start_background(other)
     yield other
     processes.stop(other, chdb_server.PROCESS_NAME)
@@ -89,7 +91,8 @@ def _event_ids(settings: Settings) -> list[str]:
 
 
 def _through(settings: Settings, proxy: RoutingProxy) -> Settings:
-    return settings.model_copy(update={"clickhouse_url": proxy.url})
+    # the balancer's URL is not the endpoint's own, so the password is given, as it is for any server
+    return settings.model_copy(update={"clickhouse_url": proxy.url, "clickhouse_password": password_for(settings)})
 
 
 def _ingest(settings: Settings, hooks: Hooks | None = None):

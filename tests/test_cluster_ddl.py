@@ -15,7 +15,8 @@ import pytest
 
 from sendflowr import cluster
 from sendflowr.clickhouse import get_client
-from sendflowr.ingest.run import SCRATCH_TABLES
+from sendflowr.decisions.log_ingest import DECISIONS
+from sendflowr.ingest.sink import EVENTS
 from sendflowr.migrations import MigrationError, apply_migrations, discover
 from sendflowr.settings import Settings
 
@@ -74,7 +75,7 @@ def test_every_merge_tree_is_replicated_except_the_scratch_tables() -> None:
 def test_scratch_tables_are_all_declared_and_all_exist() -> None:
     tables = {created(plain) for plain, _ in pairs()} - {None}
     assert cluster.LOCAL_TABLES <= tables  # no stale name
-    assert set(SCRATCH_TABLES) <= cluster.LOCAL_TABLES
+    assert {*EVENTS.scratch_tables, *DECISIONS.scratch_tables} <= cluster.LOCAL_TABLES
     for plain, rendered in pairs():
         engine = re.search(r"ENGINE = (\w+)", plain)
         if created(plain) and engine and engine.group(1) in ("Memory", "Null"):
@@ -91,7 +92,7 @@ def test_deduplication_window_is_replicated_and_outlasts_an_outage() -> None:
             had += 1
             assert ("SETTINGS replicated_deduplication_window = 10000, "
                     "replicated_deduplication_window_seconds = 604800") in rendered
-    assert had == 3  # events, rejected_events, event_ids: the tables ingestion writes with tokens
+    assert had == 4  # events, rejected_events, event_ids, decision_log: the tables ingestion writes with tokens
 
 
 def test_the_lease_table_is_a_keeper_map() -> None:

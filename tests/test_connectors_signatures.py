@@ -12,10 +12,10 @@ import time
 import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from test_connectors_support import CERT_URL, SnsSigner, load_fixture
+from test_connectors_support import CERT_URL, ISSUER_URL, SnsSigner, load_fixture
 
 from sendflowr.connectors.signatures import KlaviyoVerifier, MailgunVerifier, SendgridVerifier, SignatureRejected
-from sendflowr.connectors.sns import SnsVerifier, parse_envelope
+from sendflowr.connectors.sns import parse_envelope
 
 # sendgrid/sendgrid-python test/unit/test_eventwebhook.py: SendGrid's own vector.
 SG_PUBLIC_KEY = ("MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAE83T4O/n84iotIvIW4mdBgQ/7dAfSmpqIM8kF9mN1flpVKS3GRqe62gw+"
@@ -133,12 +133,12 @@ def test_klaviyo_signature() -> None:
 @pytest.mark.parametrize("version", ["1", "2"])
 def test_sns_signatures_of_both_versions_verify(version: str) -> None:
     signer = SnsSigner()
-    verifier = SnsVerifier(fetch=signer.fetch)
+    verifier = signer.verifier()
     record = load_fixture("ses_events.json")[2]
     envelope = parse_envelope(signer.notification(record, version=version))
     verifier.verify(envelope)
     verifier.verify(envelope)
-    assert signer.fetched == [CERT_URL]  # cached after the first fetch
+    assert signer.fetched == [CERT_URL, ISSUER_URL]  # cached after the first fetch
     tampered = {**envelope, "Message": envelope["Message"].replace("192.0.2.1", "192.0.2.2")}
     with pytest.raises(SignatureRejected, match="does not match"):
         verifier.verify(tampered)
@@ -149,7 +149,7 @@ def test_sns_signatures_of_both_versions_verify(version: str) -> None:
 def test_sns_subscription_confirmation_is_verified_then_confirmed() -> None:
     signer = SnsSigner()
     visited = []
-    verifier = SnsVerifier(fetch=signer.fetch, confirm=visited.append)
+    verifier = signer.verifier(confirm=visited.append)
     envelope = parse_envelope(signer.resign(load_fixture("sns_subscription_confirmation.json")))
     verifier.verify(envelope)
     assert verifier.confirm_subscription(envelope) == envelope["SubscribeURL"]
@@ -160,6 +160,10 @@ def test_sns_subscription_confirmation_is_verified_then_confirmed() -> None:
                           "SubscribeURL": "https://attacker.example.com/confirm"})
     with pytest.raises(SignatureRejected, match="not an https URL"):
         verifier.confirm_subscription(parse_envelope(evil))
+    other_action = signer.resign({**load_fixture("sns_subscription_confirmation.json"),
+                                  "SubscribeURL": "https://sns.us-west-2.amazonaws.com/?Action=Unsubscribe"})
+    with pytest.raises(SignatureRejected, match="does not confirm"):
+        verifier.confirm_subscription(parse_envelope(other_action))
 
 
 @pytest.mark.parametrize("url", [
@@ -171,7 +175,7 @@ def test_sns_subscription_confirmation_is_verified_then_confirmed() -> None:
 ])
 def test_sns_certificates_are_only_fetched_from_sns_hosts(url: str) -> None:
     signer = SnsSigner()
-    verifier = SnsVerifier(fetch=signer.fetch)
+    verifier = signer.verifier()
     envelope = parse_envelope(signer.notification(load_fixture("ses_events.json")[0], cert_url=url))
     with pytest.raises(SignatureRejected, match="not an https URL"):
         verifier.verify(envelope)
@@ -181,16 +185,16 @@ def test_sns_certificates_are_only_fetched_from_sns_hosts(url: str) -> None:
 def test_sns_rejects_foreign_certificates_topics_and_unsigned_messages() -> None:
     signer = SnsSigner(common_name="attacker.example.com")
     envelope = parse_envelope(signer.notification(load_fixture("ses_events.json")[0]))
-    with pytest.raises(SignatureRejected, match="issued to"):
-        SnsVerifier(fetch=signer.fetch).verify(envelope)
+    with pytest.raises(SignatureRejected, match="sns.amazonaws.com"):
+        signer.verifier().verify(envelope)
     good = SnsSigner()
     envelope = parse_envelope(good.notification(load_fixture("ses_events.json")[0]))
     with pytest.raises(SignatureRejected, match="SENDFLOWR_SNS_TOPIC_ARNS"):
-        SnsVerifier(("arn:aws:sns:us-east-1:123456789012:other",), fetch=good.fetch).verify(envelope)
-    SnsVerifier((envelope["TopicArn"],), fetch=good.fetch).verify(envelope)
+        good.verifier(("arn:aws:sns:us-east-1:123456789012:other",)).verify(envelope)
+    good.verifier((envelope["TopicArn"],)).verify(envelope)
     unsigned = {k: v for k, v in envelope.items() if k != "Signature"}
     with pytest.raises(SignatureRejected) as missing:
-        SnsVerifier(fetch=good.fetch).verify(unsigned)
+        good.verifier().verify(unsigned)
     assert missing.value.missing
 
 
@@ -200,7 +204,7 @@ def test_sns_junk_envelope_fields_are_rejected_not_crashes(field: str, junk) -> 
     signer = SnsSigner()
     envelope = {**parse_envelope(signer.notification(load_fixture("ses_events.json")[0])), field: junk}
     if field == "Subject" and junk is None:  # an absent Subject is not signed: still the same message
-        SnsVerifier(fetch=signer.fetch).verify(envelope)
+        signer.verifier().verify(envelope)
         return
     with pytest.raises(SignatureRejected):
-        SnsVerifier(fetch=signer.fetch).verify(envelope)
+        signer.verifier().verify(envelope)

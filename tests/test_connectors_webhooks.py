@@ -56,7 +56,7 @@ def client(settings, keys):
     # A generous produce timeout: a fresh broker on a loaded box can take seconds to hand out producer ids.
     update = {**keys.settings_update(), "webhooks_produce_timeout_seconds": 60}
     app = create_app(settings.model_copy(update=update), sns_fetch=keys.sns.fetch,
-                     sns_confirm=confirmed.append)
+                     sns_confirm=confirmed.append, sns_roots=keys.sns.roots)
     with TestClient(app) as test_client:
         test_client.confirmed = confirmed
         yield test_client

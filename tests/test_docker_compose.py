@@ -26,7 +26,7 @@ import jsonschema
 import pytest
 import yaml
 
-from sendflowr.settings import Settings
+from sendflowr.settings import Settings, reveal
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -56,7 +56,7 @@ API_ENV_OVERRIDES = {
     f"{ENV_PREFIX}API_KEY",
 }
 # The webhook receiver binds 0.0.0.0, never touches ClickHouse (so gets the read-only account) and alone
-# holds the ESP signing secrets.
+# holds the ESP signing secrets, the routes it serves and the SNS topics it accepts.
 WEBHOOKS_ENV_OVERRIDES = {
     f"{ENV_PREFIX}CLICKHOUSE_USER",
     f"{ENV_PREFIX}CLICKHOUSE_PASSWORD",
@@ -65,6 +65,8 @@ WEBHOOKS_ENV_OVERRIDES = {
     f"{ENV_PREFIX}MAILGUN_SIGNING_KEY",
     f"{ENV_PREFIX}KLAVIYO_WEBHOOK_SECRET",
     f"{ENV_PREFIX}WEBHOOKS_EVENTS_TOKEN",
+    f"{ENV_PREFIX}WEBHOOKS_ROUTES",
+    f"{ENV_PREFIX}SNS_TOPIC_ARNS",
 }
 ENV_OVERRIDES = {"api": API_ENV_OVERRIDES, "webhooks": WEBHOOKS_ENV_OVERRIDES}
 
@@ -412,10 +414,10 @@ def test_service_environment_builds_valid_settings(name, env_source, monkeypatch
 
     if name in ("api", "webhooks"):
         assert settings.clickhouse_user == READONLY_API_USER
-        assert settings.clickhouse_password != clickhouse_env["CLICKHOUSE_PASSWORD"]
+        assert reveal(settings.clickhouse_password) != clickhouse_env["CLICKHOUSE_PASSWORD"]
     else:
         assert settings.clickhouse_user == clickhouse_env["CLICKHOUSE_USER"] != READONLY_API_USER
-        assert settings.clickhouse_password == clickhouse_env["CLICKHOUSE_PASSWORD"]
+        assert reveal(settings.clickhouse_password) == clickhouse_env["CLICKHOUSE_PASSWORD"]
 
 
 def test_published_ports_match_settings_defaults():

@@ -11,6 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 from dagster import materialize
 
+from sendflowr.clickhouse import password_for
 from sendflowr.identity.run import IDENTITY_LEASE, stitch_once
 from sendflowr.ingest import lease
 from sendflowr.kafka_io import produce_all
@@ -34,7 +35,7 @@ UID = re.compile(r"^sf_[0-9a-f]{16}$")
 def _resource(settings: Settings) -> SendflowrResource:
     return SendflowrResource(
         clickhouse_url=settings.clickhouse_url, clickhouse_user=settings.clickhouse_user,
-        clickhouse_password=settings.clickhouse_password, clickhouse_database=settings.clickhouse_database,
+        clickhouse_password=password_for(settings), clickhouse_database=settings.clickhouse_database,
         kafka_bootstrap_servers=settings.kafka_bootstrap_servers, kafka_topic=settings.kafka_topic)
 
 
@@ -210,17 +211,23 @@ def _msg(i: int, **identifiers: str) -> tuple[None, bytes]:
 
 def test_guard_blocks_an_edge_and_audits_it_once(settings: Settings, ch, tmp_path: Path) -> None:
     db = settings.clickhouse_database
-    produce_all(settings, [_msg(1, email="a@shop.com", klaviyo_id="K1"), _msg(2, email="a@shop.com", klaviyo_id="K2"),
-                           _msg(3, email="noreply@shop.com", phone="+14155552671")])
+    # A phone: profile K1, then K2 while K1 is still in use (event 4): two concurrent profiles never join (K2 is
+    # seen only with the phone, so the phone is no conflict node: the per-type limit decides). b@: profile K3, then
+    # K4 (an ESP-side profile merge; the email vouches for both): one person.
+    phone = "+1 (415) 820-7001"
+    produce_all(settings, [_msg(1, phone=phone, klaviyo_id="K1"), _msg(2, phone=phone, klaviyo_id="K2"),
+                           _msg(3, email="noreply@shop.com", phone="+14155552671"), _msg(4, klaviyo_id="K1"),
+                           _msg(5, email="b@shop.com", klaviyo_id="K3"), _msg(6, email="b@shop.com", klaviyo_id="K4")])
     meta = _materialize(settings, tmp_path / "no-truth.parquet")
     assert "pairwise_precision" not in meta  # no ground truth: metric skipped, run fine
     assert meta["edges_blocked"].value == 1 and "per-type limit: klaviyo_id" in meta["edges_blocked_by_reason"].value
-    assert meta["people_total"].value == 3  # {a@, K1}, {K2}, {phone}; noreply@ rejected
+    assert meta["people_total"].value == 4  # {phone, K1}, {K2}, {b@, K3, K4}, {+14155552671}; noreply@ rejected
     assert meta["identifiers_rejected"].value == 1
     rows = ch.query(f"SELECT kind, reason FROM {db}.identity_blocked ORDER BY kind").result_rows
     assert rows == [("edge", "per-type limit: klaviyo_id"), ("identifier", "email: blocked pattern noreply")]
     people = ch.query(f"SELECT emails, klaviyo_ids, phones FROM {db}.identity_people ORDER BY identifiers DESC, "
-                      "phones").result_rows
-    assert people[0] == (["a@shop.com"], ["K1"], [])  # K1: earlier edge wins
+                      "emails DESC, phones").result_rows
+    assert people[0] == (["b@shop.com"], ["K3", "K4"], [])  # the merged profile
+    assert people[1] == ([], ["K1"], ["+14158207001"])  # K1: earlier edge wins
     _materialize(settings, tmp_path / "no-truth.parquet")
     assert ch.command(f"SELECT count() FROM {db}.identity_blocked") == 2  # verdicts unchanged: nothing logged

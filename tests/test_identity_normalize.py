@@ -9,10 +9,12 @@ import pyarrow.parquet as pq
 import pytest
 
 from sendflowr.identity.normalize import (
+    BUSINESS_LINE,
     DEFAULT_RULES,
     NormalizationRules,
     _phones,
     describe_rules,
+    load_role_accounts,
     normalize,
     normalize_many,
 )
@@ -95,6 +97,10 @@ def test_gmail_dots_and_googlemail() -> None:
     ("a@a.com", "email: blocked pattern local equals domain"),
     ("Info@Acme-Corp.com", "generic: role account"),
     ("sales+leads@gmail.com", "generic: role account"),  # tag stripped first
+    ("orders@bakery.com", "generic: role account"),
+    ("Front.Desk2@dental-clinic.com", "generic: role account"),  # separators and a trailing number dropped
+    ("reception@hotel.io", "generic: role account"),
+    ("customer@store.com", "generic: role account"),
 ])
 def test_email_guards(raw: str, reason: str) -> None:
     assert one("email", raw) == (None, reason)
@@ -117,6 +123,17 @@ def test_role_account_toggle_and_custom_lists() -> None:
     assert one("email", "noreply@acme-corp.com", custom) == ("noreply@acme-corp.com", None)  # defaults replaced
     with pytest.raises(ValueError, match="unknown identifier types"):
         NormalizationRules(blocked_values={"fax": frozenset()})
+    # the role list is data: the file's entries, or any list given (matched in the same bare form)
+    assert {"info", "orders", "frontdesk", "reception"} <= load_role_accounts()
+    studio = NormalizationRules(role_accounts=frozenset({"Studio-Team"}))
+    assert one("email", "studioteam7@gallery.com", studio) == (None, "generic: role account")
+    assert one("email", "info@gallery.com", studio) == ("info@gallery.com", None)
+
+
+def test_role_account_file_format(tmp_path) -> None:
+    path = tmp_path / "roles.txt"
+    path.write_text("# shared desks\nFront.Desk  # with a comment\n\nBOOKINGS\n")
+    assert load_role_accounts(path) == frozenset({"frontdesk", "bookings"})
 
 
 # --- phones ---------------------------------------------------------------------------------------------------
@@ -150,6 +167,10 @@ def test_phone_international_and_region() -> None:
     ("+1 (555) 555-5555", "phone: blocked pattern same digit"),
     ("+44 1234567890", "phone: blocked pattern sequential"),  # valid per libphonenumber, still filler
     ("(415) 555-0142", "phone: blocked pattern fictional 555"),
+    ("1-800-555-2671", BUSINESS_LINE),  # a store's toll-free line, typed into thousands of profiles
+    ("+1 (888) 240-1234", BUSINESS_LINE),
+    ("+1 900 240 1234", BUSINESS_LINE),  # premium rate
+    ("+44 800 123 4567", BUSINESS_LINE),  # UK freephone, through phonenumbers
 ])
 def test_phone_rejections(raw: str | None, reason: str) -> None:
     assert one("phone", raw) == (None, reason)
@@ -183,6 +204,12 @@ def test_phone_fast_path_agrees_with_phonenumbers(region: str) -> None:
     assert fast.reason.to_pylist() == slow.reason.to_pylist()
     accepted = pc.sum(fast.accepted).as_py()
     assert 0.2 * len(raws) < accepted < 0.9 * len(raws)  # both verdicts are well represented
+    assert BUSINESS_LINE in fast.reason.to_pylist()
+    kept = normalize("phone", pa.array(raws), NormalizationRules(phone_default_region=region,
+                                                                 block_business_lines=False))
+    assert kept.reason.to_pylist() == _phones(pa.array(raws), NormalizationRules(
+        phone_default_region=region, block_business_lines=False), fast_path=False).reason.to_pylist()
+    assert BUSINESS_LINE not in kept.reason.to_pylist() and pc.sum(kept.accepted).as_py() > accepted
 
 
 # --- ids ------------------------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from sendflowr.clickhouse import get_client
+from sendflowr.clickhouse import get_client, password_for
 from sendflowr.migrations import discover
 
 pytestmark = pytest.mark.integration
@@ -62,8 +62,9 @@ def test_wheel_in_a_fresh_virtualenv_migrates_clickhouse(clickhouse, tmp_path):
     assert shipped == sorted(m.path.name for m in discover())
 
     database = f"pkg_{uuid.uuid4().hex[:8]}"
+    # another state directory than the endpoint's: its password is given as for any server
     env.update({"SENDFLOWR_CLICKHOUSE_URL": clickhouse.clickhouse_url, "SENDFLOWR_CLICKHOUSE_DATABASE": database,
-                "SENDFLOWR_HOME": str(tmp_path / "home")})
+                "SENDFLOWR_HOME": str(tmp_path / "home"), "SENDFLOWR_CLICKHOUSE_PASSWORD": password_for(clickhouse)})
     out = _run([str(fresh / "bin" / "sendflowr"), "migrate"], workdir, env).stdout
     assert f"applied {len(shipped)} migration(s)" in out, out
     client = get_client(clickhouse.model_copy(update={"clickhouse_database": database}))

@@ -7,12 +7,15 @@ import json
 import os
 import subprocess
 import sys
+import urllib.error
 import urllib.request
 from pathlib import Path
 
 import pytest
 
+from sendflowr.clickhouse import get_client
 from sendflowr.local.processes import free_port, port_in_use
+from sendflowr.settings import Settings
 
 pytestmark = pytest.mark.integration
 
@@ -27,10 +30,20 @@ def _json(url: str) -> dict:
         return json.loads(response.read())
 
 
-def _events(clickhouse_port: int) -> int:
-    query = "SELECT+count()+FROM+sendflowr.events"
-    with urllib.request.urlopen(f"http://127.0.0.1:{clickhouse_port}/?query={query}", timeout=30) as response:
-        return int(response.read())
+def _events(state: Path, clickhouse_port: int) -> int:
+    # as any SendFlowr process reaches the endpoint: the client finds the state directory's password itself
+    settings = Settings(home=state, clickhouse_url=f"http://127.0.0.1:{clickhouse_port}")
+    client = get_client(settings)
+    try:
+        return client.command("SELECT count() FROM sendflowr.events")
+    finally:
+        client.close()
+
+
+def _clickhouse_user_of(state: Path, service: str) -> str:
+    pid = (state / "run" / f"{service}.pid").read_text().strip()
+    environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    return next(v.split(b"=", 1)[1].decode() for v in environ if v.startswith(b"SENDFLOWR_CLICKHOUSE_USER="))
 
 
 def test_up_materializes_everything_and_down_keeps_data(tmp_path: Path) -> None:
@@ -53,8 +66,13 @@ def test_up_materializes_everything_and_down_keeps_data(tmp_path: Path) -> None:
         # the API serves a decision snapshot of the run's timing curves
         assert ready["ready"] is True and ready["timing_version"] >= 1 and ready["people_with_curves"] > 0
         # every synthetic event is valid: each distinct event_id lands exactly once, re-deliveries dropped
-        events = _events(ports["clickhouse"])
+        events = _events(tmp_path / "state", ports["clickhouse"])
         assert events == manifest["unique_events"] > 0
+        # the endpoint asks for its password; the API reads as the read-only user
+        with pytest.raises(urllib.error.HTTPError) as anonymous:
+            urllib.request.urlopen(f"http://127.0.0.1:{ports['clickhouse']}/?query=SELECT+1", timeout=10)
+        assert anonymous.value.code == 403
+        assert _clickhouse_user_of(tmp_path / "state", "api") == "sendflowr_api"
 
         down = _sendflowr(env, "down")
         assert down.returncode == 0, down.stderr
@@ -63,7 +81,7 @@ def test_up_materializes_everything_and_down_keeps_data(tmp_path: Path) -> None:
         again = _sendflowr(env, "up", "--people", "300", "--no-materialize")
         assert again.returncode == 0, again.stdout + again.stderr
         assert "not producing again" in again.stdout
-        assert _events(ports["clickhouse"]) == events
+        assert _events(tmp_path / "state", ports["clickhouse"]) == events
         assert _json(f"http://127.0.0.1:{ports['api']}/readyz")["timing_version"] == ready["timing_version"]
     finally:
         _sendflowr(env, "down")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from sendflowr.timing.decide import Calibration
 from sendflowr.timing.evaluate import expected_calibration_error, fit_calibration
@@ -38,3 +39,41 @@ def test_isotonic_calibration_fixes_a_monotone_miscalibration_per_level() -> Non
     assert Calibration.from_json(fitted.to_json()) == fitted
     # certain-by-construction decisions (no candidate more than an hour away) stay at confidence 1
     assert fitted.apply(np.array([np.inf]), np.array(["cohort"], dtype=object))[0] == 1.0
+
+
+def test_calibration_per_window_size_bucket_and_engagement_map() -> None:
+    from sendflowr.timing.decide import CANDIDATE_BUCKETS, decide_many
+
+    cal = Calibration(knots={"person": ((0.0, 1.0), (0.1, 0.2)), "person/5": ((0.0, 1.0), (0.01, 0.02)),
+                             "global": ((0.0, 1.0), (0.3, 0.3))},
+                      fitted=True, engagement=((0.0, 0.5, 1.0), (0.0, 0.1, 0.2)))
+    raw, lv = np.array([0.5, 0.5, 0.5]), np.array(["person", "person", "cohort"], dtype=object)
+    # a week-long window falls in the last bucket; a short one has no bucketed knots: the level's
+    np.testing.assert_allclose(cal.apply(raw, lv, np.array([169, 3, 169])), [0.015, 0.15, 0.3])
+    np.testing.assert_allclose(cal.apply(raw, lv), [0.15, 0.15, 0.3])  # no window sizes: per level
+    assert len(CANDIDATE_BUCKETS) == 6 and Calibration.from_json(cal.to_json()) == cal
+    # expected engagement is the curve value mapped through what held-out deliveries observed
+    curve = np.full((1, 168), 0.5, dtype=np.float32)
+    t0 = np.datetime64("2026-12-01T00:00:00", "ms")
+    from datetime import UTC, datetime
+    batch = decide_many(curve, 5.0, "person", t0, t0 + np.timedelta64(24, "h"), 0.0,
+                        datetime(2026, 11, 1, tzinfo=UTC), cal)
+    assert batch.expected_engagement[0] == pytest.approx(0.1) and batch.candidates[0] == 24
+
+
+def test_within_person_sharpness_tells_real_contrasts_from_spurious_ones() -> None:
+    from sendflowr.timing.predictive import auc, scores, sharpness
+
+    rng = np.random.default_rng(5)
+    people, per = 4000, 12
+    person = np.repeat(np.arange(people), per)
+    level = np.repeat(rng.uniform(0.1, 0.4, people), per)
+    contrast = rng.uniform(-0.08, 0.08, person.size)  # what the model predicts around each person's level
+    predicted = level + contrast
+    for real in (1.0, 0.5, 0.0):  # the truth has all, half or none of the predicted contrast
+        y = rng.random(person.size) < level + real * contrast
+        slope = sharpness(person, predicted, y)
+        assert abs(slope - real) < 0.15, (real, slope)
+    assert auc(np.array([0.1, 0.4, 0.35, 0.8]), np.array([False, False, True, True])) == pytest.approx(0.75)
+    s = scores(np.array([0.5, 0.5]), np.array([True, False]))
+    assert s["log_loss"] == pytest.approx(np.log(2)) and s["brier"] == pytest.approx(0.25)

@@ -12,7 +12,8 @@ from sendflowr.clickhouse import get_client
 from sendflowr.migrations import apply_migrations
 from sendflowr.settings import Settings
 from sendflowr.timing.decide import HOURS, Calibration
-from sendflowr.timing.store import cohort_for_identifiers, latest_version, load_snapshot, phone_cohort
+from sendflowr.timing.store import cohort_for_identifiers, load_snapshot, phone_cohort
+from sendflowr.timing.versions import latest_version
 
 pytestmark = pytest.mark.integration
 

@@ -51,6 +51,8 @@ def handler(args: argparse.Namespace, settings: Settings) -> int:
         print(f"  skipped {count:>8}  {name}")
     for reason, count in report.rejected.most_common():
         print(f"  rejected {count:>7}  {reason}")
+    for note, count in report.trimmed.most_common():
+        print(f"  kept, {count:>7}  {note}")
     if report.rejects_path:
         print(f"rejected rows with line numbers: {report.rejects_path}")
     return 1 if report.rejected_rows else 0

@@ -22,6 +22,11 @@ from sendflowr.synth.fmt import codes_to_str, rfc3339_ms_codes
 
 _MAX_LENGTHS = {"event_id": 256, "esp": 64, "message_id": 256, "campaign_id": 256, "user_agent": 1024,
                 "ip": 64, "url": 2048}
+# An over-long optional field never costs its event: descriptive text is cut to the contract's limit, an id or
+# address that long is not one (cutting it could make it someone else's), so it is left out. Either way the
+# batch result counts it (Normalized.trimmed) and the webhook answer and import summary show it.
+TRUNCATED_FIELDS = frozenset({"url", "user_agent"})
+DROPPED_FIELDS = frozenset({"message_id", "campaign_id", "ip", "esp"})
 _MAX_EPOCH = 1e11  # seconds: year 5138; larger values are milliseconds or garbage, not a time
 _IDENTIFIER_MAX = {"email": 320, "klaviyo_id": 128, "phone": 64, "external_id": 256}
 
@@ -39,6 +44,7 @@ class Normalized:
     sources: list[int] = field(default_factory=list)
     rejects: list[tuple[int, str]] = field(default_factory=list)
     skipped: Counter = field(default_factory=Counter)
+    trimmed: Counter = field(default_factory=Counter)  # "url: truncated to 2048 characters" -> events
 
     def add(self, index: int, event: dict[str, Any]) -> None:
         self.events.append(event)
@@ -52,6 +58,7 @@ class Normalized:
         self.sources.extend(s + offset for s in other.sources)
         self.rejects.extend((i + offset, r) for i, r in other.rejects)
         self.skipped.update(other.skipped)
+        self.trimmed.update(other.trimmed)
 
     def rejects_by_reason(self) -> Counter:
         return Counter(reason for _, reason in self.rejects)
@@ -109,11 +116,11 @@ def iso_to_rfc3339(value: Any) -> str | None:
         return None
     try:
         parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
+        if parsed.tzinfo is None:
+            return None
+        return parsed.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    except (ValueError, OverflowError):  # 0001-01-01T00:00:00+01:00 is before year 1 once in UTC
         return None
-    if parsed.tzinfo is None:
-        return None
-    return parsed.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def text(value: Any) -> str | None:
@@ -125,23 +132,43 @@ def text(value: Any) -> str | None:
     return None
 
 
-class FieldTooLong(ValueError):
-    def __init__(self, reason: str):
-        super().__init__(reason)
-        self.reason = reason
+def fit(key: str, value: str, trimmed: Counter) -> str | None:
+    """An optional field's value within the contract's limit: cut (text) or None (ids), counted in `trimmed`."""
+    limit = _MAX_LENGTHS[key]
+    if len(value) <= limit:
+        return value
+    if key in TRUNCATED_FIELDS:
+        trimmed[f"{key}: truncated to {limit} characters"] += 1
+        return value[:limit]
+    trimmed[f"{key}: left out, longer than {limit} characters"] += 1
+    return None
 
 
-def put(event: dict[str, Any], key: str, value: Any) -> None:
-    """Set an optional text field when the provider gave one (numbers become text; empties skipped),
-    checking the contract's length limit on the way (FieldTooLong), so hot mappers need no second pass."""
+def put(event: dict[str, Any], key: str, value: Any, trimmed: Counter) -> None:
+    """Set an optional text field when the provider gave one (numbers become text; empties skipped), fitted to
+    the contract's length limit on the way, so hot mappers need no second pass."""
     if type(value) is not str:
         if not isinstance(value, (int, float)) or isinstance(value, bool):
             return
         value = str(value)
     if value:
         if len(value) > _MAX_LENGTHS[key]:
-            raise FieldTooLong(f"{key}: longer than {_MAX_LENGTHS[key]} characters")
+            value = fit(key, value, trimmed)
+            if value is None:
+                return
         event[key] = value
+
+
+def trim_optional(event: dict[str, Any], trimmed: Counter) -> None:
+    """Fit every optional text field of a constructed event to its limit (see TRUNCATED_FIELDS)."""
+    for key in TRUNCATED_FIELDS | DROPPED_FIELDS:
+        value = event.get(key)
+        if isinstance(value, str) and len(value) > _MAX_LENGTHS[key]:
+            fitted = fit(key, value, trimmed)
+            if fitted is None:
+                del event[key]
+            else:
+                event[key] = fitted
 
 
 def time_problem(occurred: str, latest: str) -> str | None:
@@ -193,7 +220,10 @@ def contract_problem(event: dict[str, Any], now: datetime, latest: str | None = 
     if occurred is None:
         return "occurred_at: missing or not a time"
     if len(occurred) != 24 or occurred[-1] != "Z":  # not one of ours: compare as times
-        occurred = _stamp(datetime.fromisoformat(occurred.replace("Z", "+00:00")))
+        try:
+            occurred = _stamp(datetime.fromisoformat(occurred.replace("Z", "+00:00")))
+        except (ValueError, OverflowError):
+            return "occurred_at: not a time in range"
     if occurred < EARLIEST_STAMP:
         return "occurred_at: before 2000-01-01"
     if occurred > (latest or _stamp(now + FUTURE_TOLERANCE)):
@@ -202,11 +232,13 @@ def contract_problem(event: dict[str, Any], now: datetime, latest: str | None = 
 
 
 def finish(result: Normalized, now: datetime | None = None) -> Normalized:
-    """Drop constructed events that break the contract into rejects, keeping the good ones."""
+    """Fit over-long optional fields, then drop constructed events that still break the contract into rejects,
+    keeping the good ones."""
     moment = now or datetime.now(UTC)
     latest = _stamp(moment + FUTURE_TOLERANCE)
     events, sources = [], []
     for event, source in zip(result.events, result.sources, strict=True):
+        trim_optional(event, result.trimmed)
         problem = contract_problem(event, moment, latest)
         if problem is None:
             events.append(event)

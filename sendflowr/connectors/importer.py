@@ -32,6 +32,7 @@ class ImportReport:
     events: int = 0
     skipped: Counter = field(default_factory=Counter)
     rejected: Counter = field(default_factory=Counter)
+    trimmed: Counter = field(default_factory=Counter)  # optional fields fitted to the contract, events kept
     rejects_path: Path | None = None
     seconds: float = 0.0
 
@@ -145,6 +146,7 @@ def import_files(settings: Settings, fmt: str, paths: list[Path], as_csv: bool =
                 report.rows += len(chunk)
                 report.events += len(result.events)
                 report.skipped.update(result.skipped)
+                report.trimmed.update(result.trimmed)
                 if on_rows:
                     on_rows(len(chunk))
                 for raw in serialize(result.events):

@@ -15,7 +15,6 @@ from typing import Any
 
 from sendflowr.connectors.common import (
     EARLIEST_STAMP,
-    FieldTooLong,
     Normalized,
     epoch_to_rfc3339,
     latest_allowed,
@@ -125,8 +124,8 @@ def normalize(records: list[Any], now: datetime | None = None) -> Normalized:
     """Checks the contract while mapping instead of a second pass: this is the hot path of the busiest
     webhook. A usual batch is checked a column at a time and mapped without further checks; any other batch
     goes record by record (lengths as fields are set, time range as text, plain strings within their limits
-    set inline, anything else through `put`, which turns numbers into text, skips junk and raises the length
-    reject). Both give the same events; reasons match common.contract_problem's."""
+    set inline, anything else through `put`, which turns numbers into text, skips junk and fits over-long
+    optional fields). Both give the same events; reasons match common.contract_problem's."""
     latest = latest_allowed(now)
     clean = _normalize_clean(records, latest)
     return clean if clean is not None else _normalize_records(records, latest)
@@ -135,7 +134,7 @@ def normalize(records: list[Any], now: datetime | None = None) -> Normalized:
 def _normalize_records(records: list[Any], latest: str) -> Normalized:
     """Record by record, every field checked as it is set: any batch, with a reason for each reject."""
     result = Normalized()
-    events, sources, reject = result.events, result.sources, result.reject
+    events, sources, reject, trimmed = result.events, result.sources, result.reject, result.trimmed
     times = epoch_to_rfc3339([r.get("timestamp") if type(r) is dict else None for r in records])
     types = EVENT_TYPES
     for index, record in enumerate(records):
@@ -165,23 +164,20 @@ def _normalize_records(records: list[Any], latest: str) -> Normalized:
             continue
         event = {"event_id": f"{ESP}:{sg_event_id}", "event_type": event_type, "occurred_at": occurred,
                  "identifiers": {"email": email}, "esp": ESP}
-        try:  # the fallback path: plain `put` per field (the usual batch never comes here)
-            put(event, "message_id", get("sg_message_id"))
-            put(event, "campaign_id", get("marketing_campaign_id") or get("singlesend_id"))
-            if event_type == "opened" or event_type == "clicked":
-                put(event, "user_agent", get("useragent"))
-                put(event, "ip", get("ip"))
-                if event_type == "opened":
-                    event["machine_open"] = truthy(get("sg_machine_open"))
-                else:
-                    put(event, "url", get("url"))
-            elif kind == "bounce":
-                event["bounce_type"] = "soft" if get("type") == "blocked" else "hard"
-            elif kind == "dropped":
-                event["bounce_type"] = "dropped"
-        except FieldTooLong as exc:
-            reject(index, exc.reason)
-            continue
+        # the fallback path: plain `put` per field (the usual batch never comes here)
+        put(event, "message_id", get("sg_message_id"), trimmed)
+        put(event, "campaign_id", get("marketing_campaign_id") or get("singlesend_id"), trimmed)
+        if event_type == "opened" or event_type == "clicked":
+            put(event, "user_agent", get("useragent"), trimmed)
+            put(event, "ip", get("ip"), trimmed)
+            if event_type == "opened":
+                event["machine_open"] = truthy(get("sg_machine_open"))
+            else:
+                put(event, "url", get("url"), trimmed)
+        elif kind == "bounce":
+            event["bounce_type"] = "soft" if get("type") == "blocked" else "hard"
+        elif kind == "dropped":
+            event["bounce_type"] = "dropped"
         events.append(event)
         sources.append(index)
     return result

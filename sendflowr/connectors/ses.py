@@ -8,6 +8,10 @@ Click -> clicked, Bounce -> bounced (Permanent hard, Transient/Undetermined soft
 dropped, Complaint -> complained, Subscription with unsubscribeAll -> unsubscribed. DeliveryDelay and
 Rendering Failure are skipped and counted. SES has no event id, so event_id is a hash of
 mail.messageId + eventType + recipient + the event's timestamp (an SNS retry repeats all four).
+
+Opens, clicks and unsubscribes are one person's action, but SES names only the message's recipients
+(mail.destination): with more than one, nobody can tell who acted, so the record is rejected rather than
+credited to everyone on the message (send one message per recipient to track engagement).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from sendflowr.connectors.common import Normalized, compact, finish, iso_to_rfc3
 ESP = "ses"
 SKIPPED = frozenset({"DeliveryDelay", "Rendering Failure", "RenderingFailure"})
 BOUNCE_TYPES = {"Permanent": "hard", "Transient": "soft", "Undetermined": "soft"}
+ONE_PERSON = frozenset({"Open", "Click", "Subscription"})  # actions of one recipient, which SES does not name
 
 
 def ses_record(record: Any) -> Any:
@@ -115,6 +120,10 @@ def normalize(records: list[Any], now: datetime | None = None) -> Normalized:
             continue
         if not recipients:
             result.reject(index, "recipients: the record names no recipient")
+            continue
+        if kind in ONE_PERSON and len(recipients) > 1:
+            result.reject(index, f"mail.destination: {len(recipients)} recipients, and SES does not say which one "
+                          f"{event_type} (one recipient per message is needed to track engagement)")
             continue
         for recipient in recipients:
             result.add(index, compact({

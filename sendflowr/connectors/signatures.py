@@ -10,10 +10,11 @@ import base64
 import binascii
 import hashlib
 import hmac
+import sqlite3
 import threading
 import time
-from collections import OrderedDict
 from datetime import datetime
+from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
@@ -65,34 +66,65 @@ class SendgridVerifier:
             raise SignatureRejected("SendGrid timestamp is not Unix seconds")
 
 
-class _SeenTokens:
-    """Tokens seen within the replay window (bounded, oldest dropped first)."""
+class UsedTokens:
+    """Tokens already honoured, shared by every process that opens the same file (uvicorn workers, restarts):
+    one SQLite row per token hash, inserted or refused atomically. In memory (this process only) without a path.
+    Rows older than `retention` seconds are pruned, and at most `limit` are kept (oldest go first)."""
 
-    def __init__(self, limit: int = 100_000):
-        self._seen: OrderedDict[str, float] = OrderedDict()
+    def __init__(self, path: Path | None, retention: float, limit: int = 1_000_000):
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(str(path) if path else ":memory:", timeout=10, isolation_level=None,
+                                   check_same_thread=False)
+        if path is not None:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("CREATE TABLE IF NOT EXISTS used (token TEXT PRIMARY KEY, seen REAL NOT NULL)")
+        self._db.execute("CREATE INDEX IF NOT EXISTS used_seen ON used (seen)")
+        self.retention = retention
         self._limit = limit
         self._lock = threading.Lock()
+        self._inserts = 0
 
-    def first_use(self, token: str, stamp: float, window: float) -> bool:
+    def first_use(self, token: str) -> bool:
+        key = hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
+        now = time.time()
         with self._lock:
-            horizon = time.time() - window
-            while self._seen and (len(self._seen) >= self._limit or next(iter(self._seen.values())) < horizon):
-                self._seen.popitem(last=False)
-            if token in self._seen:
+            try:
+                self._db.execute("INSERT INTO used (token, seen) VALUES (?, ?)", (key, now))
+            except sqlite3.IntegrityError:
                 return False
-            self._seen[token] = stamp
+            self._inserts += 1
+            if self._inserts % 1000 == 0:
+                self._db.execute("DELETE FROM used WHERE seen < ?", (now - self.retention,))
+                self._db.execute("DELETE FROM used WHERE token IN (SELECT token FROM used ORDER BY seen DESC "
+                                 "LIMIT -1 OFFSET ?)", (self._limit,))
             return True
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
+# Without an age check a token must still be honoured once: remembered this long.
+TOKEN_RETENTION_WITHOUT_AGE = 7 * 24 * 3600
 
 
 class MailgunVerifier:
     """Mailgun: hex HMAC-SHA256 of timestamp + token with the webhook signing key; a token is honoured once
     and the timestamp must be recent (https://documentation.mailgun.com/docs/mailgun/user-manual/webhooks/
-    securing-webhooks)."""
+    securing-webhooks). The signature does not cover the body, so the once-only token is what stops a captured
+    signature from carrying other events: it is kept in `tokens_path`, shared by every receiver process of the
+    state directory, and checked whether or not the age check is on."""
 
-    def __init__(self, signing_key: str, max_age_seconds: float):
+    def __init__(self, signing_key: str, max_age_seconds: float, tokens_path: Path | None = None):
         self._key = signing_key.encode()
         self.max_age = max_age_seconds
-        self._tokens = _SeenTokens()
+        retention = max_age_seconds * 2 if max_age_seconds else TOKEN_RETENTION_WITHOUT_AGE
+        self._tokens = UsedTokens(tokens_path, retention)
+
+    def close(self) -> None:
+        self._tokens.close()
 
     def expected(self, timestamp: str, token: str) -> str:
         return hmac.new(self._key, (timestamp + token).encode(), hashlib.sha256).hexdigest()
@@ -112,8 +144,8 @@ class MailgunVerifier:
             raise SignatureRejected("Mailgun timestamp is not Unix seconds") from None
         if self.max_age:
             _check_age(stamp, self.max_age, now)
-            if not self._tokens.first_use(token, stamp, self.max_age * 2):
-                raise SignatureRejected("Mailgun token was already used: replayed request")
+        if not self._tokens.first_use(token):
+            raise SignatureRejected("Mailgun token was already used: replayed request")
 
 
 class KlaviyoVerifier:

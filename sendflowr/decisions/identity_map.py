@@ -9,7 +9,6 @@ for a new person is the one stitching will assign: mix(lowest node key) of the r
 
 from __future__ import annotations
 
-import hashlib
 from collections import OrderedDict
 from dataclasses import dataclass
 from threading import Lock
@@ -19,27 +18,15 @@ import pyarrow as pa
 from clickhouse_connect.driver.client import Client
 
 from sendflowr.identity import graph
+from sendflowr.identity.graph import raw_hash, raw_hashes  # noqa: F401 (the API's lookup key of raw identifiers)
 from sendflowr.identity.normalize import normalize_many
 from sendflowr.sql_files import load_sql
 
-# Order in which identifiers decide the person when they point at different people: the guards' type priority
-# (graph.Guards.type_priority), so the most specific id wins, as it does when stitching resolves a conflict.
-IDENTIFIER_PRIORITY = ("klaviyo_id", "external_id", "email", "phone")
+# Order in which identifiers decide the person when they point at different people: the one priority order of
+# identity (graph.TYPES_BY_PRIORITY, also the guards' edge order), so the most specific personal id wins.
+IDENTIFIER_PRIORITY = graph.TYPES_BY_PRIORITY
 TYPE_CODE = {name: code for code, name in enumerate(graph.TYPE_NAMES)}
 _EMPTY = np.zeros(0, np.uint64)
-
-
-def raw_hash(identifier_type: str, raw: str) -> int:
-    """halfMD5(type || '\\0' || raw) as ClickHouse computes it in sql/decisions/identity_raw.sql."""
-    return int.from_bytes(hashlib.md5(f"{identifier_type}\0{raw}".encode()).digest()[:8], "big")
-
-
-def raw_hashes(identifier_type: str, raws: list[str]) -> np.ndarray:
-    """`raw_hash` of many raw values of one type: digests joined into one buffer and read as big-endian uint64
-    by numpy (hashing itself has no column kernel)."""
-    prefix = f"{identifier_type}\0".encode()
-    digests = b"".join([hashlib.md5(prefix + raw.encode()).digest() for raw in raws])
-    return np.frombuffer(digests, dtype=">u8")[0::2].astype(np.uint64)
 
 
 def _find(sorted_keys: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -110,6 +97,11 @@ class IdentityMap:
     live_uid: np.ndarray  # uint64, sorted unique ids in use
     merged_old: np.ndarray  # uint64, sorted: ids merged away and not live again ...
     merged_final: np.ndarray  # ... -> the id that finally survived (merge chains followed to their end)
+    node_shared: np.ndarray | None = None  # uint8 per node: 0 personal, else shared (graph.SHARED_*); None = none
+
+    def __post_init__(self) -> None:
+        if self.node_shared is None:
+            object.__setattr__(self, "node_shared", np.zeros(len(self.node_key), np.uint8))
 
     @classmethod
     def empty(cls) -> IdentityMap:
@@ -135,15 +127,20 @@ class IdentityMap:
             return int(self.raw_node[at])
         return None
 
-    def node_uid_of(self, key: int) -> int:
-        """Scalar `node_uids`: uid of one node key, 0 when not in the graph."""
+    def node_uid_of(self, key: int) -> tuple[int, bool]:
+        """Scalar `node_uids`: (uid of one node key, 0 when not in the graph; whether the node is shared)."""
         at = int(np.searchsorted(self.node_key, np.uint64(key)))
-        return int(self.node_uid[at]) if at < len(self.node_key) and int(self.node_key[at]) == key else 0
+        if at < len(self.node_key) and int(self.node_key[at]) == key:
+            return int(self.node_uid[at]), bool(self.node_shared[at])
+        return 0, False
 
-    def node_uids(self, keys: np.ndarray) -> np.ndarray:
-        """uint64 universal id of each node key, 0 for a node not in the graph."""
+    def node_uids(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(uint64 universal id of each node key, 0 for a node not in the graph; whether the node is shared)."""
         at, found = _find(self.node_key, keys)
-        return np.where(found, self.node_uid[at] if len(self.node_uid) else 0, 0).astype(np.uint64)
+        if not len(self.node_key):
+            return np.zeros(len(keys), np.uint64), np.zeros(len(keys), bool)
+        return (np.where(found, self.node_uid[at], 0).astype(np.uint64),
+                found & (self.node_shared[at] != 0))
 
     def survivors(self, uids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Each id after following the merge log, and whether it is a known (live or merged) id."""
@@ -195,7 +192,8 @@ def load_identity_map(client: Client, database: str) -> IdentityMap:
         node_key=node_key, node_uid=node_uid,
         raw_hash=raw.column("raw_hash").to_numpy().astype(np.uint64),
         raw_node=raw.column("node_key").to_numpy().astype(np.uint64),
-        live_uid=live, merged_old=merged_old, merged_final=merged_final)
+        live_uid=live, merged_old=merged_old, merged_final=merged_final,
+        node_shared=nodes.column("shared").to_numpy().astype(np.uint8))
 
 
 def identity_stamp(client: Client, database: str) -> tuple:

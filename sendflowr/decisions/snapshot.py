@@ -19,7 +19,7 @@ from clickhouse_connect.driver.client import Client
 
 from sendflowr.decisions.identity_map import IdentityMap, identity_stamp, load_identity_map
 from sendflowr.identity import graph
-from sendflowr.timing import store
+from sendflowr.timing import store, versions
 from sendflowr.timing.store import TimingSnapshot
 
 log = logging.getLogger("sendflowr.decisions")
@@ -117,7 +117,7 @@ class SnapshotHolder:
         return self._client
 
     def needs_load(self) -> bool:
-        version = store.latest_version(self.client, self.database)
+        version = versions.latest_version(self.client, self.database)
         if version is None:
             self.last_error = "no timing materialization yet (materialize the timing_curves asset)"
             return False

@@ -6,14 +6,29 @@ the result back column-wise. Pure numpy/scipy; no Dagster, no FastAPI.
 Pipeline (`stitch`, then `assign_ids`; `rebuild` / `update` wrap both):
 
 1. Degree guard. A node with more than `max_degree_for_shared` distinct neighbours of any single type (own type
-   included) is *shared* (a household phone, a generic external id): all its edges are blocked.
-2. Clusters = connected components of the remaining edges (scipy). A cluster that breaks no per-type limit and
-   no size cap is a person as is -- that is the fast path and almost all of the data.
-3. Only clusters that break a guard go through the greedy pass: their edges in priority order (see
-   `Guards.edge_order`) through a union-find; an edge is accepted unless the merge it causes would exceed a
-   per-type limit or the size cap. Edges already inside one component are accepted (no-op).
-   A blocked edge always ends up between two different people (counts only grow), so the people are exactly the
-   connected components of the accepted edges -- the property the networkx oracle tests check.
+   included) is *shared* (a placeholder, a store's phone line): all its edges are blocked.
+2. Clusters = connected components of the remaining edges (scipy). Everything below is computed per cluster
+   (the unit an incremental run recomputes).
+3. Conflict guard (`_conflicts`, `_peel`). A node X is *shared by conflict* when two of its neighbours are
+   identifiers of one kind (`Guards.conflict_kinds`) that stand for two people: both were in use at the same
+   time (their [active_from, active_to] overlap), each was also seen in an event without X, and nothing vouches
+   that they are one person's (`Guards.vouchers`: no ESP profile id other than X seen with both; for two profile
+   ids, no email seen with both -- an ESP keeps one profile per email, so two profile ids on one email are one
+   profile merged on the ESP side). A household phone seen with two relatives' emails, a family account, a role
+   address of a small business: all their edges are blocked, whatever their degree. Conflicts stand only while
+   their evidence is personal, so `_peel` makes nodes shared one at a time per cluster, the most involved first.
+   Profile ids are never shared by a conflict (a profile is one person).
+4. Components of what is left. One that breaks no per-type limit, no size cap and holds no two *exclusive*
+   identifiers (`Guards.exclusive_types`: Klaviyo ids, customer ids) or two soft-kind identifiers with a life of
+   their own (emails, phones) is a person as is: almost all of the data.
+5. Only components that break a guard go through the greedy pass: their edges in priority order (see
+   `_edge_order`) through a union-find; an edge is accepted unless the merge it causes would exceed a per-type
+   limit, the size cap, or put two such identifiers of one type with overlapping lifetimes together -- unless
+   the edge's endpoint vouches for them (a profile id for its mailboxes, an email for its profile ids). An old
+   and a new profile id whose lifetimes follow each other (an ESP-side merge) never clash.
+   Edges already inside one component are accepted (no-op).
+   A blocked edge always ends up between two different people (counts and lifetimes only grow), so the people are
+   exactly the connected components of the accepted edges -- the property the networkx oracle tests check.
 
 Universal ids are `sf_` + 16 hex of a 64-bit id. The id of a person is always `mix(node_key)` of one of its
 identifiers, its *origin*; `mix` is a salted splitmix64 finalizer, a bijection on uint64, so different origins
@@ -35,10 +50,22 @@ from scipy.sparse.csgraph import connected_components
 EMAIL, KLAVIYO_ID, PHONE, EXTERNAL_ID = 0, 1, 2, 3
 TYPE_NAMES = ("email", "klaviyo_id", "phone", "external_id")  # == sendflowr.events.IDENTIFIER_TYPES
 N_TYPES = len(TYPE_NAMES)
+# The one priority order of identifier types, most specific first: which edges the greedy pass keeps first when a
+# guard binds, and which identifier decides the person in the decision API when a request's identifiers point at
+# different people. An email ranks above a customer id: households share accounts more often than mailboxes.
+TYPES_BY_PRIORITY = ("klaviyo_id", "email", "external_id", "phone")
+TYPE_PRIORITY = tuple(TYPE_NAMES.index(t) for t in TYPES_BY_PRIORITY)
 
-ACCEPTED, SHARED, SIZE_CAP, TYPE_LIMIT = 0, 1, 2, 3  # TYPE_LIMIT + t: the limit of type t would be exceeded
+# Verdict codes per edge. TYPE_LIMIT + t: the limit of type t would be exceeded (or two exclusive identifiers of
+# type t in use at the same time would join); CONFLICT + t: an endpoint is shared by a conflict of kind t.
+ACCEPTED, SHARED, SIZE_CAP, TYPE_LIMIT = 0, 1, 2, 3
+CONFLICT = TYPE_LIMIT + N_TYPES
 REASONS = {ACCEPTED: "accepted", SHARED: "shared identifier (degree guard)", SIZE_CAP: "person size cap"}
 REASONS |= {TYPE_LIMIT + t: f"per-type limit: {name}" for t, name in enumerate(TYPE_NAMES)}
+REASONS |= {CONFLICT + t: f"shared identifier (conflict: {name})" for t, name in enumerate(TYPE_NAMES)}
+# Per node: why it is shared (the `shared` column of identity_nodes).
+NOT_SHARED, SHARED_DEGREE, SHARED_CONFLICT = 0, 1, 2
+_NEVER = np.iinfo(np.int64).max  # "unknown lifetime / events": active from -inf to +inf, always seen alone
 
 _SALT = np.uint64(0x5EF10E5_1D_C0FFEE)
 _M1, _M2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
@@ -77,6 +104,20 @@ def identifier_key(types, values) -> np.ndarray:
     return out
 
 
+def raw_hash(identifier_type: str, raw: str) -> int:
+    """halfMD5(type || '\\0' || raw) as ClickHouse computes it (sql/decisions/identity_raw.sql,
+    sql/identity/eval_cooccurrence.sql): a raw identifier's key before any normalization."""
+    return int.from_bytes(hashlib.md5(f"{identifier_type}\0{raw}".encode()).digest()[:8], "big")
+
+
+def raw_hashes(identifier_type: str, raws: list[str]) -> np.ndarray:
+    """`raw_hash` of many raw values of one type: digests joined into one buffer and read as big-endian uint64
+    by numpy (hashing itself has no column kernel)."""
+    prefix = f"{identifier_type}\0".encode()
+    digests = b"".join([hashlib.md5(prefix + raw.encode()).digest() for raw in raws])
+    return np.frombuffer(digests, dtype=">u8")[0::2].astype(np.uint64)
+
+
 def mix(keys) -> np.ndarray:
     """Salted splitmix64 finalizer: a fixed bijection uint64 -> uint64 (node_key -> the id it originates)."""
     z = np.asarray(keys, dtype=np.uint64) ^ _SALT
@@ -108,14 +149,27 @@ def parse_uid(text) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Nodes:
+    """Identifiers. `first_seen` ranks them for the id survivor rule (when first ingested; never moves back).
+    `active_from` / `active_to`: first and last occurrence (event time), the lifetime the guards compare; unknown =
+    always active. `events`: events that carried the identifier; unknown = more than any edge (seen alone)."""
+
     node_type: np.ndarray  # int8 type code (EMAIL..EXTERNAL_ID)
     node_key: np.ndarray  # uint64 `identifier_key`, unique per node
     first_seen: np.ndarray  # int64 ms
+    active_from: np.ndarray | None = None  # int64 ms
+    active_to: np.ndarray | None = None  # int64 ms
+    events: np.ndarray | None = None  # int64
 
     def __post_init__(self) -> None:
         for name, dtype in (("node_type", np.int8), ("node_key", np.uint64), ("first_seen", np.int64)):
             object.__setattr__(self, name, np.asarray(getattr(self, name), dtype=dtype).reshape(-1))
-        if not len(self.node_type) == len(self.node_key) == len(self.first_seen):
+        n = len(self.node_key)
+        for name, default in (("active_from", -_NEVER), ("active_to", _NEVER), ("events", _NEVER)):
+            col = getattr(self, name)
+            col = np.full(n, default, np.int64) if col is None else np.asarray(col, np.int64).reshape(-1)
+            object.__setattr__(self, name, col)
+        if not (len(self.node_type) == n == len(self.first_seen) == len(self.active_from) == len(self.active_to)
+                == len(self.events)):
             raise ValueError("node columns differ in length")
         if len(self.node_type) and (self.node_type.min() < 0 or self.node_type.max() >= N_TYPES):
             raise ValueError("node_type out of range")
@@ -124,7 +178,10 @@ class Nodes:
         return len(self.node_key)
 
     def take(self, idx) -> Nodes:
-        return Nodes(self.node_type[idx], self.node_key[idx], self.first_seen[idx])
+        return Nodes(*(getattr(self, c)[idx] for c in NODE_COLUMNS))
+
+
+NODE_COLUMNS = ("node_type", "node_key", "first_seen", "active_from", "active_to", "events")
 
 
 @dataclass(frozen=True)
@@ -158,30 +215,56 @@ class Edges:
 
 
 def _default_limits() -> dict[int, int]:
-    return {KLAVIYO_ID: 1, EMAIL: 5, PHONE: 3, EXTERNAL_ID: 3}
+    # klaviyo_id / external_id: a chain of profiles or accounts that followed each other (only one at a time,
+    # see Guards.exclusive_types); a person with more is more likely a reused placeholder than a history.
+    return {KLAVIYO_ID: 3, EMAIL: 5, PHONE: 3, EXTERNAL_ID: 3}
 
 
 @dataclass(frozen=True)
 class Guards:
-    """Over-merge guards. `edge_order`: when a limit binds, edges are tried (and so kept) in this order:
-    1. type class: position in `type_priority` of the better-ranked endpoint type (klaviyo_id edges first),
+    """Over-merge guards (module docstring, steps 1-5). When a limit binds, edges are tried (and so kept) in this
+    order: 1. type class: position in `type_priority` of the better-ranked endpoint type (klaviyo_id edges first),
     2. higher edge_count, 3. earlier edge_first_seen, 4. lower (min key, max key) of the endpoints."""
 
     max_per_type: Mapping[int, int] = field(default_factory=_default_limits)  # missing type = unlimited
     max_person_size: int = 50
     max_degree_for_shared: int = 20
-    type_priority: tuple[int, ...] = (KLAVIYO_ID, EXTERNAL_ID, EMAIL, PHONE)
+    type_priority: tuple[int, ...] = TYPE_PRIORITY
+    # A person holds one of these at a time: two whose lifetimes overlap never join (an old and a new ESP profile
+    # id, or customer id, that follow each other do).
+    exclusive_types: tuple[int, ...] = (KLAVIYO_ID, EXTERNAL_ID)
+    # Two concurrent identifiers of one of these kinds next to a node are two people: the node is shared.
+    conflict_kinds: tuple[int, ...] = (KLAVIYO_ID, EMAIL, EXTERNAL_ID, PHONE)
+    # ESP profile ids: one person by construction, so never shared by a conflict, and two identifiers that share
+    # one are the same profile's (no conflict).
+    profile_types: tuple[int, ...] = (KLAVIYO_ID,)
+    # What an ESP keys its profiles by: one profile per email at a time, so two profile ids seen with one email are
+    # one profile (merged on the ESP side, or duplicates it will merge), never two people.
+    profile_key_types: tuple[int, ...] = (EMAIL,)
 
     def __post_init__(self) -> None:
         if min(self.max_per_type.values(), default=1) < 1 or self.max_person_size < 1:
             raise ValueError("per-type limits and the size cap must be >= 1")
         if sorted(self.type_priority) != list(range(N_TYPES)):
             raise ValueError("type_priority must be a permutation of the type codes")
+        for name in ("exclusive_types", "conflict_kinds", "profile_types", "profile_key_types"):
+            if not set(getattr(self, name)) <= set(range(N_TYPES)):
+                raise ValueError(f"{name} must hold type codes")
+
+    def vouchers(self) -> np.ndarray:
+        """[a, b]: an identifier of type a vouches that identifiers of type b next to it are one person's -- a
+        profile id for everything it was seen with, an email for the profile ids seen with it."""
+        out = np.zeros((N_TYPES, N_TYPES), bool)
+        out[list(self.profile_types), :] = True
+        for key in self.profile_key_types:
+            out[key, list(self.profile_types)] = True
+        return out
 
     @classmethod
     def disabled(cls) -> Guards:
         big = 2**62
-        return cls(max_per_type={}, max_person_size=big, max_degree_for_shared=big)
+        return cls(max_per_type={}, max_person_size=big, max_degree_for_shared=big, exclusive_types=(),
+                   conflict_kinds=())
 
     def limits(self) -> np.ndarray:
         out = np.full(N_TYPES, 2**62, np.int64)
@@ -193,8 +276,8 @@ class Guards:
 @dataclass(frozen=True)
 class StitchResult:
     component: np.ndarray  # int64 person label per node, 0..n_components-1 (labels carry no meaning across runs)
-    cluster: np.ndarray  # int64 component label before per-type/size guards (state for `update`)
-    shared: np.ndarray  # bool per node: blocked by the degree guard
+    cluster: np.ndarray  # int64 component label after the degree guard only (the unit a run recomputes)
+    shared: np.ndarray  # uint8 per node: NOT_SHARED, SHARED_DEGREE or SHARED_CONFLICT
     blocked_reason: np.ndarray  # int8 per edge, key of REASONS; 0 = accepted
 
     @property
@@ -242,8 +325,8 @@ def _components(n: int, src: np.ndarray, dst: np.ndarray) -> tuple[int, np.ndarr
 
 def stitch(nodes: Nodes, edges: Edges, guards: Guards | None = None,
            shared_hint: np.ndarray | None = None, loop_below: int = 64) -> StitchResult:
-    """Partition `nodes` into people. `shared_hint`: nodes already known to be shared (OR-ed with the degree
-    guard; `update` uses it for boundary nodes whose full edge list it does not load). `loop_below`: see
+    """Partition `nodes` into people. `shared_hint`: nodes already known to be shared by the degree guard (OR-ed
+    with it; `update` uses it for boundary nodes whose full edge list it does not load). `loop_below`: see
     `_greedy` (a tuning knob; results do not depend on it)."""
     guards = guards or Guards()
     n = len(nodes)
@@ -253,30 +336,199 @@ def stitch(nodes: Nodes, edges: Edges, guards: Guards | None = None,
     ntype = nodes.node_type.astype(np.int64)
     reason = np.zeros(len(edges), np.int8)
 
-    shared = _shared_nodes(n, src, dst, ntype, guards.max_degree_for_shared)
+    degree = _shared_nodes(n, src, dst, ntype, guards.max_degree_for_shared)
     if shared_hint is not None:
-        shared |= np.asarray(shared_hint, bool)
+        degree |= np.asarray(shared_hint, bool)
     loop = src == dst  # self loops are accepted no-ops
-    blocked = (shared[src] | shared[dst]) & ~loop
+    blocked = (degree[src] | degree[dst]) & ~loop
     reason[blocked] = SHARED
     live = np.flatnonzero(~blocked & ~loop)
     n_clusters, cluster = _components(n, src[live], dst[live])
+    shared = np.where(degree, SHARED_DEGREE, NOT_SHARED).astype(np.uint8)
 
-    limits = guards.limits()
-    bad = np.bincount(cluster, minlength=n_clusters) > guards.max_person_size
-    if (limits < n).any():
-        per_type = np.bincount(cluster * N_TYPES + ntype, minlength=n_clusters * N_TYPES).reshape(-1, N_TYPES)
-        for t in np.flatnonzero(limits < n).tolist():
-            bad |= per_type[:, t] > limits[t]
-    component = cluster.copy()
+    kind = _conflicts(nodes, edges, live, cluster, guards)
+    hit = kind >= 0
+    if hit.any():
+        shared[hit] = SHARED_CONFLICT
+        ls, ld = src[live], dst[live]
+        cut = hit[ls] | hit[ld]
+        reason[live[cut]] = CONFLICT + np.where(hit[ls], kind[ls], kind[ld])[cut]  # the src's kind when both
+        live = live[~cut]
+        n_parts, part = _components(n, src[live], dst[live])
+    else:
+        n_parts, part = n_clusters, cluster
+
+    own = _own_life(nodes, edges, np.flatnonzero(~blocked & ~loop), guards)
+    bad = _breaks_guards(nodes, part, n_parts, own, guards)
+    component = part.copy()
     if bad.any():
-        bad_nodes = np.flatnonzero(bad[cluster])
-        sel = live[bad[cluster[src[live]]]]
-        roots, reason[sel] = _greedy(nodes, edges, sel, bad_nodes, cluster, guards, loop_below)
-        component[bad_nodes] = n_clusters + roots
-        n_labels = n_clusters + len(bad_nodes)
-        component = _compact(component, n_labels)
+        bad_nodes = np.flatnonzero(bad[part])
+        sel = live[bad[part[src[live]]]]
+        roots, reason[sel] = _greedy(nodes, edges, sel, bad_nodes, part, own, guards, loop_below)
+        component[bad_nodes] = n_parts + roots
+        component = _compact(component, n_parts + len(bad_nodes))
     return StitchResult(component, cluster, shared, reason)
+
+
+def _soft_kinds(guards: Guards) -> list[int]:
+    """Conflict kinds a person may hold several of, as long as an ESP profile vouches for them (emails, phones)."""
+    return [t for t in guards.conflict_kinds if t not in guards.exclusive_types and t not in guards.profile_types]
+
+
+def _own_life(nodes: Nodes, edges: Edges, live: np.ndarray, guards: Guards) -> np.ndarray:
+    """Per node: an identifier of a soft kind that was seen in more events than it shared with its neighbours
+    other than profile ids (its own mailbox or line, not only a field of someone's orders). Summing over the
+    neighbours counts an event carrying two of them twice, so this errs towards 'no'."""
+    n = len(nodes)
+    own = np.zeros(n, bool)
+    soft = _soft_kinds(guards)
+    if not soft:
+        return own
+    ntype = nodes.node_type.astype(np.int64)
+    is_profile = np.zeros(N_TYPES, bool)
+    is_profile[list(guards.profile_types)] = True
+    s, d, c = edges.src[live], edges.dst[live], edges.edge_count[live].astype(np.float64)
+    to_s, to_d = ~is_profile[ntype[d]], ~is_profile[ntype[s]]
+    shared_with = (np.bincount(s[to_s], weights=c[to_s], minlength=n)
+                   + np.bincount(d[to_d], weights=c[to_d], minlength=n))
+    own[np.isin(ntype, soft)] = True
+    return own & (nodes.events > shared_with)
+
+
+def _breaks_guards(nodes: Nodes, part: np.ndarray, n_parts: int, own: np.ndarray, guards: Guards) -> np.ndarray:
+    """Per component: over the size cap, over a per-type limit, or two exclusive identifiers of one type, or two
+    soft-kind identifiers with a life of their own (whether they may share a person is the greedy pass's question:
+    it decides in edge order)."""
+    ntype = nodes.node_type.astype(np.int64)
+    bad = np.bincount(part, minlength=n_parts) > guards.max_person_size
+    limits = guards.limits()
+    limits[list(guards.exclusive_types)] = np.minimum(limits[list(guards.exclusive_types)], 1)
+    if (limits < len(nodes)).any():
+        per_type = np.bincount(part * N_TYPES + ntype, minlength=n_parts * N_TYPES).reshape(-1, N_TYPES)
+        for t in np.flatnonzero(limits < len(nodes)).tolist():
+            bad |= per_type[:, t] > limits[t]
+    if own.any():
+        mine = np.flatnonzero(own)
+        per_type = np.bincount(part[mine] * N_TYPES + ntype[mine], minlength=n_parts * N_TYPES)
+        bad |= (per_type.reshape(-1, N_TYPES) > 1).any(axis=1)
+    return bad
+
+
+def _conflicts(nodes: Nodes, edges: Edges, live: np.ndarray, cluster: np.ndarray, guards: Guards) -> np.ndarray:
+    """Conflict guard (module docstring, step 3) over the `live` edges: per node, the kind (type code) of the
+    conflict that makes it shared, or -1 (`_peel` decides which conflicted nodes are shared)."""
+    n = len(nodes)
+    kind = np.full(n, -1, np.int64)
+    if not guards.conflict_kinds or not len(live):
+        return kind
+    ntype = nodes.node_type.astype(np.int64)
+    is_kind, is_profile = np.zeros(N_TYPES, bool), np.zeros(N_TYPES, bool)
+    is_kind[list(guards.conflict_kinds)] = True
+    is_profile[list(guards.profile_types)] = True
+    vouches = guards.vouchers()
+    s, d, c = edges.src[live], edges.dst[live], edges.edge_count[live]
+    ts, td = ntype[s], ntype[d]
+    # rows (x, y) in both directions of an edge: y of a conflict kind, x not vouching for it. Only (x, kind)
+    # groups with two rows can hold a pair: a cheap count over both directions before any copy or sort.
+    fwd = is_kind[td] & ~is_profile[ts] & ~vouches[ts, td]
+    bwd = is_kind[ts] & ~is_profile[td] & ~vouches[td, ts]
+    g_fwd, g_bwd = s * N_TYPES + td, d * N_TYPES + ts
+    rows = (np.bincount(g_fwd[fwd], minlength=n * N_TYPES) + np.bincount(g_bwd[bwd], minlength=n * N_TYPES)) >= 2
+    fwd &= rows[g_fwd]
+    bwd &= rows[g_bwd]
+    x, y, cnt = np.r_[s[fwd], d[bwd]], np.r_[d[fwd], s[bwd]], np.r_[c[fwd], c[bwd]]
+    if not len(x):
+        return kind
+    # one row per (x, y); `together` = events that carried both (duplicate edge rows summed)
+    uniq, inv = np.unique(x * n + y, return_inverse=True)
+    together = np.zeros(len(uniq), np.int64)
+    np.add.at(together, inv, cnt)
+    x, y = uniq // n, uniq % n
+    alone = nodes.events[y] > together  # y was also seen without x
+    x, y = x[alone], y[alone]
+    g = x * N_TYPES + ntype[y]  # sorted already (uniq is sorted by x, then y)
+    order = np.argsort(g, kind="stable")
+    x, y, g = x[order], y[order], g[order]
+    # every pair (i < j) of rows within one group
+    starts = np.flatnonzero(np.r_[True, g[1:] != g[:-1]])
+    ends = np.r_[starts[1:], len(g)]
+    later = np.repeat(ends, ends - starts) - np.arange(len(g)) - 1
+    first = np.repeat(np.arange(len(g)), later)
+    second = first + 1 + np.arange(len(first)) - np.repeat(np.cumsum(later) - later, later)
+    yi, yj = y[first], y[second]
+    concurrent = (np.maximum(nodes.active_from[yi], nodes.active_from[yj])
+                  <= np.minimum(nodes.active_to[yi], nodes.active_to[yj]))
+    first, yi, yj = first[concurrent], yi[concurrent], yj[concurrent]
+    xs = x[first]
+    apart = ~_vouched_together(n, s, d, ntype, vouches, yi, yj, xs)
+    if not apart.any():
+        return kind
+    return _peel(nodes, cluster, xs[apart], yi[apart], yj[apart], guards)
+
+
+def _peel(nodes: Nodes, cluster: np.ndarray, xs: np.ndarray, yi: np.ndarray, yj: np.ndarray,
+          guards: Guards) -> np.ndarray:
+    """Conflicts -> shared nodes. A conflict (xs, yi, yj) stands only while its evidence yi, yj is personal, so
+    nodes are made shared one per cluster per round, the most involved first: the one that stands between, or is
+    evidence of, the most conflicts still standing; then the one whose conflict is of the strongest kind (exclusive
+    kinds first: two profiles > two customer ids > two emails > two phones), then of the least specific type (a
+    phone before an account before an email), then the lowest key. A role address between colleagues goes before a
+    colleague's account that saw it next to his own email (whose conflict then falls: its evidence is no longer
+    personal); a family phone before the family account, which then stands on its own evidence. Returns the kind
+    that made each node shared (or -1)."""
+    n = len(nodes)
+    kind = np.full(n, -1, np.int64)
+    pos = np.empty(N_TYPES, np.int64)
+    pos[list(guards.type_priority)] = np.arange(N_TYPES)
+    exclusive = np.zeros(N_TYPES, bool)
+    exclusive[list(guards.exclusive_types)] = True
+    ranked = sorted(range(N_TYPES), key=lambda t: (not exclusive[t], pos[t]))  # exclusive kinds first
+    rank = np.empty(N_TYPES, np.int64)
+    rank[ranked] = np.arange(N_TYPES)
+    strength = rank[nodes.node_type[yi].astype(np.int64)]  # kind of the conflict, strongest evidence first
+    suspicion = (N_TYPES - 1) - pos[nodes.node_type.astype(np.int64)]  # least specific type first
+    removed = np.zeros(n, bool)
+    live = np.ones(len(xs), bool)
+    while True:
+        live &= ~(removed[xs] | removed[yi] | removed[yj])
+        if not live.any():
+            return kind
+        x, st = xs[live], strength[live]
+        best = np.full(n, N_TYPES, np.int64)
+        np.minimum.at(best, x, st)
+        # involvement: conflicts a node stands between, plus conflicts it is evidence of
+        involved = np.bincount(np.r_[x, yi[live], yj[live]], minlength=n)
+        cand = np.unique(x)
+        order = np.lexsort((nodes.node_key[cand], suspicion[cand], best[cand], -involved[cand], cluster[cand]))
+        cand = cand[order]
+        first = cand[np.r_[True, cluster[cand][1:] != cluster[cand][:-1]]]  # the top candidate per cluster
+        removed[first] = True
+        kind[first] = np.asarray(ranked)[best[first]]
+
+
+def _vouched_together(n: int, s: np.ndarray, d: np.ndarray, ntype: np.ndarray, vouches: np.ndarray,
+                      yi: np.ndarray, yj: np.ndarray, xs: np.ndarray) -> np.ndarray:
+    """Per pair (yi, yj of one type): is there a common neighbour (over the edges s-d), other than xs, that
+    vouches for both (`Guards.vouchers`): one profile id seen with both, or one email seen with two profile ids?"""
+    out = np.zeros(len(yi), bool)
+    if not len(yi):
+        return out
+    a, b = np.r_[s, d], np.r_[d, s]
+    m = vouches[ntype[b], ntype[a]]
+    held = np.unique(a[m] * n + b[m])  # (node, neighbour vouching for it), sorted
+    if not len(held):
+        return out
+    owner = held // n
+    lo, hi = np.searchsorted(owner, yi, "left"), np.searchsorted(owner, yi, "right")
+    deg = hi - lo
+    pair = np.repeat(np.arange(len(yi)), deg)
+    at = np.repeat(lo, deg) + np.arange(len(pair)) - np.repeat(np.cumsum(deg) - deg, deg)
+    p = held[at] % n
+    want = yj[pair] * n + p
+    k = np.minimum(np.searchsorted(held, want), len(held) - 1)
+    common = (held[k] == want) & (p != xs[pair])
+    out[pair[common]] = True
+    return out
 
 
 def _edge_order(nodes: Nodes, edges: Edges, sel: np.ndarray, guards: Guards) -> np.ndarray:
@@ -300,8 +552,14 @@ def _find(parent: np.ndarray, x: np.ndarray) -> np.ndarray:
 
 
 def _greedy(nodes: Nodes, edges: Edges, sel: np.ndarray, bad_nodes: np.ndarray, cluster: np.ndarray,
-            guards: Guards, loop_below: int = 64):
-    """Kruskal-like union-find over the edges `sel` of guard-breaking clusters, each cluster in priority order.
+            own: np.ndarray, guards: Guards, loop_below: int = 64):
+    """Kruskal-like union-find over the edges `sel` of guard-breaking components (`cluster` labels them), each in
+    priority order. A merge is refused when it would exceed a per-type limit or the size cap, or when both sides
+    hold an exclusive identifier of one type and the spans of those lifetimes overlap (a span covers a whole
+    succession, so a refused merge may also be one of interleaved successions: the cautious side). Soft kinds
+    (emails, phones) with a life of their own (`own`) are held to the same rule. An edge skips the rule for a type
+    its endpoint vouches for (`Guards.vouchers`): a profile id for its two mailboxes, an email for its two
+    profile ids (an ESP-side merge of duplicates that were in use side by side).
     Clusters are independent, so round j takes the j-th edge of every cluster at once (vectorized, no two edges
     of a round share a root). Once a round has fewer than `loop_below` edges, the tail (the few big clusters)
     goes through a plain Python loop. Returns (root per bad node, code per sel edge)."""
@@ -320,6 +578,22 @@ def _greedy(nodes: Nodes, edges: Edges, sel: np.ndarray, bad_nodes: np.ndarray, 
     counts = np.zeros((k, N_TYPES), np.int64)
     counts[np.arange(k), nodes.node_type[bad_nodes]] = 1
     limits, cap = guards.limits(), guards.max_person_size
+    # per root and tracked type: the span [lo, hi] of its (exclusive, or soft with a life of their own)
+    # identifiers' lifetimes (empty: lo > hi)
+    excl = list(guards.exclusive_types) + _soft_kinds(guards)
+    lo = np.full((k, len(excl)), _NEVER, np.int64)
+    hi = np.full((k, len(excl)), -_NEVER, np.int64)
+    for j, t in enumerate(excl):
+        mine = np.flatnonzero((nodes.node_type[bad_nodes] == t) & (own[bad_nodes] | (t in guards.exclusive_types)))
+        lo[mine, j] = nodes.active_from[bad_nodes[mine]]
+        hi[mine, j] = nodes.active_to[bad_nodes[mine]]
+    # per edge: the tracked columns its endpoints vouch for (the other endpoint's type), else -1
+    column = np.full(N_TYPES, -1, np.int64)
+    column[excl] = np.arange(len(excl))
+    ta, tb = nodes.node_type[edges.src[order]], nodes.node_type[edges.dst[order]]
+    vouches = guards.vouchers()
+    vouch_a = np.where(vouches[ta, tb], column[tb], -1)  # the src vouches for the dst's type
+    vouch_b = np.where(vouches[tb, ta], column[ta], -1)
     codes = np.zeros(len(order), np.int8)
 
     offset = 0
@@ -330,6 +604,11 @@ def _greedy(nodes: Nodes, edges: Edges, sel: np.ndarray, bad_nodes: np.ndarray, 
         offset += width
         ra, rb = _find(parent, la[idx]), _find(parent, lb[idx])
         over = (counts[ra] + counts[rb]) > limits
+        clash = np.maximum(lo[ra], lo[rb]) <= np.minimum(hi[ra], hi[rb])  # two at a time
+        for v in (vouch_a[idx], vouch_b[idx]):
+            clash[np.flatnonzero(v >= 0), v[v >= 0]] = False
+        for j, t in enumerate(excl):
+            over[:, t] |= clash[:, j]
         merge = ra != rb
         code = np.where(over.any(axis=1), TYPE_LIMIT + over.argmax(axis=1), ACCEPTED)
         code = np.where((code == ACCEPTED) & (size[ra] + size[rb] > cap), SIZE_CAP, code)
@@ -342,10 +621,14 @@ def _greedy(nodes: Nodes, edges: Edges, sel: np.ndarray, bad_nodes: np.ndarray, 
         parent[rb] = ra
         size[ra] += size[rb]
         counts[ra] += counts[rb]
+        lo[ra], hi[ra] = np.minimum(lo[ra], lo[rb]), np.maximum(hi[ra], hi[rb])
 
     rest = rounds[offset:]
     if len(rest):
         par, sz, cnt, lim = parent.tolist(), size.tolist(), counts.tolist(), limits.tolist()
+        los, his = lo.tolist(), hi.tolist()
+        excl_at = {t: j for j, t in enumerate(excl)}
+        vouched = list(zip(vouch_a.tolist(), vouch_b.tolist(), strict=True))
 
         def find(x: int) -> int:
             while par[x] != x:
@@ -353,21 +636,29 @@ def _greedy(nodes: Nodes, edges: Edges, sel: np.ndarray, bad_nodes: np.ndarray, 
                 x = par[x]
             return x
 
+        def violation(ra: int, rb: int, skip: tuple[int, int]) -> int:
+            ca, cb = cnt[ra], cnt[rb]
+            for t in range(N_TYPES):
+                j = excl_at.get(t)
+                if ca[t] + cb[t] > lim[t] or (j is not None and j not in skip and max(los[ra][j], los[rb][j])
+                                              <= min(his[ra][j], his[rb][j])):
+                    return TYPE_LIMIT + t
+            return SIZE_CAP if sz[ra] + sz[rb] > cap else ACCEPTED
+
         out = []
-        for a, b in zip(la[rest].tolist(), lb[rest].tolist(), strict=True):
+        for a, b, e in zip(la[rest].tolist(), lb[rest].tolist(), rest.tolist(), strict=True):
             ra, rb = find(a), find(b)
             code = ACCEPTED
             if ra != rb:
-                ca, cb = cnt[ra], cnt[rb]
-                code = next((TYPE_LIMIT + t for t in range(N_TYPES) if ca[t] + cb[t] > lim[t]), ACCEPTED)
-                if code == ACCEPTED and sz[ra] + sz[rb] > cap:
-                    code = SIZE_CAP
+                code = violation(ra, rb, vouched[e])
                 if code == ACCEPTED:
                     if sz[ra] < sz[rb]:
-                        ra, rb, ca, cb = rb, ra, cb, ca
+                        ra, rb = rb, ra
                     par[rb] = ra
                     sz[ra] += sz[rb]
-                    cnt[ra] = [x + y for x, y in zip(ca, cb, strict=True)]
+                    cnt[ra] = [x + y for x, y in zip(cnt[ra], cnt[rb], strict=True)]
+                    los[ra] = [min(x, y) for x, y in zip(los[ra], los[rb], strict=True)]
+                    his[ra] = [max(x, y) for x, y in zip(his[ra], his[rb], strict=True)]
             out.append(code)
         codes[rest] = out
         parent = np.asarray(par, np.int64)
@@ -506,8 +797,10 @@ def restitch(nodes: Nodes, edges: Edges, in_region: np.ndarray, shared_hint: np.
     """Recompute a *region*: whole pre-guard clusters (the ones new data touched) plus *boundary* nodes, the
     other endpoints of their edges. `edges` must be every edge with an endpoint in the region (so region nodes
     get exact degrees); a boundary node is outside every region cluster, so each of its edges into the region
-    was blocked by a shared endpoint that stays shared (shared only grows): a boundary node passes its stored
-    flag as `shared_hint`, and its own result is discarded. `previous`: uint64 id per node (0 = none).
+    was blocked by the degree guard at an endpoint that stays shared (degrees only grow): a boundary node passes
+    its stored degree-guard flag as `shared_hint`, and its own result is discarded. Everything after the degree
+    guard (conflicts, limits) is decided inside one cluster, from the cluster's nodes and edges alone.
+    `previous`: uint64 id per node (0 = none).
     Equals the region's part of `rebuild(all nodes, all edges, guards, previous)` -- the property
     `update` (in memory) and `sendflowr.identity.run` (region queries in ClickHouse) rely on."""
     in_region = np.asarray(in_region, bool)
@@ -532,8 +825,7 @@ def update(snap: Snapshot, new_nodes: Nodes, new_edges: Edges, guards: Guards | 
     here it is a vectorized scan of the in-memory columns.
     """
     n0 = len(snap.nodes)
-    nodes = Nodes(*(np.concatenate([getattr(snap.nodes, c), getattr(new_nodes, c)])
-                    for c in ("node_type", "node_key", "first_seen")))
+    nodes = Nodes(*(np.concatenate([getattr(snap.nodes, c), getattr(new_nodes, c)]) for c in NODE_COLUMNS))
     edges = Edges(*(np.concatenate([getattr(snap.edges, c), getattr(new_edges, c)])
                     for c in ("src", "dst", "edge_count", "edge_first_seen")))
     n, n_new = len(nodes), len(new_nodes)
@@ -548,9 +840,10 @@ def update(snap: Snapshot, new_nodes: Nodes, new_edges: Edges, guards: Guards | 
     sub = np.unique(np.concatenate([region, edges.src[e_sel], edges.dst[e_sel]]))
     remap = np.full(n, -1, np.int64)
     remap[sub] = np.arange(len(sub))
-    shared = np.concatenate([snap.result.shared, np.zeros(n_new, bool)])
+    shared = np.concatenate([snap.result.shared, np.zeros(n_new, np.uint8)])
     prev = np.concatenate([snap.ids.uid, np.zeros(n_new, np.uint64)])
-    res = restitch(nodes.take(sub), edges.take(e_sel, remap), in_region[sub], shared[sub], prev[sub], guards)
+    res = restitch(nodes.take(sub), edges.take(e_sel, remap), in_region[sub], shared[sub] == SHARED_DEGREE,
+                   prev[sub], guards)
 
     def relabel(old: np.ndarray, new: np.ndarray) -> np.ndarray:
         out = np.concatenate([old, np.zeros(n_new, np.int64)])

@@ -10,9 +10,11 @@ Everything is column-wise pyarrow.compute except phone parsing (see `_phones`).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import cache
+from pathlib import Path
 
 import numpy as np
 import phonenumbers
@@ -26,8 +28,17 @@ PLUS_MODES = ("keep", "known_providers", "all")
 PLUS_PROVIDERS = frozenset({"gmail.com", "googlemail.com", "outlook.com", "hotmail.com", "live.com", "icloud.com",
                             "me.com", "fastmail.com", "proton.me", "protonmail.com"})
 GMAIL_DOMAINS = frozenset({"gmail.com", "googlemail.com"})  # the only provider that ignores dots in the local part
-ROLE_ACCOUNTS = frozenset({"info", "admin", "support", "sales", "contact", "hello", "team", "office", "billing",
-                           "marketing", "webmaster", "help", "enquiries", "inquiries"})
+ROLE_ACCOUNTS_FILE = Path(__file__).with_name("role_accounts.txt")
+_ROLE_NOISE = r"[._-]|[0-9]+$"  # "Front.Desk2" -> "frontdesk": separators and a trailing number do not make it personal
+
+
+def load_role_accounts(path: Path = ROLE_ACCOUNTS_FILE) -> frozenset[str]:
+    """The role-mailbox local parts listed in `path` (one per line, '#' comments), in their matched form."""
+    lines = (line.split("#", 1)[0].strip().lower() for line in Path(path).read_text().splitlines())
+    return frozenset(re.sub(_ROLE_NOISE, "", line) for line in lines if line)
+
+
+ROLE_ACCOUNTS = load_role_accounts()
 MAX_EMAIL_LENGTH = 254  # RFC 5321 path limit
 _PLACEHOLDERS = frozenset({"null", "none", "nil", "n/a", "unknown", "undefined", "nan", "0", "-1"})
 _ID_BLOCKED = _PLACEHOLDERS | {"test", "guest", "anonymous"}
@@ -76,8 +87,9 @@ class NormalizationRules:
     email_plus_addressing: str = "known_providers"  # keep | known_providers | all: strip "+tag" from the local part
     plus_providers: frozenset[str] = PLUS_PROVIDERS
     email_gmail_dots: bool = True  # gmail.com/googlemail.com: drop local-part dots, googlemail.com -> gmail.com
-    block_role_accounts: bool = True  # info@, sales@...: shared inboxes; off for B2B lists that mail them
-    role_accounts: frozenset[str] = ROLE_ACCOUNTS
+    block_role_accounts: bool = True  # info@, orders@...: shared inboxes; off for B2B lists that mail them
+    role_accounts: frozenset[str] = ROLE_ACCOUNTS  # data: role_accounts.txt (`load_role_accounts`)
+    block_business_lines: bool = True  # toll-free, premium-rate and shared-cost numbers are never one person's
     block_local_equals_domain: bool = True  # test@test.com, a@a.com, none@none.com: typed-in filler
     blocked_values: dict[str, frozenset[str]] = field(default_factory=_default_blocked_values)
     blocked_patterns: dict[str, tuple[tuple[str, str], ...]] = field(default_factory=_default_blocked_patterns)
@@ -87,6 +99,8 @@ class NormalizationRules:
             raise ValueError(f"email_plus_addressing must be one of {PLUS_MODES}, got {self.email_plus_addressing!r}")
         if self.phone_default_region not in phonenumbers.SUPPORTED_REGIONS:
             raise ValueError(f"unknown phone region {self.phone_default_region!r}")
+        object.__setattr__(self, "role_accounts", frozenset(re.sub(_ROLE_NOISE, "", r.lower())
+                                                           for r in self.role_accounts))
         unknown = (set(self.blocked_values) | set(self.blocked_patterns)) - set(IDENTIFIER_TYPES)
         if unknown:
             raise ValueError(f"blocked values/patterns for unknown identifier types: {sorted(unknown)}")
@@ -187,12 +201,22 @@ def _emails(raw: pa.StringArray, rules: NormalizationRules) -> NormalizedColumn:
         label = pc.replace_substring_regex(domain, r"\..*$", "")
         reasons.add(pc.equal(local, label), "email: blocked pattern local equals domain")
     if rules.block_role_accounts:
-        role = pc.is_in(local, value_set=pa.array(sorted(rules.role_accounts), pa.string()))
+        bare = pc.replace_substring_regex(local, _ROLE_NOISE, "")
+        role = pc.is_in(bare, value_set=pa.array(sorted(rules.role_accounts), pa.string()))
         reasons.add(role, "generic: role account")
     return reasons.done(value)
 
 
-def _parse_phone(text: str, region: str) -> tuple[str | None, str | None]:
+BUSINESS_LINE = "generic: toll-free, premium-rate or shared-cost line"
+# libphonenumber's number types that are a business's line, never one person's (a store's toll-free number is
+# typed into thousands of profiles). They are the first three types it tests, so a number matching one of their
+# patterns gets that type whatever else it matches -- the column-wise path below relies on it.
+_BUSINESS_TYPES = ("premium_rate", "toll_free", "shared_cost")
+_BUSINESS_CODES = frozenset({phonenumbers.PhoneNumberType.PREMIUM_RATE, phonenumbers.PhoneNumberType.TOLL_FREE,
+                             phonenumbers.PhoneNumberType.SHARED_COST})
+
+
+def _parse_phone(text: str, region: str, block_business: bool) -> tuple[str | None, str | None]:
     try:
         number = phonenumbers.parse(text, region)
     except phonenumbers.NumberParseException:
@@ -200,6 +224,8 @@ def _parse_phone(text: str, region: str) -> tuple[str | None, str | None]:
     if not phonenumbers.is_valid_number(number):
         where = "" if text.startswith("+") else f" for region {region}"
         return None, f"phone: not a valid number{where}"
+    if block_business and phonenumbers.number_type(number) in _BUSINESS_CODES:
+        return None, BUSINESS_LINE
     return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164), None
 
 
@@ -213,10 +239,11 @@ _TYPE_DESCS = ("premium_rate", "toll_free", "shared_cost", "voip", "personal_num
 
 
 @cache
-def _nanp_regions() -> tuple[tuple[str | None, str, str], ...]:
+def _nanp_regions() -> tuple[tuple[str | None, str, str, str], ...]:
     """libphonenumber's own metadata for country code 1, in its region order: per region (leading digits or None,
-    general pattern, alternation of every number-type pattern that allows 10 digits). `_nanp_valid` applies them
-    with RE2 exactly as phonenumbers.is_valid_number does (region choice, then validity for that region)."""
+    general pattern, alternation of every number-type pattern that allows 10 digits, alternation of the business
+    types' patterns). `_nanp_valid` applies them with RE2 exactly as phonenumbers.is_valid_number and number_type
+    do (region choice, then validity and type for that region)."""
     out = []
     for region in phonenumbers.COUNTRY_CODE_TO_REGION_CODE[1]:
         md = phonenumbers.PhoneMetadata.metadata_for_region(region)
@@ -225,28 +252,35 @@ def _nanp_regions() -> tuple[tuple[str | None, str, str], ...]:
             return (desc is not None and bool(desc.national_number_pattern)
                     and (not desc.possible_length or 10 in desc.possible_length))
 
-        types = [getattr(md, name).national_number_pattern for name in _TYPE_DESCS if fits(getattr(md, name))]
+        def alternation(names, md=md) -> str:
+            found = [getattr(md, name).national_number_pattern for name in names if fits(getattr(md, name))]
+            return "^(?:" + "|".join(f"(?:{t})" for t in found) + ")$" if found else "^$"
+
         general = md.general_desc.national_number_pattern if fits(md.general_desc) else None
-        if general and types:
-            out.append((md.leading_digits, f"^(?:{general})$", "^(?:" + "|".join(f"(?:{t})" for t in types) + ")$"))
+        types = alternation(_TYPE_DESCS)
+        if general and types != "^$":
+            out.append((md.leading_digits, f"^(?:{general})$", types, alternation(_BUSINESS_TYPES)))
         elif md.leading_digits:
-            out.append((md.leading_digits, "^$", "^$"))  # chosen by its leading digits, but never valid
+            out.append((md.leading_digits, "^$", "^$", "^$"))  # chosen by its leading digits, but never valid
     return tuple(out)
 
 
-def _nanp_valid(nsn: pa.StringArray) -> pa.BooleanArray:
-    """is_valid_number for +1 numbers, given their 10-digit national numbers, column-wise."""
-    valid = pa.repeat(False, len(nsn))
+def _nanp_valid(nsn: pa.StringArray) -> tuple[pa.BooleanArray, pa.BooleanArray]:
+    """(is_valid_number, number_type is a business line) for +1 numbers, given their 10-digit national numbers,
+    column-wise."""
+    valid = business = pa.repeat(False, len(nsn))
     open_ = pa.repeat(True, len(nsn))  # no region chosen yet
-    for leading, general, types in _nanp_regions():
+    for leading, general, types, business_types in _nanp_regions():
         ok = pc.and_(pc.match_substring_regex(nsn, general), pc.match_substring_regex(nsn, types))
         chosen = pc.match_substring_regex(nsn, f"^(?:{leading})") if leading else ok
         chosen = pc.and_(open_, chosen)
-        valid = pc.or_(valid, pc.and_(chosen, ok))
+        hit = pc.and_(chosen, ok)
+        valid = pc.or_(valid, hit)
+        business = pc.or_(business, pc.and_(hit, pc.match_substring_regex(nsn, business_types)))
         open_ = pc.and_(open_, pc.invert(chosen))
         if not pc.any(open_).as_py():
             break
-    return valid
+    return valid, business
 
 
 def _phones(raw: pa.StringArray, rules: NormalizationRules, fast_path: bool = True) -> NormalizedColumn:
@@ -267,11 +301,14 @@ def _phones(raw: pa.StringArray, rules: NormalizationRules, fast_path: bool = Tr
     if fast_path and pc.any(fast).as_py():
         rows = pc.indices_nonzero(fast)
         nsn = pc.utf8_slice_codeunits(compact.take(rows), -10)
-        ok = _nanp_valid(nsn)
+        ok, business = _nanp_valid(nsn)
         where = pc.if_else(pc.starts_with(text.take(rows), "+"), pa.scalar(""),
                            pa.scalar(f" for region {rules.phone_default_region}"))
         why = pc.if_else(ok, pa.scalar(None, pa.string()),
                          pc.binary_join_element_wise(pa.scalar("phone: not a valid number"), where, ""))
+        if rules.block_business_lines:
+            why = pc.if_else(business, pa.scalar(BUSINESS_LINE), why)
+            ok = pc.and_(ok, pc.invert(business))
         value = pc.if_else(ok, pc.binary_join_element_wise(pa.scalar("+1"), nsn, ""), pa.scalar(None, pa.string()))
         e164 = _scatter(e164, rows, value)
         reasons.reason = pc.coalesce(reasons.reason, _scatter(pa.nulls(len(raw), pa.string()), rows, why))
@@ -281,7 +318,8 @@ def _phones(raw: pa.StringArray, rules: NormalizationRules, fast_path: bool = Tr
     # map the results back to every row column-wise (index_in + take).
     distinct = pc.unique(pc.filter(text, pending))
     if len(distinct):
-        parsed = [_parse_phone(t, rules.phone_default_region) for t in distinct.to_pylist()]
+        parsed = [_parse_phone(t, rules.phone_default_region, rules.block_business_lines)
+                  for t in distinct.to_pylist()]
         at = pc.if_else(pending, pc.index_in(text, value_set=distinct), pa.scalar(None, pa.int32()))
         e164 = pc.coalesce(e164, pa.array([p[0] for p in parsed], pa.string()).take(at))
         reasons.reason = pc.coalesce(reasons.reason, pa.array([p[1] for p in parsed], pa.string()).take(at))
@@ -357,11 +395,13 @@ def describe_rules(rules: NormalizationRules = DEFAULT_RULES) -> str:
         f"  - plus-addressing (`local+tag@`): {plus[rules.email_plus_addressing]}.",
         f"  - Gmail dots ({on[rules.email_gmail_dots]}): dots dropped from the local part for gmail.com and "
         "googlemail.com, and googlemail.com -> gmail.com.",
-        f"  - role accounts ({on[rules.block_role_accounts]}): rejected as generic: "
+        f"  - role accounts ({on[rules.block_role_accounts]}): rejected as generic when the local part, lower-cased "
+        "without `.`, `-`, `_` and a trailing number, is one of: "
         + ", ".join(f"`{r}@`" for r in sorted(rules.role_accounts)) + ".",
         f"  - local part equal to the domain name (`a@a.com`) rejected: {on[rules.block_local_equals_domain]}.",
         f"- **phone**: E.164 via libphonenumber; numbers without `+country` are read as "
-        f"{rules.phone_default_region}; numbers that are not valid are rejected.",
+        f"{rules.phone_default_region}; numbers that are not valid are rejected; toll-free, premium-rate and "
+        f"shared-cost numbers (a business's line) rejected as generic: {on[rules.block_business_lines]}.",
         "- **klaviyo_id / external_id**: trimmed, case kept (case-sensitive ids).",
         "- Rejected values are never stitched; each gets a reason (`<type>: <why>`).",
         "",

@@ -27,12 +27,10 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 from clickhouse_connect.driver.client import Client
 
 from sendflowr.identity import graph
@@ -270,9 +268,10 @@ def _stitch_region(client: Client, database: str, guards: Guards, run_id: str, r
     if had_row.any():
         prev[had_row] = graph.parse_uid(prev_text.filter(pa.array(had_row)).to_numpy(zero_copy_only=False)
                                         .astype("U19"))
-    nodes = Nodes(_col(nt, "node_type"), node_key, _col(nt, "first_ingested"))
+    nodes = Nodes(_col(nt, "node_type"), node_key, _col(nt, "first_ingested"), active_from=_col(nt, "first_seen"),
+                  active_to=_col(nt, "last_seen"), events=_col(nt, "events"))
     edges = Edges(src, dst, _col(et, "events")[known], _col(et, "first_seen")[known])
-    res = graph.restitch(nodes, edges, in_region, _col(nt, "prev_shared").astype(bool),
+    res = graph.restitch(nodes, edges, in_region, _col(nt, "prev_shared") == graph.SHARED_DEGREE,
                          np.zeros(n, np.uint64) if forget_ids else prev, guards)
 
     region = res.region
@@ -357,40 +356,3 @@ def _audit_edges(client: Client, database: str, reason_code: np.ndarray, src_key
             "identifier_type": pa.array([""] * n, pa.string()), "value": pa.array([""] * n, pa.string()),
             "reason": pa.array([r for _, r in changes], pa.string()), "at": _now_us(n)}))
     return dict(Counter(r for r in last.values() if r != accepted))
-
-
-@dataclass(frozen=True)
-class PairwiseScore:
-    precision: float
-    recall: float
-    identifiers: int  # ground-truth identifiers found in the graph
-    predicted_pairs: int
-    true_pairs: int
-
-
-def pairwise_score(client: Client, database: str, truth_path: Path) -> PairwiseScore | None:
-    """Pairwise precision/recall of same-person decisions over the graph's identifiers that the ground truth
-    ties to one person (non-generic). Exact (pair counts from the contingency table, no sampling)."""
-    if not Path(truth_path).exists():
-        return None
-    truth = pq.read_table(truth_path, columns=["identifier_type", "raw_value", "person_id", "is_generic"])
-    truth = truth.filter(pc.and_(pc.invert(truth.column("is_generic")), pc.is_valid(truth.column("person_id"))))
-    mapped = client.query_arrow(
-        f"SELECT toString(i.identifier_type) AS identifier_type, i.raw_value AS raw_value, n.node_key AS node_key, "
-        f"n.universal_id AS universal_id FROM {database}.identity_identifiers AS i FINAL "
-        f"INNER JOIN (SELECT node_key, universal_id FROM {database}.identity_nodes FINAL) AS n "
-        "ON i.node_key = n.node_key WHERE i.reason = ''", use_strings=True)
-    joined = truth.join(mapped, ["identifier_type", "raw_value"], join_type="inner")
-    # one row per node: several raw spellings normalize to the same node
-    nodes = joined.group_by(["node_key", "universal_id", "person_id"]).aggregate([])
-    if nodes.num_rows < 2:
-        return None
-
-    def pairs(table: pa.Table, by: list[str]) -> int:
-        c = table.group_by(by).aggregate([([], "count_all")]).column("count_all").to_numpy().astype(np.int64)
-        return int((c * (c - 1) // 2).sum())
-
-    both = pairs(nodes, ["universal_id", "person_id"])
-    predicted, true = pairs(nodes, ["universal_id"]), pairs(nodes, ["person_id"])
-    return PairwiseScore(precision=both / predicted if predicted else 1.0, recall=both / true if true else 1.0,
-                         identifiers=nodes.num_rows, predicted_pairs=predicted, true_pairs=true)

@@ -112,23 +112,26 @@ def plan_ranges(client: Client, database: str, topic: str, watermarks: dict[int,
 
 
 def record_ranges(client: Client, database: str, ranges: list[OffsetRange], state: str, run_id: str,
-                  stats: dict[int, tuple[int, int, int]] | None = None, consistency: Consistency = ONE_SERVER) -> None:
+                  stats: dict[int, tuple[int, int, int]] | None = None, sink: str = "events",
+                  consistency: Consistency = ONE_SERVER) -> None:
     rows = []
     for r in ranges:
         messages, valid, rejected = (stats or {}).get(r.partition, (0, 0, 0))
-        rows.append([r.topic, r.partition, r.start, r.end, state, run_id, messages, valid, rejected])
+        rows.append([r.topic, sink, r.partition, r.start, r.end, state, run_id, messages, valid, rejected])
     if rows:
         retrying(lambda: client.insert(
             f"{database}.ingest_ranges", rows, settings=dict(consistency.write),
-            column_names=["kafka_topic", "kafka_partition", "start_offset", "end_offset", "state", "run_id",
+            column_names=["kafka_topic", "sink", "kafka_partition", "start_offset", "end_offset", "state", "run_id",
                           "messages", "valid", "rejected"]))
 
 
-def committed_ends(client: Client, database: str) -> dict[tuple[str, int], int]:
-    """(topic, partition) -> end of its committed ingest ranges: the events downstream assets may read."""
+def committed_ends(client: Client, database: str, sink: str = "events") -> dict[tuple[str, int], int]:
+    """(topic, partition) -> end of its committed ingest ranges: the rows of `sink` (by default the events)
+    downstream assets may read. Other sinks' topics (the decision log) are not events."""
     return {(t, int(p)): int(e) for t, p, e in client.query(
         f"SELECT toString(kafka_topic), kafka_partition, max(end_offset) FROM {database}.ingest_ranges "
-        "WHERE state = 'committed' GROUP BY kafka_topic, kafka_partition").result_rows}
+        "WHERE state = 'committed' AND sink = {sink:String} GROUP BY kafka_topic, kafka_partition",
+        parameters={"sink": sink}).result_rows}
 
 
 def pending_bounds(client: Client, database: str, progress_table: str,

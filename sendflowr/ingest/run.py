@@ -1,15 +1,16 @@
-"""One ingestion run: lease, plan, read, stage, load, commit. Safe to kill at any point and rerun.
+"""One ingestion run of one topic: lease, plan, read, stage, load, commit. Safe to kill at any point and rerun.
 
 Order of effects (docs/INGESTION.md):
-  1. lease the writer's slot of the topic         4. insert event_ids, events and rejects, each with
-  2. plan ranges, split them into attempts          a deduplication token derived from the ranges
-  3. stage an attempt's raw messages (ClickHouse  5. record the ranges committed, then mirror the
-     parses and validates them), then record its     offsets into the Kafka consumer group
-     ranges planned
+  1. lease the writer's slot of the topic        4. insert the sink's rows and rejects (events: event_ids,
+  2. plan ranges, split them into attempts          events, rejects), each with a deduplication token
+  3. stage an attempt's raw messages (ClickHouse    derived from the ranges
+     parses and validates them), then record its 5. record the ranges committed, then mirror the
+     ranges planned                                 offsets into the Kafka consumer group
 Attempts load strictly one after another while the next one is read and staged. A crash before 5 leaves
 one attempt's 'planned' ranges that the next run replays byte-for-byte; the engine then drops the blocks
-it already has by their token. Writers of other slots (other partitions) run at the same time; they take
-turns only for the event-id section of 4 (sql/ingest/known_ids.sql and the event_ids insert)."""
+it already has by their token. What is staged and loaded is the sink's (sink.py): the events topic and the
+decision log share this one mechanism. Writers of other slots (other partitions, slots.py) run at the same
+time; for events they take turns only for the event-id section of 4 (sink.py)."""
 
 from __future__ import annotations
 
@@ -17,38 +18,24 @@ import contextlib
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import timedelta
 
 import numpy as np
 import pyarrow as pa
 from clickhouse_connect.driver.client import Client
 
-from sendflowr.cluster import consistency, retrying
+from sendflowr.cluster import consistency
 from sendflowr.ingest import consume, lease, plan
 from sendflowr.ingest.plan import OffsetRange
+from sendflowr.ingest.sink import EVENTS, Hooks, Sink
 from sendflowr.ingest.slots import WHOLE, Slot, parse_scope
 from sendflowr.settings import Settings
-from sendflowr.sql_files import load_sql
+
+__all__ = ["Hooks", "IngestOptions", "IngestReport", "ingest_once"]
 
 ATTEMPTS_IN_FLIGHT = 2  # read, staged or loading but not yet committed
-# Writers of every slot (and topic) share `event_ids`: finding an attempt's known ids and adding its new ones is
-# one section under this lease, so two writers never both take the same event_id as new (docs/INGESTION.md).
-EVENT_IDS_LEASE = "ingest:event_ids"  # ':' is not allowed in Kafka topic names, so it never meets a real topic
-# The section lasts seconds; a holder that dies on another machine blocks the others until its lease expires,
-# so they wait out one lifetime of it before failing their attempt (replayed by the next run).
-EVENT_IDS_TTL = timedelta(minutes=5)
-# A total ORDER BY, one insert thread and row-count squashing make an INSERT ... SELECT build the same
-# blocks on a replay; the SELECT itself may read and sort with every core. force_enable: should the engine
-# ever judge the SELECT unstable, the insert fails instead of silently running without deduplication.
-DETERMINISTIC_INSERT = {"deduplicate_insert_select": "force_enable", "max_insert_threads": 1,
-                        "max_block_size": 65536, "min_insert_block_size_rows": 1_048_576,
-                        "min_insert_block_size_bytes": 0}
-EVENT_COLUMNS = ("event_id, event_type, occurred_at, person_key, email, klaviyo_id, phone, external_id, esp, "
-                 "message_id, campaign_id, user_agent, ip, url, bounce_type, machine_open, bot_click, "
-                 "schema_version, kafka_topic, kafka_partition, kafka_offset")
 
 
 @dataclass(frozen=True)
@@ -80,8 +67,8 @@ class IngestReport:
     lag: dict[int, int] = field(default_factory=dict)
     skipped_by_retention: dict[int, int] = field(default_factory=dict)
     seconds: float = 0.0
-    inserted: int = 0  # new events written to `events`
-    duplicates: int = 0  # valid messages whose event_id was already known or repeated
+    inserted: int = 0  # new rows written to the sink's table (events: new events)
+    duplicates: int = 0  # valid messages not written because an equal one was (events: a known event_id)
 
     @property
     def messages(self) -> int:
@@ -100,27 +87,20 @@ class IngestReport:
         return self.rejected / self.messages if self.messages else 0.0
 
 
-class Hooks:
-    """Test seams at the dangerous points; production runs use the no-op defaults."""
-
-    def after_insert(self, table: str) -> None: ...
-
-    def after_stage(self) -> None: ...
-
-
 def ingest_once(settings: Settings, client: Client, options: IngestOptions = IngestOptions(),
-                run_id: str | None = None, log: Callable[[str], None] = print, hooks: Hooks | None = None
-                ) -> IngestReport:
+                run_id: str | None = None, log: Callable[[str], None] = print, hooks: Hooks | None = None,
+                sink: Sink = EVENTS) -> IngestReport:
+    """Ingest the sink's topic (by default the events topic) from where its committed ranges end."""
     run_id = run_id or f"ingest-{uuid.uuid4().hex[:12]}"
     hooks = hooks or Hooks()
-    database, topic, slot = settings.clickhouse_database, settings.kafka_topic, options.slot
+    database, topic, slot = settings.clickhouse_database, sink.topic(settings), options.slot
     state = consistency(settings)
     report = IngestReport(run_id=run_id, topic=topic)
     started = time.perf_counter()
     consumer = consume.make_consumer(settings)
     try:
         with lease.ingest_lease(client, database, topic, run_id, slot=slot) as holder:
-            _drop_stale_staging(client, database, topic, slot)
+            _drop_stale_staging(client, database, topic, slot, sink)
             while True:
                 marks = _owned(consume.watermarks(consumer, topic), slot)
                 if not marks:
@@ -135,7 +115,8 @@ def ingest_once(settings: Settings, client: Client, options: IngestOptions = Ing
                     break
                 # A replay must load exactly the crashed attempt's ranges again, as one attempt.
                 per_attempt = sum(r.size for r in work.ranges) if work.replay else options.attempt_messages
-                _run_pass(settings, client, consumer, work.ranges, per_attempt, run_id, options, report, log, hooks)
+                _run_pass(settings, client, consumer, work.ranges, per_attempt, run_id, options, report, log, hooks,
+                          sink)
                 lease.renew(client, database, topic, holder, slot=slot)
                 if not (options.until_caught_up or work.replay):
                     break
@@ -157,12 +138,12 @@ class _Attempt:
     id: str
     ranges: list[OffsetRange]
     loaded: bool = False
-    staged: int = 0  # rows the writer put into ingest_staging; every statement reading it checks this count
+    staged: int = 0  # rows the writer staged; every statement reading the sink's scratch checks this count
 
 
 def _run_pass(settings: Settings, client: Client, consumer, ranges: list[OffsetRange], per_attempt: int,
               run_id: str, options: IngestOptions, report: IngestReport, log: Callable[[str], None],
-              hooks: Hooks) -> None:
+              hooks: Hooks, sink: Sink) -> None:
     """Read `ranges` once and load what was read in attempts of about `per_attempt` messages, while the
     next attempt is being read.
 
@@ -172,7 +153,7 @@ def _run_pass(settings: Settings, client: Client, consumer, ranges: list[OffsetR
     the previous attempt (stager thread) and loading the one before it (loader thread: attempts in order,
     a failed one stops every later one). At most ATTEMPTS_IN_FLIGHT attempts are held in memory.
     """
-    database, topic = settings.clickhouse_database, settings.kafka_topic
+    database, topic = settings.clickhouse_database, sink.topic(settings)
     ends = {r.partition: r.end for r in ranges}
     cut = {r.partition: r.start for r in ranges}
     total = sum(r.size for r in ranges)
@@ -200,9 +181,9 @@ def _run_pass(settings: Settings, client: Client, consumer, ranges: list[OffsetR
                         while len(loads) >= ATTEMPTS_IN_FLIGHT:
                             loads.popleft().result()
                         attempts.append(attempt)
-                        staged = stager.submit(_stage, client, database, topic, attempt, tables)
+                        staged = stager.submit(_stage, client, database, topic, attempt, tables, sink)
                         loads.append(loader.submit(_load_attempt, loads[-1] if loads else None, staged, settings,
-                                                   client, attempt, run_id, report, log, hooks))
+                                                   client, attempt, run_id, report, log, hooks, sink))
                         cut, tables, read_cut = dict(batch.read_through), [], read
                 for done in [f for f in loads if f.done()]:
                     done.result()  # a failed stage or load stops the read at once
@@ -211,8 +192,8 @@ def _run_pass(settings: Settings, client: Client, consumer, ranges: list[OffsetR
     finally:
         for attempt in attempts:
             if not attempt.loaded:
-                with contextlib.suppress(Exception):  # the next run truncates staging anyway
-                    _drop_attempt(client, database, attempt.id)
+                with contextlib.suppress(Exception):  # the slot's next run deletes it anyway
+                    _drop_attempt(client, database, attempt.id, sink)
     mirror_error = consume.commit_group_offsets(consumer, ranges)
     if mirror_error:
         log(f"offsets are committed in ClickHouse, but mirroring them to consumer group "
@@ -231,7 +212,7 @@ def _target(per_attempt: int, total: int, cut_so_far: int, left: int) -> int:
     return min(per_attempt, max(per_attempt // 4, left // 2, 1))
 
 
-def _stage(client: Client, database: str, topic: str, attempt: _Attempt, tables: list[pa.Table]) -> None:
+def _stage(client: Client, database: str, topic: str, attempt: _Attempt, tables: list[pa.Table], sink: Sink) -> None:
     """One insert per attempt, one record batch: a replay of the same ranges stages the same rows in one
     block, and every load SELECT orders them totally by (topic, partition, offset), so the replay's
     INSERT ... SELECT builds the same blocks and the engine recognises them by their deduplication tokens
@@ -242,82 +223,43 @@ def _stage(client: Client, database: str, topic: str, attempt: _Attempt, tables:
     attempt.staged = table.num_rows
     table = table.append_column("attempt_id", _constant(attempt.id, table.num_rows)) \
                  .append_column("kafka_topic", _constant(topic, table.num_rows)).combine_chunks()
-    # Into the Null-engine inbox: its materialized views certify and stage each row (migration 0008).
-    client.insert_arrow(f"{database}.ingest_inbox", table)
+    sink.stage(client, database, table)
 
 
 def _load_attempt(previous: Future | None, staged: Future, settings: Settings, client: Client, attempt: _Attempt,
-                  run_id: str, report: IngestReport, log: Callable[[str], None], hooks: Hooks) -> None:
+                  run_id: str, report: IngestReport, log: Callable[[str], None], hooks: Hooks, sink: Sink) -> None:
     if previous is not None:
         previous.result()  # never load past an attempt that failed: its ranges must be replayed first
     staged.result()
-    database, topic, ranges = settings.clickhouse_database, settings.kafka_topic, attempt.ranges
+    database, topic, ranges = settings.clickhouse_database, sink.topic(settings), attempt.ranges
     state = consistency(settings)
     try:
         # Planned only now, right before the first insert: at most one attempt is ever left to replay.
-        plan.record_ranges(client, database, ranges, "planned", run_id, consistency=state)
+        plan.record_ranges(client, database, ranges, "planned", run_id, sink=sink.name, consistency=state)
         log(f"staged attempt {attempt.id}: ClickHouse parsed and validated its messages")
         hooks.after_stage()
         params = {"attempt": attempt.id, "topic": topic, "partitions": [r.partition for r in ranges],
                   "starts": [r.start for r in ranges], "ends": [r.end for r in ranges],
-                  "staged": attempt.staged, "known": 0}
-        token = plan.attempt_token(ranges)
-        new_events = _ingest_sql("new_events", database)
-        # One writer at a time from reading event_ids to adding to it: two writers holding copies of one event_id
-        # (an ESP resend into another partition) would otherwise both take it as new. A replay then also finds
-        # the same known ids as its first try: later writers saw the first try's ids and left them alone.
-        with lease.ingest_lease(client, database, EVENT_IDS_LEASE, attempt.id, ttl=EVENT_IDS_TTL,
-                                wait=2 * EVENT_IDS_TTL.total_seconds()):
-            # Ids already ingested from other ranges, found once: both inserts below exclude them with a cheap probe.
-            known = retrying(lambda: client.command(_ingest_sql("known_ids", database), parameters=params,
-                                                    settings=dict(state.read)))
-            params["known"] = known.written_rows
-            # event_ids first: a crash before `events` is written then replays both with the same tokens.
-            ids = _insert(client, f"INSERT INTO {database}.event_ids (event_id, kafka_topic, kafka_partition, "
-                                  f"kafka_offset) SELECT event_id, kafka_topic, kafka_partition, kafka_offset "
-                                  f"FROM ({new_events})", params, f"{token}:ids", state.write)
-            hooks.after_insert("event_ids")
-        _insert(client, f"INSERT INTO {database}.events ({EVENT_COLUMNS}) SELECT {EVENT_COLUMNS} FROM ({new_events})",
-                params, f"{token}:events", state.data)
-        hooks.after_insert("events")
-        _insert(client, _ingest_sql("insert_rejected", database), params, f"{token}:rejected", state.data)
-        hooks.after_insert("rejected_events")
-        stats = _range_stats(client, database, ranges, params, ids.written_rows, report, log)
-        plan.record_ranges(client, database, ranges, "committed", run_id, stats, state)
+                  "staged": attempt.staged, "known": 0}  # what this attempt's scratch holds (the sink's guard)
+        inserted = sink.load(client, database, params, plan.attempt_token(ranges), hooks, state)
+        stats = _range_stats(client, database, ranges, params, inserted, report, log, sink)
+        plan.record_ranges(client, database, ranges, "committed", run_id, stats, sink=sink.name, consistency=state)
     finally:
         attempt.loaded = True
-        _drop_attempt(client, database, attempt.id)
+        _drop_attempt(client, database, attempt.id, sink)
 
 
-def _insert(client: Client, sql: str, params: dict, token: str, settings: Mapping[str, object]):
-    """One deterministic INSERT ... SELECT of the attempt with its deduplication token (so a retry is harmless)."""
-    return retrying(lambda: client.command(sql, parameters=params, settings={
-        **DETERMINISTIC_INSERT, **settings, "insert_deduplication_token": token}))
-
-
-SCRATCH_TABLES = ("ingest_staging", "ingest_known_ids")  # in memory, keyed by attempt_id (migrations 0011, 0012)
-
-
-def _ingest_sql(name: str, database: str) -> str:
-    """sql/ingest/<name>.sql with the scratch guard (sql/ingest/staged_here.sql) spliced in: each statement that
-    reads the attempt's in-memory scratch refuses to run on a server that does not hold it."""
-    guard = "\n".join(line for line in load_sql("ingest/staged_here.sql", database).splitlines()
-                      if not line.lstrip().startswith("--"))
-    return load_sql(f"ingest/{name}.sql", database).replace("${staged_here}", guard)
-
-
-def _drop_attempt(client: Client, database: str, attempt_id: str) -> None:
+def _drop_attempt(client: Client, database: str, attempt_id: str, sink: Sink) -> None:
     # A Memory table applies the delete at once; it holds at most ATTEMPTS_IN_FLIGHT attempts.
-    for table in SCRATCH_TABLES:
+    for table in sink.scratch_tables:
         client.command(f"ALTER TABLE {database}.{table} DELETE WHERE attempt_id = {{attempt:String}}",
                        parameters={"attempt": attempt_id})
 
 
 def _range_stats(client: Client, database: str, ranges: list[OffsetRange], params: dict, inserted: int,
-                 report: IngestReport, log: Callable[[str], None]) -> dict[int, tuple[int, int, int]]:
-    """Per partition: messages, valid, rejected (from staging); new events are counted for the attempt."""
-    staged = {row[0]: row[1:] for row in client.query(
-        _ingest_sql("range_counts", database), parameters=params).result_rows}
+                 report: IngestReport, log: Callable[[str], None], sink: Sink) -> dict[int, tuple[int, int, int]]:
+    """Per partition: messages, valid, rejected (from staging); new rows are counted for the attempt."""
+    staged = sink.counts(client, database, params)
     stats: dict[int, tuple[int, int, int]] = {}
     for rng in ranges:
         messages, rejected, valid = staged.get(rng.partition, (0, 0, 0))
@@ -330,17 +272,18 @@ def _range_stats(client: Client, database: str, ranges: list[OffsetRange], param
             if seen is None else PartitionStats(min(seen.start, rng.start), max(seen.end, rng.end),
                                                 seen.messages + messages, seen.valid + valid, seen.rejected + rejected)
     valid_total = sum(s[1] for s in stats.values())
+    duplicates = sink.duplicates(valid_total, inserted)
     report.inserted += inserted
-    report.duplicates += valid_total - inserted
-    log(f"{inserted} events inserted, {valid_total - inserted} duplicates dropped, "
+    report.duplicates += duplicates
+    log(f"{inserted} {sink.name} rows inserted, {duplicates} duplicates dropped, "
         f"{sum(s[2] for s in stats.values())} rejected")
     return stats
 
 
-def _drop_stale_staging(client: Client, database: str, topic: str, slot: Slot) -> None:
+def _drop_stale_staging(client: Client, database: str, topic: str, slot: Slot, sink: Sink) -> None:
     """Delete scratch rows of dead attempts: those of any writer whose slot shares a partition with ours (our lease
     excludes them all, also those of an earlier writer layout). Other slots' writers may be staging right now."""
-    for table in SCRATCH_TABLES:
+    for table in sink.scratch_tables:
         scopes = [scope for (scope,) in client.query(
             f"SELECT DISTINCT splitByChar('~', attempt_id)[1] FROM {database}.{table}").result_rows]
         dead = [scope for scope in scopes if parse_scope(scope)[0] == topic and parse_scope(scope)[1].overlaps(slot)]

@@ -5,6 +5,10 @@ Only what the stock clickhouse-connect client and curl use is covered: queries i
 `{name:Type}` parameters, per-request settings, `database`, compressed request bodies, and errors
 carrying ClickHouse's own code and message. Sessions and temporary tables are not supported: every
 request may land on a different engine connection.
+
+Two pools of connections share the engine: the writer's, and the reader's, opened with readonly=1 (which a
+request can neither lift nor change). Every statement is vetted by `chdb_guard` on the connection that then
+runs it; the engine itself runs with the grants and constraints of `chdb_access`.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import threading
 import time
 import uuid
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +30,11 @@ from typing import Any
 
 import chdb
 
+from sendflowr.local.chdb_errors import ClickHouseError
+from sendflowr.local.chdb_guard import QueryGuard
+
+# Query text (the statement, with inline INSERT data) the endpoint vets at most; data belongs in the body.
+MAX_STATEMENT_BYTES = 4 << 20
 # URL parameters that steer the transport, not the query; everything else is a ClickHouse setting.
 TRANSPORT_PARAMS = frozenset({
     "query", "database", "default_format", "query_id", "session_id", "session_timeout", "session_check",
@@ -42,7 +51,6 @@ _LEADING_COMMENTS = r"^\s*(?:(?:--[^\n]*(?:\n|$)|/\*.*?\*/)\s*)*(?:\(\s*)*"
 _IS_SELECT = re.compile(_LEADING_COMMENTS + r"(SELECT|WITH)\b", re.IGNORECASE | re.DOTALL)
 _PRODUCES_RESULT = re.compile(_LEADING_COMMENTS + r"(SELECT|WITH|SHOW|DESC|DESCRIBE|EXISTS|EXPLAIN|CHECK)\b",
                               re.IGNORECASE | re.DOTALL)
-_ERROR_CODE = re.compile(r"Code:\s*(\d+)")
 _SETTING_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 _CONTENT_TYPES = {
@@ -57,23 +65,6 @@ _CONTENT_TYPES = {
     "JSONEachRow": "application/x-ndjson; charset=UTF-8",
     "CSV": "text/csv; charset=UTF-8; header=absent",
 }
-_HTTP_STATUS_FOR_CODE = {62: 400, 27: 400, 26: 400, 36: 400, 47: 400, 60: 404, 81: 404, 516: 401, 497: 403}
-
-
-class ClickHouseError(Exception):
-    """An engine error with ClickHouse's own code, so clients see exactly what a server would send."""
-
-    def __init__(self, message: str, code: int | None = None):
-        super().__init__(message)
-        match = _ERROR_CODE.search(message)
-        self.code = code if code is not None else (int(match.group(1)) if match else 1002)
-        self.message = message if message.startswith("Code:") else f"Code: {self.code}. DB::Exception: {message}"
-
-    @property
-    def http_status(self) -> int:
-        return _HTTP_STATUS_FOR_CODE.get(self.code, 500)
-
-
 @dataclass
 class QueryResult:
     body: bytes
@@ -91,57 +82,99 @@ class _EngineConnection:
     baseline: dict[str, str] = field(default_factory=dict)
 
     @classmethod
-    def open(cls, data_dir: Path, config: Path | None = None) -> _EngineConnection:
-        conn = chdb.connect(f"{data_dir}?config-file={config}" if config else str(data_dir))
+    def open(cls, data_dir: Path, config: Path, readonly: bool) -> _EngineConnection:
+        # The configuration shapes the engine when its first connection opens; readonly=1 is per connection.
+        conn = chdb.connect(f"{data_dir}?config-file={config}" + ("&readonly=1" if readonly else ""))
         database = conn.query("SELECT currentDatabase()", "TabSeparated").bytes().decode().strip()
         changed = conn.query("SELECT name, value FROM system.settings WHERE changed", "JSONCompact").bytes()
         baseline = {name: value for name, value in json.loads(changed)["data"]}
         return cls(conn, database=database, default_database=database, baseline=baseline)
 
 
-def decode_body(body: bytes, encoding: str | None) -> bytes:
+def _too_large(limit: int) -> ClickHouseError:
+    return ClickHouseError(f"Request body is larger than {limit} bytes once decompressed", code=1002, status=413)
+
+
+def _inflate(decompressor: Any, body: bytes, limit: int) -> bytes:
+    # Bounded: a few KiB of a compressed bomb must not become gigabytes in memory.
+    out = decompressor.decompress(body, limit + 1)
+    if len(out) > limit or decompressor.unconsumed_tail:
+        raise _too_large(limit)
+    if not decompressor.eof:
+        raise ClickHouseError("truncated compressed request body", code=271, status=400)
+    return out
+
+
+def _frames(decompressor: Callable[[], Any], body: bytes, limit: int) -> bytes:
+    out, rest = bytearray(), body
+    while rest:
+        frame = decompressor()
+        out += frame.decompress(rest, max_length=limit + 1 - len(out))
+        if len(out) > limit:
+            raise _too_large(limit)
+        if not frame.eof:
+            raise ClickHouseError("truncated compressed request body", code=271, status=400)
+        rest = frame.unused_data
+    return bytes(out)
+
+
+def decode_body(body: bytes, encoding: str | None, limit: int = 1 << 30) -> bytes:
+    """The request body without its Content-Encoding, at most `limit` bytes (413 above, 400 when corrupt)."""
     if not encoding or encoding == "identity" or not body:
         return body
     encoding = encoding.strip().lower()
-    if encoding == "lz4":
-        import lz4.frame
+    try:
+        if encoding == "lz4":
+            import lz4.frame
 
-        # clickhouse-connect compresses each Native block as its own frame; decode every frame, not the first.
-        out, rest = bytearray(), body
-        while rest:
-            frame = lz4.frame.LZ4FrameDecompressor()
-            out += frame.decompress(rest)
-            rest = frame.unused_data
-        return bytes(out)
-    if encoding == "zstd":
-        try:
-            from compression import zstd  # Python >= 3.14
-        except ImportError:
-            from backports import zstd
-        return zstd.decompress(body)
-    if encoding in ("gzip", "x-gzip"):
-        return zlib.decompress(body, 16 + zlib.MAX_WBITS)
-    if encoding == "deflate":
-        return zlib.decompress(body)
-    if encoding == "br":
-        import brotli
+            # clickhouse-connect compresses each Native block as its own frame; decode every frame, not the first.
+            return _frames(lambda: lz4.frame.LZ4FrameDecompressor(), body, limit)
+        if encoding == "zstd":
+            try:
+                from compression import zstd  # Python >= 3.14
+            except ImportError:
+                from backports import zstd
+            return _frames(zstd.ZstdDecompressor, body, limit)
+        if encoding in ("gzip", "x-gzip"):
+            return _inflate(zlib.decompressobj(16 + zlib.MAX_WBITS), body, limit)
+        if encoding == "deflate":
+            return _inflate(zlib.decompressobj(), body, limit)
+    except ClickHouseError:
+        raise
+    except Exception as exc:  # corrupt input: the request is at fault
+        raise ClickHouseError(f"Cannot decompress the {encoding} request body: {exc}", code=271, status=400) from None
+    raise ClickHouseError(f"Unknown Content-Encoding {encoding!r}", code=73, status=400)
 
-        return brotli.decompress(body)
-    raise ClickHouseError(f"Unknown Content-Encoding {encoding!r}", code=73)
+
+def _text(raw: bytes) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ClickHouseError(f"Query is not valid UTF-8: {exc}", code=62, status=400) from None
 
 
 def split_insert_body(sql: str, body: bytes) -> tuple[str, bytes]:
-    """Return (statement, data). Data arrives after the SQL in the query string or in the body itself."""
+    """Return (statement, data). Data arrives after the SQL in the query string or in the body itself.
+    The split only routes bytes: the statement is vetted on the engine's parse tree afterwards."""
+    statement, data = _split(sql, body)
+    if len(statement) > MAX_STATEMENT_BYTES:
+        raise ClickHouseError(f"Query text of {len(statement)} characters is over {MAX_STATEMENT_BYTES}: send INSERT "
+                              "data in the request body after `INSERT INTO ... FORMAT <format>` (QUERY_IS_TOO_LARGE)",
+                              code=202, status=413)
+    return statement, data
+
+
+def _split(sql: str, body: bytes) -> tuple[str, bytes]:
     if sql:
         if not body:
             return sql, b""
         if _IS_INSERT.match(sql) and _TRAILING_FORMAT.search(sql):
             return sql, body
-        return f"{sql}\n{body.decode('utf-8')}", b""
+        return f"{sql}\n{_text(body)}", b""
     head = _INSERT_WITH_FORMAT.match(body[:1_048_576])
     if head:
-        return body[: head.end()].decode("utf-8").strip(), body[head.end():]
-    return body.decode("utf-8"), b""
+        return _text(body[: head.end()]).strip(), body[head.end():]
+    return _text(body), b""
 
 
 def output_format(sql: str, default_format: str | None) -> str:
@@ -182,37 +215,41 @@ class ChdbEngine:
     parallel, so a long aggregation does not stall point lookups.
     """
 
-    def __init__(self, data_dir: Path, pool_size: int = 4, config: Path | None = None):
+    def __init__(self, data_dir: Path, pool_size: int, config: Path):
         self.data_dir = Path(data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self._pool: queue.Queue[_EngineConnection] = queue.Queue()
+        self._pools: dict[bool, queue.Queue[_EngineConnection]] = {False: queue.Queue(), True: queue.Queue()}
         self._spool_dir = Path(tempfile.mkdtemp(prefix="sendflowr-chdb-inserts-"))
+        self.guard = QueryGuard()
         try:
-            for _ in range(pool_size):
-                self._pool.put(_EngineConnection.open(self.data_dir, config))
+            for readonly in (False, True):  # a writer first: the engine starts with no per-connection readonly
+                for _ in range(pool_size):
+                    self._pools[readonly].put(_EngineConnection.open(self.data_dir, config, readonly))
         except Exception as exc:
+            self.close()
             raise ClickHouseError(str(exc)) from exc
-        with self._connection() as engine:
+        with self._connection(False) as engine:
             row = engine.conn.query("SELECT version(), timezone()", "TabSeparated").bytes().decode().split("\t")
         self.version, self.timezone = row[0].strip(), row[1].strip()
         self._closed = threading.Event()
 
     @contextmanager
-    def _connection(self) -> Iterator[_EngineConnection]:
-        engine = self._pool.get()
+    def _connection(self, readonly: bool) -> Iterator[_EngineConnection]:
+        pool = self._pools[readonly]
+        engine = pool.get()
         try:
             yield engine
         finally:
-            self._pool.put(engine)
+            pool.put(engine)
 
     def close(self) -> None:
-        self._closed.set()
-        while not self._pool.empty():
-            engine = self._pool.get_nowait()
-            try:
-                engine.conn.close()
-            except Exception:
-                pass
+        for pool in self._pools.values():
+            while not pool.empty():
+                engine = pool.get_nowait()
+                try:
+                    engine.conn.close()
+                except Exception:
+                    pass
         for leftover in self._spool_dir.glob("*"):
             leftover.unlink(missing_ok=True)
         self._spool_dir.rmdir()
@@ -242,22 +279,25 @@ class ChdbEngine:
             engine.settings[name] = value
 
     def execute(self, sql: str, data: bytes, default_format: str | None, database: str | None,
-                settings: dict[str, str], params: dict[str, str]) -> QueryResult:
-        fmt = output_format(sql, default_format)
+                settings: dict[str, str], params: dict[str, str], readonly: bool = False) -> QueryResult:
+        """Run one client statement. `readonly`: the reader's pool (the reader user, GET requests); a request
+        asking for readonly >= 1 goes there too, so it never changes a writer connection for good."""
+        if settings.get("readonly", "0") != "0":
+            readonly = True
+            settings = {k: v for k, v in settings.items() if k != "readonly"}
         started = time.perf_counter_ns()
         spool: Path | None = None
-        if data:
-            match = _TRAILING_FORMAT.search(sql)
-            if not match:
-                raise ClickHouseError("INSERT with a data body needs a FORMAT clause", code=62)
-            spool = self._spool_dir / f"{uuid.uuid4().hex}.{match.group(1)}"
-            spool.write_bytes(data)
-            sql = f"{sql[: match.start()]} FROM INFILE '{spool}' {sql[match.start():]}"
-            fmt = "TabSeparated"
         try:
-            with self._connection() as engine:
+            with self._connection(readonly) as engine:
                 try:
                     self._prepare(engine, database, settings)
+                    vetted = self.guard.vet(lambda q, p, f: engine.conn.query(q, f, params=p).bytes(), sql,
+                                            bool(data))
+                    sql, data = vetted.sql, data or vetted.data or b""
+                    fmt = output_format(sql, default_format)
+                    if data:
+                        spool, sql = self._spool(sql, data, vetted.insert_format)
+                        fmt = "TabSeparated"
                     result = engine.conn.query(sql, fmt, params=params)
                     body = result.bytes()
                     if not body and fmt == "Native" and _IS_SELECT.match(sql):
@@ -282,6 +322,15 @@ class ChdbEngine:
         }
         produces_result = not data and bool(_PRODUCES_RESULT.match(sql))
         return QueryResult(body=body, fmt=fmt if produces_result else None, summary=summary)
+
+    def _spool(self, sql: str, data: bytes, insert_format: str | None) -> tuple[Path, str]:
+        """Write INSERT data to a private file and point the (vetted) statement at it with FROM INFILE."""
+        match = _TRAILING_FORMAT.search(sql)
+        if not match or match.group(1) != insert_format:
+            raise ClickHouseError("INSERT with a data body must end with its FORMAT clause", code=62, status=400)
+        spool = self._spool_dir / f"{uuid.uuid4().hex}.{match.group(1)}"
+        spool.write_bytes(data)
+        return spool, f"{sql[: match.start()]} FROM INFILE '{spool}' {sql[match.start():]}"
 
     @staticmethod
     def _describe(engine: _EngineConnection, sql: str, params: dict[str, str]) -> list[tuple[str, str]]:

@@ -77,9 +77,20 @@ def running_pid(settings: Settings, name: str) -> int | None:
     return None
 
 
+# What a child started with inherit_env=False keeps of our environment: how to find programs and libraries,
+# locale and time zone; never a credential that happens to be exported in the shell.
+OS_ENVIRONMENT = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "TEMP", "TMP",
+                  "PYTHONPATH", "VIRTUAL_ENV", "LD_LIBRARY_PATH", "SYSTEMROOT")
+
+
+def os_environment() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k in OS_ENVIRONMENT or k.startswith("LC_")}
+
+
 def spawn(settings: Settings, name: str, argv: Sequence[str], env: dict[str, str] | None = None,
-          cwd: Path | None = None) -> int:
-    """Start argv detached from our terminal (own session), logging to <home>/logs/<name>.log."""
+          cwd: Path | None = None, inherit_env: bool = True) -> int:
+    """Start argv detached from our terminal (own session), logging to <home>/logs/<name>.log. With
+    inherit_env=False the child sees only `env` and OS_ENVIRONMENT."""
     settings.run_dir.mkdir(parents=True, exist_ok=True)
     settings.log_dir.mkdir(parents=True, exist_ok=True)
     log = log_file(settings, name)
@@ -88,7 +99,8 @@ def spawn(settings: Settings, name: str, argv: Sequence[str], env: dict[str, str
         out.flush()
         proc = subprocess.Popen(
             list(argv), stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            env={**os.environ, **(env or {})}, cwd=cwd, start_new_session=True,
+            env={**(os.environ if inherit_env else os_environment()), **(env or {})}, cwd=cwd,
+            start_new_session=True,
         )
     pid_file(settings, name).write_text(str(proc.pid))
     return proc.pid

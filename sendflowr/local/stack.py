@@ -18,12 +18,14 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from sendflowr.decisions.arms import demo_control_share
 from sendflowr.errors import SendflowrError
 from sendflowr.kafka_io import ensure_topic
 from sendflowr.local import chdb_server, processes
+from sendflowr.local.chdb_access import READER_USER, embedded_password
 from sendflowr.local.kafka_broker import LocalKafka
 from sendflowr.migrations import apply_migrations
-from sendflowr.settings import PROJECT_ROOT, Settings
+from sendflowr.settings import PROJECT_ROOT, Settings, reveal
 
 DAGSTER = "dagster"
 API = "api"
@@ -84,11 +86,20 @@ def start_dagster(settings: Settings, timeout: float = 180) -> int:
         "SENDFLOWR_DAGSTER_PORT", timeout)
 
 
+def api_env(settings: Settings) -> dict[str, str]:
+    """The API's environment: on the embedded endpoint it reads as the read-only user, as in docker-compose."""
+    env = settings.as_env()
+    reader = settings.model_copy(update={"clickhouse_user": READER_USER})
+    if not reveal(settings.clickhouse_password) and embedded_password(reader):
+        env["SENDFLOWR_CLICKHOUSE_USER"] = READER_USER
+    return env
+
+
 def start_api(settings: Settings, timeout: float = 60) -> int:
     return _start_service(
         settings, API,
         [_bin("uvicorn"), "sendflowr_api.app:app", "--host", settings.api_host, "--port", str(settings.api_port)],
-        settings.as_env(), f"http://{settings.api_host}:{settings.api_port}/healthz", settings.api_host,
+        api_env(settings), f"http://{settings.api_host}:{settings.api_port}/healthz", settings.api_host,
         settings.api_port, "SENDFLOWR_API_PORT", timeout)
 
 
@@ -131,11 +142,15 @@ def _api_readiness(base: str, timeout: float = 120.0) -> str:
 
 def up(settings: Settings, people: int, seed: int, materialize: bool = True) -> None:
     print(f"state directory: {settings.home}")
+    # the demo measures its own uplift: a control arm unless the environment chose a share (docs/EVALUATION.md)
+    settings = settings.model_copy(update={"api_control_share": demo_control_share(settings.api_control_share)})
     kafka = LocalKafka(settings)
     kafka.start()
     created = ensure_topic(settings)
     print(f"kafka: {settings.kafka_bootstrap_servers}, topic {settings.kafka_topic!r} "
           f"({'created' if created else 'exists'}, {settings.kafka_partitions} partitions)")
+    if settings.decision_log_topic:
+        ensure_topic(settings, settings.decision_log_topic)
     chdb_server.start_background(settings)
     applied = apply_migrations(settings)
     print(f"clickhouse: {settings.clickhouse_url} (chDB at {settings.chdb_data_dir}); "

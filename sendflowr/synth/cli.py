@@ -9,6 +9,7 @@ from pathlib import Path
 from sendflowr.errors import SendflowrError
 from sendflowr.settings import Settings
 from sendflowr.synth.config import DEFAULT_END, WorldConfig, format_time, parse_end
+from sendflowr.synth.presets import PRESETS, preset
 
 
 def add_cli(subparsers: argparse._SubParsersAction) -> None:
@@ -19,15 +20,18 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
         "campaigns), write the ground truth as parquet and stream its events to Kafka and/or events.jsonl.",
     )
     defaults = WorldConfig()
-    parser.add_argument("--people", type=int, default=defaults.people,
-                        help="number of people (default %(default)s)")
-    parser.add_argument("--weeks", type=int, default=defaults.weeks,
-                        help="weeks of campaigns, ending at --end (default %(default)s)")
-    parser.add_argument("--campaigns-per-week", type=float, default=defaults.campaigns_per_week,
-                        help="campaigns sent per week (default %(default)s)")
-    parser.add_argument("--seed", type=int, default=defaults.seed, help="random seed (default %(default)s)")
-    parser.add_argument("--end", default=format_time(DEFAULT_END),
-                        help="end of the world, ISO 8601 (UTC if no offset; default %(default)s)")
+    parser.add_argument("--preset", choices=tuple(PRESETS), default="baseline",
+                        help="named world (presets.py; docs/TIMING.md, Synthetic worlds); the options below "
+                        "override it (default %(default)s)")
+    parser.add_argument("--people", type=int, default=None,
+                        help=f"number of people (default: the preset's; baseline {defaults.people})")
+    parser.add_argument("--weeks", type=int, default=None,
+                        help=f"weeks of campaigns, ending at --end (default: the preset's; baseline {defaults.weeks})")
+    parser.add_argument("--campaigns-per-week", type=float, default=None,
+                        help=f"campaigns sent per week (default: the preset's; baseline {defaults.campaigns_per_week})")
+    parser.add_argument("--seed", type=int, default=None, help=f"random seed (default {defaults.seed})")
+    parser.add_argument("--end", default=None,
+                        help=f"end of the world, ISO 8601 (UTC if no offset; default {format_time(DEFAULT_END)})")
     parser.add_argument("--out", type=Path, default=None, help="output directory (default <home>/world)")
     parser.add_argument("--kafka", action=argparse.BooleanOptionalAction, default=True,
                         help="produce events to the configured Kafka topic (default: yes)")
@@ -40,8 +44,8 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
 def handler(args: argparse.Namespace, settings: Settings) -> int:
     from sendflowr.synth.generate import generate
 
-    config = WorldConfig(people=args.people, weeks=args.weeks, campaigns_per_week=args.campaigns_per_week,
-                         seed=args.seed, end=parse_end(args.end))
+    config = preset(args.preset, people=args.people, weeks=args.weeks, campaigns_per_week=args.campaigns_per_week,
+                    seed=args.seed, end=None if args.end is None else parse_end(args.end))
     out = (args.out or settings.home / "world").expanduser().resolve()
     if out.exists() and not out.is_dir():
         raise SendflowrError(f"--out {out} exists and is not a directory")
@@ -51,7 +55,7 @@ def handler(args: argparse.Namespace, settings: Settings) -> int:
     seconds = time.perf_counter() - started
     by_type = " ".join(f"{k}={v}" for k, v in manifest.events_by_type.items() if v)
     where = f"kafka {settings.kafka_bootstrap_servers}/{settings.kafka_topic}, " if args.kafka else ""
-    print(f"generated {manifest.people} people, {manifest.events} events ({by_type}; "
+    print(f"generated {args.preset} world: {manifest.people} people, {manifest.events} events ({by_type}; "
           f"{manifest.duplicates} duplicates) -> {where}{out} in {seconds:.1f}s "
           f"({manifest.events / seconds if seconds else 0:,.0f} events/s)")
     return 0

@@ -4,10 +4,14 @@ Each archetype is a smooth local-time daily profile (separate weekday and weeken
 their archetype with individual noise (peak shift, width, weekend weight, hour-level jitter), the profile
 is evaluated at their local time for each UTC hour (fixed offset, so half-hour zones interpolate
 naturally), scaled to a maximum of 1 and multiplied by the person's propensity. The result is the absolute
-open probability: `p_open[person, h] = propensity[person] * shape[person, h]`.
+open probability: `p_open[person, h] = propensity[person] * shape[person, h]`. That is the truth of the original
+(lognormal) open delay; for the hazard and session mechanisms the shape is the person's attention and
+opens.py derives the truth from it.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -35,34 +39,77 @@ def _bumps(hod: np.ndarray, shift: np.ndarray, width: np.ndarray, bumps) -> np.n
     return total
 
 
-def build_curves(people: People, rng: np.random.Generator, chunk: int = 50_000) -> np.ndarray:
-    """(people, 168) float32 absolute open probabilities in UTC hour-of-week."""
+@dataclass(frozen=True)
+class Attention:
+    """What a person's curve is made of, kept when a world needs more than the curve (habits.py): the relative
+    attention (the curve divided by the propensity, max 1) and the individual noise to rebuild it for another
+    archetype or a drifted rhythm."""
+
+    shape: np.ndarray  # (people, 168) float32, max 1 per person
+    shift: np.ndarray  # (people,) hours the archetype's peaks move for this person
+    width: np.ndarray  # (people,) factor on the peaks' spreads
+    weekend_weight: np.ndarray  # (people,)
+    noise: np.ndarray | None  # (people, 168) float32 hour-level factors (kept when habits move)
+
+
+def _intensity(offsets: np.ndarray, archetype: np.ndarray, shift: np.ndarray, width: np.ndarray,
+               weekend_weight: np.ndarray) -> np.ndarray:
+    """(m, 168) relative intensity (before hour-level noise) of each row's archetype in its local time."""
+    m = offsets.shape[0]
+    utc_mid = np.arange(HOURS, dtype=np.float64) + 0.5
+    local = (utc_mid[None, :] + offsets[:, None].astype(np.float64)) % HOURS
+    day = np.floor(local / 24.0)
+    hod = local - 24.0 * day
+    weekend = day >= 5
+    s, w, we = shift[:, None], width[:, None], weekend_weight[:, None]
+    intensity = np.full((m, HOURS), FLOOR)
+    for a, name in enumerate(ARCHETYPES):
+        rows = np.flatnonzero(archetype == a)
+        if rows.size == 0:
+            continue
+        weekday_bumps, weekend_bumps = PROFILES[name]
+        h, ss, ww = hod[rows], s[rows], w[rows]
+        wk = _bumps(h, ss, ww, weekday_bumps)
+        en = _bumps(h, ss, ww, weekend_bumps) * we[rows]
+        intensity[rows] += np.where(weekend[rows], en, wk)
+    return intensity
+
+
+def build_curves(people: People, rng: np.random.Generator, chunk: int = 50_000, keep_attention: bool = False,
+                 keep_noise: bool = False) -> tuple[np.ndarray, Attention | None]:
+    """(people, 168) float32 absolute open probabilities in UTC hour-of-week, and (when asked) what they are
+    made of."""
     n = len(people)
     shift = rng.normal(0.0, 0.75, size=n)
     width = rng.lognormal(0.0, 0.15, size=n)
     weekend_weight = rng.lognormal(0.0, 0.25, size=n)
     out = np.empty((n, HOURS), dtype=np.float32)
-    utc_mid = np.arange(HOURS, dtype=np.float64) + 0.5
+    shapes = np.empty((n, HOURS), dtype=np.float32) if keep_attention else None
+    noises = np.empty((n, HOURS), dtype=np.float32) if keep_attention and keep_noise else None
     for start in range(0, n, chunk):
         sl = slice(start, min(n, start + chunk))
         m = sl.stop - sl.start
-        local = (utc_mid[None, :] + people.utc_offset_hours[sl, None].astype(np.float64)) % HOURS
-        day = np.floor(local / 24.0)
-        hod = local - 24.0 * day
-        weekend = day >= 5
-        s, w, we = shift[sl, None], width[sl, None], weekend_weight[sl, None]
-        intensity = np.full((m, HOURS), FLOOR)
-        arch = people.archetype[sl]
-        for a, name in enumerate(ARCHETYPES):
-            rows = np.flatnonzero(arch == a)
-            if rows.size == 0:
-                continue
-            weekday_bumps, weekend_bumps = PROFILES[name]
-            h, ss, ww = hod[rows], s[rows], w[rows]
-            wk = _bumps(h, ss, ww, weekday_bumps)
-            en = _bumps(h, ss, ww, weekend_bumps) * we[rows]
-            intensity[rows] += np.where(weekend[rows], en, wk)
-        intensity *= rng.lognormal(0.0, 0.12, size=(m, HOURS))
+        intensity = _intensity(people.utc_offset_hours[sl], people.archetype[sl], shift[sl], width[sl],
+                               weekend_weight[sl])
+        noise = rng.lognormal(0.0, 0.12, size=(m, HOURS))
+        intensity *= noise
         shape = intensity / intensity.max(axis=1, keepdims=True)
         out[sl] = (shape * people.propensity[sl, None]).astype(np.float32)
-    return out
+        if shapes is not None:
+            shapes[sl] = shape
+        if noises is not None:
+            noises[sl] = noise
+    if not keep_attention:
+        return out, None
+    return out, Attention(shape=shapes, shift=shift, width=width, weekend_weight=weekend_weight, noise=noises)
+
+
+def attention_shapes(people: People, attention: Attention, rows: np.ndarray, archetype: np.ndarray,
+                     drift_hours: np.ndarray) -> np.ndarray:
+    """(m, 168) float64 relative attention of `rows` with another archetype and their rhythm moved
+    `drift_hours` later (the same individual peaks, spreads and hour-level noise)."""
+    assert attention.noise is not None, "build_curves(keep_noise=True) keeps what this needs"
+    intensity = _intensity(people.utc_offset_hours[rows], archetype, attention.shift[rows] + drift_hours,
+                           attention.width[rows], attention.weekend_weight[rows])
+    intensity *= attention.noise[rows]
+    return intensity / intensity.max(axis=1, keepdims=True)

@@ -1,5 +1,7 @@
 """Identifiers as ESPs emit them: emails with case/whitespace noise, Klaviyo profile ids, phones in human
-formats, external ids; plus family-shared phones, reused external ids and generic junk values.
+formats, external ids; plus family-shared phones, reused external ids and generic junk values; and, when their
+WorldConfig knobs are on, households sharing a phone (and an account), role addresses of small businesses, ESP
+profile merges, placeholders and second mailboxes (sendflowr.synth.phenomena).
 
 All raw strings live in one table (`values`); people point at it by index. Normalization rules the ground
 truth uses: email -> strip + lowercase; phone -> E.164 (numbers without +country are US/Canada, i.e. parse
@@ -16,6 +18,7 @@ import numpy as np
 from sendflowr.synth import fmt
 from sendflowr.synth.config import WorldConfig
 from sendflowr.synth.people import People
+from sendflowr.synth.phenomena import Phenomena, build_phenomena, groups
 
 TYPES = ("email", "klaviyo_id", "phone", "external_id")
 
@@ -64,6 +67,8 @@ class Identifiers:
     truth_person: np.ndarray  # int64, -1 for junk
     truth_normalized: list[str]
     truth_kind: np.ndarray  # int8: 0 personal, 1 shared, 2 junk
+    truth_detail: list[str]  # what the value is (phenomena.DETAILS): '' a plain personal identifier
+    phenomena: Phenomena  # per-person identity phenomena the events draw on (all off by default)
 
 
 def _email_forms(canonical: str, r: float, r2: float) -> list[str]:
@@ -120,12 +125,12 @@ def _phone(country: str, d: list[int], style: int) -> tuple[str, str]:
 class _Table:
     def __init__(self) -> None:
         self.values: list[str] = []
-        self.rows: list[tuple[int, int, int, str, int]] = []  # type, value index, person, normalized, kind
+        self.rows: list[tuple[int, int, int, str, int, str]] = []  # type, value, person, normalized, kind, detail
 
-    def add(self, kind_type: int, raw: str, person: int, normalized: str, kind: int = 0) -> int:
+    def add(self, kind_type: int, raw: str, person: int, normalized: str, kind: int = 0, detail: str = "") -> int:
         self.values.append(raw)
         index = len(self.values) - 1
-        self.rows.append((kind_type, index, person, normalized, kind))
+        self.rows.append((kind_type, index, person, normalized, kind, detail))
         return index
 
 
@@ -138,6 +143,15 @@ def build_identifiers(config: WorldConfig, people: People, rng: np.random.Genera
     has_external = rng.random(n) < config.external_share
     nothing = ~(has_email | has_klaviyo | has_phone | has_external)
     has_email |= nothing  # everyone is reachable by something
+    # Households (their own random stream: with the knobs at 0 nothing below draws differently): every member
+    # has the head's phone; some households also share one customer account.
+    extra = rng.spawn(1)[0]
+    households = groups(extra, np.arange(n), config.household_share, config.household_max)
+    accounts = [h for h in households if extra.random() < config.household_account_share]
+    for h in households:
+        has_phone[h] = True
+    for h in accounts:
+        has_external[h] = True
 
     # --- emails (per person; O(people) Python work, never per event)
     email = np.full((n, 3), -1, dtype=np.int32)
@@ -206,21 +220,32 @@ def build_identifiers(config: WorldConfig, people: People, rng: np.random.Genera
         e164_of[p] = e164
         by_country.setdefault(countries[p], []).append(i)
     shared: set[str] = set()
+    in_household = {int(p) for h in households for p in h}
     for i in np.flatnonzero(member).tolist():  # join a family: take a same-country owner's number
         p = int(owners[i])
         candidates = by_country[countries[p]]
         head_i = candidates[int(rng.integers(0, len(candidates)))]
-        if member[head_i]:  # heads never move, so every shared number has at least two people
-            continue
+        if member[head_i] or p in in_household or int(owners[head_i]) in in_household:
+            continue  # heads never move, so every shared number has at least two people
         digits[i] = digits[head_i]
         e164_of[p] = e164_of[int(owners[head_i])]
         shared.add(e164_of[p])
+    at = {p: i for i, p in enumerate(owners.tolist())}
+    household_phones: set[str] = set()
+    phone_country = {p: countries[p] for p in owners.tolist()}
+    for h in households:  # relatives write the head's number (each in their own style)
+        head = int(h[0])
+        for p in h[1:].tolist():
+            digits[at[p]], e164_of[p], phone_country[p] = digits[at[head]], e164_of[head], phone_country[head]
+        household_phones.add(e164_of[head])
+    shared |= household_phones
     for i, p in enumerate(owners.tolist()):
         kinds = [int(styles[i, 0])] + ([int(styles[i, 1])] if second[i] else [])
-        raws = list(dict.fromkeys(_phone(countries[p], digits[i], s)[1] for s in kinds))
+        raws = list(dict.fromkeys(_phone(phone_country[p], digits[i], s)[1] for s in kinds))
         kind = 1 if e164_of[p] in shared else 0
+        detail = "household" if e164_of[p] in household_phones else "family" if kind else ""
         for k, raw in enumerate(raws):
-            phone[p, k] = table.add(2, raw, p, e164_of[p], kind)
+            phone[p, k] = table.add(2, raw, p, e164_of[p], kind, detail)
         phone_forms[p] = len(raws)
 
     # --- external ids: "cust_0001234", plain numbers or UUIDs; a few reused for a second person
@@ -243,19 +268,31 @@ def build_identifiers(config: WorldConfig, people: People, rng: np.random.Genera
         if not reused[j]:
             raw_of[i] = raw_of[j]
             shared_ext.add(raw_of[i])
+    at = {p: i for i, p in enumerate(owners.tolist())}
+    family_accounts: set[str] = set()
+    for h in accounts:  # the household orders through the head's account
+        for p in h[1:].tolist():
+            raw_of[at[p]] = raw_of[at[int(h[0])]]
+        family_accounts.add(raw_of[at[int(h[0])]])
+    shared_ext |= family_accounts
     for i, p in enumerate(owners.tolist()):
-        external[p] = table.add(3, raw_of[i], p, raw_of[i], 1 if raw_of[i] in shared_ext else 0)
+        detail = "household" if raw_of[i] in family_accounts else "reused" if raw_of[i] in shared_ext else ""
+        external[p] = table.add(3, raw_of[i], p, raw_of[i], 1 if raw_of[i] in shared_ext else 0, detail)
 
     # --- junk shared by nobody in particular
     junk: dict[str, np.ndarray] = {}
     for type_name, raws in JUNK.items():
         t = TYPES.index(type_name)
-        junk[type_name] = np.array([table.add(t, raw, -1, _normalize(type_name, raw), 2) for raw in raws],
+        junk[type_name] = np.array([table.add(t, raw, -1, _normalize(type_name, raw), 2, "junk") for raw in raws],
                                    dtype=np.int32)
+    # The other phenomena only add values (after all of the above, so their indices never move).
+    extras = build_phenomena(config, extra, table.add, table.values, klaviyo, email, (start, stop), _normalize)
 
     # Shared external ids: mark the original owner's row as shared too.
-    kinds = [r[4] if not (r[0] == 3 and table.values[r[1]] in shared_ext) else 1 for r in table.rows]
     rows = table.rows
+    kinds = [r[4] if not (r[0] == 3 and table.values[r[1]] in shared_ext) else 1 for r in rows]
+    details = [r[5] if not (r[0] == 3 and table.values[r[1]] in shared_ext and not r[5]) else
+               ("household" if table.values[r[1]] in family_accounts else "reused") for r in rows]
     return Identifiers(
         values=table.values,
         email=email,
@@ -270,6 +307,8 @@ def build_identifiers(config: WorldConfig, people: People, rng: np.random.Genera
         truth_person=np.array([r[2] for r in rows], dtype=np.int64),
         truth_normalized=[r[3] for r in rows],
         truth_kind=np.array(kinds, dtype=np.int8),
+        truth_detail=details,
+        phenomena=extras,
     )
 
 

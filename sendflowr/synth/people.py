@@ -58,6 +58,7 @@ class People:
     hard_bouncer: np.ndarray  # bool: every send bounces (hard, then dropped)
     client: np.ndarray  # int8 index into CLIENTS
     browser: np.ndarray  # int8 index into BROWSERS
+    home_zone: np.ndarray | None = None  # int16 zone whose country the identifiers carry (zones.py); None: zone
 
     def __len__(self) -> int:
         return int(self.zone.shape[0])
@@ -68,7 +69,9 @@ class People:
 
     @property
     def countries(self) -> np.ndarray:
-        return np.array([z[3] for z in ZONES], dtype=object)[self.zone]
+        """Country of the person's identifiers (phone numbers), normally their time zone's."""
+        home = self.zone if self.home_zone is None else self.home_zone
+        return np.array([z[3] for z in ZONES], dtype=object)[home]
 
 
 def _weights(values: tuple[float, ...]) -> np.ndarray:

@@ -1,5 +1,7 @@
 """One campaign's events, vectorized over its recipients: sends, deliveries, bounces, genuine opens drawn
-from the true curves, Apple MPP prefetch opens, scanner clicks, human clicks, unsubscribes, complaints.
+by the people's open-delay mechanism (opens.py), Apple MPP prefetch opens (some late when
+mpp_late_share > 0), scanner clicks (some with a browser user agent when scanner_browser_ua_share > 0),
+human clicks, unsubscribes, complaints.
 
 Events come out as columns (numpy arrays) in no particular order; stream.py orders and batches them.
 """
@@ -11,11 +13,20 @@ from dataclasses import dataclass
 import numpy as np
 
 from sendflowr.events import EVENT_TYPES
-from sendflowr.synth import fmt
+from sendflowr.synth import phenomena
 from sendflowr.synth.campaigns import ESPS
 from sendflowr.synth.clients import SCANNERS
-from sendflowr.synth.people import CLIENTS
-from sendflowr.synth.world import ORIGINS, STREAM_EVENTS, World, rng_for
+from sendflowr.synth.opens import draw_opens, lognormal_delay
+from sendflowr.synth.people import BROWSERS, CLIENTS
+from sendflowr.synth.world import (
+    EVENTS_MPP_LATE,
+    EVENTS_OPENS,
+    EVENTS_SCANNER_UA,
+    ORIGINS,
+    STREAM_EVENTS,
+    World,
+    rng_for,
+)
 
 SYSTEM, HUMAN, MPP, SCANNER = (ORIGINS.index(o) for o in ORIGINS)
 SENT, DELIVERED, OPENED, CLICKED, BOUNCED, UNSUBSCRIBED, COMPLAINED = (
@@ -27,6 +38,7 @@ SLOT_SENT, SLOT_DELIVERED, SLOT_BOUNCED, SLOT_OPEN, SLOT_REOPEN, SLOT_MPP, SLOT_
 SLOT_SCANNER, SLOT_UNSUBSCRIBED, SLOT_COMPLAINED = 16, 30, 31
 SECOND, MINUTE, HOUR, DAY = 1000, 60_000, 3_600_000, 86_400_000
 NO_TIME = np.iinfo(np.int64).max
+DESKTOP_BROWSERS = ("chrome_win", "edge", "firefox", "safari_mac")  # what posing scanners claim to be
 
 Columns = dict[str, np.ndarray]
 
@@ -56,17 +68,25 @@ def _pick(rng: np.random.Generator, forms: np.ndarray, n_forms: np.ndarray, p_fi
     return forms[np.arange(n_forms.size), k]
 
 
-def simulate_campaign(world: World, c: int, state: SimState) -> Columns:
+def simulate_campaign(world: World, c: int, state: SimState, person: np.ndarray | None = None,
+                      sent: np.ndarray | None = None) -> Columns:
+    """Campaign c's events. By default its audience is drawn and sent from its send time on; `person` and `sent`
+    (epoch ms per recipient) let the sender choose who gets it and when (sendflowr campaign: each at the trigger
+    the decision API returned)."""
     cfg, P, camp = world.config, world.people, world.campaigns
     rng = rng_for(cfg.seed, STREAM_EVENTS, c)
     t0, esp, n_links = int(camp.send_ms[c]), int(camp.esp[c]), int(camp.n_links[c])
     N = len(P)
 
-    eligible = state.suppressed_at > t0
-    person = np.flatnonzero(eligible & (rng.random(N) < camp.audience[c])).astype(np.int32)
-    n = person.size
-    spread = min(20 * MINUTE, n * 25)  # ESP throughput: bigger sends take longer to go out
-    sent = t0 + (rng.random(n) * spread).astype(np.int64)
+    if person is None:
+        eligible = state.suppressed_at > t0
+        person = np.flatnonzero(eligible & (rng.random(N) < camp.audience[c])).astype(np.int32)
+        n = person.size
+        spread = min(20 * MINUTE, n * 25)  # ESP throughput: bigger sends take longer to go out
+        sent = t0 + (rng.random(n) * spread).astype(np.int64)
+    else:
+        person, sent = np.asarray(person, np.int32), np.asarray(sent, np.int64)
+        n = person.size
 
     # Bounces: permanent bouncers bounce hard once, then the ESP drops later sends.
     perm = P.hard_bouncer[person]
@@ -82,10 +102,13 @@ def simulate_campaign(world: World, c: int, state: SimState) -> Columns:
     latency += np.where(rng.random(n) < cfg.late_delivery_rate, rng.integers(30 * MINUTE, 6 * HOUR, n), 0)
     deliver = sent + latency
 
-    # Genuine opens: P(open) is the person's TRUE curve at the UTC hour of delivery.
-    p_open = world.curves[person, fmt.hour_of_week(deliver)]
-    genuine = delivered & (rng.random(n) < p_open)
-    open_at = deliver + _lognormal_ms(rng, 35 * MINUTE, 1.3, n, 20 * SECOND, 72 * HOUR)
+    # Genuine opens: whether and when, by the person's open-delay mechanism (opens.py; originally P(open) is
+    # the TRUE curve at the UTC hour of delivery and the delay an independent lognormal).
+    u_open = rng.random(n)
+    delay = lognormal_delay(rng, n)
+    opened, open_at = draw_opens(world, person, deliver, rng_for(cfg.seed, STREAM_EVENTS, c, EVENTS_OPENS),
+                                 u_open, delay)
+    genuine = delivered & opened
     mpp = P.apple_mpp[person]
     visible = ~mpp | (rng.random(n) < cfg.mpp_human_open_visible)  # MPP caches hide some real opens
     reopen = genuine & (rng.random(n) < cfg.reopen_rate)
@@ -104,6 +127,11 @@ def simulate_campaign(world: World, c: int, state: SimState) -> Columns:
     # Machines: Apple's proxy prefetches on delivery; security gateways follow every link.
     machine = delivered & mpp & (rng.random(n) < cfg.mpp_open_rate)
     machine_at = deliver + rng.integers(SECOND, 10 * MINUTE + 1, n)
+    if cfg.mpp_late_share > 0:  # some prefetches come late: 10 min - 6 h, log-uniform
+        late_rng = rng_for(cfg.seed, STREAM_EVENTS, c, EVENTS_MPP_LATE)
+        late = late_rng.random(n) < cfg.mpp_late_share
+        wait = np.exp(late_rng.uniform(np.log(10 * MINUTE), np.log(6 * HOUR), n)).astype(np.int64)
+        machine_at = np.where(late, deliver + wait, machine_at)
     flagged = machine & (esp == SENDGRID) & (rng.random(n) < cfg.machine_open_flag_rate)
     scan = delivered & P.behind_scanner[person] & (rng.random(n) < cfg.scanner_click_rate)
     scan_at = deliver + rng.integers(SECOND, 15 * SECOND, n)
@@ -158,10 +186,17 @@ def simulate_campaign(world: World, c: int, state: SimState) -> Columns:
     pool_start = np.array([cl.pools[f"scanner_{name}"][0] for name, _, _ in SCANNERS], dtype=np.int32)
     pool_size = np.array([cl.pools[f"scanner_{name}"][1] for name, _, _ in SCANNERS], dtype=np.int32)
     scanner_ip = pool_start[vendor] + (rng.random(rr.size) * pool_size[vendor]).astype(np.int32)
+    scanner_ua = cl.scanner_ua[vendor]
+    if cfg.scanner_browser_ua_share > 0:  # some visits pose as a desktop browser (same timing, IPs, links)
+        ua_rng = rng_for(cfg.seed, STREAM_EVENTS, c, EVENTS_SCANNER_UA)
+        posing = ua_rng.random(r.size) < cfg.scanner_browser_ua_share
+        browser = cl.click_ua[np.array([BROWSERS.index(b) for b in DESKTOP_BROWSERS])]
+        posed = browser[ua_rng.integers(0, browser.size, r.size)]
+        scanner_ua = np.where(np.repeat(posing, n_links), np.repeat(posed, n_links), scanner_ua)
     blocks.append({
         "ts": scan_at[rr] + j * rng.integers(30, 1500, rr.size), "etype": np.full(rr.size, CLICKED, np.int8),
         "slot": (SLOT_SCANNER + j).astype(np.int16), "rcpt": rr.astype(np.int32),
-        "origin": np.full(rr.size, SCANNER, np.int8), "ua": cl.scanner_ua[vendor],
+        "origin": np.full(rr.size, SCANNER, np.int8), "ua": scanner_ua.astype(np.int32),
         "ip": scanner_ip.astype(np.int32), "url": (first_link + j).astype(np.int32),
         "bounce": np.full(rr.size, -1, np.int8), "machine": np.zeros(rr.size, bool),
     })
@@ -208,6 +243,9 @@ def _assign_identifiers(world: World, esp: int, events: Columns, person: np.ndar
         want_x |= want_k & has_x & (rng.random(m) < cfg.klaviyo_external_rate)
     elif esp == SYNTHETIC:  # order and account events of the backend carry the customer's email
         want_e |= (want_ph | want_x) & has_e & (rng.random(m) < cfg.backend_email_rate)
+    # Households, businesses, ESP merges, ... (WorldConfig identity knobs), from their own random stream.
+    phenomena.apply(world, esp, events["ts"], p, [email, klaviyo, phone, external], [want_e, want_k, want_ph, want_x],
+                    rng.spawn(1)[0])
 
     junk = rng.random(m) < cfg.junk_identifier_rate
     if esp == KLAVIYO:  # a form fill left "info@company.com" next to a real profile id

@@ -39,7 +39,7 @@ def _size(cols: Columns | None) -> int:
     return 0 if cols is None else int(cols["ts"].shape[0])
 
 
-def _stream_effects(world: World, c: int, events: Columns) -> Columns:
+def stream_effects(world: World, c: int, events: Columns) -> Columns:
     """Drop what happens after the end, add arrival times, late arrivals and ESP-retry duplicates."""
     cfg = world.config
     rng = rng_for(cfg.seed, STREAM_EVENTS, c, 1)
@@ -66,7 +66,7 @@ def ordered_chunks(world: World) -> Iterator[Columns]:
     state = SimState.fresh(len(world.people))
     pending: Columns | None = None
     for c in range(len(camp)):
-        events = _stream_effects(world, c, simulate_campaign(world, c, state))
+        events = stream_effects(world, c, simulate_campaign(world, c, state))
         pending = events if pending is None else _concat([pending, events])
         horizon = int(camp.send_ms[c + 1]) if c + 1 < len(camp) else np.iinfo(np.int64).max
         ready = pending["arrival"] < horizon
@@ -84,6 +84,14 @@ def event_keys(cols: Columns) -> np.ndarray:
             | cols["slot"].astype(np.uint64))
 
 
+def message_ids(seed: int, campaign: np.ndarray, person: np.ndarray) -> np.ndarray:
+    """(n, 20) codes of the message_id 'msg_<16 hex>' of each (campaign, person) message: every event of the
+    message carries it."""
+    key = ((np.asarray(campaign).astype(np.uint64) << np.uint64(40)) | (np.asarray(person).astype(np.uint64)
+                                                                        << np.uint64(8)) | np.uint64(0xFF))
+    return fmt.with_prefix(b"msg_", fmt.hex_codes(fmt.mix64(key ^ fmt.salt(seed, 2))))
+
+
 def _dictionary(world: World, index: np.ndarray, name: str) -> pa.DictionaryArray:
     dictionary = world.dictionaries.arrow[name]
     missing = index < 0
@@ -98,8 +106,7 @@ def to_table(world: World, cols: Columns) -> pa.Table:
     seed = world.config.seed
     key = event_keys(cols)
     event_id = fmt.with_prefix(ESP_PREFIX[cols["esp"]], fmt.hex_codes(fmt.mix64(key ^ fmt.salt(seed, 1))))
-    message_key = (key & ~np.uint64(0xFF)) | np.uint64(0xFF)
-    message_id = fmt.with_prefix(b"msg_", fmt.hex_codes(fmt.mix64(message_key ^ fmt.salt(seed, 2))))
+    message_id = message_ids(seed, cols["campaign"], cols["person"])
     machine = cols["machine"]
     columns = {
         "event_id": fmt.arrow_fixed_strings(event_id),

@@ -2,12 +2,22 @@
 
 Layout of <out>/:
   people.parquet       person_id, tz, utc_offset_hours, archetype, propensity, segment, apple_mpp,
-                       behind_scanner, hard_bouncer, mail_client, partition_key
-  true_curves.parquet  person_id, p_open (list<float32> of 168: P(genuine open | delivered at UTC
-                       hour-of-week h), h = weekday*24 + hour, Monday 00:00 UTC = 0), best_hour
+                       behind_scanner, hard_bouncer, mail_client, partition_key, home_country (country of the
+                       phone numbers; not tz's for zone-mixed people), open_delay (lognormal | hazard |
+                       sessions), archetype_end, drift_hours (how far the rhythm moved by the end, + later),
+                       switch_week (world week of an archetype switch, -1 none)
+  true_curves.parquet  person_id, p_open (list<float32> of 168), best_hour (argmax of p_open).
+                       p_open[h] = P(genuine open | the message is delivered at a uniformly random moment of
+                       UTC hour-of-week h), h = weekday*24 + hour, Monday 00:00 UTC = 0: "genuine" = by the
+                       person (whether or not the ESP sees it: an MPP cache may hide it), at any time after the
+                       delivery (the end of the world does not cut it). It is computed from the same process
+                       that draws the events (opens.py), in the habits in force at the world's end: exact for
+                       every delivery from manifest.truth_from (habits.py: drift and archetype switches settle
+                       for the world's last third). propensity = max_h p_open.
   identifiers.parquet  identifier_type, raw_value (exactly as emitted), normalized, person_id (null for junk),
                        is_generic (junk or shared by several people: never use to join), generic_kind
-                       ('' | 'shared' | 'junk')
+                       ('' | 'shared' | 'junk'), detail (what it is: phenomena.DETAILS, e.g. 'household',
+                       'business', 'merged_profile', 'second_mailbox', 'placeholder'; '' = plain)
   campaigns.parquet    campaign_id, esp, send_time, audience_share, n_links
   event_truth.parquet  event_id, person_id, origin (system | human | apple_mpp | scanner), duplicate, late
                        (one row per emitted line, written by generate)
@@ -20,6 +30,7 @@ import json
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +41,9 @@ import pyarrow.parquet as pq
 from sendflowr.events import EVENT_TYPES
 from sendflowr.synth import fmt
 from sendflowr.synth.campaigns import ESPS
+from sendflowr.synth.config import format_time
 from sendflowr.synth.curves import HOURS
+from sendflowr.synth.habits import KINDS, NEVER
 from sendflowr.synth.identifiers import TYPES
 from sendflowr.synth.people import ARCHETYPES, CLIENTS
 from sendflowr.synth.world import World
@@ -58,6 +71,7 @@ class Manifest:
     human_clicks: int = 0  # unique events
     first_occurred_at: str | None = None
     last_occurred_at: str | None = None
+    truth_from: str | None = None  # true_curves hold exactly for deliveries from here (habits settled)
     kafka_key: str = KAFKA_KEY
     files: dict[str, str] = field(default_factory=dict)
     kafka: dict[str, Any] | None = None
@@ -130,8 +144,10 @@ class Tally:
 
 
 def new_manifest(world: World) -> Manifest:
+    settled = world.config.start + timedelta(weeks=world.habits.settle if world.habits is not None and
+                                             world.habits.moving.any() else 0)
     return Manifest(seed=world.config.seed, parameters=world.config.to_dict(), people=len(world.people),
-                    campaigns=len(world.campaigns),
+                    campaigns=len(world.campaigns), truth_from=format_time(settled),
                     generated_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
 
 
@@ -150,7 +166,23 @@ def people_table(world: World) -> pa.Table:
         "hard_bouncer": p.hard_bouncer,
         "mail_client": pa.array(np.array(CLIENTS, dtype=object)[p.client].tolist(), pa.string()),
         "partition_key": fmt.arrow_fixed_strings(world.partition_keys(person_id)),
+        **habits_columns(world),
     })
+
+
+def habits_columns(world: World) -> dict[str, pa.Array]:
+    p, h = world.people, world.habits
+    n = len(p)
+    kind = np.zeros(n, np.int8) if h is None else h.kind
+    end_archetype = p.archetype if h is None else h.end_archetype
+    switch = np.full(n, -1, np.int16) if h is None else np.where(h.switch_week == NEVER, -1, h.switch_week)
+    return {
+        "home_country": pa.array(p.countries.tolist(), pa.string()),
+        "open_delay": pa.array(np.array(KINDS, dtype=object)[kind].tolist(), pa.string()),
+        "archetype_end": pa.array(np.array(ARCHETYPES, dtype=object)[end_archetype].tolist(), pa.string()),
+        "drift_hours": (np.zeros(n) if h is None else h.drift).astype(np.float32),
+        "switch_week": switch.astype(np.int16),
+    }
 
 
 def curves_table(world: World) -> pa.Table:
@@ -174,6 +206,7 @@ def identifiers_table(world: World) -> pa.Table:
         "person_id": pa.array(person, mask=person < 0),
         "is_generic": ids.truth_kind > 0,
         "generic_kind": pa.array(np.array(GENERIC_KINDS, dtype=object)[ids.truth_kind].tolist(), pa.string()),
+        "detail": pa.array(ids.truth_detail, pa.string()),
     })
 
 

@@ -27,6 +27,9 @@ HOUR_MS = 3_600_000
 EPOCH_HOW = 72  # 1970-01-01 00:00 UTC was a Thursday: hour of week 3 * 24
 MAX_CANDIDATES = HOURS + 1  # the (possibly mid-hour) first moment, then 168 hour boundaries
 LEVELS = ("person", "cohort", "global")
+# Upper bounds (inclusive) of a window's candidate count per calibration bucket: how likely a pick is to land
+# within an hour of the best depends on how many hours it was picked from.
+CANDIDATE_BUCKETS = (4, 8, 16, 32, 64, MAX_CANDIDATES)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 
@@ -43,8 +46,9 @@ class DecisionError(ValueError):
 class Calibration:
     """Raw margin score -> probability that the chosen slot is within an hour of the true best one.
 
-    Piecewise-linear through (x, y) knots per fallback level (monotone: fitted by isotonic regression in the
-    evaluation), flat beyond the ends. `fitted` is False for the default mapping used before any evaluation.
+    Piecewise-linear through (x, y) knots per fallback level, or per "level/bucket" (bucket: the index of the
+    window's candidate count in CANDIDATE_BUCKETS), which wins when present; monotone (fitted by isotonic
+    regression), flat beyond the ends. `fitted` is False for the default mapping used before any fit.
     """
 
     knots: dict[str, tuple[tuple[float, ...], tuple[float, ...]]]
@@ -52,6 +56,8 @@ class Calibration:
     ece: float | None = None  # expected calibration error measured on held-out decisions when fitted
     samples: int = 0
     notes: dict[str, float] = field(default_factory=dict)
+    # curve value -> engagement observed on held-out deliveries (monotone knots); None: the curve value as is
+    engagement: tuple[tuple[float, ...], tuple[float, ...]] | None = None
 
     def __post_init__(self) -> None:
         for level, (x, y) in self.knots.items():
@@ -72,34 +78,39 @@ class Calibration:
     def to_json(self) -> str:
         return json.dumps({"knots": {k: [list(x), list(y)] for k, (x, y) in self.knots.items()},
                            "fitted": self.fitted, "ece": self.ece, "samples": self.samples,
-                           "notes": self.notes}, sort_keys=True)
+                           "notes": self.notes,
+                           "engagement": [list(v) for v in self.engagement] if self.engagement else None},
+                          sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> Calibration:
         data = json.loads(text)
         knots = {k: (tuple(float(v) for v in x), tuple(float(v) for v in y)) for k, (x, y) in data["knots"].items()}
+        engagement = data.get("engagement")
         return cls(knots=knots, fitted=bool(data.get("fitted", False)), ece=data.get("ece"),
-                   samples=int(data.get("samples", 0)), notes=dict(data.get("notes", {})))
+                   samples=int(data.get("samples", 0)), notes=dict(data.get("notes", {})),
+                   engagement=(tuple(map(float, engagement[0])), tuple(map(float, engagement[1])))
+                   if engagement else None)
 
-    def apply(self, raw: np.ndarray, levels: np.ndarray) -> np.ndarray:
+    def engagement_of(self, value: np.ndarray) -> np.ndarray:
+        """Expected engagement of a delivery the curve values at `value` (as observed on held-out deliveries)."""
+        value = np.asarray(value, dtype=np.float64)
+        return np.interp(value, *self.engagement) if self.engagement else value
+
+    def apply(self, raw: np.ndarray, levels: np.ndarray, candidates: np.ndarray | None = None) -> np.ndarray:
         """Probabilities for raw scores (inf -> 1: certain by construction); unknown levels use 'global'."""
         raw = np.asarray(raw, dtype=np.float64)
         levels = np.asarray(levels, dtype=object)
-        one = self.knots.get(levels.flat[0]) if levels.size else None
-        if one is not None and (levels == levels.flat[0]).all():  # one level (the usual case): one interp
-            out = np.interp(raw, *one)
-            out[np.isposinf(raw)] = 1.0
-            return out
+        keys = levels
+        if candidates is not None and any("/" in k for k in self.knots):
+            bucket = np.searchsorted(CANDIDATE_BUCKETS, np.asarray(candidates)).astype(str).astype(object)
+            keys = levels + "/" + bucket
         out = np.empty(raw.shape, dtype=np.float64)
         fallback = self.knots.get("global") or next(iter(self.knots.values()))
-        known = np.zeros(raw.shape, dtype=bool)
-        for level, (x, y) in self.knots.items():
-            rows = levels == level
-            known |= rows
-            if rows.any():
-                out[rows] = np.interp(raw[rows], x, y)
-        if (~known).any():
-            out[~known] = np.interp(raw[~known], *fallback)
+        for key in np.unique(keys) if keys.size else ():
+            rows = keys == key
+            knots = self.knots.get(key) or self.knots.get(str(key).split("/")[0]) or fallback
+            out[rows] = np.interp(raw[rows], *knots)
         out[np.isposinf(raw)] = 1.0
         return out
 
@@ -126,6 +137,7 @@ class DecisionBatch:
     error_field: np.ndarray  # object: None or the request field to blame
     error_message: np.ndarray  # object: None or why
     raw_score: np.ndarray  # float64 margin score before calibration (inf = certain by construction)
+    candidates: np.ndarray  # int64 moments the choice was made from (0 for failed rows)
 
     def __len__(self) -> int:
         return int(self.delivery_at.shape[0])
@@ -250,14 +262,16 @@ def decide_many(curves: np.ndarray, evidence: np.ndarray, fallback_levels: np.nd
     rel = np.where(best_value > 0, (best_value - np.where(has_far, runner_up, 0.0)) / np.maximum(best_value, 1e-12),
                    0.0)
     raw = np.where(has_far, rel * np.sqrt(1.0 + np.where(ok, evidence, 0.0)), np.inf)
-    confidence = calibration.apply(raw, levels)
+    confidence = calibration.apply(raw, levels, count)
 
     delivery = np.where(ok, chosen_ms, nat).astype("datetime64[ms]")
     trigger = np.where(ok, chosen_ms - lat_ms, nat).astype("datetime64[ms]")
     return DecisionBatch(
         delivery_at=delivery, trigger_at=trigger,
-        confidence=np.where(ok, confidence, np.nan), expected_engagement=np.where(ok, best_value, np.nan),
+        confidence=np.where(ok, confidence, np.nan),
+        expected_engagement=np.where(ok, calibration.engagement_of(best_value), np.nan),
         fallback_level=levels, error_field=err_field, error_message=err_msg, raw_score=np.where(ok, raw, np.nan),
+        candidates=count.astype(np.int64),
     )
 
 
@@ -292,7 +306,7 @@ def _decide_row(curve: np.ndarray, evidence: float, levels: np.ndarray, after: i
         return DecisionBatch(delivery_at=never, trigger_at=never.copy(),
                              confidence=nan, expected_engagement=nan.copy(), fallback_level=levels,
                              error_field=np.array([error[0]], object), error_message=np.array([error[1]], object),
-                             raw_score=nan.copy())
+                             raw_score=nan.copy(), candidates=np.zeros(1, np.int64))
     first_boundary = (start // HOUR_MS + 1) * HOUR_MS
     count = min(max(-((first_boundary - before) // HOUR_MS), 0), MAX_CANDIDATES - 1) + 1
     offset = ((first_boundary // HOUR_MS + EPOCH_HOW) % HOURS - 1) % HOURS
@@ -312,9 +326,10 @@ def _decide_row(curve: np.ndarray, evidence: float, levels: np.ndarray, after: i
     chosen = start if best == 0 else first_boundary + (best - 1) * HOUR_MS
     return DecisionBatch(
         delivery_at=np.array([chosen], "datetime64[ms]"), trigger_at=np.array([chosen - lat_ms], "datetime64[ms]"),
-        confidence=calibration.apply(np.array([raw]), levels), expected_engagement=np.array([best_value]),
-        fallback_level=levels, error_field=np.array([None], object), error_message=np.array([None], object),
-        raw_score=np.array([raw]))
+        confidence=calibration.apply(np.array([raw]), levels, np.array([count])),
+        expected_engagement=calibration.engagement_of(np.array([best_value])), fallback_level=levels,
+        error_field=np.array([None], object),
+        error_message=np.array([None], object), raw_score=np.array([raw]), candidates=np.array([count], np.int64))
 
 
 def _from_ms(ms: int) -> datetime:

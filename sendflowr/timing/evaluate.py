@@ -1,16 +1,19 @@
 """Evaluation on a synthetic world with ground truth (docs/TIMING.md, "Reading the evaluation").
 
-Curves are fitted on deliveries BEFORE the held-out campaigns only. Every person the identity graph maps to a
-true person then gets one decision per held-out campaign: a window of `window_hours` from the campaign's send
-time. Each method's choice is scored by the person's TRUE curve at the chosen hour; the oracle takes the true
-best hour of the window. Methods: ours (decide on the fitted curve), random time in the window (its exact
-expectation), the window start, the global curve's best hour, and the most frequent hour of day of the
-person's recent opens (raw opens, machines included, as naive tools do).
+The model is fitted on what was observed BEFORE the held-out campaigns only (later engagement is censored).
+Every person the identity graph maps to a true person then gets one decision per held-out campaign: a window
+of `window_hours` from the campaign's send time. Each method's choice is scored by the person's TRUE curve at
+the chosen hour; the oracle takes the true best hour of the window. Methods: ours (decide on the fitted curve),
+random time in the window (its exact expectation), the window start, our global curve's best hour, the best
+single hour for everyone under the truth (the ceiling of any one-size rule), the most frequent hour of day of
+the person's last 20 opens (raw opens, machines included, as naive tools do) and of their last 20 genuine
+engagements after signal cleaning (the Braze-style rule).
 
 Reported per bucket of genuine engagements in the training period (0, 1-4, 5-19, 20+): expected engagement
 as a share of the oracle's, lift over each baseline with a 95% bootstrap interval (people resampled), top-slot
-accuracy (within one hour of the oracle), and calibration (ECE over 10 bins) of the confidence, fitted by
-isotonic regression on half of the people and measured on the other half.
+accuracy (within one hour of the oracle), and calibration: the confidence the model derives from its own
+posterior (nothing fitted on the truth) against the truth, and, as a diagnostic only, an isotonic calibration
+fitted on half of the people's truth and measured on the other half.
 """
 
 from __future__ import annotations
@@ -27,13 +30,15 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from clickhouse_connect.driver.client import Client
 
+from sendflowr.timing.confidence import calibrate, fit_calibration
 from sendflowr.timing.decide import HOUR_MS, HOURS, Calibration, decide_many, hour_of_week_ms
-from sendflowr.timing.estimate import EstimatorParams, mixture_prior
-from sendflowr.timing.run import Fit, fit, learn_ml_prior, levels, person_cohorts
+from sendflowr.timing.estimate import EstimatorParams, levels
+from sendflowr.timing.run import Fit, learn_ml_prior, person_cohorts, read_inputs
 from sendflowr.timing.signals import SignalRules
 
 BUCKETS = ((0, 0, "0"), (1, 4, "1-4"), (5, 19, "5-19"), (20, 10**9, "20+"))
-BASELINES = ("random", "window_start", "global_best_hour", "recent_open_hour")
+BASELINES = ("random", "window_start", "global_best_hour", "best_single_hour", "recent_open_hour",
+             "genuine_open_hour")
 METHODS = ("ours",) + BASELINES
 
 
@@ -45,6 +50,7 @@ class EvalConfig:
     bootstrap: int = 400
     seed: int = 17
     recent_opens: int = 20
+    keep_details: bool = False  # keep the per-decision arrays on the report (analysis)
 
 
 @dataclass
@@ -54,17 +60,22 @@ class EvalReport:
     people: int
     buckets: dict[str, dict] = field(default_factory=dict)
     overall: dict = field(default_factory=dict)
-    calibration: Calibration = field(default_factory=Calibration.default)
-    ece_uncalibrated: float = 0.0
-    ece: float = 0.0
+    calibration: Calibration = field(default_factory=Calibration.default)  # the model's own (what is served)
+    ece: float = 0.0  # of the model's own confidence, against the truth
+    ece_by_level: dict[str, dict] = field(default_factory=dict)
     reliability: list[tuple[float, float, int]] = field(default_factory=list)
+    ece_truth_fitted: float = 0.0  # diagnostic: a calibration fitted on half of the truth, measured on the rest
     ml: dict = field(default_factory=dict)
+    signals: dict[str, int] = field(default_factory=dict)  # what the signal cleaning found (training period)
+    predictive: dict = field(default_factory=dict)  # the evaluation without ground truth, inside the training period
     plots: dict[str, str] = field(default_factory=dict)  # name -> base64 PNG
+    details: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return {"cutoff": self.cutoff.isoformat(), "decisions": self.decisions, "people": self.people,
                 "buckets": self.buckets, "overall": self.overall, "ece": self.ece,
-                "ece_uncalibrated": self.ece_uncalibrated, "reliability": self.reliability, "ml": self.ml,
+                "ece_by_level": self.ece_by_level, "ece_truth_fitted": self.ece_truth_fitted,
+                "reliability": self.reliability, "ml": self.ml, "signals": self.signals,
                 "calibration": self.calibration.to_json()}
 
 
@@ -127,26 +138,6 @@ def expected_calibration_error(confidence: np.ndarray, hit: np.ndarray, bins: in
     return ece, table
 
 
-def fit_calibration(raw: np.ndarray, hit: np.ndarray, lv: np.ndarray, max_knots: int = 64) -> Calibration:
-    """Isotonic regression of hit on the raw margin score, per fallback level (finite scores only)."""
-    from sklearn.isotonic import IsotonicRegression
-
-    knots = {}
-    for level in ("person", "cohort", "global"):
-        rows = (lv == level) & np.isfinite(raw)
-        if rows.sum() < 20:
-            continue
-        iso = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(raw[rows], hit[rows])
-        x, y = iso.X_thresholds_, iso.y_thresholds_
-        if x.size > max_knots:
-            keep = np.unique(np.linspace(0, x.size - 1, max_knots).round().astype(np.int64))
-            x, y = x[keep], y[keep]
-        knots[level] = (tuple(float(v) for v in x), tuple(float(v) for v in y))
-    if "global" not in knots:
-        knots["global"] = Calibration.default().knots["global"]
-    return Calibration(knots=knots, fitted=True, samples=int(np.isfinite(raw).sum()))
-
-
 def _bucket_of(engagements: np.ndarray) -> np.ndarray:
     out = np.zeros(engagements.shape[0], dtype=np.int64)
     for b, (lo, hi, _) in enumerate(BUCKETS):
@@ -160,8 +151,7 @@ def _circ(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def evaluate(client: Client, database: str, truth_dir: Path, rules: SignalRules | None = None,
-             params: EstimatorParams | None = None, config: EvalConfig | None = None,
-             calibration_for_ours: Calibration | None = None) -> EvalReport:
+             params: EstimatorParams | None = None, config: EvalConfig | None = None) -> EvalReport:
     rules, params, config = rules or SignalRules(), params or EstimatorParams(), config or EvalConfig()
     rng = np.random.default_rng(config.seed)
     campaigns = pq.read_table(truth_dir / "campaigns.parquet", columns=["send_time"])
@@ -169,10 +159,11 @@ def evaluate(client: Client, database: str, truth_dir: Path, rules: SignalRules 
     first_held = int(np.floor(sends.size * (1 - config.holdout_share)))
     held = sends[first_held:]
     cutoff = datetime.fromtimestamp(int(held[0]) / 1000, tz=UTC)
-    base = fit(client, database, rules, replace(params, clusters=0), delivered_before=cutoff)
+    inputs = read_inputs(client, database, rules, params, observed_before=cutoff)
+    base = inputs.fit(replace(params, clusters=0), recent=config.recent_opens)
     # Both priors on the same statistics: the non-ML cohort prior and the ML activity-cluster prior.
     ml_params = replace(params, clusters=params.clusters or 12)
-    ml = Fit(base.stats, base.priors, base.cohort_index, ml_params)
+    ml = Fit(base.stats, base.decay, base.priors, base.cohort_index, ml_params)
     ml.clusters = learn_ml_prior(ml)
     use_ml = params.clusters > 0 and ml.clusters is not None
     f = ml if use_ml else base
@@ -183,11 +174,12 @@ def evaluate(client: Client, database: str, truth_dir: Path, rules: SignalRules 
     true = pq.read_table(truth_dir / "true_curves.parquet", columns=["p_open"]).column("p_open")
     true_curves = pa.concat_arrays([c.flatten() for c in true.chunks]).to_numpy().reshape(-1, HOURS)[person_id]
 
-    curves, evidence, engagements, lv, cohort_index = _curves_for(client, database, f, uid, params)
+    curves, evidence, engagements, lv, cohort_index, known_row = _curves_for(client, database, f, uid, params)
     other = base if use_ml else ml
-    other_curves = _curves_for(client, database, other, uid, params)[0] if other.clusters is not None or use_ml \
-        else None
+    other_curves = _curves_for(client, database, other, uid, params)[0] if ml.clusters is not None else None
     recent = recent_open_hour(client, database, cutoff, uid, config.recent_opens)
+    genuine = np.where(known_row >= 0, f.stats.recent_hour[np.maximum(known_row, 0)], -1) \
+        if len(f.stats) else np.full(uid.shape[0], -1)
 
     # decisions: every (person, held-out campaign), subsampled to max_decisions
     n_people, n_held = uid.shape[0], held.size
@@ -198,19 +190,23 @@ def evaluate(client: Client, database: str, truth_dir: Path, rules: SignalRules 
     end = start + config.window_hours * HOUR_MS
     now = datetime.fromtimestamp(int(held.min()) / 1000 - 1, tz=UTC)
     after, before = start.astype("datetime64[ms]"), end.astype("datetime64[ms]")
-    cal = calibration_for_ours or Calibration.default()
-    ours = decide_many(curves[row], evidence[row], lv[row], after, before, 0.0, now, cal)
-    oracle = decide_many(true_curves[row], np.zeros(row.size), "person", after, before, 0.0, now, cal)
-    glob = decide_many(np.broadcast_to(f.priors.global_curve, (row.size, HOURS)), np.zeros(row.size), "global",
-                       after, before, 0.0, now, cal)
+    cal = Calibration.default()
+
+    def decide_on(c: np.ndarray, ev=None, level="person"):
+        return decide_many(c, np.zeros(row.size) if ev is None else ev, level, after, before, 0.0, now, cal)
+
+    ours = decide_on(curves[row], evidence[row], lv[row])
+    oracle = decide_on(true_curves[row])
+    glob = decide_on(np.broadcast_to(f.priors.global_curve, (row.size, HOURS)), level="global")
+    single = decide_on(np.broadcast_to(true_curves.mean(axis=0), (row.size, HOURS)), level="global")
     t = true_curves[row]
     r = np.arange(row.size)
 
     def value_at(ms: np.ndarray) -> np.ndarray:
         return t[r, hour_of_week_ms(ms)]
 
-    def slot(batch) -> np.ndarray:
-        return hour_of_week_ms(batch.delivery_at.astype(np.int64))
+    def ms(batch) -> np.ndarray:
+        return batch.delivery_at.astype(np.int64)
 
     # random in the window: exact expectation over the window's hours (whole hours: windows start on the hour
     # or the partial first hour is weighted by its length)
@@ -220,59 +216,68 @@ def evaluate(client: Client, database: str, truth_dir: Path, rules: SignalRules 
     lengths = np.diff(edges, axis=1).astype(np.float64)
     hours = hour_of_week_ms(edges[:, :-1])
     random_value = (t[r[:, None], hours] * lengths).sum(axis=1) / lengths.sum(axis=1)
-    oracle_slot = slot(oracle)
+    oracle_slot = hour_of_week_ms(ms(oracle))
     random_hit = ((_circ(hours, oracle_slot[:, None]) <= 1) * lengths).sum(axis=1) / lengths.sum(axis=1)
 
-    # recent open hour: the first moment in the window at that hour of day; window start without opens
-    hod = recent[row]
-    first_hour = start // HOUR_MS
-    delta = (hod - (first_hour % 24)) % 24
-    recent_ms = np.where(hod >= 0, np.maximum((first_hour + delta) * HOUR_MS, start), start)
-    recent_ms = np.where(recent_ms < end, recent_ms, start)
+    chosen = {"ours": ms(ours), "window_start": start, "global_best_hour": ms(glob), "best_single_hour": ms(single),
+              "recent_open_hour": _hour_of_day_in_window(recent[row], start, end),
+              "genuine_open_hour": _hour_of_day_in_window(genuine[row], start, end)}
+    value = {m: value_at(c) for m, c in chosen.items()} | {"random": random_value}
+    hit = {m: (_circ(hour_of_week_ms(c), oracle_slot) <= 1).astype(np.float64) for m, c in chosen.items()}
+    hit["random"] = random_hit
+    best = value_at(ms(oracle))
 
-    value = {"ours": value_at(ours.delivery_at.astype(np.int64)), "random": random_value,
-             "window_start": value_at(start), "global_best_hour": value_at(glob.delivery_at.astype(np.int64)),
-             "recent_open_hour": value_at(recent_ms)}
-    best = value_at(oracle.delivery_at.astype(np.int64))
-    hit = {"ours": (_circ(slot(ours), oracle_slot) <= 1).astype(np.float64), "random": random_hit,
-           "window_start": (_circ(hour_of_week_ms(start), oracle_slot) <= 1).astype(np.float64),
-           "global_best_hour": (_circ(slot(glob), oracle_slot) <= 1).astype(np.float64),
-           "recent_open_hour": (_circ(hour_of_week_ms(recent_ms), oracle_slot) <= 1).astype(np.float64)}
-
-    report = EvalReport(cutoff=cutoff, decisions=int(row.size), people=int(n_people))
+    report = EvalReport(cutoff=cutoff, decisions=int(row.size), people=int(n_people), signals=f.stats.totals)
+    bucket = _bucket_of(engagements)[row]
     if other_curves is not None:
-        alt = decide_many(other_curves[row], evidence[row], lv[row], after, before, 0.0, now, cal)
-        alt_value = value_at(alt.delivery_at.astype(np.int64))
+        alt = decide_on(other_curves[row], evidence[row], lv[row])
+        alt_value = value_at(ms(alt))
         ml_value, plain_value = (value["ours"], alt_value) if use_ml else (alt_value, value["ours"])
-        report.ml = _ml_summary(ml_value, plain_value, best, row, _bucket_of(engagements)[row], config, rng)
+        report.ml = _ml_summary(ml_value, plain_value, best, row, bucket, config, rng)
         report.ml["used"] = bool(use_ml)
         report.ml["clusters"] = int(ml_params.clusters)
-    bucket = _bucket_of(engagements)[row]
     for b, (_, _, name) in enumerate(BUCKETS):
-        rows = bucket == b
-        report.buckets[name] = _summarize(rows, row, value, best, hit, config, rng)
+        report.buckets[name] = _summarize(bucket == b, row, value, best, hit, config, rng)
     report.overall = _summarize(np.ones(row.size, dtype=bool), row, value, best, hit, config, rng)
 
-    # calibration: fit on half of the people, measure on the other half; store the fit on all of them
-    raw, ok = ours.raw_score, np.isfinite(ours.raw_score) | np.isposinf(ours.raw_score)
+    # confidence: the model's own calibration (as a timing run commits it) against the truth
+    predictive, report.calibration = calibrate(inputs, f, np.random.default_rng(config.seed))
+    report.predictive = predictive.to_dict()
+    raw, ok = ours.raw_score, ~np.isnan(ours.raw_score)
+    conf = report.calibration.apply(raw[ok], ours.fallback_level[ok], ours.candidates[ok])
+    got = hit["ours"][ok]
+    report.ece, report.reliability = expected_calibration_error(conf, got)
+    for level in ("person", "cohort", "global"):
+        rows = ours.fallback_level[ok] == level
+        if rows.any():
+            report.ece_by_level[level] = {"ece": expected_calibration_error(conf[rows], got[rows])[0],
+                                          "mean_confidence": float(conf[rows].mean()),
+                                          "hit_rate": float(got[rows].mean()), "decisions": int(rows.sum())}
+    # diagnostic only: how well a calibration fitted on half of the truth would do on the other half
     half = rng.random(n_people) < 0.5
     fit_rows, test_rows = ok & half[row], ok & ~half[row]
-    uncal = Calibration.default().apply(raw[test_rows], ours.fallback_level[test_rows])
-    report.ece_uncalibrated, _ = expected_calibration_error(uncal, hit["ours"][test_rows])
     held_fit = fit_calibration(raw[fit_rows], hit["ours"][fit_rows], ours.fallback_level[fit_rows])
-    conf = held_fit.apply(raw[test_rows], ours.fallback_level[test_rows])
-    report.ece, report.reliability = expected_calibration_error(conf, hit["ours"][test_rows])
-    final = fit_calibration(raw[ok], hit["ours"][ok], ours.fallback_level[ok])
-    report.calibration = Calibration(knots=final.knots, fitted=True, ece=report.ece, samples=final.samples,
-                                     notes={"ece_uncalibrated": report.ece_uncalibrated,
-                                            "decisions": float(row.size)})
+    report.ece_truth_fitted, _ = expected_calibration_error(
+        held_fit.apply(raw[test_rows], ours.fallback_level[test_rows]), hit["ours"][test_rows])
     report.plots = plots(report, f, true_curves, curves, engagements)
+    if config.keep_details:
+        report.details = {"row": row, "start": start, "chosen": chosen, "value": value, "best": best,
+                          "oracle": ms(oracle), "bucket": bucket, "curves": curves, "true_curves": true_curves,
+                          "confidence": ours.raw_score, "level": ours.fallback_level, "hit": hit}
     return report
+
+
+def _hour_of_day_in_window(hod: np.ndarray, start: np.ndarray, end: np.ndarray) -> np.ndarray:
+    """The first moment in [start, end) at hour of day hod (UTC); the window start when hod < 0 or absent."""
+    first_hour = start // HOUR_MS
+    delta = (hod - (first_hour % 24)) % 24
+    at = np.where(hod >= 0, np.maximum((first_hour + delta) * HOUR_MS, start), start)
+    return np.where(at < end, at, start)
 
 
 def _curves_for(client: Client, database: str, f: Fit, uid: np.ndarray, params: EstimatorParams):
     """Fitted curves for the evaluated people; people without training deliveries get their cohort's prior
-    (or the global one) at the prior's level, exactly as the API would serve them."""
+    (or the global one), exactly as the API would serve them. Also each person's row in f.stats (-1: none)."""
     n = uid.shape[0]
     curves = np.empty((n, HOURS), dtype=np.float32)
     evidence = np.zeros(n, dtype=np.float64)
@@ -294,12 +299,8 @@ def _curves_for(client: Client, database: str, f: Fit, uid: np.ndarray, params: 
         lookup = {name: i for i, name in enumerate(f.priors.cohorts)}
         mapped = np.array([lookup.get(name, 0) for name in names], dtype=np.int64)  # a few dozen names
         cohort_index[~known] = mapped[code]
-        prior = f.priors.curves[cohort_index[~known]]
-        if f.clusters is not None:
-            empty = np.zeros_like(prior)
-            prior = mixture_prior(empty, empty, prior, cohort_index[~known], f.clusters, f.params)
-        curves[~known] = prior
-    return curves, evidence, engagements, levels(engagements, cohort_index, params), cohort_index
+        curves[~known] = f.priors.curves[cohort_index[~known]]  # no data of their own: the cohort's curve
+    return curves, evidence, engagements, levels(engagements, cohort_index, params), cohort_index, pos
 
 
 def _ml_summary(ml: np.ndarray, plain: np.ndarray, best: np.ndarray, person_row: np.ndarray, bucket: np.ndarray,

@@ -1,10 +1,13 @@
-"""One timing materialization: fold new events into per-message aggregates, aggregate per person and hour of
-week in ClickHouse, estimate curves on [n, 168] arrays, write priors and changed curves, commit.
+"""One timing materialization (docs/TIMING.md, "Pipeline"): read the owned messages of the committed events in one
+pass (sql/timing/messages.sql: signal cleaning, owner, delivery hour, wait for the first genuine engagement),
+turn them into per-person cell statistics with numpy, fit the time-to-engagement model (decay, priors, the ML
+prior), estimate curves on [n, 168] blocks, write priors and the curves that changed, commit (timing_runs last,
+sendflowr.timing.versions).
 
-Incremental where the math allows: messages are folded once from newly committed offsets (late events of a
-message just add a partial row); per-person statistics are re-aggregated from the compact message table;
-a person's curve row is rewritten only when their statistics or cohort changed, or when the global prior
-moved (then everyone is, since every curve leans on it).
+A run with nothing new (no newly committed events, no identity write) does nothing. Otherwise a person's curve
+row is rewritten only when their statistics or cohort changed, or when the global prior moved (then everyone's
+is, since every curve leans on it). The calibration is carried forward; the evaluation asset fits the next one
+(sendflowr.timing.evaluation_run).
 """
 
 from __future__ import annotations
@@ -27,17 +30,23 @@ from scipy import sparse
 
 from sendflowr.ingest import plan
 from sendflowr.sql_files import load_sql
-from sendflowr.timing.decide import HOURS, Calibration
+from sendflowr.timing import versions
+from sendflowr.timing.decide import EPOCH_HOW, HOURS, Calibration
 from sendflowr.timing.estimate import (
     ActivityClusters,
     EstimatorParams,
     Priors,
+    direct_curves,
+    kernel,
     learn_clusters,
     learn_priors,
+    levels,
     mixture_prior,
-    person_curves,
+    person_posterior,
+    smooth,
 )
-from sendflowr.timing.signals import FAR_FUTURE, SignalRules
+from sendflowr.timing.hazard import Decay, event_hour, learn_decay
+from sendflowr.timing.signals import SignalRules
 from sendflowr.timing.store import EMAIL_COHORT, PHONE_COHORT, calling_codes
 
 CHUNK = 50_000  # people per [chunk, 168] block (a writer thread sends one while the next is estimated)
@@ -46,15 +55,20 @@ PRIOR_DRIFT = 0.05  # relative change of the global prior that rewrites every cu
 
 @dataclass
 class PersonStats:
-    """Sparse (person, hour) statistics: people sorted by universal_id, rows grouped by person."""
+    """Sparse (person, message cell) statistics: people sorted by universal_id, rows grouped by person. A cell is
+    (delivery hour of week, wait) as sendflowr.timing.hazard defines it."""
 
     universal_id: np.ndarray  # object [n]
     offsets: np.ndarray  # int64 [n + 1] into the flat columns
-    how: np.ndarray  # intp [m]
-    deliveries: np.ndarray  # float64 [m]
-    weight: np.ndarray  # float64 [m]
-    engaged: np.ndarray  # float64 [m]
+    cell: np.ndarray  # int64 [m]
+    messages: np.ndarray  # float64 [m] messages in the cell
+    events: np.ndarray  # float64 [m] of which engaged (at the cell's wait)
+    fresh: np.ndarray  # float64 [m] summed share of the delivery hour left after each delivery
+    engaged: np.ndarray  # float64 [n] engaged messages per person (unweighted: levels, evidence, buckets)
+    delivered: np.ndarray  # float64 [n] messages per person (unweighted)
+    horizon: int
     totals: dict[str, int] = field(default_factory=dict)  # opens, machine opens, clicks, scanner clicks, ...
+    recent_hour: np.ndarray | None = None  # per person: the evaluation's genuine-open-hour rule (-1: none)
 
     def __len__(self) -> int:
         return int(self.universal_id.shape[0])
@@ -63,23 +77,36 @@ class PersonStats:
     def person(self) -> np.ndarray:
         return np.repeat(np.arange(len(self)), np.diff(self.offsets))
 
-    def sparse(self, lo: int, hi: int, values: np.ndarray) -> sparse.csr_matrix:
-        """[hi - lo, 168] float32 rows of people lo..hi (a person has a handful of hours, not 168)."""
+    def _rows(self, lo: int, hi: int, columns: np.ndarray, values: np.ndarray, width: int) -> sparse.csr_matrix:
         a, b = int(self.offsets[lo]), int(self.offsets[hi])
-        return sparse.csr_matrix((values[a:b].astype(np.float32), self.how[a:b], self.offsets[lo:hi + 1] - a),
-                                 shape=(hi - lo, HOURS))
+        return sparse.csr_matrix((values[a:b].astype(np.float32), columns[a:b], self.offsets[lo:hi + 1] - a),
+                                 shape=(hi - lo, width))
 
-    def row_sums(self, lo: int, hi: int, values: np.ndarray) -> np.ndarray:
-        """Per-person sums of a flat column for people lo..hi (0 for a person without rows)."""
-        sums = np.add.reduceat(np.append(values, 0.0), self.offsets[lo:hi + 1])[: hi - lo] if hi > lo else np.zeros(0)
-        # reduceat gives a person without rows the next row's value
-        return np.where(np.diff(self.offsets[lo:hi + 1]) > 0, sums, 0.0)
+    def cells(self, lo: int, hi: int) -> sparse.csr_matrix:
+        """[hi - lo, 168 * H] message counts by cell of people lo..hi."""
+        return self._rows(lo, hi, self.cell, self.messages, HOURS * self.horizon)
 
-    def dense(self, lo: int, hi: int, values: np.ndarray) -> np.ndarray:
-        a, b = int(self.offsets[lo]), int(self.offsets[hi])
-        out = np.zeros((hi - lo, HOURS), dtype=np.float32)
-        out[np.repeat(np.arange(hi - lo), np.diff(self.offsets[lo:hi + 1])), self.how[a:b]] = values[a:b]
-        return out
+    def delivery_hour_left(self, lo: int, hi: int) -> sparse.csr_matrix:
+        """[hi - lo, 168] the summed share of the delivery hour left after each delivery, by delivery hour."""
+        m = self._rows(lo, hi, (self.cell // self.horizon).astype(np.intp), self.fresh, HOURS)
+        m.sum_duplicates()
+        return m
+
+    def engagements(self, lo: int, hi: int) -> sparse.csr_matrix:
+        """[hi - lo, 168] engagements by hour of week of people lo..hi (duplicates summed)."""
+        m = self._rows(lo, hi, event_hour(self.cell, self.horizon), self.events, HOURS)
+        m.sum_duplicates()
+        return m
+
+    def deliveries(self, lo: int, hi: int) -> tuple[sparse.csr_matrix, sparse.csr_matrix]:
+        """([hi - lo, 168] engaged, [hi - lo, 168] settled deliveries) by delivery hour of week: a delivery is
+        settled once engaged or followed for the whole horizon (a recent unengaged one is still open)."""
+        settled = np.where(self.cell % self.horizon == self.horizon - 1, self.messages, self.events)
+        how = (self.cell // self.horizon).astype(np.intp)
+        s, e = self._rows(lo, hi, how, self.events, HOURS), self._rows(lo, hi, how, settled, HOURS)
+        s.sum_duplicates()
+        e.sum_duplicates()
+        return s, e
 
 
 @dataclass
@@ -106,7 +133,7 @@ class TimingReport:
 def record_progress(client: Client, database: str, run_id: str) -> tuple[int, dict[tuple[str, int], int]]:
     """Advance the watermark to the committed ends; returns (events newly committed, committed end per range).
 
-    Nothing is folded: every run reads the committed events straight from `events` (person_stats.sql), so the
+    Nothing is folded: every run reads the committed events straight from `events` (messages.sql), so the
     watermark only tells whether anything is new since the last run."""
     ends = plan.committed_ends(client, database)
     bounds = plan.pending_bounds(client, database, "timing_progress", ends)
@@ -121,7 +148,7 @@ def record_progress(client: Client, database: str, run_id: str) -> tuple[int, di
 
 
 def _range_parameters(ends: dict[tuple[str, int], int]) -> dict[str, list]:
-    """Committed ranges as the (topic index << 32 | partition) -> end arrays person_stats.sql looks up."""
+    """Committed ranges as the (topic index << 32 | partition) -> end arrays messages.sql looks up."""
     topics = sorted({t for t, _ in ends})
     index = {t: i + 1 for i, t in enumerate(topics)}
     return {"topics": topics, "topic_index": [index[t] for t in topics],
@@ -162,37 +189,100 @@ def owner_persons(client: Client, owners: str) -> np.ndarray:
     return np.asarray(table.column("universal_id").to_numpy(zero_copy_only=False), dtype=object)
 
 
-def person_stats(client: Client, database: str, rules: SignalRules, owners: str,
-                 persons: Callable[[], np.ndarray],
-                 delivered_before: datetime = FAR_FUTURE,
-                 ends: dict[tuple[str, int], int] | None = None) -> tuple[PersonStats, np.ndarray]:
-    """Per-person sparse statistics aggregated in ClickHouse from the committed events, rows sorted by person
-    (universal_id order) and hour; also each person's index in the owner map. persons() gives the owner map's
-    universal_ids (read beside this query)."""
+@dataclass
+class Messages:
+    """One row per owned, delivered message (messages.sql), as columns: the owner's index in the run's owner map,
+    the delivery hour (hours since the epoch) and second into it, the wait and whether it ended engaged."""
+
+    p: np.ndarray
+    delivered_hour: np.ndarray
+    delivered_second: np.ndarray
+    wait: np.ndarray
+    engaged: np.ndarray
+    observed_hour: int  # hours since the epoch of observed_before: later engagement was not seen
+    totals: dict[str, int] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return int(self.p.shape[0])
+
+    def before(self, hour: int) -> Messages:
+        """What was known at `hour`: later deliveries dropped, engagement after it unseen (waits censored there)."""
+        keep = self.delivered_hour < hour
+        seen = hour - 1 - self.delivered_hour[keep].astype(np.int64)
+        wait = np.minimum(self.wait[keep].astype(np.int64), seen)
+        engaged = self.engaged[keep] & (self.wait[keep].astype(np.int64) <= seen)
+        return Messages(self.p[keep], self.delivered_hour[keep], self.delivered_second[keep], wait, engaged, hour)
+
+
+def message_rows(client: Client, database: str, rules: SignalRules, owners: str, params: EstimatorParams,
+                 observed_before: datetime | None = None,
+                 ends: dict[tuple[str, int], int] | None = None) -> Messages:
+    """The committed events' owned messages (messages.sql). observed_before: what is known is what happened
+    before it (default now)."""
     ends = plan.committed_ends(client, database) if ends is None else ends
-    table = client.query_arrow(load_sql("timing/person_stats.sql", database), parameters={
-        **rules.parameters(delivered_before), **_range_parameters(ends), "owners": owners})
-    n = table.num_rows
-    col = {name: table.column(name).to_numpy() for name in ("p", "how", "engaged", "weight")}
-    # per (person, hour): a sort by the combined key, then sums over runs of equal keys
-    key = col["p"].astype(np.int64) * HOURS + col["how"]
+    observed = observed_before or datetime.now(UTC)
+    table = client.query_arrow(load_sql("timing/messages.sql", database), parameters={
+        **rules.parameters(), **_range_parameters(ends), "owners": owners, "horizon_hours": params.horizon_hours,
+        "observed_before_ms": int(observed.timestamp() * 1000)})
+    col = {name: table.column(name).to_numpy() for name in ("p", "delivered_hour", "delivered_second", "wait",
+                                                            "engaged")}
+    totals = {name: int(pc.sum(table.column(name)).as_py() or 0)
+              for name in ("opens", "machine_opens", "clicks", "scanner_clicks", "clicked")}
+    totals.update(genuine_opens=totals["opens"] - totals["machine_opens"],
+                  genuine_clicks=totals["clicks"] - totals["scanner_clicks"],
+                  deliveries=table.num_rows, engaged=int(col["engaged"].sum()))
+    return Messages(col["p"], col["delivered_hour"], col["delivered_second"], col["wait"], col["engaged"] > 0,
+                    int(observed.timestamp()) // 3600, totals)
+
+
+def person_stats(m: Messages, persons: np.ndarray, params: EstimatorParams,
+                 recent: int = 0) -> tuple[PersonStats, np.ndarray]:
+    """Per-person sparse cell statistics, rows sorted by person (owner-map order, which is universal_id order) and
+    cell; also each person's owner-map index. persons: the owner map's universal_ids (index - 1)."""
+    n = len(m)
+    horizon = params.horizon_hours
+    how = (m.delivered_hour.astype(np.int64) + EPOCH_HOW) % HOURS
+    # per (person, cell): a sort by the combined key, then sums over runs of equal keys
+    cells = HOURS * horizon
+    key = m.p.astype(np.int64) * cells + how * horizon + m.wait
     order = np.argsort(key)
     key = key[order]
     first = np.flatnonzero(np.concatenate([[True], key[1:] != key[:-1]])) if n else np.zeros(0, np.int64)
-    deliveries = np.diff(np.append(first, n)).astype(np.float64)
-    engaged = np.add.reduceat(col["engaged"][order].astype(np.float64), first) if n else np.zeros(0)
-    weight = np.add.reduceat(col["weight"][order], first) if n else np.zeros(0)
-    p, how = key[first] // HOURS, key[first] % HOURS
+    # Recent messages may weigh more (habits shift): weight 2^(-age / half-life).
+    age = m.observed_hour - m.delivered_hour[order].astype(np.float64)
+    w = np.exp2(-np.maximum(age, 0.0) / params.half_life_hours) if params.half_life_hours > 0 else np.ones(n)
+    messages = np.add.reduceat(w, first) if n else np.zeros(0)
+    events = np.add.reduceat(m.engaged[order] * w, first) if n else np.zeros(0)
+    left = 1.0 - (m.delivered_second[order].astype(np.float64) + 0.5) / 3600.0
+    fresh = np.add.reduceat(left * w, first) if n else np.zeros(0)
+    p, cell = key[first] // cells, key[first] % cells
     starts = np.flatnonzero(np.concatenate([[True], p[1:] != p[:-1]])) if p.size else np.zeros(0, np.int64)
-    totals = {name: int(pc.sum(table.column(name)).as_py() or 0)
-              for name in ("opens", "machine_opens", "clicks", "scanner_clicks")}
-    totals.update(genuine_opens=totals["opens"] - totals["machine_opens"],
-                  genuine_clicks=totals["clicks"] - totals["scanner_clicks"],
-                  deliveries=n, engaged=int(engaged.sum()))
-    stats = PersonStats(universal_id=persons()[p[starts] - 1], offsets=np.append(starts, p.size).astype(np.int64),
-                        how=how.astype(np.intp), deliveries=deliveries, weight=weight.astype(np.float64),
-                        engaged=engaged, totals=totals)
+    person_of = np.searchsorted(p[starts], m.p) if n else np.zeros(0, np.int64)
+    engaged = np.bincount(person_of, weights=m.engaged, minlength=starts.size)
+    delivered = np.bincount(person_of, minlength=starts.size).astype(np.float64)
+    stats = PersonStats(universal_id=persons[p[starts] - 1], offsets=np.append(starts, p.size).astype(np.int64),
+                        cell=cell.astype(np.int64), messages=messages, events=events, fresh=fresh, engaged=engaged,
+                        delivered=delivered, horizon=horizon, totals=m.totals)
+    if recent:
+        stats.recent_hour = genuine_open_hour(m.p, m.delivered_hour.astype(np.int64) + m.wait, m.engaged,
+                                              p[starts], recent)
     return stats, p[starts]
+
+
+def genuine_open_hour(p: np.ndarray, hour: np.ndarray, engaged: np.ndarray, people: np.ndarray,
+                      recent: int) -> np.ndarray:
+    """The Braze-style rule the evaluation compares with: per person (owner indexes `people`), the most frequent
+    UTC hour of day among their last `recent` genuinely engaged messages (each at its first genuine open or
+    click), -1 without any. Ties go to the earliest hour."""
+    p, hour = p[engaged].astype(np.int64), hour[engaged].astype(np.int64)
+    order = np.lexsort((-hour, p))  # by person, newest first
+    p, hour = p[order], hour[order]
+    start = np.flatnonzero(np.concatenate([[True], p[1:] != p[:-1]])) if p.size else np.zeros(0, np.int64)
+    rank = np.arange(p.size) - np.repeat(start, np.diff(np.append(start, p.size)))
+    keep = rank < recent
+    slot = np.searchsorted(people, p[keep])
+    counts = np.bincount(slot * 24 + hour[keep] % 24, minlength=people.size * 24).reshape(people.size, 24)
+    return np.where(counts.sum(axis=1) > 0, counts.argmax(axis=1), -1)
 
 
 def cohort_members(client: Client, database: str, owners: str) -> pa.Table:
@@ -239,72 +329,135 @@ def person_cohorts(client: Client, database: str, universal_id: np.ndarray) -> t
 @dataclass
 class Fit:
     stats: PersonStats
+    decay: Decay
     priors: Priors
     cohort_index: np.ndarray  # per person, into priors.cohorts
     params: EstimatorParams
     clusters: ActivityClusters | None = None  # the ML prior, when enabled and learnable
+    stats_owner: np.ndarray | None = None  # each stats row's owner-map index (ascending), when read from a run
 
-    def curves(self, lo: int = 0, hi: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(curves [k, 168], evidence, engagements) for people lo..hi."""
+    def subset(self, rows: np.ndarray) -> Fit:
+        """The same model over some people (rows of stats, ascending)."""
+        st = self.stats
+        lengths = np.diff(st.offsets)[rows]
+        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+        take = np.repeat(st.offsets[rows] - offsets[:-1], lengths) + np.arange(offsets[-1])
+        sub = PersonStats(universal_id=st.universal_id[rows], offsets=offsets, cell=st.cell[take],
+                          messages=st.messages[take], events=st.events[take], fresh=st.fresh[take],
+                          engaged=st.engaged[rows], delivered=st.delivered[rows], horizon=st.horizon)
+        return Fit(sub, self.decay, self.priors, self.cohort_index[rows], self.params, self.clusters)
+
+    def rates(self, lo: int = 0, hi: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(posterior mean rates [k, 168], engagements) for people lo..hi."""
+        shape, rate, engaged = self.posterior(lo, hi)
+        shape /= rate
+        return shape, engaged
+
+    def raw_hours(self, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
+        """(exposure [k, 168], engagements [k, 168]) of people lo..hi by hour of week, unsmoothed, dense."""
+        st = self.stats
+        x = np.asarray(st.cells(lo, hi) @ self.decay.exposure + st.delivery_hour_left(lo, hi) * np.float32(
+            self.decay.g[0]))
+        return x.astype(np.float32), st.engagements(lo, hi).toarray().astype(np.float32)
+
+    def posterior(self, lo: int = 0, hi: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(Gamma shape [k, 168], Gamma rate [k, 168], engagements) of the rates of people lo..hi."""
         hi = len(self.stats) if hi is None else hi
         st = self.stats
-        prior = np.take(self.priors.curves, self.cohort_index[lo:hi], axis=0)
-        if self.clusters is not None:
-            e, s = st.dense(lo, hi, st.deliveries), st.dense(lo, hi, st.weight)
-            prior = mixture_prior(e, s, prior, self.cohort_index[lo:hi], self.clusters, self.params)
-        else:  # the same math on sparse rows: smoothing costs per (person, hour) row, not per 168x168 product
-            e, s = st.sparse(lo, hi, st.deliveries), st.sparse(lo, hi, st.weight)
-        evidence = np.asarray(s.sum(axis=1), dtype=np.float32).ravel()
-        return person_curves(e, s, prior, self.params), evidence, st.row_sums(lo, hi, st.engaged)
+        prior = np.take(self.priors.rates, self.cohort_index[lo:hi], axis=0)
+        cells, left = st.cells(lo, hi), st.delivery_hour_left(lo, hi)
+        g0 = np.float32(self.decay.g[0])
+        x = np.asarray(cells @ self.decay.exposure + left * g0)  # [k, 168] exposure by hour of week
+        n = st.engagements(lo, hi)
+        if self.clusters is not None:  # the ML prior, for people with something of their own to place them by
+            mixed = mixture_prior(x, n, prior, self.cohort_index[lo:hi], self.clusters, self.params)
+            prior = np.where((st.engaged[lo:hi] > 0)[:, None], mixed, prior)
+        expected = np.einsum("ij,ij->i", x, prior)
+        total = np.asarray(n.sum(axis=1), dtype=np.float64).ravel()
+        # smoothing folded into the exposure rows: one sparse product, no dense [k, 168] x [168, 168] one
+        x_smooth = np.asarray(cells @ self.decay.smoothed_exposure(self.params)) + smooth(left, self.params) * g0
+        shape, rate = person_posterior(x_smooth, smooth(n, self.params), expected, total, prior, self.params)
+        return shape, rate, total
+
+    def curves(self, lo: int = 0, hi: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(curves [k, 168], evidence, engagements) for people lo..hi: evidence = engagements seen."""
+        hi = len(self.stats) if hi is None else hi
+        rates, _ = self.rates(lo, hi)
+        s, e = self.stats.deliveries(lo, hi)
+        curves = direct_curves(self.decay.curves(rates), s, e, self.params)
+        engaged = self.stats.engaged[lo:hi]
+        return curves, engaged.astype(np.float32), engaged
 
 
-def fit(client: Client, database: str, rules: SignalRules, params: EstimatorParams,
-        delivered_before: datetime = FAR_FUTURE, ends: dict[tuple[str, int], int] | None = None) -> Fit:
+@dataclass
+class Inputs:
+    """What a fit reads from ClickHouse: the messages, the owner map's universal_ids, the cohort members."""
+
+    messages: Messages
+    persons: np.ndarray
+    members: pa.Table
+
+    def fit(self, params: EstimatorParams, recent: int = 0, messages: Messages | None = None) -> Fit:
+        stats, index = person_stats(messages or self.messages, self.persons, params, recent)
+        cohort_code, names = cohorts_by_index(self.members, index)
+        f = fit_stats(stats, cohort_code, names, params)
+        f.stats_owner = index
+        return f
+
+    def cohort_names(self, owners: np.ndarray) -> list[str]:
+        """The cohort name (maybe unlearned) of people given by owner-map index."""
+        code, names = cohorts_by_index(self.members, owners)
+        return [names[c] for c in code]
+
+
+def read_inputs(client: Client, database: str, rules: SignalRules, params: EstimatorParams,
+                observed_before: datetime | None = None, ends: dict[tuple[str, int], int] | None = None) -> Inputs:
     with owner_map(client, database) as owners, ThreadPoolExecutor(1, thread_name_prefix="timing-side") as side:
         # The owner map's universal_ids and cohorts are read on a side thread while the events pass runs
         # (ClickHouse has a core to spare in its single-threaded stretches, and during the numpy sums).
         persons = side.submit(owner_persons, client, owners)
         members = side.submit(cohort_members, client, database, owners)
-        stats, index = person_stats(client, database, rules, owners, persons.result, delivered_before, ends)
-        cohort_code, names = cohorts_by_index(members.result(), index)
-    priors, pc = learn_priors(cohort_code, names, stats.person, stats.how, stats.deliveries, stats.weight, params)
-    f = Fit(stats=stats, priors=priors, cohort_index=pc, params=params)
+        messages = message_rows(client, database, rules, owners, params, observed_before, ends)
+        return Inputs(messages, persons.result(), members.result())
+
+
+def fit(client: Client, database: str, rules: SignalRules, params: EstimatorParams,
+        observed_before: datetime | None = None, ends: dict[tuple[str, int], int] | None = None,
+        recent: int = 0) -> Fit:
+    return read_inputs(client, database, rules, params, observed_before, ends).fit(params, recent)
+
+
+def fit_stats(stats: PersonStats, cohort_code: np.ndarray, names: list[str], params: EstimatorParams) -> Fit:
+    """The model from per-person statistics: decay, priors, (optionally) the ML prior."""
+    decay, _ = learn_decay(stats.cell, stats.messages, stats.events, stats.fresh, stats.horizon,
+                           kernel(params.hour_bandwidth, params.day_pooling))
+    priors, pc = learn_priors(cohort_code, names, stats.person, stats.cell, stats.messages, stats.events,
+                              stats.fresh, decay, params)
+    f = Fit(stats=stats, decay=decay, priors=priors, cohort_index=pc, params=params)
     if params.clusters > 0:
         f.clusters = learn_ml_prior(f)
     return f
 
 
-def learn_ml_prior(f: Fit) -> ActivityClusters | None:
-    """Learn the ML prior's shapes from the cohort-prior curves of data-rich people."""
-    engaged = f.stats.row_sums(0, len(f.stats), f.stats.engaged)
-    rich = np.flatnonzero((np.diff(f.stats.offsets) > 0) & (engaged >= f.params.cluster_min_engagements))
+def learn_ml_prior(f: Fit, sample: int = 10_000) -> ActivityClusters | None:
+    """Learn the ML prior's shapes from the cohort-prior rates of data-rich people (a sample of them: typical
+    weekly shapes need thousands of people, not millions)."""
+    rich = np.flatnonzero((np.diff(f.stats.offsets) > 0) & (f.stats.engaged >= f.params.cluster_min_engagements))
     if rich.size == 0:
         return None
-    st = f.stats
-    keep = np.zeros(len(st), dtype=bool)
-    keep[rich] = True
-    rows = keep[st.person]  # the flat (person, hour) rows of the rich people, still grouped by person
-    sub = PersonStats(universal_id=st.universal_id[rich],
-                      offsets=np.concatenate([[0], np.cumsum(np.diff(st.offsets)[rich])]).astype(np.int64),
-                      how=st.how[rows], deliveries=st.deliveries[rows], weight=st.weight[rows],
-                      engaged=st.engaged[rows])
-    curves = person_curves(sub.dense(0, len(sub), sub.deliveries), sub.dense(0, len(sub), sub.weight),
-                           f.priors.curves[f.cohort_index[rich]], f.params)
-    return learn_clusters(curves, f.cohort_index[rich], len(f.priors.cohorts), f.params)
-
-
-def levels(engagements: np.ndarray, cohort_index: np.ndarray, params: EstimatorParams) -> np.ndarray:
-    return np.where(engagements >= params.min_person_engagements, "person",
-                    np.where(cohort_index > 0, "cohort", "global")).astype(object)
+    if rich.size > sample:
+        rich = np.sort(np.random.default_rng(f.params.seed).choice(rich, sample, replace=False))
+    plain = Fit(f.stats, f.decay, f.priors, f.cohort_index, f.params).subset(rich)
+    return learn_clusters(plain.rates()[0], f.cohort_index[rich], len(f.priors.cohorts), f.params)
 
 
 def _stats_hash(f: Fit) -> np.ndarray:
     """A per-person fingerprint of the statistics and cohort (wrapping uint64 arithmetic, vectorized)."""
     st = f.stats
     with np.errstate(over="ignore"):
-        mix = ((st.how.astype(np.uint64) + np.uint64(1)) * np.uint64(0x9E3779B97F4A7C15)
-               ^ (st.deliveries.astype(np.uint64) * np.uint64(0xC2B2AE3D27D4EB4F))
-               ^ (np.round(st.weight * 1000).astype(np.uint64) * np.uint64(0x165667B19E3779F9)))
+        mix = ((st.cell.astype(np.uint64) + np.uint64(1)) * np.uint64(0x9E3779B97F4A7C15)
+               ^ (st.messages.astype(np.uint64) * np.uint64(0xC2B2AE3D27D4EB4F))
+               ^ (st.events.astype(np.uint64) * np.uint64(0x165667B19E3779F9)))
         mix = mix * np.uint64(0xFF51AFD7ED558CCD)
         total = np.add.reduceat(np.append(mix, np.uint64(0)), st.offsets[:-1]) if len(st) else np.zeros(0, np.uint64)
         total = np.where(np.diff(st.offsets) > 0, total, np.uint64(0))
@@ -335,17 +488,9 @@ def _last_mark(client: Client, database: str) -> list | None:
     return json.loads(rows[0][0]).get("identity_mark") if rows else None
 
 
-def next_version(client: Client, database: str) -> int:
-    """Strictly above anything written, committed or not (a dead run's rows must never look committed)."""
-    row = client.query(
-        f"SELECT greatest((SELECT max(version) FROM {database}.timing_runs), "
-        f"(SELECT max(version) FROM {database}.timing_curves), "
-        f"(SELECT max(version) FROM {database}.timing_priors))").result_rows[0]
-    return int(row[0]) + 1
-
-
 def _previous(client: Client, database: str) -> tuple[pa.Table | None, np.ndarray | None, str | None]:
-    """Committed per-person stats hashes, the committed global prior and the last calibration."""
+    """Committed per-person stats hashes, the committed global prior and the calibration (carried forward until
+    the evaluation asset fits the next one, sendflowr.timing.confidence.calibrate)."""
     head = client.query(f"SELECT version, calibration FROM {database}.timing_runs ORDER BY version DESC LIMIT 1")
     if not head.result_rows:
         return None, None, None
@@ -383,7 +528,7 @@ def materialize(client: Client, database: str, rules: SignalRules | None = None,
     report.seconds.update(progress=t1 - t0, aggregate=t2 - t1)
     report.people, report.totals = len(f.stats), f.stats.totals
     report.cohorts = len(f.priors.cohorts) - 1
-    version = report.version = next_version(client, database)
+    version = report.version = versions.next_version(client, database)
     hashes, old_prior, calibration = _previous(client, database)
     drift = (np.inf if old_prior is None or old_prior.shape != (HOURS,)
              else float(np.max(np.abs(f.priors.global_curve - old_prior) / np.maximum(old_prior, 1e-6))))
@@ -411,7 +556,7 @@ def materialize(client: Client, database: str, rules: SignalRules | None = None,
                 # everyone in the chunk changed (a full build): views instead of a fancy-indexed copy of the curves
                 rows = slice(None) if mask.all() else np.flatnonzero(mask)
                 table = _curves_table(version, f.stats.universal_id[lo:hi][rows], curves[rows], evidence[rows],
-                                      engaged[rows], f.stats.row_sums(lo, hi, f.stats.deliveries)[rows], lv[rows],
+                                      engaged[rows], f.stats.delivered[lo:hi][rows], lv[rows],
                                       cohorts[f.cohort_index[lo:hi][rows]], new_hash[lo:hi][rows])
                 if pending is not None:
                     pending.result()
@@ -425,13 +570,8 @@ def materialize(client: Client, database: str, rules: SignalRules | None = None,
     metadata = {"identity_mark": mark, "shares": report.shares(), "totals": report.totals, "by_level": by_level,
                 "rules": rules.describe(), "params": params.to_dict(), "prior_drift": drift,
                 "seconds": report.seconds, "new_events": report.new_events}
-    client.command(
-        f"INSERT INTO {database}.timing_runs (version, run_id, materialized_at, people, calibration, kind, "
-        "people_written, metadata) VALUES ({v:UInt64}, {r:String}, now64(3), {p:UInt64}, {c:String}, 'curves', "
-        "{w:UInt64}, {m:String})",
-        parameters={"v": version, "r": report.run_id, "p": report.people,
-                    "c": calibration or Calibration.default().to_json(), "w": report.people_written,
-                    "m": json.dumps(metadata, default=float)})
+    versions.commit(client, database, version, report.run_id, "curves", report.people,
+                    calibration or Calibration.default().to_json(), report.people_written, metadata)
     report.seconds["total"] = time.perf_counter() - t0
     log(f"timing v{version}: {report.people} people ({by_level}), {report.people_written} curve rows written, "
         f"{report.cohorts} cohorts, machine opens {report.shares()['machine_open_share']:.1%}, scanner clicks "

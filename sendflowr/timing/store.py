@@ -1,4 +1,5 @@
-"""Reading committed timing curves from ClickHouse, as columns (the API polls latest_version and reloads).
+"""Reading committed timing curves from ClickHouse, as columns (the API polls versions.latest_version and
+reloads).
 
 A run writes its timing_curves / timing_priors rows first and its timing_runs row last, so everything with a
 version <= max(timing_runs.version) is complete; rows above it (a run in progress or one that died) are
@@ -48,13 +49,6 @@ class TimingSnapshot:
             return np.full(ids.shape[0], -1, dtype=np.int64)
         at = np.minimum(np.searchsorted(self.universal_id, ids), len(self) - 1)
         return np.where(self.universal_id[at] == ids, at, -1).astype(np.int64)
-
-
-def latest_version(client: Client, database: str) -> int | None:
-    """The newest committed version, None before the first run (one tiny aggregate: cheap to poll)."""
-    rows = client.query(f"SELECT max(version), count() FROM {database}.timing_runs").result_rows
-    version, count = rows[0]
-    return int(version) if count else None
 
 
 def _strings(column: pa.ChunkedArray) -> np.ndarray:

@@ -6,9 +6,10 @@ from pathlib import Path
 from dagster import AssetExecutionContext, Config, MaterializeResult, MetadataValue, asset
 from pydantic import Field
 
+from sendflowr.identity.evaluate import IdentityScore, score_identity
 from sendflowr.identity.graph import Guards
 from sendflowr.identity.normalize import DEFAULT_RULES, describe_rules
-from sendflowr.identity.run import IdentityReport, PairwiseScore, pairwise_score, stitch_once
+from sendflowr.identity.run import IdentityReport, stitch_once
 from sendflowr_assets.resources import SendflowrResource
 
 
@@ -39,7 +40,7 @@ def identity_graph(context: AssetExecutionContext, config: IdentityConfig,
     report = stitch_once(settings, client, DEFAULT_RULES, Guards(), full_rebuild=config.full_rebuild,
                          run_id=context.run.run_id, log=context.log.info)
     truth = Path(config.ground_truth) if config.ground_truth else settings.home / "world" / "identifiers.parquet"
-    score = pairwise_score(client, settings.clickhouse_database, truth)
+    score = score_identity(client, settings.clickhouse_database, truth)
     if score is None:
         context.log.info(f"no ground truth at {truth}: precision/recall skipped")
     return MaterializeResult(metadata=report_metadata(report, score))
@@ -50,7 +51,7 @@ def _table(counts: dict[str, int], what: str) -> MetadataValue:
     return MetadataValue.md(f"| {what} | count |\n|---|---|\n" + (rows or "| - | 0 |"))
 
 
-def report_metadata(report: IdentityReport, score: PairwiseScore | None = None) -> dict[str, MetadataValue]:
+def report_metadata(report: IdentityReport, score: IdentityScore | None = None) -> dict[str, MetadataValue]:
     metadata = {
         "full_rebuild": MetadataValue.bool(report.full_rebuild),
         "new_events_scanned": MetadataValue.int(report.new_events),
@@ -77,6 +78,10 @@ def report_metadata(report: IdentityReport, score: PairwiseScore | None = None) 
         metadata |= {
             "pairwise_precision": MetadataValue.float(round(score.precision, 5)),
             "pairwise_recall": MetadataValue.float(round(score.recall, 5)),
+            "pairwise_recall_achievable": MetadataValue.float(round(score.achievable_recall, 5)),
+            "recall_of_achievable": MetadataValue.float(round(score.recall_of_achievable, 5)),
+            "people_glued_share": MetadataValue.float(round(score.glued_share, 5)),
+            "merged_profiles_split": MetadataValue.int(score.merged_profiles_split),
             "truth_identifiers_scored": MetadataValue.int(score.identifiers),
         }
     return metadata

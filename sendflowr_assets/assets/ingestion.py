@@ -13,6 +13,7 @@ from dagster import (
 from pydantic import Field
 
 from sendflowr.ingest import IngestOptions, IngestReport, ingest_once
+from sendflowr.ingest.sink import EVENTS, Sink
 from sendflowr.ingest.slots import Slot
 from sendflowr.settings import get_settings
 from sendflowr_assets.resources import SendflowrResource
@@ -41,12 +42,17 @@ class IngestConfig(Config):
                                 description="Share of rejected messages in this run stays under the threshold")],
 )
 def events(context: AssetExecutionContext, config: IngestConfig, sendflowr: SendflowrResource) -> MaterializeResult:
-    settings = sendflowr.settings()
+    return ingest_topic(context, config, sendflowr, EVENTS)
+
+
+def ingest_topic(context: AssetExecutionContext, config: IngestConfig, sendflowr: SendflowrResource,
+                 sink: Sink) -> MaterializeResult:
+    """One ingestion run of the sink's topic, its metadata and the rejected-share check (events, decision_log)."""
     report = ingest_once(
-        settings, sendflowr.client(),
+        sendflowr.settings(), sendflowr.client(),
         IngestOptions(max_messages_per_partition=config.max_messages_per_partition,
                       until_caught_up=config.until_caught_up, slot=Slot(config.slot, config.writers)),
-        run_id=context.run.run_id, log=context.log.info)
+        run_id=context.run.run_id, log=context.log.info, sink=sink)
     share = report.rejected_share
     return MaterializeResult(
         metadata=report_metadata(report),

@@ -1,15 +1,17 @@
-"""Timing assets: `timing_curves` (per-person curves, daily) and `timing_evaluation` (scored against a
-synthetic world's ground truth; fits the calibration the API uses). The logic lives in sendflowr.timing."""
+"""Timing assets: `timing_curves` (per-person curves, daily) and `timing_evaluation` (measures the model on the
+user's own events, and against a synthetic world's ground truth when there is one; commits the calibration the
+API uses). The logic lives in sendflowr.timing."""
 
-import json
 from pathlib import Path
 
 from dagster import AssetExecutionContext, Config, MaterializeResult, MetadataValue, asset
 from pydantic import Field
 
 from sendflowr.timing.estimate import EstimatorParams
-from sendflowr.timing.evaluate import BUCKETS, EvalConfig, EvalReport, evaluate
-from sendflowr.timing.run import TimingReport, materialize, next_version
+from sendflowr.timing.evaluate import BUCKETS, EvalConfig, EvalReport
+from sendflowr.timing.evaluation_run import EvaluationOutcome, run_evaluation
+from sendflowr.timing.predictive import Predictive, reliability_png
+from sendflowr.timing.run import TimingReport, materialize
 from sendflowr.timing.signals import SignalRules
 from sendflowr_assets.resources import SendflowrResource
 
@@ -21,15 +23,10 @@ class TimingConfig(Config):
 class EvaluationConfig(Config):
     ground_truth: str = Field(
         default="", description="Folder of a synthetic world's ground truth (default: <SENDFLOWR_HOME>/world); "
-                                "the evaluation is skipped when it is absent.")
-    holdout_share: float = Field(default=0.25, description="Share of the latest campaigns held out.")
-    window_hours: int = Field(default=24, description="Length of each decision window.")
-    max_decisions: int = Field(default=200_000, description="Decisions scored at most (a random subset).")
-
-
-def _rules(resource: SendflowrResource) -> SignalRules:
-    settings = resource.settings()
-    return SignalRules(open_weight=settings.timing_open_weight, click_weight=settings.timing_click_weight)
+                                "the truth-based part runs only when it exists.")
+    holdout_share: float = Field(default=0.25, description="Truth-based part: share of the latest campaigns held out.")
+    window_hours: int = Field(default=24, description="Truth-based part: length of each decision window.")
+    max_decisions: int = Field(default=200_000, description="Truth-based part: decisions scored at most.")
 
 
 def _params(resource: SendflowrResource) -> EstimatorParams:
@@ -41,15 +38,16 @@ def _params(resource: SendflowrResource) -> EstimatorParams:
     group_name="timing",
     kinds={"clickhouse", "python"},
     pool="sendflowr_timing",
-    description="Per-person engagement curves over the 168 UTC hours of the week (`timing_curves`), cohort and "
-                "global priors (`timing_priors`), committed by a `timing_runs` row. Machine opens and scanner "
-                "clicks removed; exposure-corrected; smoothed; shrunk toward learned cohorts (docs/TIMING.md).",
+    description="Per-person curves over the 168 UTC hours of the week (`timing_curves`): the chance a message "
+                "delivered in each hour is genuinely engaged, from a time-to-engagement model of when each person "
+                "opens and clicks (machine opens and scanner clicks removed), shrunk toward learned cohorts and "
+                "activity clusters; cohort and global priors (`timing_priors`); committed by a `timing_runs` row "
+                "(docs/TIMING.md).",
 )
 def timing_curves(context: AssetExecutionContext, config: TimingConfig,
                   sendflowr: SendflowrResource) -> MaterializeResult:
-    client = sendflowr.client()
-    rules = _rules(sendflowr)
-    report = materialize(client, sendflowr.clickhouse_database, rules, _params(sendflowr),
+    rules = SignalRules()
+    report = materialize(sendflowr.client(), sendflowr.clickhouse_database, rules, _params(sendflowr),
                          run_id=context.run.run_id, full=config.full, log=context.log.info)
     return MaterializeResult(metadata=curves_metadata(report, rules))
 
@@ -87,39 +85,21 @@ def curves_metadata(report: TimingReport, rules: SignalRules) -> dict[str, Metad
     group_name="timing",
     kinds={"clickhouse", "python"},
     pool="sendflowr_timing",
-    description="Scores decisions on held-out campaigns of the synthetic world against random, window start, "
-                "global best hour and most-frequent-open-hour baselines, per data-richness bucket, with "
-                "bootstrap intervals; fits the confidence calibration and commits it for the API.",
+    description="Measures the model on the user's own events: held-out deliveries scored (log-loss, Brier, AUC) "
+                "against the global and cohort curves and simpler rules, with a reliability diagram; commits the "
+                "confidence and expected-engagement calibration the API uses. With a synthetic world's ground "
+                "truth, also scores decisions against random, window start, best single hour and open-hour rules "
+                "per data-richness bucket (docs/EVALUATION.md, docs/TIMING.md).",
 )
 def timing_evaluation(context: AssetExecutionContext, config: EvaluationConfig,
                       sendflowr: SendflowrResource) -> MaterializeResult:
     settings = sendflowr.settings()
     truth = Path(config.ground_truth) if config.ground_truth else settings.home / "world"
-    if not (truth / "true_curves.parquet").exists():
-        context.log.info(f"no ground truth at {truth}: evaluation skipped")
-        return MaterializeResult(metadata={"skipped": MetadataValue.text(f"no ground truth at {truth}")})
-    client = sendflowr.client()
-    db = sendflowr.clickhouse_database
-    report = evaluate(client, db, truth, _rules(sendflowr), _params(sendflowr),
-                      EvalConfig(holdout_share=config.holdout_share, window_hours=config.window_hours,
-                                 max_decisions=config.max_decisions))
-    version = commit_calibration(client, db, report, context.run.run_id)
-    return MaterializeResult(metadata=evaluation_metadata(report, version))
-
-
-def commit_calibration(client, database: str, report: EvalReport, run_id: str) -> int:
-    """A new committed version: same curves, the freshly fitted calibration (the API reloads it)."""
-    head = client.query(f"SELECT people FROM {database}.timing_runs ORDER BY version DESC LIMIT 1").result_rows
-    version = next_version(client, database)
-    client.command(f"INSERT INTO {database}.timing_evaluations VALUES ({{r:String}}, {{v:UInt64}}, now64(3), "
-                   "{j:String})", parameters={"r": run_id, "v": version, "j": json.dumps(report.to_dict())})
-    client.command(
-        f"INSERT INTO {database}.timing_runs (version, run_id, materialized_at, people, calibration, kind, "
-        "people_written, metadata) VALUES ({v:UInt64}, {r:String}, now64(3), {p:UInt64}, {c:String}, "
-        "'evaluation', 0, {m:String})",
-        parameters={"v": version, "r": run_id, "p": int(head[0][0]) if head else 0,
-                    "c": report.calibration.to_json(), "m": json.dumps({"ece": report.ece})})
-    return version
+    outcome = run_evaluation(sendflowr.client(), sendflowr.clickhouse_database, SignalRules(), _params(sendflowr),
+                             context.run.run_id, truth,
+                             EvalConfig(holdout_share=config.holdout_share, window_hours=config.window_hours,
+                                        max_decisions=config.max_decisions), log=context.log.info)
+    return MaterializeResult(metadata=evaluation_metadata(outcome))
 
 
 def _ci(lift: dict, base: str) -> str:
@@ -129,36 +109,50 @@ def _ci(lift: dict, base: str) -> str:
     return f"{v['lift']:+.1%} [{v['ci95'][0]:+.1%}, {v['ci95'][1]:+.1%}]"
 
 
-def _bucket_table(report: EvalReport) -> str:
-    lines = ["| bucket | decisions | share of oracle: ours | random | start | global | recent open | "
-             "top slot ±1h: ours | global | lift vs global [95% CI] | lift vs recent open [95% CI] |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for _, _, name in BUCKETS:
-        b = report.buckets.get(name, {})
-        if not b.get("decisions"):
-            lines.append(f"| {name} | 0 | | | | | | | | | |")
-            continue
-        s, h, lift = b["share_of_oracle"], b["top_slot_within_1h"], b["lift"]
-
-        lines.append(f"| {name} | {b['decisions']} | {s['ours']:.3f} | {s['random']:.3f} | {s['window_start']:.3f} "
-                     f"| {s['global_best_hour']:.3f} | {s['recent_open_hour']:.3f} | {h['ours']:.2f} | "
-                     f"{h['global_best_hour']:.2f} | {_ci(lift, 'global_best_hour')} | "
-                     f"{_ci(lift, 'recent_open_hour')} |")
+def _predictive_table(p: Predictive) -> str:
+    lines = ["| method | log-loss | Brier | AUC |", "|---|---|---|---|"]
+    for name, m in p.metrics.items():
+        lines.append(f"| {name} | {m.get('log_loss', float('nan')):.4f} | {m.get('brier', float('nan')):.4f} | "
+                     f"{m.get('auc', float('nan')):.3f} |")
     return "\n".join(lines)
 
 
-def evaluation_metadata(report: EvalReport, version: int) -> dict[str, MetadataValue]:
-    return {
-        "calibration_version": MetadataValue.int(version),
-        "cutoff": MetadataValue.text(report.cutoff.isoformat()),
-        "decisions": MetadataValue.int(report.decisions),
-        "people": MetadataValue.int(report.people),
-        "ece": MetadataValue.float(report.ece),
-        "ece_uncalibrated": MetadataValue.float(report.ece_uncalibrated),
-        "share_of_oracle": MetadataValue.float(report.overall["share_of_oracle"]["ours"]),
-        "by_bucket": MetadataValue.md(_bucket_table(report)),
-        "buckets": MetadataValue.json(report.buckets),
-        "ml_prior": MetadataValue.json(report.ml or {"status": "not evaluated"}),
-        "curves_plot": MetadataValue.md(f"![curves](data:image/png;base64,{report.plots['curves']})"),
-        "calibration_plot": MetadataValue.md(f"![calibration](data:image/png;base64,{report.plots['calibration']})"),
+def _bucket_table(report: EvalReport) -> str:
+    bases = ("random", "window_start", "best_single_hour", "genuine_open_hour")
+    lines = ["| bucket | decisions | share of oracle | " + " | ".join(f"lift vs {b}" for b in bases) + " |",
+             "|---|---|---|" + "---|" * len(bases)]
+    for _, _, name in BUCKETS:
+        b = report.buckets.get(name, {})
+        if not b.get("decisions"):
+            lines.append(f"| {name} | 0 |" + " |" * (1 + len(bases)))
+            continue
+        lines.append(f"| {name} | {b['decisions']} | {b['share_of_oracle']['ours']:.3f} | "
+                     + " | ".join(_ci(b["lift"], base) for base in bases) + " |")
+    return "\n".join(lines)
+
+
+def evaluation_metadata(outcome: EvaluationOutcome) -> dict[str, MetadataValue]:
+    if outcome.version is None:
+        return {"skipped": MetadataValue.text(outcome.skipped)}
+    p = outcome.predictive
+    meta = {
+        "calibration_version": MetadataValue.int(outcome.version),
+        "heldout_deliveries": MetadataValue.int(p.deliveries),
+        "heldout_people": MetadataValue.int(p.people),
+        "predictive": MetadataValue.md(_predictive_table(p)),
+        "sharpness": MetadataValue.float(p.sharpness),
+        "reliability_plot": MetadataValue.md(f"![reliability](data:image/png;base64,{reliability_png(p)})"),
     }
+    if outcome.truth is not None:
+        t = outcome.truth
+        meta.update({
+            "truth_decisions": MetadataValue.int(t.decisions),
+            "truth_ece": MetadataValue.float(t.ece),
+            "truth_share_of_oracle": MetadataValue.float(t.overall["share_of_oracle"]["ours"]),
+            "truth_by_bucket": MetadataValue.md(_bucket_table(t)),
+            "truth_buckets": MetadataValue.json(t.buckets),
+            "truth_curves_plot": MetadataValue.md(f"![curves](data:image/png;base64,{t.plots['curves']})"),
+            "truth_calibration_plot": MetadataValue.md(
+                f"![calibration](data:image/png;base64,{t.plots['calibration']})"),
+        })
+    return meta

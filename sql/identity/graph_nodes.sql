@@ -4,7 +4,8 @@ SELECT node_key,
        any(value) AS value,
        toUnixTimestamp64Milli(min(first_seen)) AS first_seen,
        toUnixTimestamp64Milli(max(last_seen)) AS last_seen,
-       toUnixTimestamp64Milli(min(first_ingested)) AS first_ingested
+       toUnixTimestamp64Milli(min(first_ingested)) AS first_ingested,
+       toInt64(sum(events)) AS events
 FROM ${database}.identity_node_seen
 GROUP BY node_key
 ORDER BY node_key

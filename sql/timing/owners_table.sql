@@ -1,5 +1,5 @@
 -- The per-run owner map filled by owners.sql: an in-memory Join-engine table probed with joinGet (one integer
--- hash lookup per identifier) by person_stats.sql; the run drops it when it ends.
+-- hash lookup per identifier) by messages.sql; the run drops it when it ends.
 CREATE TABLE ${owners}
 (
     k            UInt64,  -- cityHash64(identifier type, raw value)

@@ -1,0 +1,65 @@
+"""The decision log's topic into ClickHouse's `decision_log`, exactly once: a Sink of the shared ingestion run
+(sendflowr/ingest/run.py: lease, planned offset ranges, deduplication tokens, committed ranges).
+
+    ingest_once(settings, client, options, sink=DECISIONS)
+
+ClickHouse parses and validates each message (sql/decision_log/parsed.sql); a malformed one lands in
+`rejected_events` with its reason and never stops ingestion; a valid one becomes one row per decision.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+
+import pyarrow as pa
+from clickhouse_connect.driver.client import Client
+
+from sendflowr.cluster import Consistency
+from sendflowr.decisions.records import FIELDS, NAMES
+from sendflowr.ingest.sink import Hooks, Sink, insert_select
+from sendflowr.settings import Settings
+from sendflowr.sql_files import load_sql
+
+
+@cache
+def _parsed(database: str) -> str:
+    record_type = "Tuple(v UInt8, rows UInt32, columns Tuple(" + ", ".join(
+        f"{name} Array({kind})" for name, kind, _ in FIELDS) + "))"
+    return (DECISIONS.sql("decision_log/parsed", database)
+            .replace("${record_type}", record_type)
+            .replace("${lengths}", ", ".join(f"JSONLength(raw, 'columns', '{name}')" for name in NAMES))
+            .replace("${names}", ", ".join(f"'{name}'" for name in NAMES))
+            .replace("${times}", ", ".join(f"tupleElement(columns, '{name}')" for name, kind, expression in FIELDS
+                                           if kind == "Int64" and "Timestamp" in expression)))
+
+
+@cache
+def _insert(database: str) -> str:
+    return (load_sql("decision_log/insert.sql", database)
+            .replace("${columns}", ", ".join(NAMES))
+            .replace("${values}", ", ".join(expression.format(f"c_{name}") for name, _, expression in FIELDS))
+            .replace("${arrays}", ", ".join(f"tupleElement(columns, '{name}') AS c_{name}" for name in NAMES))
+            .replace("${parsed}", _parsed(database)))
+
+
+class DecisionLogSink(Sink):
+    name = "decisions"
+    scratch = (("decision_log_staging", "staged", "staged rows"),)
+
+    def topic(self, settings: Settings) -> str:
+        return settings.decision_log_topic
+
+    def stage(self, client: Client, database: str, table: pa.Table) -> None:
+        client.insert_arrow(f"{database}.decision_log_staging", table)
+
+    def staged(self, database: str) -> str:
+        return f"({_parsed(database)})"
+
+    def insert(self, client: Client, database: str, params: dict, token: str, hooks: Hooks,
+               consistency: Consistency) -> int:
+        written = insert_select(client, _insert(database), params, f"{token}:decisions", consistency.data)
+        hooks.after_insert("decision_log")
+        return written.written_rows
+
+
+DECISIONS = DecisionLogSink()

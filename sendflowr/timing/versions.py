@@ -1,0 +1,51 @@
+"""Timing versions, in one place: every write (curves, priors, an evaluation's calibration) carries the run's
+version, and a version exists for readers only once its `timing_runs` row is written, last (the commit marker).
+
+Readers (store.load_snapshot, the API) trust versions <= latest_version(); a dead run's rows stay invisible and
+the next run's version is above them (next_version counts uncommitted rows too).
+"""
+
+from __future__ import annotations
+
+import json
+
+from clickhouse_connect.driver.client import Client
+
+
+def latest_version(client: Client, database: str) -> int | None:
+    """The newest committed version, None before the first run (one tiny aggregate: cheap to poll)."""
+    rows = client.query(f"SELECT max(version), count() FROM {database}.timing_runs").result_rows
+    version, count = rows[0]
+    return int(version) if count else None
+
+
+def next_version(client: Client, database: str) -> int:
+    """Strictly above anything written, committed or not (a dead run's rows must never look committed)."""
+    row = client.query(
+        f"SELECT greatest((SELECT max(version) FROM {database}.timing_runs), "
+        f"(SELECT max(version) FROM {database}.timing_curves), "
+        f"(SELECT max(version) FROM {database}.timing_priors))").result_rows[0]
+    return int(row[0]) + 1
+
+
+def latest_run(client: Client, database: str, kind: str | None = None) -> dict | None:
+    """The newest committed run (of a kind: 'curves' or 'evaluation'): version, people, calibration, metadata."""
+    where = "WHERE kind = {k:String}" if kind else ""
+    rows = client.query(f"SELECT version, people, calibration, metadata FROM {database}.timing_runs {where} "
+                        "ORDER BY version DESC LIMIT 1", parameters={"k": kind or ""}).result_rows
+    if not rows:
+        return None
+    version, people, calibration, metadata = rows[0]
+    return {"version": int(version), "people": int(people), "calibration": calibration,
+            "metadata": json.loads(metadata) if metadata else {}}
+
+
+def commit(client: Client, database: str, version: int, run_id: str, kind: str, people: int, calibration: str,
+           people_written: int = 0, metadata: dict | None = None) -> None:
+    """The commit marker: after this row, everything written with `version` is visible to readers."""
+    client.command(
+        f"INSERT INTO {database}.timing_runs (version, run_id, materialized_at, people, calibration, kind, "
+        "people_written, metadata) VALUES ({v:UInt64}, {r:String}, now64(3), {p:UInt64}, {c:String}, {k:String}, "
+        "{w:UInt64}, {m:String})",
+        parameters={"v": version, "r": run_id, "p": people, "c": calibration, "k": kind, "w": people_written,
+                    "m": json.dumps(metadata or {}, default=float)})
