@@ -156,8 +156,9 @@ def ingest_lease(client: Client, database: str, name: str, run_id: str, ttl: tim
             other, until = rivals[0]
             raise LeaseHeld(f"another run ({other}) holds the lease on {scope!r} until {until}; this run "
                             "did nothing")
-        # Racers that saw each other all withdrew: the random pause lets one of them in first.
-        time.sleep(random.uniform(0.05, 0.2) * min(attempt, ACQUIRE_ATTEMPTS))
+        # Racers that saw each other all withdrew: the random pause lets one of them in first. A waiter (a section
+        # held for a second or less) polls briefly instead of backing off.
+        time.sleep(random.uniform(0.01, 0.05) if wait else random.uniform(0.05, 0.2) * attempt)
     try:
         _purge_keeper_map(client, database)
         yield holder
