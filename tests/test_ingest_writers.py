@@ -265,7 +265,7 @@ def test_the_schedule_launches_one_run_per_idle_slot() -> None:
     from sendflowr_assets.definitions import defs
     from sendflowr_assets.schedules import INGEST_SLOT_TAG, _ingest_schedule
 
-    schedule, job = _ingest_schedule(3), defs.get_job_def("ingest_events")
+    schedule, job = _ingest_schedule(3), defs.resolve_job_def("ingest_events")
     with instance_for_test() as instance:
         def tick() -> list:
             context = build_schedule_context(instance=instance, scheduled_execution_time=datetime.now(UTC))
