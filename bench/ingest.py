@@ -1,13 +1,15 @@
 """Ingestion benchmark: our `events` asset path against two anchors measured in the same run.
 
-    .venv/bin/python bench/ingest.py [--events 1000000] [--partitions 4] [--attempt-messages 200000]
+    .venv/bin/python bench/ingest.py [--events 1000000] [--partitions 4] [--attempt-messages 200000] [--writers 1,2]
 
 1. produce N realistic events from the synthetic world to a fresh topic (local broker, own ports);
 2. anchor "raw": a bare confluent-kafka consumer reading the topic and decoding each JSON (orjson);
 3. anchor "kafka engine": ClickHouse's own Kafka table engine (chDB, in a child process) reading the topic as
    JSONAsString into a MergeTree through a materialized view that extracts the same fields we do;
 4. ours: sendflowr.ingest.ingest_once end to end — consume, stage over HTTP into the chDB endpoint
-   process, validate and parse in ClickHouse, dedup, insert with tokens, commit.
+   process, validate and parse in ClickHouse, dedup, insert with tokens, commit — with 1 writer, then with N
+   writers at once (one process per writer slot, as on several machines; each count on a fresh database, all
+   against the one chDB endpoint).
 
 Prints events/second for each and the ratios. Nothing here is asserted: see docs/INGESTION.md.
 """
@@ -28,6 +30,7 @@ from confluent_kafka import Consumer, TopicPartition
 
 from sendflowr.clickhouse import get_client
 from sendflowr.ingest import IngestOptions, ingest_once
+from sendflowr.ingest.slots import Slot
 from sendflowr.kafka_io import ensure_topic, produce_all
 from sendflowr.local import chdb_server, processes
 from sendflowr.local.kafka_broker import LocalKafka
@@ -136,14 +139,34 @@ def _in_child(function, *args):
         return pool.apply(function, args)
 
 
-def bench_ours(settings: Settings, count: int, attempt_messages: int) -> tuple[float, int]:
+def _writer(settings: Settings, slot: Slot, attempt_messages: int, ready, go, results) -> None:
     client = get_client(settings)
-    started = time.perf_counter()
-    report = ingest_once(settings, client, IngestOptions(max_messages_per_partition=count, until_caught_up=True,
-                                                         attempt_messages=attempt_messages),
+    ready.put(str(slot))
+    go.wait()
+    started = time.time()
+    report = ingest_once(settings, client, IngestOptions(max_messages_per_partition=10**12, until_caught_up=True,
+                                                         attempt_messages=attempt_messages, slot=slot),
                          log=lambda _line: None)
-    elapsed = time.perf_counter() - started
-    return elapsed, report.messages
+    results.put((started, time.time(), report.messages))
+
+
+def bench_writers(settings: Settings, writers: int, attempt_messages: int) -> tuple[float, int]:
+    """Wall time from the first writer's start to the last one's end, and the messages they read."""
+    settings = settings.model_copy(update={"clickhouse_database": f"bench_w{writers}"})
+    apply_migrations(settings)
+    context = multiprocessing.get_context("spawn")
+    ready, results, go = context.Queue(), context.Queue(), context.Event()
+    procs = [context.Process(target=_writer, args=(settings, Slot(k, writers), attempt_messages, ready, go, results))
+             for k in range(writers)]
+    for proc in procs:
+        proc.start()
+    for _ in procs:
+        ready.get(timeout=120)  # every writer imported and connected: the clock measures ingestion only
+    go.set()
+    done = [results.get(timeout=3600) for _ in procs]
+    for proc in procs:
+        proc.join()
+    return max(end for _, end, _ in done) - min(start for start, _, _ in done), sum(n for _, _, n in done)
 
 
 def main() -> int:
@@ -153,6 +176,8 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=11)
     parser.add_argument("--attempt-messages", type=int, default=IngestOptions.attempt_messages,
                         help="messages per loaded attempt (the next attempt is read while this one loads)")
+    parser.add_argument("--writers", default="1,2",
+                        help="writer counts to measure, comma-separated (each on a fresh database)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary state directory")
     args = parser.parse_args()
 
@@ -176,16 +201,24 @@ def main() -> int:
         print(f"raw consumer + JSON decode : {produced / raw:12,.0f} events/s ({raw:.2f}s)", flush=True)
         engine = _in_child(bench_kafka_engine, settings, settings.kafka_topic, produced, args.partitions, workdir)
         print(f"ClickHouse Kafka engine    : {produced / engine:12,.0f} events/s ({engine:.2f}s)", flush=True)
-        ours, read = bench_ours(settings, produced, args.attempt_messages)
-        print(f"sendflowr events asset     : {read / ours:12,.0f} events/s ({ours:.2f}s, {read} messages)",
-              flush=True)
+        rates = {}
+        for writers in sorted({int(n) for n in args.writers.split(",")}):
+            seconds, read = bench_writers(settings, writers, args.attempt_messages)
+            rates[writers] = read / seconds
+            print(f"sendflowr, {writers} writer(s)     : {rates[writers]:12,.0f} events/s ({seconds:.2f}s, {read} "
+                  "messages)", flush=True)
+        ours = rates.get(1, next(iter(rates.values())))
 
         fastest = max(produced / raw, produced / engine)
         print()
-        print(f"ours / raw consumer       = {(read / ours) / (produced / raw):.2f}x")
-        print(f"ours / Kafka engine       = {(read / ours) / (produced / engine):.2f}x")
-        print(f"ours / faster anchor      = {(read / ours) / fastest:.2f}x   (goal >= 0.5x)")
-        print(f"ours absolute             = {read / ours:,.0f} events/s   (goal >= 100,000)")
+        print(f"ours / raw consumer       = {ours / (produced / raw):.2f}x")
+        print(f"ours / Kafka engine       = {ours / (produced / engine):.2f}x")
+        print(f"ours / faster anchor      = {ours / fastest:.2f}x   (goal >= 0.5x)")
+        print(f"ours absolute             = {ours:,.0f} events/s   (goal >= 100,000)")
+        for writers, rate in sorted(rates.items()):
+            if writers != 1 and 1 in rates:
+                print(f"{writers} writers / 1 writer      = {rate / rates[1]:.2f}x   (one chDB endpoint, "
+                      f"{multiprocessing.cpu_count()} cores)")
         return 0
     finally:
         processes.stop(settings, chdb_server.PROCESS_NAME)

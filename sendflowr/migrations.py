@@ -3,7 +3,8 @@
 Each file holds statements ending with `;` at the end of a line and may use ${database}. Applied
 versions are recorded in <database>.schema_migrations with a checksum, so re-running is a no-op and an
 edited, already-applied file is reported instead of silently diverging. The events TTL follows
-SENDFLOWR_EVENTS_TTL_DAYS on every run.
+SENDFLOWR_EVENTS_TTL_DAYS on every run. With SENDFLOWR_CLICKHOUSE_CLUSTER set, every statement is rendered for
+the cluster first (sendflowr/cluster.py); the files and their checksums are the same in both modes.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from importlib.resources.abc import Traversable
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import ClickHouseError as DriverError
 
+from sendflowr import cluster
 from sendflowr.clickhouse import get_client, wait_for_clickhouse
 from sendflowr.errors import SendflowrError
 from sendflowr.settings import Settings
@@ -42,10 +44,11 @@ class Migration:
     def checksum(self) -> str:
         return hashlib.sha256(self.text.encode()).hexdigest()[:16]
 
-    def statements(self, database: str) -> list[str]:
+    def statements(self, database: str, on_cluster: str = "") -> list[str]:
+        """The file's statements for `database`, rendered for the cluster `on_cluster` when one is named."""
         rendered = render(self.text, database)
-        parts = _STATEMENT_END.split(rendered)
-        return [part.strip() for part in parts if _strip_comments(part).strip()]
+        parts = [part.strip() for part in _STATEMENT_END.split(rendered) if _strip_comments(part).strip()]
+        return [cluster.render(part, database, on_cluster) for part in parts] if on_cluster else parts
 
 
 def _strip_comments(sql: str) -> str:
@@ -65,12 +68,17 @@ def discover(directory: Traversable = MIGRATIONS_DIR) -> list[Migration]:
     return found
 
 
-def _applied(client: Client, database: str) -> dict[int, str]:
-    client.command(
-        f"CREATE TABLE IF NOT EXISTS {database}.schema_migrations "
-        "(version UInt32, name String, checksum String, applied_at DateTime64(3, 'UTC') DEFAULT now64(3)) "
-        "ENGINE = MergeTree ORDER BY version"
-    )
+def _command(client: Client, statement: str, settings: Settings) -> None:
+    on_cluster = settings.clickhouse_cluster
+    client.command(cluster.render(statement, settings.clickhouse_database, on_cluster) if on_cluster else statement)
+
+
+def _applied(client: Client, settings: Settings) -> dict[int, str]:
+    database = settings.clickhouse_database
+    _command(client,
+             f"CREATE TABLE IF NOT EXISTS {database}.schema_migrations "
+             "(version UInt32, name String, checksum String, applied_at DateTime64(3, 'UTC') DEFAULT now64(3)) "
+             "ENGINE = MergeTree ORDER BY version", settings)
     rows = client.query(f"SELECT version, any(checksum) FROM {database}.schema_migrations GROUP BY version")
     return {int(version): checksum for version, checksum in rows.result_rows}
 
@@ -80,9 +88,18 @@ def apply_migrations(settings: Settings, directory: Traversable = MIGRATIONS_DIR
     database = settings.clickhouse_database
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", database):
         raise MigrationError(f"SENDFLOWR_CLICKHOUSE_DATABASE={database!r} is not a plain identifier")
-    wait_for_clickhouse(settings, timeout=wait).command(f"CREATE DATABASE IF NOT EXISTS {database}")
+    try:
+        _command(wait_for_clickhouse(settings, timeout=wait), f"CREATE DATABASE IF NOT EXISTS {database}", settings)
+    except DriverError as exc:
+        if not settings.clickhouse_cluster:
+            raise
+        raise MigrationError(
+            f"SENDFLOWR_CLICKHOUSE_CLUSTER={settings.clickhouse_cluster}: {settings.clickhouse_url} refused ON CLUSTER "
+            f"DDL ({str(exc).strip().splitlines()[-1][:300]}). Cluster mode needs ClickHouse servers that list this "
+            "cluster in remote_servers and share a Keeper; the embedded chDB engine runs no distributed DDL "
+            "(docs/SCALING.md, 'Cluster mode').") from exc
     client = get_client(settings)
-    applied = _applied(client, database)
+    applied = _applied(client, settings)
     done: list[str] = []
     for migration in discover(directory):
         label = migration.path.name
@@ -93,7 +110,7 @@ def apply_migrations(settings: Settings, directory: Traversable = MIGRATIONS_DIR
                     f"{applied[migration.version]} -> {migration.checksum}); add a new migration instead"
                 )
             continue
-        for number, statement in enumerate(migration.statements(database), start=1):
+        for number, statement in enumerate(migration.statements(database, settings.clickhouse_cluster), start=1):
             try:
                 client.command(statement)
             except DriverError as exc:
@@ -115,10 +132,10 @@ def _apply_events_ttl(client: Client, settings: Settings) -> None:
     if settings.events_ttl_days > 0:
         wanted = f"toDateTime(occurred_at) + toIntervalDay({settings.events_ttl_days})"
         if wanted not in str(current):
-            client.command(f"ALTER TABLE {table} MODIFY TTL toDateTime(occurred_at) + INTERVAL "
-                           f"{settings.events_ttl_days} DAY")
+            _command(client, f"ALTER TABLE {table} MODIFY TTL toDateTime(occurred_at) + INTERVAL "
+                             f"{settings.events_ttl_days} DAY", settings)
     elif current:
-        client.command(f"ALTER TABLE {table} REMOVE TTL")
+        _command(client, f"ALTER TABLE {table} REMOVE TTL", settings)
 
 
 def add_cli(subparsers: argparse._SubParsersAction) -> None:

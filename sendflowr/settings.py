@@ -49,6 +49,10 @@ class Settings(BaseSettings):
     clickhouse_ca_cert: str = Field(
         default="", description="PEM file of the CA that signed the ClickHouse server's certificate (https URLs); "
         "empty trusts the system's CAs (enough for ClickHouse Cloud).")
+    clickhouse_cluster: str = Field(
+        default="", pattern=r"^([A-Za-z_][A-Za-z0-9_]*)?$",
+        description="Cluster (remote_servers) the migrations create every table on: Replicated engines, ON CLUSTER "
+        "DDL, leases in KeeperMap (docs/SCALING.md, 'Cluster mode'); empty for one server.")
     chdb_path: Path | None = Field(
         default=None,
         description="Data directory of the embedded chDB engine (default: <home>/chdb).",
@@ -115,6 +119,9 @@ class Settings(BaseSettings):
         description="Pseudo-engagements of the cohort prior per hour in a person's curve (shrinkage strength).")
     ingest_max_messages_per_partition: int = Field(
         default=1_000_000, ge=1, description="Most offsets one scheduled ingestion run reads per partition.")
+    ingest_writers: int = Field(
+        default=1, ge=1, description="Ingestion writers that run at once, each over its own partitions (p % writers "
+        "== slot); the ingestion schedule launches one run per slot (docs/INGESTION.md, 'Several writers').")
     ingest_max_rejected_share: float = Field(
         default=0.05, ge=0, le=1,
         description="The ingestion asset check fails when a run rejects a larger share of its messages.")

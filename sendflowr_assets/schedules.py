@@ -1,6 +1,7 @@
 """Schedules: ingestion of events and the decision log every minute (SENDFLOWR_INGEST_CRON), identity hourly
 (SENDFLOWR_IDENTITY_CRON), timing daily (SENDFLOWR_TIMING_CRON), the uplift hourly (SENDFLOWR_UPLIFT_CRON); each
-skips a tick while its previous run still runs."""
+skips a tick while its previous run still runs. With SENDFLOWR_INGEST_WRITERS = N > 1 an ingestion tick launches one
+run per writer slot whose previous run has ended (docs/INGESTION.md, "Several writers")."""
 
 
 from dagster import (
@@ -50,10 +51,35 @@ def _skipping_while_active(name: str, job, cron: str, what: str):
     return _schedule
 
 
+INGEST_SLOT_TAG = "sendflowr/ingest_slot"
+
+
+def _ingest_schedule(writers: int):
+    if writers == 1:
+        return _skipping_while_active("ingest_schedule", ingest_job, get_settings().ingest_cron, "Ingest new events")
+
+    @schedule(name="ingest_schedule", job=ingest_job, cron_schedule=get_settings().ingest_cron,
+              execution_timezone="UTC", default_status=DefaultScheduleStatus.RUNNING,
+              description=f"Ingest new events and decisions with {writers} writers at once, one run per partition "
+                          "slot; a slot skips a tick while its previous run is still in progress.")
+    def _schedule(context: ScheduleEvaluationContext):
+        requests = [
+            # A run key per tick and slot: several requests of one tick need keys, and a key is launched only once.
+            RunRequest(run_key=f"{context.scheduled_execution_time}/{slot}", tags={INGEST_SLOT_TAG: str(slot)},
+                       run_config={"ops": {asset: {"config": {"slot": slot, "writers": writers}}
+                                           for asset in ("events", "decision_log")}})
+            for slot in range(writers)
+            if not context.instance.get_run_records(
+                RunsFilter(job_name=ingest_job.name, statuses=_ACTIVE, tags={INGEST_SLOT_TAG: str(slot)}), limit=1)]
+        return requests or SkipReason(f"the previous run of each of the {writers} writer slots is still in progress")
+
+    return _schedule
+
+
 identity_job = define_asset_job("identity", selection=AssetSelection.assets("identity_graph"), tags=_max_runtime(3),
                                 description="Stitch the identifiers of newly ingested events into people.")
 
-ingest_schedule = _skipping_while_active("ingest_schedule", ingest_job, get_settings().ingest_cron, "Ingest new events")
+ingest_schedule = _ingest_schedule(get_settings().ingest_writers)
 identity_schedule = _skipping_while_active("identity_schedule", identity_job, get_settings().identity_cron,
                                            "Stitch identities of newly ingested events")
 

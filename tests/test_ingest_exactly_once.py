@@ -238,10 +238,12 @@ CRASHING_RUN = """
 import os, sys
 from sendflowr.clickhouse import get_client
 from sendflowr.ingest.run import Hooks, IngestOptions, ingest_once
+from sendflowr.ingest.slots import Slot
 from sendflowr.settings import Settings
 
 point, nth, per_partition = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 per_attempt = int(sys.argv[4]) if len(sys.argv) > 4 else 200_000
+slot = Slot(*map(int, sys.argv[5].split("/"))) if len(sys.argv) > 5 else Slot()
 
 class Crash(Hooks):
     inserts = 0
@@ -259,17 +261,17 @@ class Crash(Hooks):
 
 settings = Settings()
 ingest_once(settings, get_client(settings),
-            IngestOptions(max_messages_per_partition=per_partition, until_caught_up=True,
+            IngestOptions(max_messages_per_partition=per_partition, until_caught_up=True, slot=slot,
                           attempt_messages=per_attempt, batch_messages=min(50_000, per_attempt)), hooks=Crash())
 print("finished without crashing", flush=True)
 """
 
 
 def run_and_crash(settings: Settings, point: str, nth: int = 1, per_partition: int = 1_000_000,
-                  per_attempt: int = 200_000) -> str:
-    """An ingestion run in its own process, killed (os._exit) at `point`: nothing is cleaned up."""
+                  per_attempt: int = 200_000, slot: str = "0/1") -> str:
+    """An ingestion run (of writer `slot`) in its own process, killed (os._exit) at `point`: nothing is cleaned up."""
     proc = subprocess.run(
-        [sys.executable, "-c", CRASHING_RUN, point, str(nth), str(per_partition), str(per_attempt)],
+        [sys.executable, "-c", CRASHING_RUN, point, str(nth), str(per_partition), str(per_attempt), slot],
         env={**os.environ, **settings.as_env()},
         cwd=PROJECT_ROOT,
         capture_output=True,

@@ -14,8 +14,9 @@ from functools import cache
 import pyarrow as pa
 from clickhouse_connect.driver.client import Client
 
+from sendflowr.cluster import Consistency
 from sendflowr.decisions.records import FIELDS, NAMES
-from sendflowr.ingest.sink import DETERMINISTIC_INSERT, Hooks, Sink
+from sendflowr.ingest.sink import Hooks, Sink, insert_select
 from sendflowr.settings import Settings
 from sendflowr.sql_files import load_sql
 
@@ -54,9 +55,9 @@ class DecisionLogSink(Sink):
     def staged(self, database: str) -> str:
         return f"({_parsed(database)})"
 
-    def insert(self, client: Client, database: str, params: dict, token: str, hooks: Hooks) -> int:
-        written = client.command(_insert(database), parameters=params,
-                                 settings={**DETERMINISTIC_INSERT, "insert_deduplication_token": f"{token}:decisions"})
+    def insert(self, client: Client, database: str, params: dict, token: str, hooks: Hooks,
+               consistency: Consistency) -> int:
+        written = insert_select(client, _insert(database), params, f"{token}:decisions", consistency.data)
         hooks.after_insert("decision_log")
         return written.written_rows
 

@@ -1,10 +1,17 @@
-"""One ingestion writer per topic at a time, across processes and machines, kept in ClickHouse itself.
+"""One writer per scope at a time, across processes and machines, kept in ClickHouse itself.
 
-Acquire = insert a lease row, then read back every unexpired, unreleased lease of the topic: a run wins
-only when its own lease is the only one it sees. On one node inserts become visible in commit order, so
+A scope is a topic (one writer for all its partitions), a writer slot of a topic (`<topic>#k/N`, the
+partitions p % N == k, sendflowr/ingest/slots.py) or any other name (the identity run, the ingestion's
+event-id section). Two leases conflict when they are of the same name and their slots share a partition.
+
+Acquire = insert a lease row, then read back every unexpired, unreleased lease of the name: a run wins
+only when it sees no conflicting lease but its own. On one node inserts become visible in commit order, so
 of two racing runs the later committer always sees the earlier one: at most one wins. (Ordering by the
 acquired_at timestamp instead lets both win: a timestamp is taken before its insert is visible.) When
-racing runs see each other, all withdraw and retry after a random pause under a fresh holder name.
+racing runs see each other, all withdraw and retry after a random pause under a fresh holder name. In
+cluster mode the table is a KeeperMap (docs/SCALING.md, "Cluster mode"): an insert is a Keeper write and the
+read after it runs on the same Keeper session, which has applied every write ordered before ours, so the
+same argument holds across replicas.
 
 A run that dies without releasing (killed process, or ClickHouse down when it ended) would block every
 run until its lease expires, so each holder name carries the process that took it. A lease of a process
@@ -28,8 +35,10 @@ from pathlib import Path
 from clickhouse_connect.driver.client import Client
 
 from sendflowr.errors import SendflowrError
+from sendflowr.ingest.slots import WHOLE, Slot, parse_scope
 
 ACQUIRE_ATTEMPTS = 4
+KEEPER_MAP_KEEP = timedelta(days=1)  # what MergeTree's TTL keeps; a KeeperMap lease table is purged by hand
 _ACTIVE: set[str] = set()  # holders inside ingest_lease in this process
 _ACTIVE_LOCK = threading.Lock()
 
@@ -82,69 +91,85 @@ def _is_stale(holder: str) -> bool:
     return _start_time(pid) != start
 
 
-def _live_rivals(client: Client, database: str, topic: str, holder: str, ttl: timedelta
+def _live_rivals(client: Client, database: str, name: str, slot: Slot, holder: str, ttl: timedelta
                  ) -> list[tuple[str, datetime]]:
     rows = client.query(
-        f"SELECT holder, max(expires_at) AS until FROM {database}.ingest_leases "
-        "WHERE kafka_topic = {topic:String} GROUP BY holder "
+        f"SELECT holder, any(kafka_topic), max(expires_at) AS until FROM {database}.ingest_leases "
+        "WHERE kafka_topic = {name:String} OR startsWith(kafka_topic, concat({name:String}, '#')) GROUP BY holder "
         "HAVING max(released) = 0 AND until > now64(6) ORDER BY min(acquired_at), holder",
-        parameters={"topic": topic},
+        parameters={"name": name},
     ).result_rows
     rivals = []
-    for other, until in rows:
-        if other == holder:
+    for other, scope, until in rows:
+        if other == holder or not parse_scope(scope)[1].overlaps(slot):
             continue
         if _is_stale(other):
-            _write(client, database, topic, other, ttl, released=1)  # its run died: release on its behalf
+            _write(client, database, scope, other, ttl, released=1)  # its run died: release on its behalf
             continue
         rivals.append((other, until))
     return rivals
 
 
-def _write(client: Client, database: str, topic: str, holder: str, ttl: timedelta, released: int) -> None:
+def _write(client: Client, database: str, scope: str, holder: str, ttl: timedelta, released: int) -> None:
     client.insert(f"{database}.ingest_leases",
-                  [[topic, holder, datetime.now(UTC) + ttl, released]],
+                  [[scope, holder, datetime.now(UTC) + ttl, released]],
                   column_names=["kafka_topic", "holder", "expires_at", "released"])
 
 
+def _purge_keeper_map(client: Client, database: str) -> None:
+    """A KeeperMap lease table (cluster mode) has no TTL and lives in Keeper's memory: drop old leases by hand."""
+    engine = client.command("SELECT engine FROM system.tables WHERE database = {db:String} AND name = 'ingest_leases'",
+                            parameters={"db": database})
+    if engine == "KeeperMap":
+        client.command(f"DELETE FROM {database}.ingest_leases WHERE expires_at < now64(6) - toIntervalSecond("
+                       f"{int(KEEPER_MAP_KEEP.total_seconds())})")
+
+
 @contextmanager
-def ingest_lease(client: Client, database: str, topic: str, run_id: str,
-                 ttl: timedelta = timedelta(minutes=10)) -> Iterator[str]:
-    """Hold the topic's lease for the block; yields the holder name (pass it to `renew`)."""
+def ingest_lease(client: Client, database: str, name: str, run_id: str, ttl: timedelta = timedelta(minutes=10),
+                 slot: Slot = WHOLE, wait: float = 0.0) -> Iterator[str]:
+    """Hold the lease of `slot` of `name` (by default the whole name) for the block; yields the holder name (pass
+    it to `renew`). A lease held by someone else raises LeaseHeld, after retrying for `wait` seconds if given."""
+    scope = slot.scope(name)
+    deadline = time.monotonic() + wait
     rivals: list[tuple[str, datetime]] = []
-    for attempt in range(ACQUIRE_ATTEMPTS):
+    attempt = 0
+    while True:
         holder = _holder_name(run_id, attempt)
         with _ACTIVE_LOCK:
             _ACTIVE.add(holder)
         won = False
         try:
-            _write(client, database, topic, holder, ttl, released=0)
-            rivals = _live_rivals(client, database, topic, holder, ttl)
+            _write(client, database, scope, holder, ttl, released=0)
+            rivals = _live_rivals(client, database, name, slot, holder, ttl)
             won = not rivals
         finally:
             if not won:
                 with contextlib.suppress(Exception):  # withdraw; if ClickHouse is gone the TTL will do
-                    _write(client, database, topic, holder, ttl, released=1)
+                    _write(client, database, scope, holder, ttl, released=1)
                 with _ACTIVE_LOCK:
                     _ACTIVE.discard(holder)
         if won:
             break
-        if attempt + 1 < ACQUIRE_ATTEMPTS:
-            time.sleep(random.uniform(0.05, 0.2) * (attempt + 1))
-    else:
-        other, until = rivals[0]
-        raise LeaseHeld(f"another ingestion run ({other}) holds the lease on topic {topic!r} until {until}; "
-                        "this run ingested nothing")
+        attempt += 1
+        if attempt >= ACQUIRE_ATTEMPTS and time.monotonic() >= deadline:
+            other, until = rivals[0]
+            raise LeaseHeld(f"another run ({other}) holds the lease on {scope!r} until {until}; this run "
+                            "did nothing")
+        # Racers that saw each other all withdrew: the random pause lets one of them in first. A waiter (a section
+        # held for a second or less) polls briefly instead of backing off.
+        time.sleep(random.uniform(0.01, 0.05) if wait else random.uniform(0.05, 0.2) * attempt)
     try:
+        _purge_keeper_map(client, database)
         yield holder
     finally:
         try:
-            _write(client, database, topic, holder, ttl, released=1)
+            _write(client, database, scope, holder, ttl, released=1)
         finally:
             with _ACTIVE_LOCK:
                 _ACTIVE.discard(holder)
 
 
-def renew(client: Client, database: str, topic: str, holder: str,
-          ttl: timedelta = timedelta(minutes=10)) -> None:
-    _write(client, database, topic, holder, ttl, released=0)
+def renew(client: Client, database: str, name: str, holder: str, ttl: timedelta = timedelta(minutes=10),
+          slot: Slot = WHOLE) -> None:
+    _write(client, database, slot.scope(name), holder, ttl, released=0)

@@ -1,7 +1,7 @@
 """One ingestion run of one topic: lease, plan, read, stage, load, commit. Safe to kill at any point and rerun.
 
 Order of effects (docs/INGESTION.md):
-  1. lease the topic (one writer at a time)      4. insert the sink's rows and rejects (events: event_ids,
+  1. lease the writer's slot of the topic        4. insert the sink's rows and rejects (events: event_ids,
   2. plan ranges, split them into attempts          events, rejects), each with a deduplication token
   3. stage an attempt's raw messages (ClickHouse    derived from the ranges
      parses and validates them), then record its 5. record the ranges committed, then mirror the
@@ -9,7 +9,8 @@ Order of effects (docs/INGESTION.md):
 Attempts load strictly one after another while the next one is read and staged. A crash before 5 leaves
 one attempt's 'planned' ranges that the next run replays byte-for-byte; the engine then drops the blocks
 it already has by their token. What is staged and loaded is the sink's (sink.py): the events topic and the
-decision log share this one mechanism."""
+decision log share this one mechanism. Writers of other slots (other partitions, slots.py) run at the same
+time; for events they take turns only for the event-id section of 4 (sink.py)."""
 
 from __future__ import annotations
 
@@ -25,9 +26,11 @@ import numpy as np
 import pyarrow as pa
 from clickhouse_connect.driver.client import Client
 
+from sendflowr.cluster import consistency
 from sendflowr.ingest import consume, lease, plan
 from sendflowr.ingest.plan import OffsetRange
 from sendflowr.ingest.sink import EVENTS, Hooks, Sink
+from sendflowr.ingest.slots import WHOLE, Slot, parse_scope
 from sendflowr.settings import Settings
 
 __all__ = ["Hooks", "IngestOptions", "IngestReport", "ingest_once"]
@@ -43,6 +46,7 @@ class IngestOptions:
     # Messages loaded as one attempt (one set of tokens). Reading the next attempt overlaps the load of
     # this one: smaller attempts overlap more but pay the fixed cost of an attempt more often.
     attempt_messages: int = 200_000
+    slot: Slot = WHOLE  # the partitions this writer owns (slots.py); other slots' writers may run at once
 
 
 @dataclass
@@ -89,16 +93,20 @@ def ingest_once(settings: Settings, client: Client, options: IngestOptions = Ing
     """Ingest the sink's topic (by default the events topic) from where its committed ranges end."""
     run_id = run_id or f"ingest-{uuid.uuid4().hex[:12]}"
     hooks = hooks or Hooks()
-    database, topic = settings.clickhouse_database, sink.topic(settings)
+    database, topic, slot = settings.clickhouse_database, sink.topic(settings), options.slot
+    state = consistency(settings)
     report = IngestReport(run_id=run_id, topic=topic)
     started = time.perf_counter()
     consumer = consume.make_consumer(settings)
     try:
-        with lease.ingest_lease(client, database, topic, run_id) as holder:
-            _drop_stale_staging(client, database, sink)
+        with lease.ingest_lease(client, database, topic, run_id, slot=slot) as holder:
+            _drop_stale_staging(client, database, topic, slot, sink)
             while True:
-                marks = consume.watermarks(consumer, topic)
-                work = plan.plan_ranges(client, database, topic, marks, options.max_messages_per_partition)
+                marks = _owned(consume.watermarks(consumer, topic), slot)
+                if not marks:
+                    log(f"writer slot {slot} owns no partition of {topic!r}: nothing to ingest")
+                    break
+                work = plan.plan_ranges(client, database, topic, marks, options.max_messages_per_partition, slot, state)
                 report.replayed |= work.replay
                 for partition, lost in work.skipped_by_retention.items():
                     report.skipped_by_retention[partition] = report.skipped_by_retention.get(partition, 0) + lost
@@ -109,15 +117,20 @@ def ingest_once(settings: Settings, client: Client, options: IngestOptions = Ing
                 per_attempt = sum(r.size for r in work.ranges) if work.replay else options.attempt_messages
                 _run_pass(settings, client, consumer, work.ranges, per_attempt, run_id, options, report, log, hooks,
                           sink)
-                lease.renew(client, database, topic, holder)
+                lease.renew(client, database, topic, holder, slot=slot)
                 if not (options.until_caught_up or work.replay):
                     break
-            committed, _ = plan.ingestion_state(client, database, topic)
-            report.lag = consume.group_lag(consumer, topic, consume.watermarks(consumer, topic), committed)
+            committed, _ = plan.ingestion_state(client, database, topic, state)
+            report.lag = consume.group_lag(consumer, topic, _owned(consume.watermarks(consumer, topic), slot),
+                                           committed)
     finally:
         consumer.close()
     report.seconds = time.perf_counter() - started
     return report
+
+
+def _owned(marks: dict[int, plan.Watermarks], slot: Slot) -> dict[int, plan.Watermarks]:
+    return {p: m for p, m in marks.items() if slot.owns(p)}
 
 
 @dataclass
@@ -160,7 +173,8 @@ def _run_pass(settings: Settings, client: Client, consumer, ranges: list[OffsetR
                 finished = all(batch.read_through[p] >= end for p, end in ends.items())
                 if sum(t.num_rows for t in tables) >= _target(per_attempt, total, len(attempts), total - read_cut) \
                         or finished:
-                    attempt = _Attempt(f"{run_id}-{uuid.uuid4().hex[:8]}",
+                    # The id begins with the writer's scope: _drop_stale_staging finds a dead writer's rows by it.
+                    attempt = _Attempt(f"{options.slot.scope(topic)}~{run_id}-{uuid.uuid4().hex[:8]}",
                                        [OffsetRange(topic, p, cut[p], batch.read_through[p])
                                         for p in sorted(cut) if batch.read_through[p] > cut[p]])
                     if attempt.ranges:
@@ -178,7 +192,7 @@ def _run_pass(settings: Settings, client: Client, consumer, ranges: list[OffsetR
     finally:
         for attempt in attempts:
             if not attempt.loaded:
-                with contextlib.suppress(Exception):  # the next run truncates staging anyway
+                with contextlib.suppress(Exception):  # the slot's next run deletes it anyway
                     _drop_attempt(client, database, attempt.id, sink)
     mirror_error = consume.commit_group_offsets(consumer, ranges)
     if mirror_error:
@@ -218,17 +232,18 @@ def _load_attempt(previous: Future | None, staged: Future, settings: Settings, c
         previous.result()  # never load past an attempt that failed: its ranges must be replayed first
     staged.result()
     database, topic, ranges = settings.clickhouse_database, sink.topic(settings), attempt.ranges
+    state = consistency(settings)
     try:
         # Planned only now, right before the first insert: at most one attempt is ever left to replay.
-        plan.record_ranges(client, database, ranges, "planned", run_id, sink=sink.name)
+        plan.record_ranges(client, database, ranges, "planned", run_id, sink=sink.name, consistency=state)
         log(f"staged attempt {attempt.id}: ClickHouse parsed and validated its messages")
         hooks.after_stage()
         params = {"attempt": attempt.id, "topic": topic, "partitions": [r.partition for r in ranges],
                   "starts": [r.start for r in ranges], "ends": [r.end for r in ranges],
                   "staged": attempt.staged, "known": 0}  # what this attempt's scratch holds (the sink's guard)
-        inserted = sink.load(client, database, params, plan.attempt_token(ranges), hooks)
+        inserted = sink.load(client, database, params, plan.attempt_token(ranges), hooks, state)
         stats = _range_stats(client, database, ranges, params, inserted, report, log, sink)
-        plan.record_ranges(client, database, ranges, "committed", run_id, stats, sink=sink.name)
+        plan.record_ranges(client, database, ranges, "committed", run_id, stats, sink=sink.name, consistency=state)
     finally:
         attempt.loaded = True
         _drop_attempt(client, database, attempt.id, sink)
@@ -265,10 +280,16 @@ def _range_stats(client: Client, database: str, ranges: list[OffsetRange], param
     return stats
 
 
-def _drop_stale_staging(client: Client, database: str, sink: Sink) -> None:
-    # Only the topic's lease holder stages, so every row of its scratch tables belongs to a dead attempt.
+def _drop_stale_staging(client: Client, database: str, topic: str, slot: Slot, sink: Sink) -> None:
+    """Delete scratch rows of dead attempts: those of any writer whose slot shares a partition with ours (our lease
+    excludes them all, also those of an earlier writer layout). Other slots' writers may be staging right now."""
     for table in sink.scratch_tables:
-        client.command(f"TRUNCATE TABLE {database}.{table}")
+        scopes = [scope for (scope,) in client.query(
+            f"SELECT DISTINCT splitByChar('~', attempt_id)[1] FROM {database}.{table}").result_rows]
+        dead = [scope for scope in scopes if parse_scope(scope)[0] == topic and parse_scope(scope)[1].overlaps(slot)]
+        if dead:
+            client.command(f"ALTER TABLE {database}.{table} DELETE WHERE splitByChar('~', attempt_id)[1] "
+                           "IN {dead:Array(String)}", parameters={"dead": dead})
 
 
 def _constant(value: str, rows: int) -> pa.Array:

@@ -8,9 +8,14 @@ tokens (DETERMINISTIC_INSERT and a total ORDER BY).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from datetime import timedelta
+
 import pyarrow as pa
 from clickhouse_connect.driver.client import Client
 
+from sendflowr.cluster import ONE_SERVER, Consistency, retrying
+from sendflowr.ingest import lease
 from sendflowr.settings import Settings
 from sendflowr.sql_files import load_sql
 
@@ -20,6 +25,13 @@ from sendflowr.sql_files import load_sql
 DETERMINISTIC_INSERT = {"deduplicate_insert_select": "force_enable", "max_insert_threads": 1,
                         "max_block_size": 65536, "min_insert_block_size_rows": 1_048_576,
                         "min_insert_block_size_bytes": 0}
+
+
+def insert_select(client: Client, sql: str, params: dict, token: str, settings: Mapping[str, object]):
+    """One deterministic INSERT ... SELECT of the attempt with its deduplication token, so that a retry after a
+    transient cluster error (cluster.retrying) is harmless. `settings`: the cluster's quorum, if any."""
+    return retrying(lambda: client.command(sql, parameters=params, settings={
+        **DETERMINISTIC_INSERT, **settings, "insert_deduplication_token": token}))
 
 
 class Hooks:
@@ -65,31 +77,37 @@ class Sink:
         reason ('' when valid), payload and raw_size (what rejects and counts read)."""
         raise NotImplementedError
 
-    def load(self, client: Client, database: str, params: dict, token: str, hooks: Hooks) -> int:
+    def load(self, client: Client, database: str, params: dict, token: str, hooks: Hooks,
+             consistency: Consistency = ONE_SERVER) -> int:
         """Insert the attempt's rows, then its rejects; returns the rows written to the sink's table."""
-        inserted = self.insert(client, database, params, token, hooks)
-        self.insert_rejected(client, database, params, token)
+        inserted = self.insert(client, database, params, token, hooks, consistency)
+        insert_select(client, self.sql("ingest/insert_rejected", database).replace("${staging}", self.staged(database)),
+                      params, f"{token}:rejected", consistency.data)
         hooks.after_insert("rejected_events")
         return inserted
 
-    def insert(self, client: Client, database: str, params: dict, token: str, hooks: Hooks) -> int:
-        """Insert the attempt's valid messages (tokens derived from `token`); returns the rows written."""
+    def insert(self, client: Client, database: str, params: dict, token: str, hooks: Hooks,
+               consistency: Consistency) -> int:
+        """Insert the attempt's valid messages (tokens derived from `token`, settings of `consistency`); returns
+        the rows written."""
         raise NotImplementedError
 
     def duplicates(self, valid: int, inserted: int) -> int:
         """Valid messages not written because an equal one was (0 when messages and rows do not pair up)."""
         return 0
 
-    def insert_rejected(self, client: Client, database: str, params: dict, token: str) -> None:
-        client.command(self.sql("ingest/insert_rejected", database).replace("${staging}", self.staged(database)),
-                       parameters=params,
-                       settings={**DETERMINISTIC_INSERT, "insert_deduplication_token": f"{token}:rejected"})
-
     def counts(self, client: Client, database: str, params: dict) -> dict[int, tuple[int, int, int]]:
         """Per partition of the attempt: (messages, rejected, valid)."""
         sql = self.sql("ingest/range_counts", database).replace("${staging}", self.staged(database))
         return {row[0]: tuple(row[1:]) for row in client.query(sql, parameters=params).result_rows}
 
+
+# Writers of every slot (and topic) share `event_ids`: finding an attempt's known ids and adding its new ones is
+# one section under this lease, so two writers never both take the same event_id as new (docs/INGESTION.md).
+EVENT_IDS_LEASE = "ingest:event_ids"  # ':' is not allowed in Kafka topic names, so it never meets a real topic
+# The section lasts seconds; a holder that dies on another machine blocks the others until its lease expires,
+# so they wait out one lifetime of it before failing their attempt (replayed by the next run).
+EVENT_IDS_TTL = timedelta(minutes=5)
 
 EVENT_COLUMNS = ("event_id, event_type, occurred_at, person_key, email, klaviyo_id, phone, external_id, esp, "
                  "message_id, campaign_id, user_agent, ip, url, bounce_type, machine_open, bot_click, "
@@ -112,19 +130,24 @@ class EventsSink(Sink):
     def staged(self, database: str) -> str:
         return f"{database}.ingest_staging"
 
-    def insert(self, client: Client, database: str, params: dict, token: str, hooks: Hooks) -> int:
-        # Ids already ingested from other ranges, found once: both inserts below exclude them with a cheap probe.
-        params["known"] = client.command(self.sql("ingest/known_ids", database), parameters=params).written_rows
+    def insert(self, client: Client, database: str, params: dict, token: str, hooks: Hooks,
+               consistency: Consistency) -> int:
         new_events = self.sql("ingest/new_events", database)
-        # event_ids first: a crash before `events` is written then replays both with the same tokens.
-        ids = client.command(
-            f"INSERT INTO {database}.event_ids (event_id, kafka_topic, kafka_partition, kafka_offset) "
-            f"SELECT event_id, kafka_topic, kafka_partition, kafka_offset FROM ({new_events})",
-            parameters=params, settings={**DETERMINISTIC_INSERT, "insert_deduplication_token": f"{token}:ids"})
-        hooks.after_insert("event_ids")
-        client.command(
-            f"INSERT INTO {database}.events ({EVENT_COLUMNS}) SELECT {EVENT_COLUMNS} FROM ({new_events})",
-            parameters=params, settings={**DETERMINISTIC_INSERT, "insert_deduplication_token": f"{token}:events"})
+        # One writer at a time from reading event_ids to adding to it: two writers holding copies of one event_id
+        # (an ESP resend into another partition) would otherwise both take it as new. A replay then also finds
+        # the same known ids as its first try: later writers saw the first try's ids and left them alone.
+        with lease.ingest_lease(client, database, EVENT_IDS_LEASE, params["attempt"], ttl=EVENT_IDS_TTL,
+                                wait=2 * EVENT_IDS_TTL.total_seconds()):
+            # Ids already ingested from other ranges, found once: both inserts below exclude them with a cheap probe.
+            params["known"] = retrying(lambda: client.command(self.sql("ingest/known_ids", database), parameters=params,
+                                                              settings=dict(consistency.read))).written_rows
+            # event_ids first: a crash before `events` is written then replays both with the same tokens.
+            ids = insert_select(client, f"INSERT INTO {database}.event_ids (event_id, kafka_topic, kafka_partition, "
+                                        f"kafka_offset) SELECT event_id, kafka_topic, kafka_partition, kafka_offset "
+                                        f"FROM ({new_events})", params, f"{token}:ids", consistency.write)
+            hooks.after_insert("event_ids")
+        insert_select(client, f"INSERT INTO {database}.events ({EVENT_COLUMNS}) SELECT {EVENT_COLUMNS} "
+                              f"FROM ({new_events})", params, f"{token}:events", consistency.data)
         hooks.after_insert("events")
         return ids.written_rows
 

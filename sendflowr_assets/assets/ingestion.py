@@ -14,6 +14,7 @@ from pydantic import Field
 
 from sendflowr.ingest import IngestOptions, IngestReport, ingest_once
 from sendflowr.ingest.sink import EVENTS, Sink
+from sendflowr.ingest.slots import Slot
 from sendflowr.settings import get_settings
 from sendflowr_assets.resources import SendflowrResource
 
@@ -27,6 +28,9 @@ class IngestConfig(Config):
     max_rejected_share: float = Field(
         default=get_settings().ingest_max_rejected_share,
         description="The run's check fails above this share of rejected messages.")
+    writers: int = Field(default=get_settings().ingest_writers,
+                         description="Writers that share the topic; this run ingests partitions p % writers == slot.")
+    slot: int = Field(default=0, description="This run's writer slot in [0, writers) (the schedule sets it).")
 
 @asset(
     group_name="ingestion",
@@ -47,7 +51,7 @@ def ingest_topic(context: AssetExecutionContext, config: IngestConfig, sendflowr
     report = ingest_once(
         sendflowr.settings(), sendflowr.client(),
         IngestOptions(max_messages_per_partition=config.max_messages_per_partition,
-                      until_caught_up=config.until_caught_up),
+                      until_caught_up=config.until_caught_up, slot=Slot(config.slot, config.writers)),
         run_id=context.run.run_id, log=context.log.info, sink=sink)
     share = report.rejected_share
     return MaterializeResult(
