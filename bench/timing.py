@@ -49,7 +49,9 @@ from sendflowr.local.processes import free_port
 from sendflowr.migrations import apply_migrations
 from sendflowr.settings import Settings
 from sendflowr.timing.estimate import EstimatorParams
-from sendflowr.timing.run import CHUNK, _insert_curves, fit, materialize, owner_map
+from sendflowr.timing.fit import CHUNK, fit
+from sendflowr.timing.owners import owner_map
+from sendflowr.timing.run import _insert_curves, materialize
 from sendflowr.timing.signals import SignalRules
 
 TOPIC = "bench.timing"

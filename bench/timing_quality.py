@@ -35,7 +35,7 @@ from sendflowr.synth.presets import PRESETS, preset
 from sendflowr.synth.world import build_world
 from sendflowr.timing.estimate import EstimatorParams
 from sendflowr.timing.evaluate import BASELINES, BUCKETS, EvalConfig, EvalReport, evaluate
-from sendflowr.timing.run import fit
+from sendflowr.timing.fit import fit
 from sendflowr.timing.signals import SignalRules
 from sendflowr.timing.worldload import SignalTruth, load_world
 

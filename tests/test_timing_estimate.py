@@ -145,7 +145,8 @@ def test_priors_learn_cohorts_with_support_and_drop_small_ones() -> None:
 
 
 def test_person_stats_chunks_agree_with_one_block() -> None:
-    from sendflowr.timing.run import Fit, PersonStats
+    from sendflowr.timing.fit import Fit
+    from sendflowr.timing.stats import PersonStats
 
     rng = np.random.default_rng(4)
     counts = rng.integers(1, 6, 50)

@@ -18,8 +18,10 @@ from sendflowr.settings import Settings
 from sendflowr.timing import incremental, versions
 from sendflowr.timing.decide import HOURS
 from sendflowr.timing.estimate import EstimatorParams
-from sendflowr.timing.run import Fit, person_cohorts, person_stats, read_inputs
+from sendflowr.timing.fit import Fit, read_inputs
+from sendflowr.timing.owners import person_cohorts
 from sendflowr.timing.signals import SignalRules
+from sendflowr.timing.stats import person_stats
 from sendflowr.timing.store import load_snapshot
 from sendflowr_assets.assets.identity import identity_graph
 from sendflowr_assets.assets.ingestion import events

@@ -26,7 +26,7 @@ def fit_posterior_calibration(f, rng: np.random.Generator, people: int = 6000, d
                               sharpness: float = 1.0) -> Calibration:
     """The calibration decisions use, fitted on draws from the fitted model's posterior (no truth needed).
 
-    f: a timing.run.Fit. People are sampled per fallback level (so every level gets its own curve), one window
+    f: a timing.fit.Fit. People are sampled per fallback level (so every level gets its own curve), one window
     each, of a length spread over the candidate buckets, starting on a random hour of the week."""
     n = len(f.stats)
     if n == 0:
@@ -115,7 +115,7 @@ def calibrate(inputs, f, rng: np.random.Generator, holdout_weeks: float = 2.0):
     """(Predictive, Calibration) for a fitted model, from the user's own events only: the held-out deliveries
     (sendflowr.timing.predictive) say how much of the curves' shape is real and what their values deliver; the
     confidence map is fitted on posterior draws shaped by that; expected engagement maps through what held-out
-    deliveries observed. inputs: the timing.run.Inputs f was fitted from."""
+    deliveries observed. inputs: the timing.fit.Inputs f was fitted from."""
     from dataclasses import replace
 
     from sendflowr.timing.predictive import evaluate_predictive

@@ -33,7 +33,8 @@ from clickhouse_connect.driver.client import Client
 from sendflowr.timing.confidence import calibrate, fit_calibration
 from sendflowr.timing.decide import HOUR_MS, HOURS, Calibration, decide_many, hour_of_week_ms
 from sendflowr.timing.estimate import EstimatorParams, levels
-from sendflowr.timing.run import Fit, learn_ml_prior, person_cohorts, read_inputs
+from sendflowr.timing.fit import Fit, learn_ml_prior, read_inputs
+from sendflowr.timing.owners import person_cohorts
 from sendflowr.timing.signals import SignalRules
 
 BUCKETS = ((0, 0, "0"), (1, 4, "1-4"), (5, 19, "5-19"), (20, 10**9, "20+"))

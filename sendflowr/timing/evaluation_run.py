@@ -28,8 +28,8 @@ from sendflowr.timing.confidence import calibrate
 from sendflowr.timing.decide import Calibration
 from sendflowr.timing.estimate import EstimatorParams
 from sendflowr.timing.evaluate import EvalConfig, EvalReport, evaluate
+from sendflowr.timing.fit import read_inputs
 from sendflowr.timing.predictive import Predictive
-from sendflowr.timing.run import read_inputs
 from sendflowr.timing.signals import SignalRules
 
 

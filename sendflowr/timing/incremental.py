@@ -40,7 +40,9 @@ from sendflowr.timing import versions
 from sendflowr.timing.decide import EPOCH_HOW, HOUR_MS, HOURS
 from sendflowr.timing.estimate import ActivityClusters, EstimatorParams, Priors
 from sendflowr.timing.hazard import Decay
+from sendflowr.timing.owners import owner_map, owner_persons
 from sendflowr.timing.signals import SignalRules
+from sendflowr.timing.stats import messages_sql, range_parameters
 
 SETTLE_LAG_HOURS = 48  # how late an event may still be ingested and count for its message
 FULL_EVERY_HOURS = 168  # a full build refits the model at least this often
@@ -127,7 +129,7 @@ def cells_table(base: int, version: int, universal_id: np.ndarray, cell: np.ndar
 
 
 def write_base_cells(client: Client, database: str, version: int, stats, chunk: int = 2_000_000) -> None:
-    """A full build's cells: every person's statistics under base = version (run.PersonStats)."""
+    """A full build's cells: every person's statistics under base = version (stats.PersonStats)."""
     ids = np.repeat(stats.universal_id, np.diff(stats.offsets))
     for lo in range(0, stats.cell.shape[0], chunk):
         hi = lo + chunk
@@ -183,8 +185,6 @@ class Contributions:
 def contributions(client: Client, database: str, states: str, rules: SignalRules, params: EstimatorParams,
                   observed_ms: int) -> Contributions:
     """message_outputs.sql over a table of states, owners looked up for their identifiers only."""
-    from sendflowr.timing.run import messages_sql, owner_map, owner_persons
-
     with owner_map(client, database, identifiers_of=states) as owners:
         table = client.query_arrow(
             messages_sql(database, f"SELECT * FROM {states}", extra=MESSAGE_KEY + ", delivered_ms"),
@@ -242,8 +242,6 @@ def seed_open(client: Client, database: str, rules: SignalRules, params: Estimat
               ends: dict[tuple[str, int], int], observed_ms: int) -> int:
     """A full build's open messages: the states of messages delivered (or first seen) within the horizon plus
     the lag, grouped from the recent events only, with what they count in the base cells."""
-    from sendflowr.timing.run import range_parameters
-
     cut_ms = observed_ms - (params.horizon_hours + SETTLE_LAG_HOURS) * HOUR_MS
     with scratch(client, database, STATE_DDL) as states:
         client.command(f"INSERT INTO {states} " + load_sql("timing/message_state.sql", database), parameters={
@@ -298,8 +296,6 @@ def run_increment(client: Client, database: str, rules: SignalRules, params: Est
                   log: Callable[[str], None] = print) -> tuple[Delta, int, int]:
     """Steps 1-5 of the module docstring: the cells' differences are written under `version` (invisible until the
     run commits). Returns the differences, the messages merged and the messages kept open."""
-    from sendflowr.timing.run import range_parameters
-
     cut_ms = observed_ms - (params.horizon_hours + SETTLE_LAG_HOURS) * HOUR_MS
     bounds = {k: (base.ends.get(k, 0), e) for k, e in ends.items() if e > base.ends.get(k, 0)}
     with scratch(client, database, STATE_DDL) as new_states, scratch(client, database, STATE_DDL) as open_now, \

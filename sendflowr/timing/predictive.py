@@ -112,7 +112,7 @@ def hour_of_week(hours_since_epoch: np.ndarray) -> np.ndarray:
 def evaluate_predictive(inputs, params, holdout_weeks: float = 2.0, recent: int = 20) -> Predictive:
     """Fit on what was known at the cut, score the held-out deliveries whose outcome is complete.
 
-    inputs: a timing.run.Inputs read up to now (or up to an evaluation's own cut)."""
+    inputs: a timing.fit.Inputs read up to now (or up to an evaluation's own cut)."""
     m = inputs.messages
     out = Predictive()
     if len(m) == 0:

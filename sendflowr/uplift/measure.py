@@ -20,7 +20,7 @@ from clickhouse_connect.driver.client import Client
 from sendflowr.decisions.arms import CONTROL, TREATMENT
 from sendflowr.sql_files import load_sql
 from sendflowr.timing.decide import LEVELS
-from sendflowr.timing.run import owner_map
+from sendflowr.timing.owners import owner_map
 from sendflowr.timing.signals import SignalRules
 from sendflowr.uplift.stats import ArmComparison, compare_arms, decisions_needed, poisson_weights
 

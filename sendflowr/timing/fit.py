@@ -1,0 +1,151 @@
+"""The fitted timing model: from what ClickHouse holds (Inputs) to the decay, priors and ML prior (fit_stats), and
+every person's posterior and curve (Fit) (docs/TIMING.md, "The model")."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime
+
+import numpy as np
+import pyarrow as pa
+from clickhouse_connect.driver.client import Client
+
+from sendflowr.timing.estimate import (
+    ActivityClusters,
+    EstimatorParams,
+    Priors,
+    direct_curves,
+    kernel,
+    learn_clusters,
+    learn_priors,
+    mixture_prior,
+    person_posterior,
+    smooth,
+)
+from sendflowr.timing.hazard import Decay, learn_decay
+from sendflowr.timing.owners import cohort_members, cohorts_by_index, owner_map, owner_persons
+from sendflowr.timing.signals import SignalRules
+from sendflowr.timing.stats import Messages, PersonStats, message_rows, person_stats
+
+CHUNK = 50_000  # people per [chunk, 168] block (a writer thread sends one while the next is estimated)
+
+
+@dataclass
+class Fit:
+    stats: PersonStats
+    decay: Decay
+    priors: Priors
+    cohort_index: np.ndarray  # per person, into priors.cohorts
+    params: EstimatorParams
+    clusters: ActivityClusters | None = None  # the ML prior, when enabled and learnable
+    stats_owner: np.ndarray | None = None  # each stats row's owner-map index (ascending), when read from a run
+
+    def subset(self, rows: np.ndarray) -> Fit:
+        """The same model over some people (rows of stats, ascending)."""
+        st = self.stats
+        lengths = np.diff(st.offsets)[rows]
+        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+        take = np.repeat(st.offsets[rows] - offsets[:-1], lengths) + np.arange(offsets[-1])
+        sub = PersonStats(universal_id=st.universal_id[rows], offsets=offsets, cell=st.cell[take],
+                          messages=st.messages[take], events=st.events[take], fresh=st.fresh[take],
+                          engaged=st.engaged[rows], delivered=st.delivered[rows], horizon=st.horizon)
+        return Fit(sub, self.decay, self.priors, self.cohort_index[rows], self.params, self.clusters)
+
+    def rates(self, lo: int = 0, hi: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(posterior mean rates [k, 168], engagements) for people lo..hi."""
+        shape, rate, engaged = self.posterior(lo, hi)
+        shape /= rate
+        return shape, engaged
+
+    def raw_hours(self, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
+        """(exposure [k, 168], engagements [k, 168]) of people lo..hi by hour of week, unsmoothed, dense."""
+        st = self.stats
+        x = np.asarray(st.cells(lo, hi) @ self.decay.exposure + st.delivery_hour_left(lo, hi) * np.float32(
+            self.decay.g[0]))
+        return x.astype(np.float32), st.engagements(lo, hi).toarray().astype(np.float32)
+
+    def posterior(self, lo: int = 0, hi: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(Gamma shape [k, 168], Gamma rate [k, 168], engagements) of the rates of people lo..hi."""
+        hi = len(self.stats) if hi is None else hi
+        st = self.stats
+        prior = np.take(self.priors.rates, self.cohort_index[lo:hi], axis=0)
+        cells, left = st.cells(lo, hi), st.delivery_hour_left(lo, hi)
+        g0 = np.float32(self.decay.g[0])
+        x = np.asarray(cells @ self.decay.exposure + left * g0)  # [k, 168] exposure by hour of week
+        n = st.engagements(lo, hi)
+        if self.clusters is not None:  # the ML prior, for people with something of their own to place them by
+            mixed = mixture_prior(x, n, prior, self.cohort_index[lo:hi], self.clusters, self.params)
+            prior = np.where((st.engaged[lo:hi] > 0)[:, None], mixed, prior)
+        expected = np.einsum("ij,ij->i", x, prior)
+        total = np.asarray(n.sum(axis=1), dtype=np.float64).ravel()
+        # smoothing folded into the exposure rows: one sparse product, no dense [k, 168] x [168, 168] one
+        x_smooth = np.asarray(cells @ self.decay.smoothed_exposure(self.params)) + smooth(left, self.params) * g0
+        shape, rate = person_posterior(x_smooth, smooth(n, self.params), expected, total, prior, self.params)
+        return shape, rate, total
+
+    def curves(self, lo: int = 0, hi: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(curves [k, 168], evidence, engagements) for people lo..hi: evidence = engagements seen."""
+        hi = len(self.stats) if hi is None else hi
+        rates, _ = self.rates(lo, hi)
+        s, e = self.stats.deliveries(lo, hi)
+        curves = direct_curves(self.decay.curves(rates), s, e, self.params)
+        engaged = self.stats.engaged[lo:hi]
+        return curves, engaged.astype(np.float32), engaged
+
+@dataclass
+class Inputs:
+    """What a fit reads from ClickHouse: the messages, the owner map's universal_ids, the cohort members."""
+
+    messages: Messages
+    persons: np.ndarray
+    members: pa.Table
+
+    def fit(self, params: EstimatorParams, recent: int = 0, messages: Messages | None = None) -> Fit:
+        stats, index = person_stats(messages or self.messages, self.persons, params, recent)
+        cohort_code, names = cohorts_by_index(self.members, index)
+        f = fit_stats(stats, cohort_code, names, params)
+        f.stats_owner = index
+        return f
+
+    def cohort_names(self, owners: np.ndarray) -> list[str]:
+        """The cohort name (maybe unlearned) of people given by owner-map index."""
+        code, names = cohorts_by_index(self.members, owners)
+        return [names[c] for c in code]
+
+def read_inputs(client: Client, database: str, rules: SignalRules, params: EstimatorParams,
+                observed_before: datetime | None = None, ends: dict[tuple[str, int], int] | None = None) -> Inputs:
+    with owner_map(client, database) as owners, ThreadPoolExecutor(1, thread_name_prefix="timing-side") as side:
+        # The owner map's universal_ids and cohorts are read on a side thread while the events pass runs
+        # (ClickHouse has a core to spare in its single-threaded stretches, and during the numpy sums).
+        persons = side.submit(owner_persons, client, owners)
+        members = side.submit(cohort_members, client, database, owners)
+        messages = message_rows(client, database, rules, owners, params, observed_before, ends)
+        return Inputs(messages, persons.result(), members.result())
+
+def fit(client: Client, database: str, rules: SignalRules, params: EstimatorParams,
+        observed_before: datetime | None = None, ends: dict[tuple[str, int], int] | None = None,
+        recent: int = 0) -> Fit:
+    return read_inputs(client, database, rules, params, observed_before, ends).fit(params, recent)
+
+def fit_stats(stats: PersonStats, cohort_code: np.ndarray, names: list[str], params: EstimatorParams) -> Fit:
+    """The model from per-person statistics: decay, priors, (optionally) the ML prior."""
+    decay, _ = learn_decay(stats.cell, stats.messages, stats.events, stats.fresh, stats.horizon,
+                           kernel(params.hour_bandwidth, params.day_pooling))
+    priors, pc = learn_priors(cohort_code, names, stats.person, stats.cell, stats.messages, stats.events,
+                              stats.fresh, decay, params)
+    f = Fit(stats=stats, decay=decay, priors=priors, cohort_index=pc, params=params)
+    if params.clusters > 0:
+        f.clusters = learn_ml_prior(f)
+    return f
+
+def learn_ml_prior(f: Fit, sample: int = 10_000) -> ActivityClusters | None:
+    """Learn the ML prior's shapes from the cohort-prior rates of data-rich people (a sample of them: typical
+    weekly shapes need thousands of people, not millions)."""
+    rich = np.flatnonzero((np.diff(f.stats.offsets) > 0) & (f.stats.engaged >= f.params.cluster_min_engagements))
+    if rich.size == 0:
+        return None
+    if rich.size > sample:
+        rich = np.sort(np.random.default_rng(f.params.seed).choice(rich, sample, replace=False))
+    plain = Fit(f.stats, f.decay, f.priors, f.cohort_index, f.params).subset(rich)
+    return learn_clusters(plain.rates()[0], f.cohort_index[rich], len(f.priors.cohorts), f.params)
