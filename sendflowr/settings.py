@@ -115,7 +115,7 @@ class Settings(BaseSettings):
         description="A decision counts as engaged when its delivery is genuinely engaged with within this many "
         "hours; younger deliveries are not scored yet.")
     timing_prior_strength: float = Field(
-        default=1.0, gt=0,
+        default=0.5, gt=0,
         description="Pseudo-engagements of the cohort prior per hour in a person's curve (shrinkage strength).")
     ingest_max_messages_per_partition: int = Field(
         default=1_000_000, ge=1, description="Most offsets one scheduled ingestion run reads per partition.")

@@ -28,7 +28,7 @@ from sendflowr.timing.hazard import Decay, event_hour
 
 @dataclass(frozen=True)
 class EstimatorParams:
-    prior_strength: float = 1.0  # k: pseudo-engagements per hour pulling a person toward their prior
+    prior_strength: float = 0.5  # k: pseudo-engagements per hour pulling a person toward their prior
     level_strength: float = 2.0  # a: pseudo-engagements pulling a person's overall level toward the prior's
     hour_bandwidth: float = 1.5  # Gaussian sigma (hours) of neighbouring-hour smoothing
     day_pooling: float = 0.7  # weight of the same hour on the other days of the week
