@@ -105,6 +105,15 @@ def _refresh(settings: Settings, log: Callable[[str], None]) -> None:
         client.close()
 
 
+def _fresh_database(settings: Settings) -> None:
+    admin = get_client(settings, with_database=False)
+    try:
+        admin.command(f"DROP DATABASE IF EXISTS {settings.clickhouse_database}")
+    finally:
+        admin.close()
+    apply_migrations(settings)
+
+
 def _snapshot(settings: Settings) -> DecisionSnapshot:
     client = get_client(settings)
     try:
@@ -174,8 +183,7 @@ def run_experiment(base: Settings, people: int = 4000, rounds: int = 8, scales: 
         "clickhouse_database": f"{prefix}_{i}", "kafka_topic": f"{prefix}-rounds-{i}"}), work / f"policy_{i}")
         for i, (name, scale) in enumerate([("greedy", 0.0)] + [(f"thompson x{s:g}", s) for s in scales])]
     for p in policies:
-        get_client(p.settings, with_database=False).command(f"DROP DATABASE IF EXISTS {p.settings.clickhouse_database}")
-        apply_migrations(p.settings)
+        _fresh_database(p.settings)
         ensure_topic(p.settings)
         shutil.rmtree(p.truth_dir, ignore_errors=True)
         log(f"  {p.name}: the history")
@@ -313,8 +321,7 @@ def calibrate(base: Settings, worlds: list[str], people: int, seed: int, frequen
     for name in worlds:
         config = preset(name, people=people, seed=seed)
         settings = base.model_copy(update={"clickhouse_database": f"calibrate_{name}"})
-        get_client(settings, with_database=False).command(f"DROP DATABASE IF EXISTS {settings.clickhouse_database}")
-        apply_migrations(settings)
+        _fresh_database(settings)
         client = get_client(settings)
         load_world(settings, client, build_world(config), base.home / name, log=lambda _: None)
         f = timing_run.fit(client, settings.clickhouse_database, SignalRules(), EstimatorParams())
