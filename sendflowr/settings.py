@@ -146,6 +146,11 @@ class Settings(BaseSettings):
         default=0.0, ge=0, le=1,
         description="Share of decisions in the randomized control arm (a uniformly random moment in the window), "
         "assigned by a hash of universal_id and campaign_id; 0 turns the control arm off.")
+    api_exploration: float = Field(
+        default=0.0, ge=0, le=2,
+        description="Exploration of treatment decisions by Thompson sampling from the timing model's uncertainty "
+        "(docs/EVALUATION.md, Exploration): 1 draws at the posterior's width, less explores less; 0 turns it off "
+        "(every treatment decision takes the curve's best moment).")
     api_clock_offset_seconds: float = Field(
         default=0.0, ge=0,
         description="Simulation only: the API decides as if the time were this many seconds earlier "
