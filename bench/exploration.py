@@ -293,7 +293,7 @@ def noise_statistics(f: timing_run.Fit, rng: np.random.Generator, people: int = 
     mean, evidence, _ = sub.curves()
     mass = np.float32(kernel_mass(f.params))
     a, b = shape / mass, rate / mass
-    s, e = sub.stats.deliveries(0, pick.size)
+    s, e = sub.stats.deliveries(0, pick.size, f.decay)
     logs = np.empty((draws, pick.size, 168), np.float32)
     for d in range(draws):
         drawn = direct_curves(f.decay.curves(rng.gamma(a, 1.0).astype(np.float32) / b), s, e, f.params)

@@ -127,7 +127,7 @@ def learn_priors(person_cohort: np.ndarray, cohort_names: list[str], person: np.
     rates[0] = g = rate(n_all, x_all, params)
     for i in range(1, k):  # one 168-vector per cohort (a few dozen), not per person
         rates[i] = rate(n[i], x[i], params, toward=g, strength=params.cohort_strength)
-    settled = np.where(cell % decay.horizon == decay.horizon - 1, messages, events)
+    settled = decay.settled(cell, messages, events)
     curves = direct_curves(decay.curves(rates), cell_sums(group, how, events, k, HOURS),
                            cell_sums(group, how, settled, k, HOURS), params)
     priors = Priors(rates=rates, curves=curves, cohorts=[""] + [cohort_names[c] for c in kept],

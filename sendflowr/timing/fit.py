@@ -88,7 +88,7 @@ class Fit:
         """(curves [k, 168], evidence, engagements) for people lo..hi: evidence = engagements seen."""
         hi = len(self.stats) if hi is None else hi
         rates, _ = self.rates(lo, hi)
-        s, e = self.stats.deliveries(lo, hi)
+        s, e = self.stats.deliveries(lo, hi, self.decay)
         curves = direct_curves(self.decay.curves(rates), s, e, self.params)
         engaged = self.stats.engaged[lo:hi]
         return curves, engaged.astype(np.float32), engaged
