@@ -1,0 +1,221 @@
+"""API snapshot benchmark: load time, in-process decision latency and per-worker memory of the decision API.
+
+    .venv/bin/python bench/api_snapshot.py [--people 1000000] [--workers 1,2] [--loops 2000]
+
+1. starts a private chDB endpoint (own port, temp home), applies the migrations and writes a materialized world
+   straight into the identity and timing tables (bench/api.py's `write_world`: 1-2 identifiers and a curve each);
+2. in this process: loads the decision snapshot the way an API worker does (SnapshotHolder.refresh) and prints its
+   load time; then a small timing loop of single decisions (`decide_requests` with one request, the coalescer's
+   path at low load) and of 10,000-recipient batches (`decide_batch`, the batch endpoint's call);
+3. for each worker count: `uvicorn sendflowr_api.app:app --workers N` under the same home, waits until every
+   worker has loaded the snapshot, decides one 10,000-recipient batch per worker, and prints RSS, PSS and USS
+   and anonymous memory (/proc/<pid>/smaps_rollup) of each worker. USS is what a worker maps alone, PSS charges
+   shared pages (a memory-mapped snapshot, libraries) in equal parts to the processes that map them; a page of the
+   snapshot's files that only one worker touched counts in its USS although it is page cache, which the kernel
+   can drop and read again. Anonymous memory (heap) is what only that worker can ever use.
+
+No HTTP load generator and nothing asserted: figures depend on the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+from sendflowr.clickhouse import get_client
+from sendflowr.decisions.identity_map import NormalizeCache
+from sendflowr.decisions.service import DecisionRequest, decide_batch, decide_requests
+from sendflowr.decisions.snapshot import SnapshotHolder
+from sendflowr.local import chdb_server, processes
+from sendflowr.local.processes import free_port
+from sendflowr.migrations import apply_migrations
+from sendflowr.settings import Settings
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from api import write_world  # noqa: E402 (bench/api.py, the same synthetic materialization)
+
+BENCH_DIR = Path(__file__).resolve().parent
+
+
+def smaps(pid: int) -> dict[str, int]:
+    """Rss / Pss / Private (USS) / Anonymous in bytes from /proc/<pid>/smaps_rollup."""
+    fields = {}
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:]:
+        name, value = line.split(":", 1)
+        fields[name] = int(value.split()[0]) * 1024
+    return {"rss": fields["Rss"], "pss": fields["Pss"], "uss": fields["Private_Clean"] + fields["Private_Dirty"],
+            "anon": fields["Anonymous"]}
+
+
+def children(pid: int) -> list[int]:
+    out = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        out += [int(c) for c in (task / "children").read_text().split()]
+    return out
+
+
+def mb(n: float) -> str:
+    return f"{n / 1e6:8,.0f} MB"
+
+
+def timing_loops(holder: SnapshotHolder, ids: dict[str, np.ndarray], people: int, loops: int, seed: int) -> None:
+    snapshot = holder.current
+    cache = NormalizeCache()
+    rng = np.random.default_rng(seed)
+    start = (datetime.now(UTC) + timedelta(days=1)).replace(minute=0, second=0, microsecond=0)
+    after, before = start, start + timedelta(days=7)
+    picks = rng.integers(0, people, loops).tolist()
+    requests = [DecisionRequest({"email": str(ids["email"][i])}, None, after, before, 300.0) for i in picks]
+    for request in requests[:50]:  # warm-up: pages, caches
+        decide_requests(snapshot, cache, [request], datetime.now(UTC))
+    times = []
+    for request in requests:
+        t = time.perf_counter()
+        decide_requests(snapshot, cache, [request], datetime.now(UTC))
+        times.append(time.perf_counter() - t)
+    times.sort()
+    print(f"single decision in process ({loops} people at random): p50 {times[len(times) // 2] * 1e6:,.0f} us, "
+          f"p99 {times[int(len(times) * 0.99)] * 1e6:,.0f} us", flush=True)
+    batch_times = []
+    for _ in range(6):
+        rows = rng.integers(0, people, 10_000)
+        columns = {"email": [str(e) for e in ids["email"][rows]]}
+        t = time.perf_counter()
+        result = decide_batch(snapshot, cache, columns, [None] * 10_000, after, before, 300.0, datetime.now(UTC))
+        batch_times.append(time.perf_counter() - t)
+        assert sum(f is None for f in result.error_field) == 10_000
+    batch_times = batch_times[1:]
+    print(f"10,000-recipient batch in process (decide_batch): median {statistics.median(batch_times) * 1000:,.1f} ms,"
+          f" best {min(batch_times) * 1000:,.1f} ms over {len(batch_times)}", flush=True)
+
+
+def workers_memory(settings: Settings, workers: int, workdir: Path, ids: dict[str, np.ndarray], people: int) -> None:
+    port = free_port()
+    shutil.rmtree(settings.api_snapshot_path, ignore_errors=True)  # the first worker builds, the others map
+    env = {**os.environ, **settings.as_env(), "SENDFLOWR_API_SNAPSHOT_REFRESH_SECONDS": "2"}
+    log = open(workdir / f"api-{workers}.log", "wb")  # noqa: SIM115 - closed below
+    log_config = workdir / "log-config.json"  # the snapshot loader's INFO line tells when each worker loaded
+    log_config.write_text(json.dumps({
+        "version": 1, "disable_existing_loggers": False, "handlers": {"err": {"class": "logging.StreamHandler"}},
+        "loggers": {"sendflowr.decisions": {"level": "INFO", "handlers": ["err"]}}}))
+    argv = [str(Path(sys.executable).parent / "uvicorn"), "sendflowr_api.app:app", "--host", "127.0.0.1",
+            "--port", str(port), "--workers", str(workers), "--no-access-log", "--log-config", str(log_config)]
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=BENCH_DIR.parent,
+                            start_new_session=True)
+    try:
+        pids: list[int] = []
+        deadline = time.monotonic() + 900
+        while time.monotonic() < deadline:
+            pids = children(proc.pid) if workers > 1 else [proc.pid]  # one worker: uvicorn serves in its own process
+            if (len(pids) >= workers and (workdir / f"api-{workers}.log").read_text().count("loaded in") >= workers
+                    and processes.port_in_use("127.0.0.1", port)):
+                break
+            if proc.poll() is not None:
+                raise RuntimeError(f"uvicorn exited: {(workdir / f'api-{workers}.log').read_text()[-2000:]}")
+            time.sleep(0.5)
+        else:
+            raise RuntimeError("the workers did not load the snapshot in time")
+        ready = time.perf_counter() - t0
+        loads = [ln.split("loaded in ")[1].split(":")[0] + (f" ({ln.split('(parts ')[1]}" if "(parts " in ln else "")
+                 for ln in (workdir / f"api-{workers}.log").read_text().splitlines() if "loaded in" in ln]
+        start = (datetime.now(UTC) + timedelta(days=1)).replace(minute=0, second=0, microsecond=0)
+        rng = np.random.default_rng(workers)
+        for _ in range(3 * workers):  # touch the snapshot in every worker (a new connection each: they spread out)
+            body = {"send_after": start.isoformat(), "send_before": (start + timedelta(days=7)).isoformat(),
+                    "latency_estimate_seconds": 300, "recipients": [
+                        {"email": str(e)} for e in ids["email"][rng.integers(0, people, 10_000)]]}
+            response = httpx.post(f"http://127.0.0.1:{port}/timing-decisions", json=body, timeout=300)
+            assert response.status_code == 200, response.text[:300]
+        print(f"\n{workers} worker(s): all ready {ready:.1f}s after start; snapshot loads:", flush=True)
+        for line in loads:
+            print(f"  {line}", flush=True)
+        total = {"rss": 0, "pss": 0, "uss": 0, "anon": 0}
+        for pid in sorted({proc.pid, *pids}):
+            m = smaps(pid)
+            for k in total:
+                total[k] += m[k]
+            print(f"  {'master' if pid == proc.pid else 'worker'} {pid:>7}: RSS {mb(m['rss'])}  PSS {mb(m['pss'])}  "
+                  f"USS {mb(m['uss'])}  anonymous {mb(m['anon'])}", flush=True)
+        print(f"  all processes:  RSS {mb(total['rss'])}  PSS {mb(total['pss'])}  USS {mb(total['uss'])}  "
+              f"anonymous {mb(total['anon'])}", flush=True)
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=60)
+        log.close()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--people", type=int, default=1_000_000)
+    parser.add_argument("--workers", default="1,2", help="worker counts to measure, comma-separated ('' for none)")
+    parser.add_argument("--loops", type=int, default=2000, help="single decisions timed in process")
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--keep", type=Path, default=None, help="reuse/keep this home (the world is written once)")
+    args = parser.parse_args()
+
+    workdir = args.keep or Path(tempfile.mkdtemp(prefix="sendflowr-bench-snapshot-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    port_file = workdir / "bench-port"
+    port = int(port_file.read_text()) if port_file.exists() else free_port()
+    port_file.write_text(str(port))
+    settings = Settings(home=workdir, clickhouse_url=f"http://127.0.0.1:{port}", clickhouse_database="bench",
+                        decision_log_topic="")
+    try:
+        print(f"starting chDB endpoint under {workdir}", flush=True)
+        chdb_server.start_background(settings)
+        apply_migrations(settings)
+        client = get_client(settings)
+        written = client.command("SELECT count() FROM bench.timing_curves")
+        started = time.perf_counter()
+        if written and written != args.people:
+            raise SystemExit(f"{workdir} holds a world of {written} people, not {args.people}")
+        ids = write_world(client if not written else _NoWrite(), "bench", args.people, args.seed)
+        if not written:
+            print(f"wrote {args.people:,} people (identity + curves) in {time.perf_counter() - started:.1f}s",
+                  flush=True)
+
+        holder = SnapshotHolder(lambda: get_client(settings, send_receive_timeout=900), "bench", 3600)
+        t = time.perf_counter()
+        assert holder.refresh()
+        print(f"snapshot loaded in process in {time.perf_counter() - t:.1f}s "
+              f"({len(holder.current.timing_uid):,} curves, {holder.current.identity.identifiers:,} identifiers); "
+              f"this process: {', '.join(f'{k.upper()} {mb(v).strip()}' for k, v in smaps(os.getpid()).items())}",
+              flush=True)
+        timing_loops(holder, ids, args.people, args.loops, args.seed)
+        holder.stop()
+        del holder
+        for workers in [int(w) for w in args.workers.split(",") if w]:
+            workers_memory(settings, workers, workdir, ids, args.people)
+        return 0
+    finally:
+        processes.stop(settings, chdb_server.PROCESS_NAME)
+        if args.keep is None:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+class _NoWrite:
+    """A client that writes nothing: `write_world` only recomputes the identifiers of a kept world."""
+
+    def insert_arrow(self, *_args, **_kwargs) -> None:
+        pass
+
+    def command(self, *_args, **_kwargs) -> None:
+        pass
+
+
+if __name__ == "__main__":
+    sys.exit(main())

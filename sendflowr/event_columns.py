@@ -1,0 +1,229 @@
+"""The event contract checked a column at a time: which records of a batch are certainly valid.
+
+`certify(records, now)` returns a mask: True where a record (a parsed JSON value) is valid by the contract
+(`sendflowr.events.event_errors` would return no error) and fits every length limit as it is (no optional field
+to trim). False means "not certified", not "invalid": the caller runs the one per-record validator on those, so
+verdicts and reject reasons stay exactly that validator's. The check is stricter than the validator, never
+looser; tests/test_connectors_native.py holds it to that on the ingestion corpus and on random hostile events.
+
+The field rules are read from the JSON Schema itself (required fields, allowed keys, lengths, enums, consts,
+booleans, the identifiers object), so a schema edit cannot leave this check behind: a keyword it does not know
+fails at import. `occurred_at` is parsed column-wise (pyarrow's RE2, numpy date arithmetic) with the checks
+`events.parse_occurred_at` makes (a real calendar time, an offset below 24 h with minutes 00-59) and the range
+[2000-01-01, now + 5 minutes] in microseconds, as Python compares datetimes.
+
+Records of one batch mostly share their keys in the same order: they are grouped by that shape, each shape's
+keys are checked once, and each group's values are pulled out as columns with one itemgetter pass.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from functools import cache
+from itertools import repeat
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from sendflowr.events import EARLIEST_OCCURRED_AT, FUTURE_TOLERANCE, event_schema
+
+_ANNOTATIONS = frozenset({"description", "title", "$comment", "$schema", "$id", "examples"})
+# The schema's pattern for times, as this check was written for it (a different one fails at import) ...
+_SCHEMA_TIME = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?(Z|[+-]\d{2}:\d{2})$"
+# ... and the same form, stricter: ASCII digits only (RE2's \d), `T` and `Z` upper case, nothing after
+# the end (RE2's $ is the end of the text; Python's also matches before a final newline).
+_TIME = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d{1,9})?(?:Z|[+-]\d{2}:\d{2})$"
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_US = timedelta(microseconds=1)
+
+
+class _Field:
+    """What one schema property allows, in the few forms the event schema uses."""
+
+    def __init__(self, name: str, spec: dict[str, Any]) -> None:
+        unknown = set(spec) - _ANNOTATIONS - {"type", "minLength", "maxLength", "enum", "const", "pattern",
+                                              "format", "minProperties", "additionalProperties", "properties"}
+        if unknown:
+            raise NotImplementedError(f"event_columns does not check {sorted(unknown)} of field {name!r}")
+        self.name = name
+        self.kind = spec.get("type")
+        self.enum = frozenset(spec["enum"]) if "enum" in spec else None
+        self.has_const = "const" in spec
+        self.const = spec.get("const")
+        self.min_length = int(spec.get("minLength", 0))
+        self.max_length = int(spec.get("maxLength", 1 << 62))
+        self.pattern = spec.get("pattern")
+        self.format = spec.get("format")
+        if self.enum is not None and not all(isinstance(v, str) for v in self.enum):
+            raise NotImplementedError(f"event_columns checks enums of strings only ({name!r})")
+        if self.has_const and type(self.const) not in (int, str):
+            raise NotImplementedError(f"event_columns checks int or string consts only ({name!r})")
+        if self.format not in (None, "date-time") or (self.format and self.kind != "string"):
+            raise NotImplementedError(f"event_columns does not check format {self.format!r} of {name!r}")
+        if self.pattern not in (None, _SCHEMA_TIME):
+            raise NotImplementedError(f"event_columns does not know the pattern of {name!r}")
+        if self.kind == "object":
+            self.object = _Object(name, spec)
+        elif self.kind not in (None, "string", "boolean") or (self.kind is None and self.enum is None
+                                                              and not self.has_const):
+            raise NotImplementedError(f"event_columns does not check type {self.kind!r} of {name!r}")
+
+    def check(self, values: Sequence[Any], latest_us: int) -> np.ndarray:
+        n = len(values)
+        types = list(map(type, values))
+        if self.kind == "object":
+            return self.object.check(values, latest_us)
+        if self.kind == "boolean":
+            return np.fromiter(map(operator.is_, types, repeat(bool)), bool, n)
+        if self.has_const:
+            return np.fromiter(map(operator.is_, types, repeat(type(self.const))), bool, n) & np.fromiter(
+                map(operator.eq, values, repeat(self.const)), bool, n)
+        if types.count(str) != n:  # anything but text is not certified: check the strings alone
+            return _only(values, np.fromiter(map(operator.is_, types, repeat(str)), bool, n),
+                         lambda chosen: self.check(chosen, latest_us))
+        if self.enum is not None:
+            ok = np.fromiter(map(self.enum.__contains__, values), bool, n)
+        else:
+            lengths = np.fromiter(map(len, values), np.int64, n)
+            ok = (lengths >= self.min_length) & (lengths <= self.max_length)
+        if self.pattern is not None or self.format is not None:
+            ok &= _times_ok(values, latest_us)
+        return ok
+
+
+class _Object:
+    """An object with fixed properties: additionalProperties false, required keys, minProperties."""
+
+    def __init__(self, name: str, spec: dict[str, Any]) -> None:
+        unknown = set(spec) - _ANNOTATIONS - {"type", "required", "additionalProperties", "properties",
+                                              "minProperties"}
+        if unknown or spec.get("additionalProperties") is not False or spec.get("type") != "object":
+            raise NotImplementedError(f"event_columns checks closed objects only ({name!r}: {sorted(unknown)})")
+        self.fields = {key: _Field(key, sub) for key, sub in spec.get("properties", {}).items()}
+        self.required = frozenset(spec.get("required", ()))
+        self.min_properties = int(spec.get("minProperties", 0))
+
+    def shape_ok(self, keys: frozenset) -> bool:
+        return len(keys) >= self.min_properties and self.required <= keys and keys <= self.fields.keys()
+
+    def check(self, values: Sequence[Any], latest_us: int) -> np.ndarray:
+        n = len(values)
+        ok = np.fromiter(map(operator.is_, map(type, values), repeat(dict)), bool, n)
+        if not ok.all():
+            return _only(values, ok, lambda chosen: self.check(chosen, latest_us))
+        # Records of a batch share a few key sets: each is checked once, its members' values column by column.
+        # (key tuples are cheap to build; each distinct one becomes a set once, so key order makes no new group)
+        shapes = list(map(tuple, values))
+        keys_of = {shape: frozenset(shape) for shape in set(shapes)}
+        distinct = list(set(keys_of.values()))
+        if len(distinct) == 1:
+            groups = [(distinct[0], None)]
+        else:
+            code_of = {keys: code for code, keys in enumerate(distinct)}
+            code_of = {shape: code_of[keys] for shape, keys in keys_of.items()}
+            codes = np.fromiter(map(code_of.__getitem__, shapes), np.int64, n)
+            order = np.argsort(codes, kind="stable")
+            bounds = np.searchsorted(codes[order], np.arange(len(distinct) + 1))
+            groups = [(keys, order[bounds[c]:bounds[c + 1]]) for c, keys in enumerate(distinct)]
+        for shape, rows in groups:
+            where = slice(None) if rows is None else rows
+            if not self.shape_ok(shape):
+                ok[where] = False
+                continue
+            members = values if rows is None else _pick(values, rows)
+            good = np.ones(len(members), bool)
+            for key in shape:
+                good &= self.fields[key].check(list(map(operator.itemgetter(key), members)), latest_us)
+            ok[where] &= good
+        return ok
+
+
+def _pick(values: Sequence[Any], rows: np.ndarray) -> list[Any]:
+    """values[rows] of a Python sequence, at C speed."""
+    if len(rows) == 1:
+        return [values[int(rows[0])]]
+    return list(operator.itemgetter(*rows.tolist())(values)) if len(rows) else []
+
+
+def _only(values: Sequence[Any], mask: np.ndarray, check) -> np.ndarray:
+    """`check` run on the values where mask holds; False elsewhere."""
+    out = np.zeros(len(values), bool)
+    rows = np.flatnonzero(mask)
+    if len(rows):
+        out[rows] = check(_pick(values, rows))
+    return out
+
+
+@cache
+def _schema() -> _Object:
+    return _Object("event", event_schema())
+
+
+def _limit_us(now: datetime) -> int:
+    return ((now + FUTURE_TOLERANCE) - _EPOCH) // _US
+
+
+_EARLIEST_US = (EARLIEST_OCCURRED_AT - _EPOCH) // _US
+
+
+def _days_from_civil(y: np.ndarray, m: np.ndarray, d: np.ndarray) -> np.ndarray:
+    """Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm), vectorized."""
+    y = y - (m <= 2)
+    era = np.floor_divide(y, 400)
+    yoe = y - era * 400
+    doy = (153 * (m + np.where(m > 2, -3, 9)) + 2) // 5 + d - 1
+    doe = yoe * 365 + yoe // 4 - yoe // 100 + doy
+    return era * 146097 + doe - 719468
+
+
+def _times_ok(values: list[str], latest_us: int) -> np.ndarray:
+    """RFC 3339 times that parse to a real moment in [2000-01-01, now + tolerance] (the semantic rules of
+    events.event_errors), in the strict form above. A matching text is ASCII with its fields at fixed places
+    (the date and time of day) or at fixed places from its end (the offset), so they are read as bytes."""
+    try:
+        text = pa.array(values, pa.string())
+    except (pa.ArrowException, UnicodeError):  # text Arrow cannot hold (a lone surrogate): not certified
+        return np.zeros(len(values), bool)
+    out = np.asarray(pc.match_substring_regex(text, _TIME).to_numpy(zero_copy_only=False), bool)
+    rows = np.flatnonzero(out)
+    if not len(rows):
+        return out
+    picked = _pick(values, rows)
+    ends = np.fromiter(map(len, picked), np.int64, len(rows))
+    m = np.array(picked, "S35").view(np.uint8).reshape(len(rows), 35)
+    digit = m.astype(np.int64) - ord("0")
+
+    def number(first: int, width: int) -> np.ndarray:
+        return digit[:, first:first + width] @ 10 ** np.arange(width - 1, -1, -1)
+
+    def at(places: np.ndarray) -> np.ndarray:
+        return np.take_along_axis(digit, np.clip(places, 0, 34)[:, None], axis=1)[:, 0]
+
+    y, mo, d, h, mi, s = number(0, 4), number(5, 2), number(8, 2), number(11, 2), number(14, 2), number(17, 2)
+    zulu = at(ends - 1) == ord("Z") - ord("0")
+    suffix = np.where(zulu, ends - 1, ends - 6)  # where the fraction ends
+    oh = np.where(zulu, 0, at(ends - 5) * 10 + at(ends - 4))
+    om = np.where(zulu, 0, at(ends - 2) * 10 + at(ends - 1))
+    sign = np.where(~zulu & (at(ends - 6) == ord("-") - ord("0")), -1, 1)
+    # Python keeps microseconds and drops further digits; fraction digits sit at 20 up to the suffix
+    micros = np.where(np.arange(20, 26)[None, :] < suffix[:, None], digit[:, 20:26], 0) @ 10 ** np.arange(5, -1, -1)
+    leap = ((y % 4 == 0) & (y % 100 != 0)) | (y % 400 == 0)
+    month_days = np.array([0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31])[np.clip(mo, 0, 12)]
+    real = ((y >= 1) & (mo >= 1) & (mo <= 12) & (d >= 1) & (d <= month_days + (leap & (mo == 2)))
+            & (h <= 23) & (mi <= 59) & (s <= 59) & (oh <= 23) & (om <= 59))
+    seconds = (_days_from_civil(y, np.clip(mo, 1, 12), d) * 86_400 + h * 3600 + mi * 60 + s
+               - sign * (oh * 3600 + om * 60))
+    moment = seconds * 1_000_000 + micros
+    out[rows] = real & (moment >= _EARLIEST_US) & (moment <= latest_us)
+    return out
+
+
+def certify(records: Sequence[Any], now: datetime | None = None) -> np.ndarray:
+    """Mask of records certainly valid by the event contract as they are (see the module docstring)."""
+    if not len(records):
+        return np.zeros(0, bool)
+    return _schema().check(records, _limit_us(now or datetime.now(UTC)))
