@@ -41,7 +41,8 @@ class ColumnWriter:
         kind, trailing, rows = self._layout[name]
         if kind != dtype.str or trailing != values.shape[1:]:
             raise ValueError(f"column {name!r}: batch {dtype.str}{values.shape[1:]} after {kind}{trailing}")
-        self._files[name].write(memoryview(values).cast("B"))
+        if values.size:
+            self._files[name].write(memoryview(values).cast("B"))
         self._layout[name] = (kind, trailing, rows + len(values))
 
     def declare(self, name: str, dtype: np.dtype | str, trailing: tuple[int, ...] = ()) -> None:

@@ -106,6 +106,16 @@ def _aware(moment) -> datetime:
 FORMAT = 1  # layout of the parts; a new layout gets new part names instead of reading old files wrongly
 
 
+TIMING = f"timing-v{FORMAT}-"  # + version + digest of the run
+
+
+def _timing_base(parts: PartStore, version: int) -> Part | None:
+    """The newest timing part on disk older than `version` (a new version then only reads what changed)."""
+    older = [(int(name[len(TIMING):].split("-")[0]), name) for name in parts.parts(TIMING)]
+    older = [item for item in older if item[0] < version]
+    return parts.open_existing(max(older)[1]) if older else None
+
+
 def _digest(*values) -> str:
     return hashlib.sha256(repr(values).encode()).hexdigest()[:16]
 
@@ -118,8 +128,8 @@ def load_decision_snapshot(client: Client, database: str, parts: PartStore) -> D
     run = store.latest_run(client, database)
     if run is None:
         return None
-    timing = parts.get(f"timing-v{FORMAT}-{run[0]}-{_digest(run[1].isoformat())}",
-                       lambda out: write_timing(client, database, run, out))
+    timing = parts.get(f"{TIMING}{run[0]}-{_digest(run[1].isoformat())}",
+                       lambda out: write_timing(client, database, run, out, _timing_base(parts, run[0])))
     identity = parts.get(f"identity-v{FORMAT}-{_digest(*map(str, stamp))}",
                          lambda out: write_identity(client, database, out))
     return DecisionSnapshot(identity=identity_from_part(identity), timing=timing_from_part(timing),
@@ -195,9 +205,8 @@ class SnapshotHolder:
 
     def refresh_safely(self) -> bool:
         try:
-            swapped = self.refresh()
             self.parts.prune()  # parts no worker serves any more (the previous version, once its requests ended)
-            return swapped
+            return self.refresh()
         except Exception as exc:  # keep serving the previous snapshot; readiness shows the error
             self.failures += 1
             self.last_error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"

@@ -15,7 +15,7 @@ metadata, as store.load_priors reads them.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 import numpy as np
 import pyarrow as pa
@@ -90,10 +90,11 @@ class CompactTiming(TimingSnapshot):
 
 
 class _Names:
-    """Text column -> codes into one list of names, across batches."""
+    """Text column -> codes into one list of names, across batches (and across parts: a delta continues its base's
+    list, so the base's codes stay valid)."""
 
-    def __init__(self) -> None:
-        self.index: dict[str, int] = {}
+    def __init__(self, names: list[str] = ()) -> None:
+        self.index: dict[str, int] = {name: code for code, name in enumerate(names)}
 
     def codes(self, column: pa.Array, dtype) -> np.ndarray:
         encoded = column if pa.types.is_dictionary(column.type) else column.dictionary_encode()
@@ -106,29 +107,96 @@ class _Names:
         return list(self.index)
 
 
-def write_timing(client: Client, database: str, run: tuple[int, datetime, str], out: ColumnWriter) -> dict:
-    """Stream committed version `run[0]` (store.latest_run) into `out`; returns the part's metadata."""
-    version, materialized_at, calibration_json = run
-    ids, levels, cohorts = Ascending("timing universal_id"), _Names(), _Names()
+COLUMNS = (("uid", np.uint64, ()), ("codes", np.uint16, (HOURS,)), ("scale", np.float32, ()),
+           ("evidence", np.float32, ()), ("engagements", np.uint32, ()), ("level", np.uint8, ()),
+           ("cohort", np.uint32, ()), ("best_hour", np.uint8, ()))
+BLOCK = 200_000  # rows of the base copied at a time (a delta merge)
+MAX_DELTA_SHARE = 0.5  # a delta of more rows than this share of its base is loaded whole instead
+
+
+def _batches(client: Client, database: str, since: int, version: int, levels: _Names, cohorts: _Names):
+    """The rows of sql/decisions/timing_curves.sql with since < version <= `version`, batch by batch, as columns."""
+    ids = Ascending("timing universal_id")
     sql = load_sql("decisions/timing_curves.sql", database)
-    with client.query_arrow_stream(sql, parameters={"v": version, "levels": float(LEVELS)}, use_strings=True) as rows:
+    params = {"since": since, "v": version, "levels": float(LEVELS)}
+    with client.query_arrow_stream(sql, parameters=params, use_strings=True) as rows:
         for batch in rows:
             n = batch.num_rows
+            if not n:
+                continue
             if (batch.column("hours").to_numpy() != HOURS).any():
                 raise ValueError(f"timing curves must have {HOURS} values each")
             peak = batch.column("peak").to_numpy().astype(np.float32)
             finite = batch.column("finite").to_numpy().astype(bool)
-            out.append("uid", ids.check(uid_column(batch.column("universal_id"))))
-            out.append("codes", batch.column("codes").flatten().to_numpy().astype(np.uint16).reshape(n, HOURS))
-            out.append("scale", np.where(finite, peak / np.float32(LEVELS), np.float32(np.nan)).astype(np.float32))
-            out.append("evidence", batch.column("evidence").to_numpy().astype(np.float32))
-            out.append("engagements", batch.column("engagements").to_numpy().astype(np.uint32))
-            out.append("level", levels.codes(batch.column("fallback_level"), np.uint8))
-            out.append("cohort", cohorts.codes(batch.column("cohort"), np.uint32))
-            out.append("best_hour", batch.column("best_hour").to_numpy().astype(np.uint8))
-    for name, dtype, trailing in (("uid", np.uint64, ()), ("codes", np.uint16, (HOURS,)), ("scale", np.float32, ()),
-                                  ("evidence", np.float32, ()), ("engagements", np.uint32, ()),
-                                  ("level", np.uint8, ()), ("cohort", np.uint32, ()), ("best_hour", np.uint8, ())):
+            yield {"uid": ids.check(uid_column(batch.column("universal_id"))),
+                   "codes": batch.column("codes").flatten().to_numpy().astype(np.uint16).reshape(n, HOURS),
+                   "scale": np.where(finite, peak / np.float32(LEVELS), np.float32(np.nan)).astype(np.float32),
+                   "evidence": batch.column("evidence").to_numpy().astype(np.float32),
+                   "engagements": batch.column("engagements").to_numpy().astype(np.uint32),
+                   "level": levels.codes(batch.column("fallback_level"), np.uint8),
+                   "cohort": cohorts.codes(batch.column("cohort"), np.uint32),
+                   "best_hour": batch.column("best_hour").to_numpy().astype(np.uint8)}
+
+
+def _copy(base: Part, start: int, stop: int, out: ColumnWriter) -> None:
+    for first in range(start, stop, BLOCK):
+        for name, _, _ in COLUMNS:
+            out.append(name, base[name][first:min(stop, first + BLOCK)])
+
+
+def _merge(base: Part, batches, out: ColumnWriter) -> None:
+    """Base rows and delta rows, both sorted by uid, into one sorted part: a person in the delta takes its row."""
+    uid = base["uid"]
+    done = 0
+    for delta in batches:
+        d = delta["uid"]
+        start, stop = np.searchsorted(uid, d[0]), np.searchsorted(uid, d[-1], side="right")
+        _copy(base, done, start, out)  # base rows before this batch's range: as they are
+        window = uid[start:stop]
+        at = np.minimum(np.searchsorted(d, window), len(d) - 1)
+        kept = start + np.flatnonzero(d[at] != window)  # base rows in the range the delta does not replace
+        order = np.argsort(np.concatenate([uid[kept], d]), kind="stable")
+        for name, _, _ in COLUMNS:
+            out.append(name, np.concatenate([base[name][kept], delta[name]])[order])
+        done = stop
+    _copy(base, done, len(uid), out)
+
+
+def _usable_base(client: Client, database: str, base: Part, version: int) -> bool:
+    """A base must be a committed run of this database (not of a database dropped and made again under the same
+    name) and small next to what changed since."""
+    since = int(base.meta["version"])
+    if since >= version:
+        return False
+    rows = client.query(f"SELECT materialized_at FROM {database}.timing_runs WHERE version = {{s:UInt64}}",
+                        parameters={"s": since}).result_rows
+    moment = rows[0][0] if rows else None
+    if moment is not None and moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)  # as store.latest_run reads it
+    if moment is None or moment.isoformat() != base.meta["materialized_at"]:
+        return False
+    changed = client.command(f"SELECT count() FROM {database}.timing_curves WHERE version > {{s:UInt64}} "
+                             "AND version <= {v:UInt64}", parameters={"s": since, "v": version})
+    return int(changed) <= MAX_DELTA_SHARE * len(base["uid"])
+
+
+def write_timing(client: Client, database: str, run: tuple[int, datetime, str], out: ColumnWriter,
+                 base: Part | None = None) -> dict:
+    """Stream committed version `run[0]` (store.latest_run) into `out`; returns the part's metadata. With `base`, a
+    part of an older committed version, only the rows written since that version are read and merged into a copy
+    of the base (a person's newest row wins either way: rows only ever get newer versions, see timing.versions)."""
+    version, materialized_at, calibration_json = run
+    if base is not None and not _usable_base(client, database, base, version):
+        base = None
+    levels = _Names(base.meta["levels"] if base is not None else ())
+    cohorts = _Names(base.meta["cohorts"] if base is not None else ())
+    if base is None:
+        for batch in _batches(client, database, 0, version, levels, cohorts):
+            for name, _, _ in COLUMNS:
+                out.append(name, batch[name])
+    else:
+        _merge(base, _batches(client, database, int(base.meta["version"]), version, levels, cohorts), out)
+    for name, dtype, trailing in COLUMNS:
         out.declare(name, dtype, trailing)
     if len(levels.index) > 255:
         raise ValueError("more than 255 fallback levels")
@@ -137,7 +205,7 @@ def write_timing(client: Client, database: str, run: tuple[int, datetime, str], 
     out.append("prior_evidence", priors.evidence)
     return {"version": version, "materialized_at": materialized_at.isoformat(), "calibration": calibration_json,
             "levels": levels.names, "cohorts": cohorts.names, "prior_levels": priors.level.tolist(),
-            "prior_cohorts": priors.cohort.tolist()}
+            "prior_cohorts": priors.cohort.tolist(), "base": base.name if base is not None else None}
 
 
 def timing_from_part(part: Part) -> CompactTiming:

@@ -1,21 +1,37 @@
--- Each person's newest committed timing row (version <= {v}) as the API maps it (sendflowr/decisions/timing_part.py),
--- in universal_id order (the numeric order of the ids). The 168 values travel quantized per person: round(value /
--- the curve's peak * {levels}) as UInt16, the peak beside them; the API multiplies back (docs/SCALING.md, "API
--- memory"). `finite` is 0 for a curve holding a value that is not finite or below 0: the API keeps it unusable, as
--- the decision rule would find it. LIMIT 1 BY reads each person's rows in the table's own order; an argMax of the
--- curve arrays costs over ten times more server time here.
+-- Each person's newest committed timing row among versions (since, v] as the API maps it
+-- (sendflowr/decisions/timing_part.py; since = 0 reads everything, a higher one only what changed after a part the
+-- API already holds), in universal_id order (the numeric order of the ids). The 168 values travel quantized per
+-- person: round(value / the curve's peak * {levels}) as UInt16, the peak beside them; the API multiplies back
+-- (docs/SCALING.md, "API memory"). `finite` is 0 for a curve holding a value that is not finite or below 0: the API
+-- keeps it unusable, as the decision rule would find it. LIMIT 1 BY reads each person's rows in the table's own
+-- order; an argMax of the curve arrays costs over ten times more server time here.
 SELECT
     universal_id,
-    length(curve) AS hours,
-    arrayMax(curve) AS peak,
-    arrayAll(x -> isFinite(x) AND x >= 0, curve) AS finite,
-    arrayMap(x -> toUInt16(round(if(finite AND peak > 0, x / peak, 0) * {levels:Float64})), curve) AS codes,
+    hours,
+    peak,
+    finite,
+    arrayMap(x -> toUInt16(round(x * factor)), if(finite, curve, arrayWithConstant(hours, toFloat32(0)))) AS codes,
     evidence,
     engagements,
-    toString(fallback_level) AS fallback_level,
+    fallback_level,
     cohort,
     best_hour
-FROM ${database}.timing_curves
-WHERE version <= {v:UInt64}
-ORDER BY universal_id, version DESC
-LIMIT 1 BY universal_id
+FROM
+(
+    SELECT
+        universal_id,
+        curve,
+        length(curve) AS hours,
+        arrayMax(curve) AS peak,
+        arrayAll(x -> isFinite(x) AND x >= 0, curve) AS finite,
+        if(finite AND peak > 0, {levels:Float64} / peak, 0) AS factor,
+        evidence,
+        engagements,
+        toString(fallback_level) AS fallback_level,
+        cohort,
+        best_hour
+    FROM ${database}.timing_curves
+    WHERE version > {since:UInt64} AND version <= {v:UInt64}
+    ORDER BY universal_id, version DESC
+    LIMIT 1 BY universal_id
+)
