@@ -1,12 +1,15 @@
 """API snapshot benchmark: load time, in-process decision latency and per-worker memory of the decision API.
 
-    .venv/bin/python bench/api_snapshot.py [--people 1000000] [--workers 1,2] [--loops 2000]
+    .venv/bin/python bench/api_snapshot.py [--people 1000000] [--workers 1,2] [--loops 2000] [--compare]
+                                           [--keep DIR]
 
 1. starts a private chDB endpoint (own port, temp home), applies the migrations and writes a materialized world
    straight into the identity and timing tables (bench/api.py's `write_world`: 1-2 identifiers and a curve each);
-2. in this process: loads the decision snapshot the way an API worker does (SnapshotHolder.refresh) and prints its
-   load time; then a small timing loop of single decisions (`decide_requests` with one request, the coalescer's
-   path at low load) and of 10,000-recipient batches (`decide_batch`, the batch endpoint's call);
+2. in this process: loads the decision snapshot the way an API worker does (SnapshotHolder.refresh: builds its parts
+   in a private directory) and prints its load time; then a small timing loop of single decisions
+   (`decide_requests` with one request, the coalescer's path at low load) and of 10,000-recipient batches
+   (`decide_batch`, the batch endpoint's call); with --compare, in alternating rounds against the same snapshot
+   held as before (identity arrays on the heap, float32 curves from store.load_snapshot);
 3. for each worker count: `uvicorn sendflowr_api.app:app --workers N` under the same home, waits until every
    worker has loaded the snapshot, decides one 10,000-recipient batch per worker, and prints RSS, PSS and USS
    and anonymous memory (/proc/<pid>/smaps_rollup) of each worker. USS is what a worker maps alone, PSS charges
@@ -20,6 +23,7 @@ No HTTP load generator and nothing asserted: figures depend on the machine.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shutil
@@ -36,13 +40,14 @@ import httpx
 import numpy as np
 
 from sendflowr.clickhouse import get_client
-from sendflowr.decisions.identity_map import NormalizeCache
+from sendflowr.decisions.identity_map import IdentityMap, NormalizeCache
 from sendflowr.decisions.service import DecisionRequest, decide_batch, decide_requests
-from sendflowr.decisions.snapshot import SnapshotHolder
+from sendflowr.decisions.snapshot import DecisionSnapshot, SnapshotHolder
 from sendflowr.local import chdb_server, processes
 from sendflowr.local.processes import free_port
 from sendflowr.migrations import apply_migrations
 from sendflowr.settings import Settings
+from sendflowr.timing import store
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from api import write_world  # noqa: E402 (bench/api.py, the same synthetic materialization)
@@ -71,35 +76,51 @@ def mb(n: float) -> str:
     return f"{n / 1e6:8,.0f} MB"
 
 
-def timing_loops(holder: SnapshotHolder, ids: dict[str, np.ndarray], people: int, loops: int, seed: int) -> None:
-    snapshot = holder.current
-    cache = NormalizeCache()
+def in_memory_copy(client, snapshot: DecisionSnapshot) -> DecisionSnapshot:
+    """The snapshot as the API held it before its parts: every identity array on the heap, the timing curves as
+    store.load_snapshot reads them (float32, object universal ids)."""
+    identity = IdentityMap(**{f.name: np.array(getattr(snapshot.identity, f.name))
+                              for f in dataclasses.fields(IdentityMap)})
+    return DecisionSnapshot(identity=identity, timing=store.load_snapshot(client, "bench"),
+                            identity_stamp=snapshot.identity_stamp)
+
+
+def timing_loops(snapshots: dict[str, DecisionSnapshot], ids: dict[str, np.ndarray], people: int, loops: int,
+                 seed: int, rounds: int = 3) -> None:
+    """Single decisions (decide_requests with one request: the coalescer's path at low load) and 10,000-recipient
+    batches (decide_batch: the batch endpoint's call) on each snapshot, in alternating rounds."""
     rng = np.random.default_rng(seed)
     start = (datetime.now(UTC) + timedelta(days=1)).replace(minute=0, second=0, microsecond=0)
     after, before = start, start + timedelta(days=7)
-    picks = rng.integers(0, people, loops).tolist()
-    requests = [DecisionRequest({"email": str(ids["email"][i])}, None, after, before, 300.0) for i in picks]
-    for request in requests[:50]:  # warm-up: pages, caches
-        decide_requests(snapshot, cache, [request], datetime.now(UTC))
-    times = []
-    for request in requests:
-        t = time.perf_counter()
-        decide_requests(snapshot, cache, [request], datetime.now(UTC))
-        times.append(time.perf_counter() - t)
-    times.sort()
-    print(f"single decision in process ({loops} people at random): p50 {times[len(times) // 2] * 1e6:,.0f} us, "
-          f"p99 {times[int(len(times) * 0.99)] * 1e6:,.0f} us", flush=True)
-    batch_times = []
-    for _ in range(6):
-        rows = rng.integers(0, people, 10_000)
-        columns = {"email": [str(e) for e in ids["email"][rows]]}
-        t = time.perf_counter()
-        result = decide_batch(snapshot, cache, columns, [None] * 10_000, after, before, 300.0, datetime.now(UTC))
-        batch_times.append(time.perf_counter() - t)
-        assert sum(f is None for f in result.error_field) == 10_000
-    batch_times = batch_times[1:]
-    print(f"10,000-recipient batch in process (decide_batch): median {statistics.median(batch_times) * 1000:,.1f} ms,"
-          f" best {min(batch_times) * 1000:,.1f} ms over {len(batch_times)}", flush=True)
+    singles: dict[str, list[float]] = {name: [] for name in snapshots}
+    batches: dict[str, list[float]] = {name: [] for name in snapshots}
+    for _ in range(rounds):
+        picks = rng.integers(0, people, loops).tolist()
+        requests = [DecisionRequest({"email": str(ids["email"][i])}, None, after, before, 300.0) for i in picks]
+        batch_rows = [rng.integers(0, people, 10_000) for _ in range(3)]
+        for name, snapshot in snapshots.items():
+            cache = NormalizeCache()
+            for request in requests[:50]:  # warm-up
+                decide_requests(snapshot, cache, [request], datetime.now(UTC))
+            for request in requests:
+                t = time.perf_counter()
+                decide_requests(snapshot, cache, [request], datetime.now(UTC))
+                singles[name].append(time.perf_counter() - t)
+            for rows in batch_rows:
+                columns = {"email": [str(e) for e in ids["email"][rows]]}
+                t = time.perf_counter()
+                result = decide_batch(snapshot, cache, columns, [None] * 10_000, after, before, 300.0,
+                                      datetime.now(UTC))
+                batches[name].append(time.perf_counter() - t)
+                assert sum(f is None for f in result.error_field) == 10_000
+    print(f"in process, {rounds} alternating rounds ({loops} single decisions of people at random and 3 batches "
+          "of 10,000 each per round and snapshot):", flush=True)
+    for name in snapshots:
+        times = sorted(singles[name])
+        print(f"  {name:<34} single p50 {times[len(times) // 2] * 1e6:5,.0f} us  p99 "
+              f"{times[int(len(times) * 0.99)] * 1e6:6,.0f} us   batch median "
+              f"{statistics.median(batches[name]) * 1000:6,.1f} ms  best {min(batches[name]) * 1000:6,.1f} ms",
+              flush=True)
 
 
 def workers_memory(settings: Settings, workers: int, workdir: Path, ids: dict[str, np.ndarray], people: int) -> None:
@@ -164,6 +185,8 @@ def main() -> int:
     parser.add_argument("--workers", default="1,2", help="worker counts to measure, comma-separated ('' for none)")
     parser.add_argument("--loops", type=int, default=2000, help="single decisions timed in process")
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--compare", action="store_true",
+                        help="also time the same decisions on the float32 in-memory snapshot the API held before")
     parser.add_argument("--keep", type=Path, default=None, help="reuse/keep this home (the world is written once)")
     args = parser.parse_args()
 
@@ -195,7 +218,15 @@ def main() -> int:
               f"({len(holder.current.timing_uid):,} curves, {holder.current.identity.identifiers:,} identifiers); "
               f"this process: {', '.join(f'{k.upper()} {mb(v).strip()}' for k, v in smaps(os.getpid()).items())}",
               flush=True)
-        timing_loops(holder, ids, args.people, args.loops, args.seed)
+        if args.compare:
+            t = time.perf_counter()
+            before = in_memory_copy(client, holder.current)
+            print(f"float32 in-memory snapshot (as before) loaded in {time.perf_counter() - t:.1f}s", flush=True)
+            timing_loops({"float32 in memory (before)": before, "mapped parts, UInt16 curves": holder.current},
+                         ids, args.people, args.loops, args.seed)
+            del before
+        else:
+            timing_loops({"mapped parts, UInt16 curves": holder.current}, ids, args.people, args.loops, args.seed)
         holder.stop()
         del holder
         for workers in [int(w) for w in args.workers.split(",") if w]:

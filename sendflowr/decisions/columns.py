@@ -77,6 +77,17 @@ def read_columns(directory: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]
     return columns, manifest["meta"]
 
 
+def block(batch: pa.Table | pa.RecordBatch) -> dict[str, pa.Array]:
+    """A streamed block's columns, each as one Arrow array (a Table's columns are chunked, and a chunked column's
+    to_numpy goes through pandas)."""
+    return {name: column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+            for name, column in zip(batch.column_names, batch.columns, strict=True)}
+
+
+def values(array: pa.Array, dtype) -> np.ndarray:
+    return array.to_numpy(zero_copy_only=False).astype(dtype, copy=False)
+
+
 def uid_column(column: pa.Array | pa.ChunkedArray) -> np.ndarray:
     """Universal ids as ClickHouse sends them (Arrow text, `sf_` + 16 hex) -> uint64, parsed straight from Arrow's
     value buffer (every id is 19 bytes) by graph.parse_uid, which raises on anything else."""

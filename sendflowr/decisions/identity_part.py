@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 from clickhouse_connect.driver.client import Client
 
-from sendflowr.decisions.columns import Ascending, ColumnWriter, uid_column
+from sendflowr.decisions.columns import Ascending, ColumnWriter, block, uid_column, values
 from sendflowr.decisions.identity_map import IdentityMap, follow_merges
 from sendflowr.decisions.snapshot_store import Part
 from sendflowr.sql_files import load_sql
@@ -24,14 +24,16 @@ def write_identity(client: Client, database: str, out: ColumnWriter) -> dict:
     uids = []
     with client.query_arrow_stream(load_sql("decisions/identity_nodes.sql", database), use_strings=True) as stream:
         for batch in stream:
-            out.append("node_key", node_keys.check(batch.column("node_key").to_numpy().astype(U64)))
-            uids.append(uid_column(batch.column("universal_id")))
+            col = block(batch)
+            out.append("node_key", node_keys.check(values(col["node_key"], U64)))
+            uids.append(uid_column(col["universal_id"]))
             out.append("node_uid", uids[-1])
-            out.append("node_shared", batch.column("shared").to_numpy().astype(np.uint8))
+            out.append("node_shared", values(col["shared"], np.uint8))
     with client.query_arrow_stream(load_sql("decisions/identity_raw.sql", database)) as stream:
         for batch in stream:
-            out.append("raw_hash", raw_hashes.check(batch.column("raw_hash").to_numpy().astype(U64)))
-            out.append("raw_node", batch.column("node_key").to_numpy().astype(U64))
+            col = block(batch)
+            out.append("raw_hash", raw_hashes.check(values(col["raw_hash"], U64)))
+            out.append("raw_node", values(col["node_key"], U64))
     live = np.unique(np.concatenate(uids)) if uids else np.zeros(0, U64)
     del uids
     merges = client.query_arrow(load_sql("decisions/merge_log.sql", database), use_strings=True)

@@ -12,6 +12,7 @@ and uses that object throughout, so it never mixes two versions.
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import logging
 import shutil
@@ -25,6 +26,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 from clickhouse_connect.driver.client import Client
 
 from sendflowr.decisions.identity_map import IdentityMap, identity_stamp
@@ -136,6 +138,16 @@ def load_decision_snapshot(client: Client, database: str, parts: PartStore) -> D
                             identity_stamp=stamp, parts=(timing, identity))
 
 
+def _release_build_memory() -> None:
+    """Give back to the OS what streaming a build left in the allocators' free lists (Arrow's pool, malloc's heap):
+    otherwise the worker that built keeps a build's worth of memory it no longer uses."""
+    pa.default_memory_pool().release_unused()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
 class SnapshotHolder:
     """Owns the current snapshot and a background thread that polls for newer materializations."""
 
@@ -198,6 +210,8 @@ class SnapshotHolder:
             self.loads += 1
             self.last_load_seconds = time.perf_counter() - started
             self.last_error = None
+            if any(p.built for p in snapshot.parts):
+                _release_build_memory()
             log.info("decision snapshot %s loaded in %.2fs: %d people with curves, %d identifiers (parts %s)",
                      snapshot.version, self.last_load_seconds, len(snapshot.timing_uid), snapshot.identity.identifiers,
                      ", ".join(f"{p.name} {'built' if p.built else 'mapped'}" for p in snapshot.parts))

@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow as pa
 from clickhouse_connect.driver.client import Client
 
-from sendflowr.decisions.columns import Ascending, ColumnWriter, uid_column
+from sendflowr.decisions.columns import Ascending, ColumnWriter, block, uid_column, values
 from sendflowr.decisions.snapshot_store import Part
 from sendflowr.identity import graph
 from sendflowr.sql_files import load_sql
@@ -124,18 +124,18 @@ def _batches(client: Client, database: str, since: int, version: int, levels: _N
             n = batch.num_rows
             if not n:
                 continue
-            if (batch.column("hours").to_numpy() != HOURS).any():
+            col = block(batch)
+            if (values(col["hours"], np.int64) != HOURS).any():
                 raise ValueError(f"timing curves must have {HOURS} values each")
-            peak = batch.column("peak").to_numpy().astype(np.float32)
-            finite = batch.column("finite").to_numpy().astype(bool)
-            yield {"uid": ids.check(uid_column(batch.column("universal_id"))),
-                   "codes": batch.column("codes").flatten().to_numpy().astype(np.uint16).reshape(n, HOURS),
+            peak, finite = values(col["peak"], np.float32), values(col["finite"], bool)
+            yield {"uid": ids.check(uid_column(col["universal_id"])),
+                   "codes": values(col["codes"].flatten(), np.uint16).reshape(n, HOURS),
                    "scale": np.where(finite, peak / np.float32(LEVELS), np.float32(np.nan)).astype(np.float32),
-                   "evidence": batch.column("evidence").to_numpy().astype(np.float32),
-                   "engagements": batch.column("engagements").to_numpy().astype(np.uint32),
-                   "level": levels.codes(batch.column("fallback_level"), np.uint8),
-                   "cohort": cohorts.codes(batch.column("cohort"), np.uint32),
-                   "best_hour": batch.column("best_hour").to_numpy().astype(np.uint8)}
+                   "evidence": values(col["evidence"], np.float32),
+                   "engagements": values(col["engagements"], np.uint32),
+                   "level": levels.codes(col["fallback_level"], np.uint8),
+                   "cohort": cohorts.codes(col["cohort"], np.uint32),
+                   "best_hour": values(col["best_hour"], np.uint8)}
 
 
 def _copy(base: Part, start: int, stop: int, out: ColumnWriter) -> None:

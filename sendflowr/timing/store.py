@@ -52,7 +52,8 @@ class TimingSnapshot:
 
 
 def _strings(column: pa.ChunkedArray) -> np.ndarray:
-    return np.asarray(column.to_numpy(zero_copy_only=False), dtype=object)
+    # one Arrow array first: a chunked column's to_numpy imports pandas (tens of MB in every API worker)
+    return np.asarray(column.combine_chunks().to_numpy(zero_copy_only=False), dtype=object)
 
 
 def _matrix(column: pa.ChunkedArray, n: int) -> np.ndarray:
@@ -111,7 +112,7 @@ def load_priors(client: Client, database: str, version: int) -> Priors:
         "GROUP BY level, cohort ORDER BY level, cohort", parameters={"v": version}, use_strings=True)
     return Priors(level=_strings(priors.column("level")), cohort=_strings(priors.column("cohort")),
                   curves=_matrix(priors.column("curve"), priors.num_rows),
-                  evidence=priors.column("evidence").to_numpy().astype(np.float64))
+                  evidence=priors.column("evidence").combine_chunks().to_numpy().astype(np.float64))
 
 
 def load_snapshot(client: Client, database: str) -> TimingSnapshot | None:
