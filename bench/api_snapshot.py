@@ -9,7 +9,9 @@
    in a private directory) and prints its load time; then a small timing loop of single decisions
    (`decide_requests` with one request, the coalescer's path at low load) and of 10,000-recipient batches
    (`decide_batch`, the batch endpoint's call); with --compare, in alternating rounds against the same snapshot
-   held as before (identity arrays on the heap, float32 curves from store.load_snapshot);
+   held as before (identity arrays on the heap, float32 curves from store.load_snapshot); with --delta S, a new
+   timing version rewriting a share S of the people is committed and loaded (a delta on the part held), then
+   removed again;
 3. for each worker count: `uvicorn sendflowr_api.app:app --workers N` under the same home, waits until every
    worker has loaded the snapshot, decides one 10,000-recipient batch per worker, and prints RSS, PSS and USS
    and anonymous memory (/proc/<pid>/smaps_rollup) of each worker. USS is what a worker maps alone, PSS charges
@@ -123,6 +125,30 @@ def timing_loops(snapshots: dict[str, DecisionSnapshot], ids: dict[str, np.ndarr
               flush=True)
 
 
+def delta_reload(client, holder: SnapshotHolder, share: float, seed: int) -> None:
+    """A timing run that rewrote `share` of the people (version 2, committed): the holder's next load reads only
+    those rows and merges them into a copy of the part it serves. The rows are removed again afterwards."""
+    client.command(
+        "INSERT INTO bench.timing_curves (universal_id, version, curve, evidence, engagements, deliveries, "
+        "fallback_level, cohort, best_hour) SELECT universal_id, 2, arrayMap(x -> x * 0.9, curve), evidence, "
+        "engagements + 1, deliveries, fallback_level, cohort, best_hour FROM bench.timing_curves "
+        "WHERE version = 1 AND cityHash64(universal_id, {seed:UInt64}) % 10000 < {share:UInt64}",
+        parameters={"seed": seed, "share": round(share * 10_000)})
+    changed = client.command("SELECT count() FROM bench.timing_curves WHERE version = 2")
+    client.command("INSERT INTO bench.timing_runs (version, run_id, materialized_at, people, calibration) "
+                   "SELECT 2, 'bench-delta', now64(3), people, calibration FROM bench.timing_runs WHERE version = 1")
+    try:
+        t = time.perf_counter()
+        assert holder.refresh()
+        timing = holder.current.parts[0]
+        print(f"a new timing version rewriting {share:.0%} of the people ({changed:,}): loaded in "
+              f"{time.perf_counter() - t:.1f}s ({'a delta on the previous part' if timing.meta['base'] else 'whole'}"
+              f"; the identity part kept)", flush=True)
+    finally:
+        client.command("DELETE FROM bench.timing_curves WHERE version = 2")
+        client.command("DELETE FROM bench.timing_runs WHERE version = 2")
+
+
 def workers_memory(settings: Settings, workers: int, workdir: Path, ids: dict[str, np.ndarray], people: int) -> None:
     port = free_port()
     shutil.rmtree(settings.api_snapshot_path, ignore_errors=True)  # the first worker builds, the others map
@@ -185,6 +211,8 @@ def main() -> int:
     parser.add_argument("--workers", default="1,2", help="worker counts to measure, comma-separated ('' for none)")
     parser.add_argument("--loops", type=int, default=2000, help="single decisions timed in process")
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--delta", type=float, default=0.0,
+                        help="then load a new timing version rewriting this share of the people (0 = skip)")
     parser.add_argument("--compare", action="store_true",
                         help="also time the same decisions on the float32 in-memory snapshot the API held before")
     parser.add_argument("--keep", type=Path, default=None, help="reuse/keep this home (the world is written once)")
@@ -227,6 +255,8 @@ def main() -> int:
             del before
         else:
             timing_loops({"mapped parts, UInt16 curves": holder.current}, ids, args.people, args.loops, args.seed)
+        if args.delta:
+            delta_reload(client, holder, args.delta, args.seed)
         holder.stop()
         del holder
         for workers in [int(w) for w in args.workers.split(",") if w]:
