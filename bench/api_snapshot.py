@@ -151,7 +151,7 @@ def delta_reload(client, holder: SnapshotHolder, share: float, seed: int) -> Non
 
 def workers_memory(settings: Settings, workers: int, workdir: Path, ids: dict[str, np.ndarray], people: int) -> None:
     port = free_port()
-    shutil.rmtree(settings.api_snapshot_path, ignore_errors=True)  # the first worker builds, the others map
+    shutil.rmtree(settings.home / "api-snapshots", ignore_errors=True)  # the first worker builds, the others map
     env = {**os.environ, **settings.as_env(), "SENDFLOWR_API_SNAPSHOT_REFRESH_SECONDS": "2"}
     log = open(workdir / f"api-{workers}.log", "wb")  # noqa: SIM115 - closed below
     log_config = workdir / "log-config.json"  # the snapshot loader's INFO line tells when each worker loaded
