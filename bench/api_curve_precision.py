@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import shutil
 import sys
-import tempfile
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -31,15 +30,16 @@ import numpy as np
 from sendflowr.clickhouse import get_client
 from sendflowr.decisions.snapshot import SnapshotHolder
 from sendflowr.local import chdb_server, processes
-from sendflowr.local.processes import free_port
 from sendflowr.migrations import apply_migrations
-from sendflowr.settings import Settings
 from sendflowr.synth.presets import preset
 from sendflowr.synth.world import build_world
 from sendflowr.timing import store
 from sendflowr.timing.decide import HOUR_MS, HOURS, decide_many
 from sendflowr.timing.run import materialize
 from sendflowr.timing.worldload import load_world
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from api_snapshot import endpoint_settings  # noqa: E402 (bench/api_snapshot.py: the same private endpoint)
 
 WINDOWS = (168, 24, 3)
 
@@ -93,14 +93,9 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=4, help="window starts per window length")
     parser.add_argument("--state", type=Path, default=None, help="keep the endpoint's data here between runs")
     args = parser.parse_args()
-    home = args.state or Path(tempfile.mkdtemp(prefix="sendflowr-bench-precision-"))
-    home.mkdir(parents=True, exist_ok=True)
-    port_file = home / "bench-port"
-    port = int(port_file.read_text()) if port_file.exists() else free_port()
-    port_file.write_text(str(port))
     database = f"precision_{args.preset}_{args.people}_{args.seed}"
-    settings = Settings(home=home, clickhouse_url=f"http://127.0.0.1:{port}", clickhouse_database=database,
-                        decision_log_topic="")
+    settings = endpoint_settings(args.state, "sendflowr-bench-precision-", database)
+    home = settings.home
     try:
         chdb_server.start_background(settings)
         apply_migrations(settings)

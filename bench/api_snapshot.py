@@ -57,6 +57,18 @@ from api import write_world  # noqa: E402 (bench/api.py, the same synthetic mate
 BENCH_DIR = Path(__file__).resolve().parent
 
 
+def endpoint_settings(home: Path | None, prefix: str, database: str) -> Settings:
+    """Settings of a private chDB endpoint under `home` (a new temporary one if None), on the same port as the
+    previous run there, so a kept home's data is served again."""
+    home = home or Path(tempfile.mkdtemp(prefix=prefix))
+    home.mkdir(parents=True, exist_ok=True)
+    port_file = home / "bench-port"
+    port = int(port_file.read_text()) if port_file.exists() else free_port()
+    port_file.write_text(str(port))
+    return Settings(home=home, clickhouse_url=f"http://127.0.0.1:{port}", clickhouse_database=database,
+                    decision_log_topic="")
+
+
 def smaps(pid: int) -> dict[str, int]:
     """Rss / Pss / Private (USS) / Anonymous in bytes from /proc/<pid>/smaps_rollup."""
     fields = {}
@@ -218,13 +230,8 @@ def main() -> int:
     parser.add_argument("--keep", type=Path, default=None, help="reuse/keep this home (the world is written once)")
     args = parser.parse_args()
 
-    workdir = args.keep or Path(tempfile.mkdtemp(prefix="sendflowr-bench-snapshot-"))
-    workdir.mkdir(parents=True, exist_ok=True)
-    port_file = workdir / "bench-port"
-    port = int(port_file.read_text()) if port_file.exists() else free_port()
-    port_file.write_text(str(port))
-    settings = Settings(home=workdir, clickhouse_url=f"http://127.0.0.1:{port}", clickhouse_database="bench",
-                        decision_log_topic="")
+    settings = endpoint_settings(args.keep, "sendflowr-bench-snapshot-", "bench")
+    workdir = settings.home
     try:
         print(f"starting chDB endpoint under {workdir}", flush=True)
         chdb_server.start_background(settings)

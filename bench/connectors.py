@@ -216,32 +216,15 @@ def bench_webhooks(settings: Settings, key: ec.EllipticCurvePrivateKey, anchor_t
 
 
 def native_lines(events: int, seed: int) -> list[bytes]:
-    """JSON lines of our contract as a CRM or warehouse export carries them; one line in 2,000 is a reject."""
-    rng = random.Random(seed)
-    now = time.time()
-    kinds = ("delivered", "opened", "opened", "clicked", "sent", "bounced", "unsubscribed")
-    lines = []
-    for i in range(events):
-        moment = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now - rng.randrange(90 * 86400)))
-        kind = rng.choice(kinds)
-        event = {"event_id": f"crm-{seed}-{i}", "event_type": kind,
-                 "occurred_at": f"{moment}.{rng.randrange(1000):03d}Z",
-                 "identifiers": {"email": f"person{rng.randrange(events // 4 + 1)}@example{rng.randrange(50)}.com"},
-                 "esp": "custom", "message_id": f"m-{rng.getrandbits(40):x}", "campaign_id": f"c{rng.randrange(400)}"}
-        if rng.random() < 0.3:
-            event["identifiers"]["external_id"] = f"u-{rng.randrange(10**6)}"
-        if kind in ("opened", "clicked"):
-            event.update(user_agent=rng.choice(AGENTS), ip=f"203.0.{rng.randrange(256)}.{rng.randrange(256)}")
-        if kind == "opened":
-            event["machine_open"] = rng.random() < 0.4
-        if kind == "clicked":
-            event["url"] = f"https://shop.example.com/p/{rng.randrange(10_000)}?utm_campaign=spring"
-        if kind == "bounced":
-            event["bounce_type"] = rng.choice(("hard", "soft"))
-        if i % 2000 == 1999:
-            event["event_type"] = "exploded"  # a reject, with its line number in the rejects file
-        lines.append(orjson.dumps(event))
-    return lines
+    """JSON lines of our contract, as an export of the same realistic SendGrid records mapped by the SendGrid
+    connector carries them; one line in 2,000 is a reject (its line number must reach the rejects file)."""
+    out: list[dict] = []
+    while len(out) < events:
+        records = sendgrid_batches(events, events, seed + len(out))[0]
+        out += FORMATS["sendgrid"](records).events
+    for event in out[1999:events:2000]:
+        event["event_type"] = "exploded"
+    return [orjson.dumps(event) for event in out[:events]]
 
 
 def bench_validation(lines: list[bytes], rounds: int) -> None:

@@ -6,12 +6,12 @@ directory) build each part once, serve identical decisions, and leave no part be
 from __future__ import annotations
 
 import gc
-import uuid
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pytest
 from api_world import commit, peaked_curve, standard_world, write_curves, write_prior
+from test_timing_store import db as ts_db  # noqa: F401 (a fixture)
 
 from sendflowr.clickhouse import get_client
 from sendflowr.decisions.identity_map import NormalizeCache
@@ -29,12 +29,10 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def db(base_settings: Settings, clickhouse: Settings):
-    fresh = base_settings.model_copy(update={"clickhouse_database": f"sp_{uuid.uuid4().hex[:10]}"})
-    apply_migrations(fresh)
-    client = get_client(fresh)
-    yield fresh, client
-    client.close()
+def db(base_settings: Settings, request) -> tuple[Settings, object]:
+    """test_timing_store's fresh migrated database, with its settings."""
+    client, database = request.getfixturevalue("ts_db")
+    return base_settings.model_copy(update={"clickhouse_database": database}), client
 
 
 def ids(n: int, seed: int) -> list[str]:
