@@ -8,9 +8,9 @@ looser; tests/test_connectors_native.py holds it to that on the ingestion corpus
 
 The field rules are read from the JSON Schema itself (required fields, allowed keys, lengths, enums, consts,
 booleans, the identifiers object), so a schema edit cannot leave this check behind: a keyword it does not know
-fails at import. `occurred_at` is parsed column-wise (pyarrow's RE2, numpy date arithmetic) with the checks
-`events.parse_occurred_at` makes (a real calendar time, an offset below 24 h with minutes 00-59) and the range
-[2000-01-01, now + 5 minutes] in microseconds, as Python compares datetimes.
+fails at import. `occurred_at` is read column-wise as a byte matrix (numpy: the schema's form, stricter, then
+date arithmetic) with the checks `events.parse_occurred_at` makes (a real calendar time, an offset below 24 h
+with minutes 00-59) and the range [2000-01-01, now + 5 minutes] in microseconds, as Python compares datetimes.
 
 Records of one batch mostly share their keys in the same order: they are grouped by that shape, each shape's
 keys are checked once, and each group's values are pulled out as columns with one itemgetter pass.
@@ -26,17 +26,14 @@ from itertools import repeat
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
 
 from sendflowr.events import EARLIEST_OCCURRED_AT, FUTURE_TOLERANCE, event_schema
 
 _ANNOTATIONS = frozenset({"description", "title", "$comment", "$schema", "$id", "examples"})
-# The schema's pattern for times, as this check was written for it (a different one fails at import) ...
+# The schema's pattern for times, as this check was written for it (a different one fails at import). _times_ok
+# checks the same form, stricter: ASCII text and digits only (Python's \d also takes other digits), nothing after
+# the end (Python's $ also matches before a final newline).
 _SCHEMA_TIME = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?(Z|[+-]\d{2}:\d{2})$"
-# ... and the same form, stricter: ASCII digits only (RE2's \d), `T` and `Z` upper case, nothing after
-# the end (RE2's $ is the end of the text; Python's also matches before a final newline).
-_TIME = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d{1,9})?(?:Z|[+-]\d{2}:\d{2})$"
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _US = timedelta(microseconds=1)
 
@@ -192,45 +189,68 @@ def _days_from_civil(y: np.ndarray, m: np.ndarray, d: np.ndarray) -> np.ndarray:
     return era * 146097 + doe - 719468
 
 
+_WIDTH = 35  # the longest text of the form: 19 + a fraction of 10 + an offset of 6
+_DIGITS = (0, 1, 2, 3, 5, 6, 8, 9, 11, 12, 14, 15, 17, 18)
+_MARKS = ((4, b"-"), (7, b"-"), (10, b"T"), (13, b":"), (16, b":"))
+
+
 def _times_ok(values: list[str], latest_us: int) -> np.ndarray:
     """RFC 3339 times that parse to a real moment in [2000-01-01, now + tolerance] (the semantic rules of
-    events.event_errors), in the strict form above. A matching text is ASCII with its fields at fixed places
-    (the date and time of day) or at fixed places from its end (the offset), so they are read as bytes."""
-    try:
-        text = pa.array(values, pa.string())
-    except (pa.ArrowException, UnicodeError):  # text Arrow cannot hold (a lone surrogate): not certified
-        return np.zeros(len(values), bool)
-    out = np.asarray(pc.match_substring_regex(text, _TIME).to_numpy(zero_copy_only=False), bool)
-    rows = np.flatnonzero(out)
+    events.event_errors), in the schema's form (stricter, see _SCHEMA_TIME). It is checked on a byte matrix: the date
+    and time of day sit at fixed places, the offset (Z or +hh:mm) at fixed places from the end, the fraction
+    between them."""
+    n = len(values)
+    ends = np.fromiter(map(len, values), np.int64, n)
+    ascii_ = np.fromiter(map(str.isascii, values), bool, n) & (ends >= 20) & (ends <= _WIDTH)
+    rows = np.flatnonzero(ascii_)
+    out = np.zeros(n, bool)
     if not len(rows):
         return out
-    picked = _pick(values, rows)
-    ends = np.fromiter(map(len, picked), np.int64, len(rows))
-    m = np.array(picked, "S35").view(np.uint8).reshape(len(rows), 35)
-    digit = m.astype(np.int64) - ord("0")
+    ends = ends[rows]
+    m = np.array(values if len(rows) == n else _pick(values, rows), f"S{_WIDTH}").view(np.uint8)
+    m = m.reshape(len(rows), _WIDTH).astype(np.int32)
+    digit = m - 48
+    is_digit = (digit >= 0) & (digit <= 9)
+    at = np.arange(len(rows))
 
-    def number(first: int, width: int) -> np.ndarray:
-        return digit[:, first:first + width] @ 10 ** np.arange(width - 1, -1, -1)
+    def char(places: np.ndarray) -> np.ndarray:
+        return m[at, np.clip(places, 0, _WIDTH - 1)]
 
-    def at(places: np.ndarray) -> np.ndarray:
-        return np.take_along_axis(digit, np.clip(places, 0, 34)[:, None], axis=1)[:, 0]
+    def number(*places: int) -> np.ndarray:
+        value = digit[:, places[0]].copy()
+        for place in places[1:]:
+            value = value * 10 + digit[:, place]
+        return value.astype(np.int64)
 
-    y, mo, d, h, mi, s = number(0, 4), number(5, 2), number(8, 2), number(11, 2), number(14, 2), number(17, 2)
-    zulu = at(ends - 1) == ord("Z") - ord("0")
+    zulu = char(ends - 1) == ord("Z")
     suffix = np.where(zulu, ends - 1, ends - 6)  # where the fraction ends
-    oh = np.where(zulu, 0, at(ends - 5) * 10 + at(ends - 4))
-    om = np.where(zulu, 0, at(ends - 2) * 10 + at(ends - 1))
-    sign = np.where(~zulu & (at(ends - 6) == ord("-") - ord("0")), -1, 1)
+    sign = char(ends - 6)
+    form = is_digit[:, _DIGITS].all(axis=1)
+    for place, mark in _MARKS:
+        form &= m[:, place] == mark[0]
+    tail = [char(ends - k) - 48 for k in (5, 4, 2, 1)]  # the offset's digits when there is one
+    offset_digits = np.logical_and.reduce([(t >= 0) & (t <= 9) for t in tail])
+    form &= zulu | (((sign == ord("+")) | (sign == ord("-"))) & (char(ends - 3) == ord(":")) & offset_digits)
+    # a fraction: "." at 19 and 1 to 9 digits up to the suffix; none: the suffix starts at 19
+    in_fraction = np.arange(20, 29)[None, :] < suffix[:, None]
+    counted = (is_digit[:, 20:29] & in_fraction).sum(axis=1)
+    form &= (suffix == 19) | ((m[:, 19] == ord(".")) & (suffix >= 21) & (suffix <= 29) & (counted == suffix - 20))
+    y, mo, d = number(0, 1, 2, 3), number(5, 6), number(8, 9)
+    h, mi, s = number(11, 12), number(14, 15), number(17, 18)
+    oh = np.where(zulu, 0, tail[0] * 10 + tail[1]).astype(np.int64)
+    om = np.where(zulu, 0, tail[2] * 10 + tail[3]).astype(np.int64)
     # Python keeps microseconds and drops further digits; fraction digits sit at 20 up to the suffix
-    micros = np.where(np.arange(20, 26)[None, :] < suffix[:, None], digit[:, 20:26], 0) @ 10 ** np.arange(5, -1, -1)
+    micros = np.zeros(len(rows), np.int64)
+    for k in range(6):
+        micros = micros * 10 + np.where(in_fraction[:, k], digit[:, 20 + k], 0)
     leap = ((y % 4 == 0) & (y % 100 != 0)) | (y % 400 == 0)
     month_days = np.array([0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31])[np.clip(mo, 0, 12)]
     real = ((y >= 1) & (mo >= 1) & (mo <= 12) & (d >= 1) & (d <= month_days + (leap & (mo == 2)))
             & (h <= 23) & (mi <= 59) & (s <= 59) & (oh <= 23) & (om <= 59))
     seconds = (_days_from_civil(y, np.clip(mo, 1, 12), d) * 86_400 + h * 3600 + mi * 60 + s
-               - sign * (oh * 3600 + om * 60))
+               - np.where(sign == ord("-"), -1, 1) * (oh * 3600 + om * 60))
     moment = seconds * 1_000_000 + micros
-    out[rows] = real & (moment >= _EARLIEST_US) & (moment <= latest_us)
+    out[rows] = form & real & (moment >= _EARLIEST_US) & (moment <= latest_us)
     return out
 
 
