@@ -255,21 +255,26 @@ def bench_import(settings: Settings, producer: Producer, anchor_topic: str, work
     accepted = [line for i, line in enumerate(lines) if i % 2000 != 1999]
     print(f"import: {events:,} events in {path.stat().st_size / 1e6:,.0f} MB of JSON lines "
           f"({events - len(accepted)} rejects)", flush=True)
-    bare_rates, our_rates = [], []
+    bare_rates, our_rates, cpu = [], [], []
     for round_no in range(rounds + 1):  # round 0 warms up, not counted
         bare = bench_bare_producer(producer, anchor_topic, accepted)
+        started = time.thread_time()
         report = import_files(settings, "native", [path], rejects_path=workdir / "rejects.jsonl")
+        cpu.append((time.thread_time() - started) / events * 1e6)
         assert report.events == len(accepted) and report.rejected_rows == events - len(accepted), report
         if round_no:
             bare_rates.append(events / bare)
             our_rates.append(events / report.seconds)
         print(f"round {round_no or 'warm-up'}: bare producer {events / bare:10,.0f} events/s   sendflowr import "
-              f"(confirmed) {events / report.seconds:10,.0f} events/s   ratio {report.seconds / bare:.2f}x", flush=True)
+              f"(confirmed) {events / report.seconds:10,.0f} events/s   ratio {report.seconds / bare:.2f}x   "
+              f"import's own thread {cpu[-1]:.2f} us CPU an event", flush=True)
     rejects = (workdir / "rejects.jsonl").read_text().splitlines()
     assert [orjson.loads(r)["line"] for r in rejects] == [i + 1 for i in range(events) if i % 2000 == 1999]
     print(f"\nbare confluent-kafka producer : {statistics.median(bare_rates):12,.0f} events/s (median of {rounds})")
     print(f"sendflowr import --format native: {statistics.median(our_rates):12,.0f} events/s (median, file read, "
           f"validated, confirmed by the broker; rejects file with line numbers)  goal >= 100,000", flush=True)
+    print(f"the import's thread: {statistics.median(cpu[1:]):.2f} us of CPU an event (median): at most "
+          f"{1e6 / statistics.median(cpu[1:]):,.0f} events/s on one core with the broker elsewhere", flush=True)
 
 
 def main() -> int:
