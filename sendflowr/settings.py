@@ -138,6 +138,9 @@ class Settings(BaseSettings):
         default=16 * 1024 * 1024, ge=1024, description="Largest API request body accepted (413 above, before parsing).")
     api_snapshot_refresh_seconds: float = Field(
         default=5.0, gt=0, description="How often the API polls ClickHouse for a newer materialization to load.")
+    api_snapshot_dir: Path | None = Field(
+        default=None, description="Where the API workers of a host share the decision snapshot as memory-mapped "
+        "column files, written once per version (default: <home>/api-snapshots); a local disk all of them see.")
     api_batch_max_size: int = Field(
         default=10_000, ge=1, description="Most recipients one POST /timing-decisions request may carry.")
     api_normalize_cache_size: int = Field(
@@ -240,6 +243,10 @@ class Settings(BaseSettings):
     @cached_property
     def chdb_data_dir(self) -> Path:
         return (self.chdb_path or self.home / "chdb").resolve()
+
+    @cached_property
+    def api_snapshot_path(self) -> Path:
+        return (self.api_snapshot_dir or self.home / "api-snapshots").resolve()
 
     @property
     def clickhouse_host(self) -> str:

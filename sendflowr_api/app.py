@@ -111,7 +111,8 @@ def create_app(settings: Settings | None = None, holder: SnapshotHolder | None =
     check_exposure(settings)
     if holder is None:
         holder = SnapshotHolder(lambda: get_client(settings, connect_timeout=2, send_receive_timeout=300),
-                                settings.clickhouse_database, settings.api_snapshot_refresh_seconds)
+                                settings.clickhouse_database, settings.api_snapshot_refresh_seconds,
+                                settings.api_snapshot_path)
 
     decision_log = DecisionLog(settings)  # every served decision to Kafka, off the request path
 
