@@ -63,6 +63,7 @@ from sendflowr.timing.run import materialize
 STAGES = ("ingest", "identity", "timing", "api")
 ROWS = ("ingestion (1 writer)", "identity full", "identity I/O floor", "identity +1%", "timing full", "timing +1%",
         "API snapshot load", "API single p99", "API 10k batch")
+STAGE_ROWS = {"ingest": ROWS[:1], "identity": ROWS[1:4], "timing": ROWS[4:6], "api": ROWS[4:5] + ROWS[6:]}
 LATENCY_ROWS = ("API single p99", "API 10k batch")  # per decision: no CPU or memory of their own
 ANCHOR_ROWS = ("identity I/O floor",)  # a reference for a stage, not a stage: no goal of its own
 EXPONENT_GOAL = 1.1
@@ -122,18 +123,61 @@ def peak_rss(pid: int) -> int:
     raise RuntimeError(f"no VmHWM for {pid}")
 
 
-class Meter:
-    """Wall, CPU (endpoint + this process) and peak RSS (each) of a block."""
+class StatementPeaks:
+    """The endpoint's peak RSS during each statement a client sends (its high-water mark reset before the
+    statement, read after), to name what holds the memory; statements of one client run one at a time."""
 
-    def __init__(self, server_pid: int) -> None:
-        self.server = server_pid
+    METHODS = ("command", "query", "query_arrow", "insert_arrow", "insert")
+
+    def __init__(self, server_pid: int, database: str) -> None:
+        self.server, self.database = server_pid, database
+        self.peaks: dict[str, int] = {}
+        self.highest = 0  # since the Meter's last reset, between statements too
+
+    def client(self, client):
+        peaks = self
+
+        class Watched:
+            def __getattr__(_, name):
+                original = getattr(client, name)
+                if name not in peaks.METHODS:
+                    return original
+
+                def call(*args, **kwargs):
+                    peaks.highest = max(peaks.highest, peak_rss(peaks.server))
+                    reset_peak(peaks.server)
+                    try:
+                        return original(*args, **kwargs)
+                    finally:
+                        text = str(args[0] if args else "").replace(f"{peaks.database}.", "")
+                        label = f"{name}: " + " ".join(text.split())[:90]
+                        peak = peak_rss(peaks.server)
+                        peaks.peaks[label] = max(peaks.peaks.get(label, 0), peak)
+                        peaks.highest = max(peaks.highest, peak)
+                return call
+
+        return Watched()
+
+    def top(self, n: int = 3) -> str:
+        best = sorted(self.peaks.items(), key=lambda kv: -kv[1])[:n]
+        self.peaks = {}
+        return "\n".join(f"     endpoint peak {gb(v):>9} in {label}" for label, v in best)
+
+
+class Meter:
+    """Wall, CPU (endpoint + this process) and peak RSS (each) of a block; the endpoint's peak also over the
+    statements `peaks` watched (each resets the high-water mark)."""
+
+    def __init__(self, server_pid: int, peaks: StatementPeaks) -> None:
+        self.server, self.peaks = server_pid, peaks
         self.cpu = timing.Cpu(server_pid)
 
-    def run(self, fn, note=lambda _out: "") -> tuple[object, Cost]:
+    def run(self, fn) -> tuple[object, Cost]:
         for pid in (os.getpid(), self.server):
             reset_peak(pid)
+        self.peaks.highest = 0
         out, wall, chdb, py = self.cpu.timed(fn)
-        return out, Cost(wall, chdb + py, peak_rss(os.getpid()), peak_rss(self.server), note(out))
+        return out, Cost(wall, chdb + py, peak_rss(os.getpid()), max(peak_rss(self.server), self.peaks.highest))
 
 
 def exponent(size1: float, cost1: float | None, size2: float, cost2: float | None) -> float | None:
@@ -209,18 +253,23 @@ def run_size(people: int, args, stages: set[str]) -> tuple[dict[str, Cost], int]
                         clickhouse_database="bench", decision_log_topic="")
     db = settings.clickhouse_database
     disk = 0
+    peaks: StatementPeaks | None = None
 
     def record(row: str, cost: Cost) -> None:
         costs[row] = cost
         cpu = f"CPU {cost.cpu:.1f}s" if cost.cpu is not None else ""
         print(f"== {people:,} people | {row}: {seconds(cost.wall)} {cpu}  peak python {gb(cost.peak_py)}, chDB "
               f"{gb(cost.peak_chdb)}  {cost.note}", flush=True)
+        if peaks and peaks.peaks:
+            print(peaks.top(), flush=True)
 
     try:
         server = chdb_server.start_background(settings)
         apply_migrations(settings)
         client = get_client(settings, send_receive_timeout=3600)
-        meter = Meter(server)
+        peaks = StatementPeaks(server, db)
+        meter = Meter(server, peaks)
+        watched = peaks.client(client)  # identity's and timing's statements, each with the endpoint's peak
         if "ingest" in stages:
             record("ingestion (1 writer)", stage_ingest(settings, people * args.ingest_per_person, args.seed))
             client.command("DROP DATABASE IF EXISTS bench_w1 SYNC")
@@ -235,7 +284,7 @@ def run_size(people: int, args, stages: set[str]) -> tuple[dict[str, Cost], int]
               f"{time.perf_counter() - started:.1f}s (not timed)", flush=True)
 
         if "identity" in stages:
-            (_, report), cost = meter.run(lambda: identity.timed_stitch(settings, client, "identity, full run"))
+            (_, report), cost = meter.run(lambda: identity.timed_stitch(settings, watched, "identity, full run"))
             cost.note = (f"{report.nodes_total:,} identifiers, {report.edges_total:,} edges, "
                          f"{report.people_total:,} people, largest {report.largest_person}")
             record("identity full", cost)
@@ -247,23 +296,25 @@ def run_size(people: int, args, stages: set[str]) -> tuple[dict[str, Cost], int]
                                               f"{costs['identity full'].wall / floor:.1f}x"))
         if stages & {"timing", "api"}:
             timing.settle(client, db)
-            report, cost = meter.run(lambda: materialize(client, db, log=lambda line: print("  " + line, flush=True)))
+            report, cost = meter.run(lambda: materialize(watched, db, log=lambda line: print("  " + line, flush=True)))
             cost.note = f"{report.people:,} people, {report.people_written:,} curves"
             if "timing" in stages:
                 record("timing full", cost)
+            else:
+                peaks.peaks = {}  # a means to the snapshot here, not a stage
 
         if stages & {"identity", "timing"}:
             extra = max(events // 100, 3)
             grown = round(people * 1.01) if "identity" in stages else people  # new people need stitching
             timing.load(client, db, grown, extra, start=events, identifiers=ids, register=False)
             if "identity" in stages:
-                (_, report), cost = meter.run(lambda: identity.timed_stitch(settings, client, "identity, +1%"))
+                (_, report), cost = meter.run(lambda: identity.timed_stitch(settings, watched, "identity, +1%"))
                 cost.note = (f"{report.new_events:,} new events, {report.identifiers_new:,} new identifiers; "
                              f"{cost.wall / costs['identity full'].wall:.1%} of the full run")
                 record("identity +1%", cost)
             if "timing" in stages:
                 timing.settle(client, db)
-                report, cost = meter.run(lambda: materialize(client, db, log=lambda line: print("  " + line,
+                report, cost = meter.run(lambda: materialize(watched, db, log=lambda line: print("  " + line,
                                                                                                 flush=True)))
                 cost.note = (f"{report.people_written:,} curves rewritten; "
                              f"{cost.cpu / costs['timing full'].cpu:.1%} of the full run's CPU")
@@ -290,23 +341,33 @@ def run_size(people: int, args, stages: set[str]) -> tuple[dict[str, Cost], int]
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def skip_reason(people: int, done: dict[int, dict[str, Cost]], disks: dict[int, int]) -> str | None:
-    """Why `people` would not fit, projected from the sizes measured so far (None: it fits)."""
-    sizes = sorted(done)
-    if not sizes:
-        return None
-    need = 0.0
-    for row in ROWS:
-        if all(row in done[s] for s in sizes):
-            need = max(need, project(sizes, [done[s][row].peak_py or 0 for s in sizes], people)
-                       + project(sizes, [done[s][row].peak_chdb or 0 for s in sizes], people))
-    if need > 0.9 * mem_available():
-        return (f"projected peak memory {gb(need)} (this process + the endpoint) > 90% of the {gb(mem_available())} "
-                "available")
+def skip_reasons(people: int, stages: set[str], done: dict[int, dict[str, Cost]],
+                 disks: dict[int, int]) -> dict[str, str]:
+    """The stages that would not fit at `people`, with the reason, projected from the sizes where they ran."""
+    reasons: dict[str, str] = {}
+    available = mem_available()
+    for stage in stages:
+        need, worst = 0.0, ""
+        for row in STAGE_ROWS[stage]:
+            sizes = sorted(s for s in done if row in done[s])
+            if not sizes:
+                continue
+            value = (project(sizes, [done[s][row].peak_py or 0 for s in sizes], people)
+                     + project(sizes, [done[s][row].peak_chdb or 0 for s in sizes], people))
+            if value > need:
+                need, worst = value, f"{row}, from {', '.join(f'{s:,}' for s in sizes[-2:])}"
+        if need > 0.9 * available:
+            reasons[stage] = (f"projected peak memory {gb(need)} (this process + the endpoint; {worst}) > 90% of "
+                              f"the {gb(available)} available")
+    if "timing" in reasons and "api" in stages:  # the snapshot is built from the timing run's curves
+        reasons.setdefault("api", "it needs the timing stage's curves: " + reasons["timing"])
+    sizes = sorted(disks)
     space = shutil.disk_usage(tempfile.gettempdir()).free
-    if disks and project(sizes, [disks[s] for s in sizes], people) > 0.8 * space:
-        return f"projected data {gb(project(sizes, [disks[s] for s in sizes], people))} > 80% of {gb(space)} free"
-    return None
+    if sizes and project(sizes, [disks[s] for s in sizes], people) > 0.8 * space:
+        for stage in stages - {"ingest"}:
+            reasons[stage] = (f"projected data {gb(project(sizes, [disks[s] for s in sizes], people))} > 80% of "
+                              f"{gb(space)} free")
+    return reasons
 
 
 def report(done: dict[int, dict[str, Cost]]) -> None:
@@ -388,18 +449,26 @@ def main() -> int:
 
     done: dict[int, dict[str, Cost]] = {}
     disks: dict[int, int] = {}
+    skipped: list[str] = []
     for people in sizes:
-        reason = skip_reason(people, done, disks)
-        if reason:
-            print(f"\n#### skipping {people:,} people: {reason}", flush=True)
+        reasons = skip_reasons(people, stages, done, disks)
+        for stage, reason in sorted(reasons.items()):
+            skipped.append(f"{stage} at {people:,} people: {reason}")
+            print(f"\n#### skipping {skipped[-1]}", flush=True)
+        here = stages - set(reasons)
+        if not here:
             continue
-        print(f"\n#### {people:,} people ({', '.join(s for s in STAGES if s in stages)}); "
+        print(f"\n#### {people:,} people ({', '.join(s for s in STAGES if s in here)}); "
               f"{gb(mem_available())} available", flush=True)
         started = time.perf_counter()
-        done[people], disks[people] = run_size(people, args, stages)
-        print(f"#### {people:,} people done in {time.perf_counter() - started:.0f}s; data on disk "
-              f"{gb(disks[people])}", flush=True)
+        done[people], disk = run_size(people, args, here)
+        if here & {"identity", "timing", "api"}:
+            disks[people] = disk
+        print(f"#### {people:,} people done in {time.perf_counter() - started:.0f}s; data on disk {gb(disk)}",
+              flush=True)
         report(done)
+        for line in skipped:
+            print(f"skipped: {line}")
     return 0
 
 
