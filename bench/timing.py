@@ -98,7 +98,7 @@ IDENTITY_SQL = (
     "INSERT INTO {db}.identity_identifiers SELECT 'email', e, e, p + 1, '' "
     "FROM (SELECT number AS p, concat('person', toString(number), '@{domain}') AS e FROM numbers({people}))",
     "INSERT INTO {db}.identity_nodes SELECT p + 1, 'email', e, now64(3), now64(3), p + 1, 0, "
-    "concat('sf_', lower(hex(cityHash64(p)))), now64(6) "
+    "concat('sf_', leftPad(lower(hex(cityHash64(p))), 16, '0')), now64(6) "
     "FROM (SELECT number AS p, concat('person', toString(number), '@{domain}') AS e FROM numbers({people}))",
 )
 
