@@ -23,7 +23,8 @@ For each size (people), on a fresh private chDB endpoint (own port, temp home), 
 
 Every stage prints wall time, CPU seconds (the chDB endpoint process + this process, from /proc: robust to a loaded
 box; for ingestion the writer process + the endpoint, the broker apart) and the peak RSS of this process and of the
-endpoint process during the stage (VmHWM after resetting it through /proc/<pid>/clear_refs). At the end: the table,
+endpoint process during the stage (VmHWM after resetting it through /proc/<pid>/clear_refs; the endpoint is restarted
+on the same data before each stage of steps 3-6, so its peak is the stage's own). At the end: the table,
 the growth exponent log(cost2 / cost1) / log(size2 / size1) between consecutive sizes, and the goals. A size whose
 projected memory or disk (from the sizes before it) exceeds what the machine has is skipped with the reason.
 Nothing is asserted: see docs/SCALING.md.
@@ -32,6 +33,8 @@ Nothing is asserted: see docs/SCALING.md.
 from __future__ import annotations
 
 import argparse
+import ctypes
+import gc
 import math
 import os
 import shutil
@@ -47,6 +50,7 @@ import api_snapshot  # bench/: the snapshot bench's in-process decision loops
 import identity  # bench/: stitch_once timed with its phases, the I/O floor, the world's identifier shapes
 import ingest  # bench/: the synthetic world produced to Kafka, the ingestion writer process
 import numpy as np
+import pyarrow as pa
 import timing  # bench/: the in-ClickHouse event generator, CPU of the endpoint process, settle()
 
 from sendflowr.clickhouse import get_client
@@ -245,6 +249,34 @@ def stage_ingest(settings: Settings, events: int, seed: int) -> Cost:
         kafka.stop()
 
 
+class Endpoint:
+    """The size's private chDB endpoint. `fresh` restarts it on the same data before a measured stage, so that the
+    stage's peak is its own and not memory the engine kept from the stage before (a scheduled run meets a process
+    that has served other work too, but not necessarily the heaviest)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._start(migrate=True)
+
+    def _start(self, migrate: bool = False) -> None:
+        self.pid = chdb_server.start_background(self.settings)
+        if migrate:
+            apply_migrations(self.settings)
+        self.client = get_client(self.settings, send_receive_timeout=3600)
+        self.peaks = StatementPeaks(self.pid, self.settings.clickhouse_database)
+        self.meter = Meter(self.pid, self.peaks)
+        self.watched = self.peaks.client(self.client)  # identity's and timing's statements, each with its peak
+
+    def fresh(self) -> None:
+        gc.collect()  # and this process gives back what the stage before freed, as far as it can
+        pa.default_memory_pool().release_unused()
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+        self.client.close()
+        processes.stop(self.settings, chdb_server.PROCESS_NAME)
+        self._start()
+        timing.settle(self.client, self.settings.clickhouse_database)
+
+
 def run_size(people: int, args, stages: set[str]) -> tuple[dict[str, Cost], int]:
     """Every selected stage at one size; the costs by row and the bytes the size's data took on disk."""
     costs: dict[str, Cost] = {}
@@ -252,79 +284,77 @@ def run_size(people: int, args, stages: set[str]) -> tuple[dict[str, Cost], int]
     settings = Settings(home=workdir, clickhouse_url=f"http://127.0.0.1:{free_port()}",
                         clickhouse_database="bench", decision_log_topic="")
     db = settings.clickhouse_database
-    disk = 0
-    peaks: StatementPeaks | None = None
+    ep: Endpoint | None = None
 
     def record(row: str, cost: Cost) -> None:
         costs[row] = cost
         cpu = f"CPU {cost.cpu:.1f}s" if cost.cpu is not None else ""
         print(f"== {people:,} people | {row}: {seconds(cost.wall)} {cpu}  peak python {gb(cost.peak_py)}, chDB "
               f"{gb(cost.peak_chdb)}  {cost.note}", flush=True)
-        if peaks and peaks.peaks:
-            print(peaks.top(), flush=True)
+        if ep and ep.peaks.peaks:
+            print(ep.peaks.top(), flush=True)
+
+    def log(line: str) -> None:
+        print("  " + line, flush=True)
 
     try:
-        server = chdb_server.start_background(settings)
-        apply_migrations(settings)
-        client = get_client(settings, send_receive_timeout=3600)
-        peaks = StatementPeaks(server, db)
-        meter = Meter(server, peaks)
-        watched = peaks.client(client)  # identity's and timing's statements, each with the endpoint's peak
+        ep = Endpoint(settings)
         if "ingest" in stages:
             record("ingestion (1 writer)", stage_ingest(settings, people * args.ingest_per_person, args.seed))
-            client.command("DROP DATABASE IF EXISTS bench_w1 SYNC")
+            ep.client.command("DROP DATABASE IF EXISTS bench_w1 SYNC")
         if not stages & {"identity", "timing", "api"}:
-            return costs, disk
+            return costs, 0
 
         events = people * args.events_per_person
         started = time.perf_counter()
         ids = identifiers_sql()
-        timing.load(client, db, people, events, identifiers=ids, register="identity" not in stages)
+        timing.load(ep.client, db, people, events, identifiers=ids, register="identity" not in stages)
         print(f"  generated {events:,} events of {people:,} people in ClickHouse in "
               f"{time.perf_counter() - started:.1f}s (not timed)", flush=True)
 
         if "identity" in stages:
-            (_, report), cost = meter.run(lambda: identity.timed_stitch(settings, watched, "identity, full run"))
+            ep.fresh()
+            (_, report), cost = ep.meter.run(lambda: identity.timed_stitch(settings, ep.watched, "identity, full run"))
             cost.note = (f"{report.nodes_total:,} identifiers, {report.edges_total:,} edges, "
                          f"{report.people_total:,} people, largest {report.largest_person}")
             record("identity full", cost)
-            timing.settle(client, db)
-            (read, write, rows), cost = meter.run(lambda: identity.io_floor(client, db))
+            ep.fresh()
+            (read, write, rows), cost = ep.meter.run(lambda: identity.io_floor(ep.client, db))
             floor = read + write
             record("identity I/O floor", Cost(floor, None, cost.peak_py, cost.peak_chdb,
                                               f"read {read:.1f}s + write {rows:,} rows {write:.1f}s; full run = "
                                               f"{costs['identity full'].wall / floor:.1f}x"))
         if stages & {"timing", "api"}:
-            timing.settle(client, db)
-            report, cost = meter.run(lambda: materialize(watched, db, log=lambda line: print("  " + line, flush=True)))
+            ep.fresh()
+            report, cost = ep.meter.run(lambda: materialize(ep.watched, db, log=log))
             cost.note = f"{report.people:,} people, {report.people_written:,} curves"
             if "timing" in stages:
                 record("timing full", cost)
             else:
-                peaks.peaks = {}  # a means to the snapshot here, not a stage
+                ep.peaks.peaks = {}  # a means to the snapshot here, not a stage
 
         if stages & {"identity", "timing"}:
             extra = max(events // 100, 3)
             grown = round(people * 1.01) if "identity" in stages else people  # new people need stitching
-            timing.load(client, db, grown, extra, start=events, identifiers=ids, register=False)
+            timing.load(ep.client, db, grown, extra, start=events, identifiers=ids, register=False)
             if "identity" in stages:
-                (_, report), cost = meter.run(lambda: identity.timed_stitch(settings, watched, "identity, +1%"))
+                ep.fresh()
+                (_, report), cost = ep.meter.run(lambda: identity.timed_stitch(settings, ep.watched, "identity, +1%"))
                 cost.note = (f"{report.new_events:,} new events, {report.identifiers_new:,} new identifiers; "
-                             f"{cost.wall / costs['identity full'].wall:.1%} of the full run")
+                             f"{cost.cpu / costs['identity full'].cpu:.1%} of the full run's CPU")
                 record("identity +1%", cost)
             if "timing" in stages:
-                timing.settle(client, db)
-                report, cost = meter.run(lambda: materialize(watched, db, log=lambda line: print("  " + line,
-                                                                                                flush=True)))
+                ep.fresh()
+                report, cost = ep.meter.run(lambda: materialize(ep.watched, db, log=log))
                 cost.note = (f"{report.people_written:,} curves rewritten; "
                              f"{cost.cpu / costs['timing full'].cpu:.1%} of the full run's CPU")
                 record("timing +1%", cost)
 
         if "api" in stages:
-            timing.settle(client, db)
+            ep.fresh()
             holder = SnapshotHolder(lambda: get_client(settings, send_receive_timeout=3600), db, 3600)
             try:
-                _, cost = meter.run(holder.refresh)
+                _, cost = ep.meter.run(holder.refresh)
                 snapshot = holder.current
                 cost.note = f"{len(snapshot.timing_uid):,} curves, {snapshot.identity.identifiers:,} identifiers"
                 record("API snapshot load", cost)
@@ -334,8 +364,7 @@ def run_size(people: int, args, stages: set[str]) -> tuple[dict[str, Cost], int]
                 record("API 10k batch", Cost(latency["batch_median"], note=f"best {seconds(latency['batch_best'])}"))
             finally:
                 holder.stop()
-        disk = du(workdir)
-        return costs, disk
+        return costs, du(workdir)
     finally:
         processes.stop(settings, chdb_server.PROCESS_NAME)
         shutil.rmtree(workdir, ignore_errors=True)
