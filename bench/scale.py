@@ -433,7 +433,6 @@ def report(done: dict[int, dict[str, Cost]]) -> None:
     print("\ngoals")
     print(f"- every exponent <= {EXPONENT_GOAL} (CPU where measured, else wall): "
           + ("met" if not over else "NOT met: " + "; ".join(over)))
-    largest = sizes[-1]
     peaks = []
     for row in ROWS:
         for which in ("peak_py", "peak_chdb"):
@@ -442,7 +441,7 @@ def report(done: dict[int, dict[str, Cost]]) -> None:
                 continue
             if GOAL_PEOPLE in have:
                 peaks.append((getattr(done[GOAL_PEOPLE][row], which), row, which, "measured"))
-            elif have[-1] == largest:
+            else:  # each stage from the sizes where it ran
                 value = project(have, [getattr(done[s][row], which) for s in have], GOAL_PEOPLE)
                 peaks.append((value, row, which, f"extrapolated from {', '.join(f'{s:,}' for s in have[-2:])}"))
     if peaks:
