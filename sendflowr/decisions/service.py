@@ -17,6 +17,7 @@ from sendflowr.decisions.identity_map import NormalizeCache
 from sendflowr.decisions.resolve import Resolution, resolve, resolve_one
 from sendflowr.decisions.snapshot import DecisionSnapshot
 from sendflowr.identity import graph
+from sendflowr.contract import IDENTIFIER_TYPES
 from sendflowr.identity.normalize import normalize
 from sendflowr.timing.decide import (
     EPOCH_HOW,
@@ -30,7 +31,7 @@ from sendflowr.timing.decide import (
 )
 from sendflowr.timing.store import TimingSnapshot, email_cohort, phone_cohort
 
-IDENTIFIER_FIELDS = ("email", "klaviyo_id", "phone", "external_id")
+IDENTIFIER_FIELDS = IDENTIFIER_TYPES
 
 
 class UnusableIdentifiers(ValueError):

@@ -47,13 +47,13 @@ import pyarrow as pa
 from scipy.sparse import csr_matrix
 from scipy.sparse.csgraph import connected_components
 
-EMAIL, KLAVIYO_ID, PHONE, EXTERNAL_ID = 0, 1, 2, 3
-TYPE_NAMES = ("email", "klaviyo_id", "phone", "external_id")  # == sendflowr.events.IDENTIFIER_TYPES
+from sendflowr.contract import IDENTIFIER_PRIORITY, IDENTIFIER_TYPES
+
+TYPE_NAMES = IDENTIFIER_TYPES  # type code = position
+EMAIL, KLAVIYO_ID, PHONE, EXTERNAL_ID = (TYPE_NAMES.index(t) for t in ("email", "klaviyo_id", "phone", "external_id"))
 N_TYPES = len(TYPE_NAMES)
-# The one priority order of identifier types, most specific first: which edges the greedy pass keeps first when a
-# guard binds, and which identifier decides the person in the decision API when a request's identifiers point at
-# different people. An email ranks above a customer id: households share accounts more often than mailboxes.
-TYPES_BY_PRIORITY = ("klaviyo_id", "email", "external_id", "phone")
+# The guards' edge order when a limit binds (sendflowr.contract.IDENTIFIER_PRIORITY, the one priority order).
+TYPES_BY_PRIORITY = IDENTIFIER_PRIORITY
 TYPE_PRIORITY = tuple(TYPE_NAMES.index(t) for t in TYPES_BY_PRIORITY)
 
 # Verdict codes per edge. TYPE_LIMIT + t: the limit of type t would be exceeded (or two exclusive identifiers of

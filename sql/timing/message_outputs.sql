@@ -12,8 +12,8 @@
 --     delivery, and every click of a burst reaching scanner_burst_links distinct links within
 --     scanner_burst_ms of the message's first click (gateways follow every link at once, whatever agent
 --     they send).
--- A message belongs to the person of its first identifier in the contract's priority that identity accepted
--- and did not mark shared (the owners map, sql/timing/owners.sql; its `p` column).
+-- A message belongs to the person of its first identifier in the contract's priority (sendflowr.contract) that
+-- identity accepted and did not mark shared (the owners map, sql/timing/owners.sql; its `p` column).
 -- Engagement at or after observed_before is not seen: the message is censored there.
 -- delivered_second: into its hour (the part of the delivery hour left is exposure too, sendflowr/timing/hazard.py).
 -- `wait` = clock hours from the delivery hour to the engagement hour (engaged = 1) or to the last hour the
@@ -35,10 +35,8 @@ FROM
         intDiv(delivered_ms, 3600000) AS delivered_hour,
         intDiv({observed_before_ms:Int64} - 1, 3600000) - delivered_hour AS seen_hours
     SELECT
-        multiIf((joinGet({owners:String}, 'p', cityHash64('email', email)) AS p_email) > 0, p_email,
-                (joinGet({owners:String}, 'p', cityHash64('klaviyo_id', klaviyo_id)) AS p_klaviyo) > 0, p_klaviyo,
-                (joinGet({owners:String}, 'p', cityHash64('external_id', external_id)) AS p_external) > 0, p_external,
-                joinGet({owners:String}, 'p', cityHash64('phone', phone))) AS p,
+        arrayFirst(x -> x > 0, arrayMap((t, v) -> joinGet({owners:String}, 'p', cityHash64(t, v)),
+                                        [${identifier_types_by_priority}], [${identifier_columns_by_priority}])) AS p,
         opens,
         if(flagged_opens > 0, flagged_opens, toUInt64(length(apple_ms) > 0)) AS machine_opens,
         -- the earliest genuine open: flagged ESPs name their machine opens; otherwise the first proxy open is

@@ -11,8 +11,8 @@
 --    17.0.0.0/8, whenever it comes: Apple prefetches once per message), so the first genuine open is the earliest
 --    non-proxy open or the second proxy open; a scanner click is ESP-flagged, has a scanner user agent, comes
 --    within scanner_window_ms of delivery, or belongs to a burst of scanner_burst_links distinct links within
---    scanner_burst_ms of the message's first click. The owner is the message's first identifier (email,
---    klaviyo_id, external_id, phone) identity accepted and did not mark shared (the owner map, sql/timing/owners.sql).
+--    scanner_burst_ms of the message's first click. The owner is the message's first identifier (in
+--    the contract's priority, sendflowr.contract) identity accepted and did not mark shared (the owner map, sql/timing/owners.sql).
 -- 3. the delivery of each decision: the message it names (message_id); else the person's delivery nearest the
 --    chosen moment within the window widened by {tolerance_ms:Int64}, among messages no decision names, each
 --    delivery going to its nearest decision.
@@ -35,12 +35,9 @@ WITH
     message_outcomes AS
     (
         SELECT message_id,
-               multiIf((joinGet({owners:String}, 'universal_id', cityHash64('email', email)) AS u_email) != '', u_email,
-                       (joinGet({owners:String}, 'universal_id', cityHash64('klaviyo_id', klaviyo_id)) AS u_klaviyo) != '',
-                       u_klaviyo,
-                       (joinGet({owners:String}, 'universal_id', cityHash64('external_id', external_id)) AS u_external) != '',
-                       u_external,
-                       joinGet({owners:String}, 'universal_id', cityHash64('phone', phone))) AS owner,
+               arrayFirst(u -> u != '', arrayMap((t, v) -> joinGet({owners:String}, 'universal_id', cityHash64(t, v)),
+                                                 [${identifier_types_by_priority}],
+                                                 [${identifier_columns_by_priority}])) AS owner,
                delivered_ms,
                arrayMin(arrayConcat(click_ms, [toInt64(9e18)])) AS first_click,
                length(arrayDistinct(arrayFilter((u, t) -> t - first_click < {scanner_burst_ms:Int64}, click_url, click_ms)))
