@@ -33,9 +33,9 @@ HUMAN = {"user_agent": "Mozilla/5.0 (Windows NT 10.0; Win64; x64) Chrome/126.0",
 def _message(at: datetime, message: str, identifiers: dict[str, str]) -> list[tuple[None, bytes]]:
     def event(kind: str, moment: datetime, **extra) -> tuple[None, bytes]:
         return None, orjson.dumps({
-            "event_id": uuid.uuid4().hex, "occurred_at": moment.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
-            "message_id": message, "event_type": kind, "identifiers": identifiers, "esp": "klaviyo",
-            "campaign_id": "c1", **extra})
+            "event_id": uuid.uuid4().hex,
+            "occurred_at": moment.isoformat(timespec="milliseconds").replace("+00:00", "Z"), "message_id": message,
+            "event_type": kind, "identifiers": identifiers, "esp": "klaviyo", "campaign_id": "c1", **extra})
     return [event("delivered", at), event("opened", at + timedelta(hours=1), **HUMAN)]
 
 

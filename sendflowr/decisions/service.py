@@ -12,12 +12,12 @@ from datetime import UTC, datetime, timedelta
 
 import numpy as np
 
+from sendflowr.contract import IDENTIFIER_TYPES
 from sendflowr.decisions import arms, explore
 from sendflowr.decisions.identity_map import NormalizeCache
 from sendflowr.decisions.resolve import Resolution, resolve, resolve_one
 from sendflowr.decisions.snapshot import DecisionSnapshot
 from sendflowr.identity import graph
-from sendflowr.contract import IDENTIFIER_TYPES
 from sendflowr.identity.normalize import normalize
 from sendflowr.timing.decide import (
     EPOCH_HOW,
