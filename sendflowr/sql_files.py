@@ -1,5 +1,6 @@
 """Load the SQL the pipeline runs from sql/, with ${database} and the contract's identifier lists
-(sendflowr.contract.sql_substitutions) filled in; values go as query parameters.
+(sendflowr.contract.sql_substitutions) filled in; values go as query parameters. `${sql:dir/name.sql}` includes
+another file's SELECT (as a subquery), so a join several queries need is written once.
 
 sql/ ships inside the package as `sendflowr._sql` (setup.py), so the same lookup works from a wheel, an
 editable install and the Docker image: importlib.resources, never a path relative to the source tree.
@@ -7,6 +8,7 @@ editable install and the Docker image: importlib.resources, never a path relativ
 
 from __future__ import annotations
 
+import re
 from functools import cache
 from importlib.resources import files
 from importlib.resources.abc import Traversable
@@ -35,5 +37,8 @@ def render(sql: str, database: str) -> str:
     return sql.replace("${database}", database)
 
 
+_INCLUDE = re.compile(r"\$\{sql:([\w/]+\.sql)\}")
+
+
 def load_sql(relative: str, database: str) -> str:
-    return render(_text(relative), database)
+    return _INCLUDE.sub(lambda m: load_sql(m.group(1), database), render(_text(relative), database))

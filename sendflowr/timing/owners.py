@@ -28,7 +28,7 @@ def owner_map(client: Client, database: str, identifiers_of: str | None = None) 
     _drop_stale_owner_maps(client, database)
     name = f"{database}.{OWNER_MAP_PREFIX}{int(time.time())}_{uuid.uuid4().hex[:12]}"
     restrict = "" if identifiers_of is None else " AND (" + " OR ".join(
-        f"(i.identifier_type = '{t}' AND i.raw_value IN (SELECT {t} FROM {identifiers_of}))"
+        f"(identifier_type = '{t}' AND raw_value IN (SELECT {t} FROM {identifiers_of}))"
         for t in IDENTIFIER_TYPES) + ")"
     client.command(load_sql("timing/owners_table.sql", database).replace("${owners}", name))
     try:
