@@ -24,8 +24,9 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
+from sendflowr import lease
 from sendflowr.clickhouse import get_client
-from sendflowr.ingest import checks, consume, lease, plan
+from sendflowr.ingest import checks, consume, plan
 from sendflowr.ingest.plan import OffsetRange
 from sendflowr.ingest.run import Hooks, IngestOptions, IngestReport, ingest_once
 from sendflowr.kafka_io import produce_all
@@ -560,7 +561,7 @@ def test_lease_races_have_one_winner(settings: Settings) -> None:
             ) -> None:
                 start.wait()
                 try:
-                    with lease.ingest_lease(clients[i], db, topic, f"run-{i}"):
+                    with lease.hold(clients[i], db, topic, f"run-{i}"):
                         with lock:
                             holding.append(f"run-{i}")
                             overlaps.append(len(holding))

@@ -33,10 +33,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from clickhouse_connect.driver.client import Client
 
+from sendflowr import lease, progress
 from sendflowr.identity import graph
 from sendflowr.identity.graph import REASONS, TYPE_NAMES, Edges, Guards, Nodes
 from sendflowr.identity.normalize import DEFAULT_RULES, NormalizationRules, normalize_many
-from sendflowr.ingest import lease, plan
 from sendflowr.settings import Settings
 from sendflowr.sql_files import load_sql
 
@@ -89,8 +89,8 @@ def stitch_once(settings: Settings, client: Client, rules: NormalizationRules = 
     report = IdentityReport(run_id=run_id, full_rebuild=full_rebuild)
     started = time.perf_counter()
 
-    # One identity writer at a time (same lease mechanism as ingestion, under a name no Kafka topic can have).
-    with lease.ingest_lease(client, database, IDENTITY_LEASE, run_id, ttl=LEASE_TTL):
+    # One identity writer at a time (a lease under a name no Kafka topic can have).
+    with lease.hold(client, database, IDENTITY_LEASE, run_id, ttl=LEASE_TTL):
         _run(client, database, rules, guards, full_rebuild, forget_ids, run_id, report, log)
         report.seconds = time.perf_counter() - started
         _record_run(client, database, report)
@@ -112,7 +112,7 @@ def _run(client: Client, database: str, rules: NormalizationRules, guards: Guard
     report.edges_before = before.edges_total
 
     # (a) new events: one scan of `events` into the run's scratch table
-    bounds = plan.pending_bounds(client, database, "identity_progress")
+    bounds = progress.pending(client, database, "identity_progress")
     params = {"topics": [k[0] for k in bounds], "partitions": [k[1] for k in bounds],
               "starts": [v[0] for v in bounds.values()], "ends": [v[1] for v in bounds.values()]}
     new_pairs = 0
@@ -145,12 +145,7 @@ def _run(client: Client, database: str, rules: NormalizationRules, guards: Guard
             report.edges_blocked = {}
 
     # (e) watermark
-    if bounds:
-        client.insert_arrow(f"{database}.identity_progress", pa.table({
-            "kafka_topic": pa.array(params["topics"], pa.string()),
-            "kafka_partition": pa.array(params["partitions"], pa.uint32()),
-            "end_offset": pa.array(params["ends"], pa.uint64()),
-            "run_id": pa.array([run_id] * len(bounds), pa.string()), "at": _now_us(len(bounds))}))
+    progress.advance(client, database, "identity_progress", bounds, run_id)
 
 
 @dataclass(frozen=True)
