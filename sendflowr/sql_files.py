@@ -1,6 +1,6 @@
 """Load the SQL the pipeline runs from sql/, with ${database} and the contract's identifier lists
-(sendflowr.contract.sql_substitutions) filled in; values go as query parameters. `${sql:dir/name.sql}` includes
-another file's SELECT (as a subquery), so a join several queries need is written once.
+(sendflowr.contract.sql_substitutions) filled in; values go as query parameters. A `${sql:` + path + `}`
+placeholder includes another file's SELECT (as a subquery), so a join several queries need is written once.
 
 sql/ ships inside the package as `sendflowr._sql` (setup.py), so the same lookup works from a wheel, an
 editable install and the Docker image: importlib.resources, never a path relative to the source tree.
