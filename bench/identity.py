@@ -26,15 +26,13 @@ from __future__ import annotations
 
 import argparse
 import functools
-import shutil
 import sys
-import tempfile
 import time
 from collections import defaultdict
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+from endpoint import private_endpoint  # bench/endpoint.py
 from identity_quality import stitch_world  # bench/: the quality bench's world loader and scoring
 from scipy.sparse import csr_matrix
 from scipy.sparse.csgraph import connected_components
@@ -43,8 +41,6 @@ from sendflowr.clickhouse import get_client
 from sendflowr.identity import graph, run
 from sendflowr.identity.graph import Edges, Guards, Nodes
 from sendflowr.identity.run import stitch_once
-from sendflowr.local import chdb_server, processes
-from sendflowr.local.processes import free_port
 from sendflowr.migrations import apply_migrations
 from sendflowr.settings import Settings
 from sendflowr.synth import WorldConfig
@@ -299,13 +295,8 @@ def main() -> int:
     parser.add_argument("--keep", action="store_true", help="keep the temporary state directory")
     args = parser.parse_args()
 
-    workdir = Path(tempfile.mkdtemp(prefix="sendflowr-bench-identity-"))
-    settings = Settings(home=workdir, clickhouse_url=f"http://127.0.0.1:{free_port()}",
-                        clickhouse_database="bench")
-    database = settings.clickhouse_database
-    try:
-        print(f"starting chDB endpoint under {workdir}", flush=True)
-        chdb_server.start_background(settings)
+    with private_endpoint("sendflowr-bench-identity-", args.keep) as (settings, _):
+        database = settings.clickhouse_database
         apply_migrations(settings)
         client = get_client(settings)
 
@@ -381,10 +372,6 @@ def main() -> int:
             for bridges in (True, False):
                 print(world_score(settings, args.world_people, bridges), flush=True)
         return 0
-    finally:
-        processes.stop(settings, chdb_server.PROCESS_NAME)
-        if not args.keep:
-            shutil.rmtree(workdir, ignore_errors=True)
 
 
 if __name__ == "__main__":
