@@ -137,7 +137,7 @@ class EventsSink(Sink):
         # (an ESP resend into another partition) would otherwise both take it as new. A replay then also finds
         # the same known ids as its first try: later writers saw the first try's ids and left them alone.
         with lease.hold(client, database, EVENT_IDS_LEASE, params["attempt"], ttl=EVENT_IDS_TTL,
-                                wait=2 * EVENT_IDS_TTL.total_seconds()):
+                        wait=2 * EVENT_IDS_TTL.total_seconds()):
             # Ids already ingested from other ranges, found once: both inserts below exclude them with a cheap probe.
             params["known"] = retrying(lambda: client.command(self.sql("ingest/known_ids", database), parameters=params,
                                                               settings=dict(consistency.read))).written_rows
