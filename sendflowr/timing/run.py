@@ -194,8 +194,9 @@ def _full_build(client: Client, database: str, rules: SignalRules, params: Estim
 def _write_base(client: Client, database: str, rules: SignalRules, params: EstimatorParams, f: Fit, version: int,
                 ends: dict[tuple[str, int], int], now: int) -> dict:
     incremental.write_base_cells(client, database, version, f.stats)
-    client.command(f"INSERT INTO {database}.timing_models VALUES ({{v:UInt64}}, {{m:String}})",
-                   parameters={"v": version, "m": incremental.model_json(f.decay, f.priors, f.clusters)})
+    # In the body, not as a query parameter: the model outgrows a URL (the embedded endpoint answers 414).
+    client.insert(f"{database}.timing_models", [[version, incremental.model_json(f.decay, f.priors, f.clusters)]],
+                  column_names=["version", "model"])
     incremental.seed_open(client, database, rules, params, version, ends, now)
     base = incremental.Base(version=version, built_ms=now, messages=int(f.stats.delivered.sum()), ends=ends,
                             merged_at=incremental.newest_merge(client, database))
