@@ -118,7 +118,7 @@ class Settings(BaseSettings):
         description="A decision counts as engaged when its delivery is genuinely engaged with within this many "
         "hours; younger deliveries are not scored yet.")
     timing_prior_strength: float = Field(
-        default=1.0, gt=0,
+        default=0.5, gt=0,
         description="Pseudo-engagements of the cohort prior per hour in a person's curve (shrinkage strength).")
     ingest_max_messages_per_partition: int = Field(
         default=1_000_000, ge=1, description="Most offsets one ingestion run reads per partition.")
@@ -141,6 +141,9 @@ class Settings(BaseSettings):
         default=16 * 1024 * 1024, ge=1024, description="Largest API request body accepted (413 above, before parsing).")
     api_snapshot_refresh_seconds: float = Field(
         default=5.0, gt=0, description="How often the API polls ClickHouse for a newer materialization to load.")
+    api_snapshot_dir: Path | None = Field(
+        default=None, description="Where the API workers of a host share the decision snapshot as memory-mapped "
+        "column files, written once per version (default: <home>/api-snapshots); a local disk all of them see.")
     api_batch_max_size: int = Field(
         default=10_000, ge=1, description="Most recipients one POST /timing-decisions request may carry.")
     api_normalize_cache_size: int = Field(
@@ -149,6 +152,11 @@ class Settings(BaseSettings):
         default=0.0, ge=0, le=1,
         description="Share of decisions in the randomized control arm (a uniformly random moment in the window), "
         "assigned by a hash of universal_id and campaign_id; 0 turns the control arm off.")
+    api_exploration: float = Field(
+        default=0.0, ge=0, le=2,
+        description="Exploration of treatment decisions by Thompson sampling from the timing model's uncertainty "
+        "(docs/EVALUATION.md, Exploration): 1 draws at the posterior's width, less explores less; 0 turns it off "
+        "(every treatment decision takes the curve's best moment).")
     api_clock_offset_seconds: float = Field(
         default=0.0, ge=0,
         description="Simulation only: the API decides as if the time were this many seconds earlier "
@@ -238,6 +246,10 @@ class Settings(BaseSettings):
     @cached_property
     def chdb_data_dir(self) -> Path:
         return (self.chdb_path or self.home / "chdb").resolve()
+
+    @cached_property
+    def api_snapshot_path(self) -> Path:
+        return (self.api_snapshot_dir or self.home / "api-snapshots").resolve()
 
     @property
     def clickhouse_host(self) -> str:

@@ -111,7 +111,8 @@ def create_app(settings: Settings | None = None, holder: SnapshotHolder | None =
     check_exposure(settings)
     if holder is None:
         holder = SnapshotHolder(lambda: get_client(settings, connect_timeout=2, send_receive_timeout=300),
-                                settings.clickhouse_database, settings.api_snapshot_refresh_seconds)
+                                settings.clickhouse_database, settings.api_snapshot_refresh_seconds,
+                                settings.api_snapshot_path)
 
     decision_log = DecisionLog(settings)  # every served decision to Kafka, off the request path
 
@@ -135,7 +136,7 @@ def create_app(settings: Settings | None = None, holder: SnapshotHolder | None =
     app.state.clock = decision_clock(settings.api_clock_offset_seconds)
     app.state.decision_log = decision_log
     app.state.coalescer = Coalescer(app.state.normalize_cache, app.state.clock, settings.api_control_share,
-                                    decision_log)
+                                    decision_log, settings.api_exploration)
     app.state.metrics = Metrics(holder, app.state.coalescer, decision_log)
     app.state.query_client = None
     app.add_middleware(MetricsMiddleware, metrics_of=lambda scope: scope["app"].state.metrics)

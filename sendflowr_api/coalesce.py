@@ -23,10 +23,12 @@ from sendflowr.decisions.snapshot import DecisionSnapshot
 
 class Coalescer:
     def __init__(self, cache: NormalizeCache, clock: Callable[[], datetime] | None = None,
-                 control_share: float = 0.0, decision_log: DecisionLog | None = None) -> None:
+                 control_share: float = 0.0, decision_log: DecisionLog | None = None,
+                 exploration: float = 0.0) -> None:
         self.cache = cache
         self.clock = clock or decision_clock()
         self.control_share = control_share
+        self.exploration = exploration
         self.decision_log = decision_log
         self._pending: list[tuple[DecisionSnapshot, DecisionRequest, asyncio.Future]] = []
         self._scheduled = False
@@ -54,7 +56,8 @@ class Coalescer:
         for items in groups.values():
             requests = [item[1] for item in items]
             try:
-                results = decide_requests(items[0][0], self.cache, requests, now, self.control_share)
+                results = decide_requests(items[0][0], self.cache, requests, now, self.control_share,
+                                          self.exploration)
             except Exception as exc:  # a bug must fail these requests, not leave them hanging
                 results = [exc] * len(items)
             self._log(items[0][0], now, requests, results)
@@ -73,4 +76,4 @@ class Coalescer:
         if len(decided) < len(results):
             requests, results = [requests[i] for i in decided], [results[i] for i in decided]
         self.decision_log.offer(len(results), records.singles, records.epoch_ms(now), snapshot.version,
-                                self.control_share, requests, results)
+                                self.control_share, requests, results, self.exploration)

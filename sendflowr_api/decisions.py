@@ -167,12 +167,12 @@ def timing_decisions(body: BatchDecisionRequest, request: Request) -> Response:
         raise RequestValidationError([{"loc": ("body", "recipients"), "type": "too_long",
                                        "msg": f"at most {limit} recipients per request, got {len(recipients)}"}])
     state = request.app.state
-    share = state.settings.api_control_share
+    share, exploration = state.settings.api_control_share, state.settings.api_exploration
     columns = {f: [getattr(r, f) for r in recipients] for f in IDENTIFIER_FIELDS}
     now = state.clock()
     result = decide_batch(snapshot, state.normalize_cache, columns, [r.universal_id for r in recipients],
                           body.send_after, body.send_before, body.latency_estimate_seconds, now, share,
-                          body.campaign_id)
+                          body.campaign_id, exploration)
     trigger, delivery = iso_z_many(result.trigger_at), iso_z_many(result.delivery_at)
     confidence = result.confidence.round(2).tolist()
     levels, known, uids = result.fallback_level.tolist(), result.known_person.tolist(), result.universal_id.tolist()
@@ -190,7 +190,7 @@ def timing_decisions(body: BatchDecisionRequest, request: Request) -> Response:
     failed = sum(f is not None for f in result.error_field)
     state.decision_log.offer(len(items) - failed, records.batch, records.epoch_ms(now), snapshot.version, share,
                              body.campaign_id, [r.message_id for r in recipients], records.epoch_ms(body.send_after),
-                             records.epoch_ms(body.send_before), body.latency_estimate_seconds, result)
+                             records.epoch_ms(body.send_before), body.latency_estimate_seconds, result, exploration)
     metrics = state.metrics
     for level, count in Counter(levels).items():
         if level is not None:  # failed rows carry no level

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 
+import orjson
 import pytest
 from test_connectors_support import FIXTURES, load_fixture
 
@@ -100,3 +101,49 @@ def test_unusable_input_exits_2_and_produces_nothing(settings, ch, monkeypatch, 
     code, _, err = run_import(settings, monkeypatch, capsys, "--format", "native", str(broken), err=True)
     assert code == 2 and "not valid JSON" in err
     assert landed_ids(settings, ch) == set()
+
+
+def test_native_import_keeps_the_per_record_verdicts_and_line_numbers(settings, ch, monkeypatch, capsys,
+                                                                      tmp_path) -> None:
+    """Our contract's file through the column-wise path: accepted, rejected and why, line by line, exactly as the
+    per-record validator (native.normalize_each) says; what it accepts lands in `events`."""
+    from datetime import UTC, datetime
+
+    from test_ingest_validation import corpus
+
+    from sendflowr.connectors.native import normalize_each
+
+    lines: list[bytes] = []
+    for i, (_label, raw) in enumerate(corpus()):
+        if raw and b"\n" not in raw.strip() and b"\r" not in raw.strip():
+            lines.append(raw.strip())
+        if i % 17 == 0:
+            lines.append(b"")  # blank lines are skipped and keep the numbering
+    for i in range(2000):  # ordinary events, so most of the file takes the column path
+        lines.append(json.dumps({"event_id": f"ok-{i}", "event_type": "opened",
+                                 "occurred_at": f"2024-05-{1 + i % 28:02d}T10:{i % 60:02d}:00.{i % 1000:03d}Z",
+                                 "identifiers": {"email": f"p{i}@example.com"}, "esp": "custom"}).encode())
+    path = tmp_path / "export.jsonl"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    expected_rejects, expected_ids = [], set()
+    now = datetime.now(UTC)
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = orjson.loads(line)  # the reader's parser: what it cannot read is a reject of the line
+        except orjson.JSONDecodeError:
+            expected_rejects.append((number, "line: invalid JSON"))
+            continue
+        result = normalize_each([record], now)
+        if result.rejects:
+            expected_rejects.append((number, result.rejects[0][1]))
+        else:
+            expected_ids.add(record["event_id"])
+    code, out = run_import(settings, monkeypatch, capsys, "--format", "native", str(path))
+    assert code == 1 and f"{len(expected_ids)} events produced" in out
+    rejects = [json.loads(r) for r in (tmp_path / "export.jsonl.rejects.jsonl").read_text().splitlines()]
+    got = sorted((r["line"], r["reason"].split(" (")[0] if r["reason"].startswith("line:") else r["reason"])
+                 for r in rejects)
+    assert got == sorted(expected_rejects) and len(got) > 80
+    assert landed_ids(settings, ch) == expected_ids

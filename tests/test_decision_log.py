@@ -150,7 +150,8 @@ def _columns(n: int, now: datetime, **override) -> dict:
                    trigger_at=[ms + 7_200_000] * n, delivery_at=[ms + 7_200_000] * n, arm=["treatment"] * n,
                    model_delivery_at=[ms + 7_200_000] * n, confidence=[0.5] * n, expected_engagement=[0.2] * n,
                    model_expected_engagement=[0.2] * n, fallback_level=["person"] * n, evidence=[3.0] * n,
-                   control_share=[0.1] * n, snapshot_version=["t1.i0.r0"] * n)
+                   control_share=[0.1] * n, snapshot_version=["t1.i0.r0"] * n, policy=["greedy"] * n,
+                   exploration=[0.0] * n)
     columns.update(override)
     return columns
 
@@ -173,6 +174,9 @@ def test_malformed_messages_are_rejected_with_a_reason_and_lose_nothing_good(log
         doc(columns={**orjson.loads(good)["columns"], "arm": ["treatment"]}): "columns.arm: missing or not 3 values",
         records.encode(_columns(3, now, arm=["treatment", "placebo", "control"]))[0][1]:
             "columns.arm: not treatment or control",
+        records.encode(_columns(3, now, policy=["greedy", "bandit", "random"]))[0][1]:
+            "columns.policy: not greedy, thompson or random",
+        doc(columns={**orjson.loads(good)["columns"], "policy": ["greedy"]}): "columns.policy: missing or not 3 values",
         records.encode(_columns(3, now, universal_id=["sf_1", "x", "y"]))[0][1]:
             "columns.universal_id: not sf_ + 16 lowercase hex",
         records.encode(_columns(3, now, decided_at=[0, 0, 0]))[0][1]:
@@ -227,3 +231,40 @@ def test_the_table_has_exactly_the_record_fields(logged: Settings, ch) -> None:
         "SELECT name FROM system.columns WHERE database = {d:String} AND table = 'decision_log' ORDER BY position",
         parameters={"d": logged.clickhouse_database}).result_rows]
     assert columns == [*records.NAMES, "kafka_topic", "kafka_partition", "kafka_offset", "kafka_row", "ingested_at"]
+
+
+def test_exploring_decisions_are_logged_with_their_policy(logged: Settings, ch) -> None:
+    """With SENDFLOWR_API_EXPLORATION on, treatment decisions are recorded as thompson with the scale in force, the
+    control arm as random; a message from an API before these fields lands as greedy decisions, not as a reject."""
+    db = logged.clickhouse_database
+    exploring = logged.model_copy(update={"api_exploration": 0.8})
+    app, _ = app_for(exploring, ch)
+    after, before = window()
+    with TestClient(app) as api:
+        single = api.post("/timing-decision", json={"email": "Jane.Doe@gmail.com", "send_after": z(after),
+                                                    "send_before": z(before), "campaign_id": "spring"})
+        assert single.status_code == 200
+        batch = api.post("/timing-decisions", json={
+            "send_after": z(after), "send_before": z(before), "campaign_id": "spring",
+            "recipients": [{"email": f"p{i}@gmail.com", "message_id": f"b-{i}"} for i in range(400)]})
+        assert batch.status_code == 200 and batch.json()["decided"] == 400
+    now = datetime.now(UTC)
+    before_the_fields = _columns(5, now)
+    for name in records.ADDED:
+        del before_the_fields[name]
+    message = orjson.loads(records.encode(_columns(5, now))[0][1])
+    message["columns"] = before_the_fields
+    produce_all(logged, [(None, orjson.dumps(message))], topic=logged.decision_log_topic)
+    report = ingest_once(logged, ch, IngestOptions(), sink=DECISIONS, log=lambda _: None)
+    assert report.inserted == 406 and report.rejected == 0
+    stored = rows(ch, db)
+    served = [r for r in stored if r["snapshot_version"] != "t1.i0.r0"]
+    assert len(served) == 401 and all(r["exploration"] == pytest.approx(0.8) for r in served)
+    for r in served:
+        assert r["policy"] == ("random" if r["arm_name"] == "control" else "thompson")
+    assert {r["policy"] for r in served} == {"random", "thompson"}
+    by_message = {r["message_id"]: r for r in served if r["endpoint"] == "batch"}
+    for item in batch.json()["decisions"]:
+        assert z(by_message[f"b-{item['index']}"]["delivery_at"]) == item["delivery_timestamp_utc"]
+    old = [r for r in stored if r["snapshot_version"] == "t1.i0.r0"]
+    assert len(old) == 5 and all(r["policy"] == "greedy" and r["exploration"] == 0.0 for r in old)

@@ -11,7 +11,7 @@ import pytest
 from scipy import stats
 from test_api_service import synthetic_snapshot
 
-from sendflowr.decisions import arms
+from sendflowr.decisions import arms, explore
 from sendflowr.decisions.identity_map import NormalizeCache
 from sendflowr.decisions.service import DecisionRequest, DecisionResult, decide_batch, decide_one, decide_requests
 from sendflowr.timing.decide import hour_of_week_ms
@@ -149,37 +149,57 @@ def test_the_service_serves_random_moments_to_the_control_arm_only(snapshot) -> 
     assert all(r.arm == arms.TREATMENT for r in plain if isinstance(r, DecisionResult))
 
 
-def test_single_batch_coalesced_and_retried_decisions_agree_on_arm_and_moment(snapshot) -> None:
+def decided_five_ways(snapshot, reqs: list[DecisionRequest], now: datetime, share: float, exploration: float = 0.0):
+    """The same requests (one window, latency and campaign) decided together, one by one, 30 minutes later (a
+    retry), as one batch and coalesced by the API's Coalescer."""
+    q = reqs[0]
+    together = decide_requests(snapshot, NormalizeCache(), reqs, now, share, exploration)
+    alone = [decide_requests(snapshot, NormalizeCache(), [r], now, share, exploration)[0] for r in reqs]
+    later = decide_requests(snapshot, NormalizeCache(), reqs, now + timedelta(minutes=30), share, exploration)
+    batch = decide_batch(snapshot, NormalizeCache(), {f: [r.identifiers[f] for r in reqs] for f in q.identifiers},
+                         [None] * len(reqs), q.send_after, q.send_before, q.latency_seconds, now, share,
+                         q.campaign_id, exploration=exploration)
+    coalescer = Coalescer(NormalizeCache(), clock=lambda: now, control_share=share, exploration=exploration)
+
+    async def concurrently():
+        return await asyncio.gather(*(coalescer.decide(snapshot, r) for r in reqs), return_exceptions=True)
+
+    return together, alone, later, batch, asyncio.run(concurrently())
+
+
+@pytest.mark.parametrize("exploration", [0.0, 1.0], ids=["greedy", "exploring"])
+def test_single_batch_coalesced_and_retried_decisions_agree_on_arm_and_moment(snapshot, exploration: float) -> None:
+    """With exploration on (explore.py), treatment decisions agree on their draw's moment too."""
     now = datetime.now(UTC)
     after, before, latency = now + timedelta(hours=2), now + timedelta(days=7), 300.0
     reqs = [DecisionRequest(q.identifiers, None, after, before, latency, "spring", q.message_id)
             for q in _requests(120, now, None)]
     share = 0.5
-    together = decide_requests(snapshot, NormalizeCache(), reqs, now, share)
-    alone = [decide_requests(snapshot, NormalizeCache(), [q], now, share)[0] for q in reqs]
-    later = decide_requests(snapshot, NormalizeCache(), reqs, now + timedelta(minutes=30), share)  # a retry
-    batch = decide_batch(snapshot, NormalizeCache(), {f: [q.identifiers[f] for q in reqs] for f in reqs[0].identifiers},
-                         [None] * len(reqs), after, before, latency, now, share, "spring")
-    coalescer = Coalescer(NormalizeCache(), clock=lambda: now, control_share=share)
-
-    async def concurrently():
-        return await asyncio.gather(*(coalescer.decide(snapshot, q) for q in reqs), return_exceptions=True)
-
-    coalesced = asyncio.run(concurrently())
-    arms_seen = set()
+    together, alone, later, batch, coalesced = decided_five_ways(snapshot, reqs, now, share, exploration)
+    arms_seen, policies = set(), set()
     for i, r in enumerate(together):
         if not isinstance(r, DecisionResult):
             assert batch.error_field[i] is not None
             continue
         arms_seen.add(r.arm)
+        policies.add(r.policy)
         for other in (alone[i], later[i], coalesced[i]):
-            assert other.arm == r.arm and other.delivery_at == r.delivery_at and other.trigger_at == r.trigger_at
-        assert bool(batch.control[i]) == (r.arm == arms.CONTROL)
+            assert (other.arm, other.policy, other.delivery_at, other.trigger_at) == (
+                r.arm, r.policy, r.delivery_at, r.trigger_at)
+            assert other.expected_engagement == r.expected_engagement
+        assert bool(batch.control[i]) == (r.arm == arms.CONTROL) == (r.policy == explore.RANDOM)
+        assert bool(batch.explored[i]) == (r.policy == explore.THOMPSON)
         assert int(batch.delivery_at[i].astype(np.int64)) == ms(r.delivery_at)
         assert int(batch.trigger_at[i].astype(np.int64)) == ms(r.trigger_at)
+        assert int(batch.model_delivery_at[i].astype(np.int64)) == ms(r.model_delivery_at)
         assert float(batch.expected_engagement[i]) == r.expected_engagement
     assert arms_seen == {arms.TREATMENT, arms.CONTROL}
-    # another campaign reassigns
+    assert policies == {explore.THOMPSON if exploration else explore.GREEDY, explore.RANDOM}
+    # another campaign reassigns (and draws again)
     other = decide_requests(snapshot, NormalizeCache(), [DecisionRequest(
-        q.identifiers, None, after, before, latency, "autumn") for q in reqs], now, share)
+        q.identifiers, None, after, before, latency, "autumn") for q in reqs], now, share, exploration)
     assert [getattr(r, "arm", None) for r in other] != [getattr(r, "arm", None) for r in together]
+    if exploration:
+        treated = [i for i, (r, o) in enumerate(zip(together, other, strict=True))
+                   if getattr(r, "arm", None) == getattr(o, "arm", None) == arms.TREATMENT]
+        assert any(together[i].delivery_at != other[i].delivery_at for i in treated)

@@ -170,3 +170,21 @@ def test_person_stats_chunks_agree_with_one_block() -> None:
     np.testing.assert_array_equal(whole[2], np.add.reduceat(events, offsets[:-1]))
     sub = f.subset(np.array([3, 17, 40]))
     np.testing.assert_allclose(sub.curves()[0], whole[0][[3, 17, 40]], rtol=1e-5)
+
+
+def test_a_recent_campaign_does_not_look_better_than_it_was() -> None:
+    """Two campaigns at different hours return the same 10% engagement within the first two hours; the second
+    was delivered 3 hours ago, so its 900 unengaged messages are still waiting. Counting only engaged or
+    horizon-reached messages as settled made its hour look nine times better."""
+    d = Decay(g=np.exp(-np.arange(H) / 1.0))
+    old_how, new_how, n = 10, 100, 1000
+    how = np.repeat([old_how, new_how], n)
+    engaged = np.tile(np.arange(n) < 100, 2)
+    wait = np.where(engaged, np.tile(np.arange(n) % 2, 2), np.repeat([H - 1, 3], n))
+    people = np.arange(2 * n)
+    priors, _ = learn_priors(np.zeros(2 * n, np.int64), [""], people, cell_of(how, wait, H), np.ones(2 * n),
+                             engaged.astype(np.float64), np.full(2 * n, 0.5), d, P)
+    old, new = priors.global_curve[old_how], priors.global_curve[new_how]
+    assert 0.08 < old < 0.13 and abs(new / old - 1) < 0.15
+    share = d.observed_share
+    assert share[-1] == 1 and np.all(np.diff(share) >= 0) and 0.9 < share[3] < 1

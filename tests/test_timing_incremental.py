@@ -154,3 +154,13 @@ def test_identity_merges_move_cells_to_the_survivor(settings: Settings, ch, monk
     snap = load_snapshot(ch, db)
     row = snap.positions([survivor])[0]
     assert snap.engagements[row] == 5 and snap.curves.shape[1] == HOURS
+
+
+def test_a_commit_larger_than_a_url_is_written(settings: Settings, ch) -> None:
+    """Calibrations, models and reports travel in the request body: as URL parameters a demo-sized model made the
+    embedded endpoint answer 414 and `sendflowr up` fail."""
+    db = settings.clickhouse_database
+    big = "x" * 300_000
+    versions.commit(ch, db, 7, "run-big", "curves", 1, big, metadata={"note": big})
+    run = versions.latest_run(ch, db)
+    assert run["version"] == 7 and run["calibration"] == big and run["metadata"] == {"note": big}

@@ -50,8 +50,8 @@ def decision(person: Person, arm: str, chosen: datetime, message_id: str = "", c
             "trigger_at": chosen, "delivery_at": chosen, "arm": arm, "model_delivery_at": chosen,
             "confidence": 0.5, "expected_engagement": expected, "model_expected_engagement": expected,
             "fallback_level": level, "evidence": evidence, "cohort": "", "snapshot_version": "t1",
-            "control_share": 0.5, "kafka_topic": "decisions", "kafka_partition": 0, "kafka_offset": 0,
-            "kafka_row": 0}
+            "control_share": 0.5, "policy": "greedy", "exploration": 0.0, "kafka_topic": "decisions",
+            "kafka_partition": 0, "kafka_offset": 0, "kafka_row": 0}
 
 
 def write_decisions(client, database: str, rows: list[dict]) -> None:

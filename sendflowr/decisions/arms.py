@@ -94,6 +94,16 @@ def in_control_many(h: np.ndarray, share: float) -> np.ndarray:
     return (h >> np.uint64(11)).astype(np.float64) * _FRACTION < share
 
 
+def salts(k: int, seed: int) -> np.ndarray:
+    """k distinct 64-bit salts derived from `seed` (for `uniforms_many`)."""
+    return _mix_many(np.uint64(seed) + np.arange(1, k + 1, dtype=np.uint64))
+
+
+def uniforms_many(h: np.ndarray, salt: np.ndarray) -> np.ndarray:
+    """[n, k] uniforms in (0, 1), never 0 or 1, one per hash and salt (explore.py's draws)."""
+    return ((_mix_many(h[:, None] ^ salt[None, :]) >> np.uint64(11)).astype(np.float64) + 0.5) * _FRACTION
+
+
 def draws_many(h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return tuple((_mix_many(h ^ np.uint64(salt)) >> np.uint64(11)).astype(np.float64) * _FRACTION
                  for salt in (_SALT_P1, _SALT_P2))

@@ -15,10 +15,24 @@ import pyarrow as pa
 from clickhouse_connect.driver.client import Client
 
 from sendflowr.cluster import Consistency
-from sendflowr.decisions.records import FIELDS, NAMES
+from sendflowr.decisions.records import ADDED, FIELDS, NAMES
 from sendflowr.ingest.sink import Hooks, Sink, insert_select
 from sendflowr.settings import Settings
 from sendflowr.sql_files import load_sql
+
+
+def _length(name: str) -> str:
+    """The column's length in the message; a field added later (records.ADDED) may also be absent."""
+    length = f"JSONLength(raw, 'columns', '{name}')"
+    return f"if(JSONHas(raw, 'columns', '{name}'), {length}, rows)" if name in ADDED else length
+
+
+def _column(name: str) -> str:
+    """The column's values; an absent added field as its default, one per decision."""
+    values = f"tupleElement(columns, '{name}')"
+    if name not in ADDED:
+        return values
+    return f"arrayResize({values}, length(tupleElement(columns, 'decision_id')), {ADDED[name]})"
 
 
 @cache
@@ -27,7 +41,7 @@ def _parsed(database: str) -> str:
         f"{name} Array({kind})" for name, kind, _ in FIELDS) + "))"
     return (DECISIONS.sql("decision_log/parsed", database)
             .replace("${record_type}", record_type)
-            .replace("${lengths}", ", ".join(f"JSONLength(raw, 'columns', '{name}')" for name in NAMES))
+            .replace("${lengths}", ", ".join(_length(name) for name in NAMES))
             .replace("${names}", ", ".join(f"'{name}'" for name in NAMES))
             .replace("${times}", ", ".join(f"tupleElement(columns, '{name}')" for name, kind, expression in FIELDS
                                            if kind == "Int64" and "Timestamp" in expression)))
@@ -38,7 +52,7 @@ def _insert(database: str) -> str:
     return (load_sql("decision_log/insert.sql", database)
             .replace("${columns}", ", ".join(NAMES))
             .replace("${values}", ", ".join(expression.format(f"c_{name}") for name, _, expression in FIELDS))
-            .replace("${arrays}", ", ".join(f"tupleElement(columns, '{name}') AS c_{name}" for name in NAMES))
+            .replace("${arrays}", ", ".join(f"{_column(name)} AS c_{name}" for name in NAMES))
             .replace("${parsed}", _parsed(database)))
 
 

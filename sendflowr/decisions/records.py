@@ -19,7 +19,7 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import orjson
 
-from sendflowr.decisions import arms
+from sendflowr.decisions import arms, explore
 
 VERSION = 1
 CHUNK_ROWS = 500  # decisions per message: well under Kafka's default 1 MB message limit even with long ids
@@ -49,8 +49,13 @@ FIELDS: tuple[tuple[str, str, str], ...] = (
     ("cohort", "String", "{}"),
     ("snapshot_version", "String", "{}"),
     ("control_share", "Float64", "{}"),  # the share in force when this decision was made
+    ("policy", "String", "{}"),  # the rule that chose the moment served: greedy | thompson | random (control arm)
+    ("exploration", "Float64", "{}"),  # the exploration scale in force (explore.py; 0: off)
 )
 NAMES = tuple(name for name, _, _ in FIELDS)
+# Fields added after the first release of the record, with the value a message from an API before them means
+# (log_ingest.py fills them in, so messages still in the topic during an upgrade are not rejected).
+ADDED = {"policy": "'greedy'", "exploration": "0.0"}
 _HEX = np.frombuffer(b"0123456789abcdef", np.uint8)
 _EPOCH, _MS = datetime(1970, 1, 1, tzinfo=UTC), timedelta(milliseconds=1)
 
@@ -68,7 +73,7 @@ def decision_ids(n: int) -> list[str]:
 
 
 def singles(decided_at_ms: int, snapshot_version: str, control_share: float, requests: Sequence,
-            results: Sequence) -> dict:
+            results: Sequence, exploration: float = 0.0) -> dict:
     """Columns of single decisions decided together (DecisionRequest, DecisionResult pairs)."""
     n = len(results)
 
@@ -89,12 +94,14 @@ def singles(decided_at_ms: int, snapshot_version: str, control_share: float, req
                                       else r.model_expected_engagement for r in results],
         "fallback_level": [r.fallback_level for r in results], "evidence": [float(r.evidence) for r in results],
         "cohort": [r.cohort for r in results], "snapshot_version": [snapshot_version] * n,
-        "control_share": [float(control_share)] * n,
+        "control_share": [float(control_share)] * n, "policy": [r.policy for r in results],
+        "exploration": [float(exploration)] * n,
     }
 
 
 def batch(decided_at_ms: int, snapshot_version: str, control_share: float, campaign_id: str | None,
-          message_ids: Sequence[str | None], after_ms: int, before_ms: int, latency_seconds: float, result) -> dict:
+          message_ids: Sequence[str | None], after_ms: int, before_ms: int, latency_seconds: float, result,
+          exploration: float = 0.0) -> dict:
     """Columns of a batch's decided recipients (a BatchResult; recipients with an error are not decisions)."""
     rows = np.flatnonzero(np.array([f is None for f in result.error_field], bool))
     n = len(rows)
@@ -117,6 +124,9 @@ def batch(decided_at_ms: int, snapshot_version: str, control_share: float, campa
         "fallback_level": result.fallback_level[rows].tolist(),
         "evidence": np.ascontiguousarray(result.evidence[rows], np.float64), "cohort": result.cohort[rows].tolist(),
         "snapshot_version": [snapshot_version] * n, "control_share": np.full(n, float(control_share)),
+        "policy": np.where(result.control[rows], explore.RANDOM,
+                           np.where(result.explored[rows], explore.THOMPSON, explore.GREEDY)).tolist(),
+        "exploration": np.full(n, float(exploration)),
     }
 
 

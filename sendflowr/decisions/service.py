@@ -1,6 +1,7 @@
 """Send-time decisions from a snapshot: resolve identifiers, pick the curve (person, else cohort, else global),
 then the timing engineer's decision rule (sendflowr.timing.decide), then the randomized control arm (arms.py):
-a share of decisions is served a uniformly random moment instead. No FastAPI here; the API is a thin adapter.
+a share of decisions is served a uniformly random moment instead; with exploration on, the other (treatment)
+decisions are made on a draw from the model's uncertainty (explore.py). No FastAPI here; the API is a thin adapter.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 
 import numpy as np
 
-from sendflowr.decisions import arms
+from sendflowr.decisions import arms, explore
 from sendflowr.decisions.identity_map import NormalizeCache
 from sendflowr.decisions.resolve import Resolution, resolve, resolve_one
 from sendflowr.decisions.snapshot import DecisionSnapshot
@@ -118,6 +119,7 @@ class DecisionResult:
     arm: str = arms.TREATMENT
     model_delivery_at: datetime | None = None  # the model's choice (differs from delivery_at in the control arm)
     model_expected_engagement: float | None = None
+    policy: str = explore.GREEDY  # the rule that chose the moment served: greedy | thompson | random (control)
 
 
 def curve_for_one(snapshot: DecisionSnapshot, uid: int, email: str | None, phone: str | None,
@@ -262,11 +264,12 @@ def _moment(ms: int) -> datetime:
 
 
 def decide_requests(snapshot: DecisionSnapshot, cache: NormalizeCache, requests: Sequence[DecisionRequest],
-                    now: datetime, control_share: float = 0.0
+                    now: datetime, control_share: float = 0.0, exploration: float = 0.0
                     ) -> list[DecisionResult | UnusableIdentifiers | DecisionError]:
     """Independent single decisions (each its own window) through ONE decide_many call: the numpy set-up of the
     decision rule is paid once for all the requests that arrived together. Same results as `decide_one` each, except
-    that a `control_share` of them (by universal_id and campaign_id) are served a random moment (arms.py)."""
+    that a `control_share` of them (by universal_id and campaign_id) are served a random moment (arms.py), and with
+    `exploration` above 0 the others are decided on a draw from the model's uncertainty (explore.py)."""
     out: list = [None] * len(requests)
     rows, uids, known_people, redirected, curves, evidence, levels, cohorts, shared = _who(snapshot, cache, requests,
                                                                                            out)
@@ -283,6 +286,14 @@ def decide_requests(snapshot: DecisionSnapshot, cache: NormalizeCache, requests:
     trigger = batch.trigger_at.astype(np.int64).tolist()
     values, confidences = batch.expected_engagement.tolist(), batch.confidence.tolist()
     now_ms = _ms(now)
+    explored = None
+    if exploration > 0:  # the draws of every row at once (control rows are simply not served theirs)
+        keys = np.array([arms.campaign_key(r.campaign_id) for r in picked], np.uint64)
+        drawn = explore.drawn_curves(curves, np.array(evidence, np.float64), np.array(uids, np.uint64), keys,
+                                     exploration)
+        explored = decide_many(drawn, np.array(evidence, np.float64), np.array(levels, object),
+                               after.astype("datetime64[ms]"), before.astype("datetime64[ms]"), latency, now,
+                               snapshot.timing.calibration).delivery_at.astype(np.int64).tolist()
     uncalibrated = "" if snapshot.timing.calibration.fitted else " (uncalibrated)"
     for j, i in enumerate(rows):
         if batch.error_field[j] is not None:
@@ -299,11 +310,18 @@ def decide_requests(snapshot: DecisionSnapshot, cache: NormalizeCache, requests:
             after_ms, before_ms = int(after[j]), int(before[j])
             moment = arms.control_moment(after_ms, before_ms, max(after_ms, now_ms + shift), *arms.draws(h))
             arm, served_at = arms.CONTROL, float(curves[j][(moment // HOUR_MS + EPOCH_HOW) % HOURS])
+            policy = explore.RANDOM
             explanation = (lead + f"control arm: a uniformly random moment in the window "
                            f"({slot_name((moment // HOUR_MS + EPOCH_HOW) % HOURS)}), held out to measure the uplift "
                            f"(docs/EVALUATION.md); expected engagement there {served_at:.3f} by {source}")
+        elif explored is not None:
+            moment, arm, policy = explored[j], arms.TREATMENT, explore.THOMPSON
+            served_at = float(snapshot.timing.calibration.engagement_of(
+                curves[j][(moment // HOUR_MS + EPOCH_HOW) % HOURS]))
+            explanation = lead + _explored_note(moment, delivery[j], source, evidence[j], served_at, value, conf,
+                                                exploration, uncalibrated)
         else:
-            moment, arm, served_at = delivery[j], arms.TREATMENT, value
+            moment, arm, served_at, policy = delivery[j], arms.TREATMENT, value, explore.GREEDY
             explanation = (lead + f"{slot_name((moment // HOUR_MS + EPOCH_HOW) % HOURS)} is the best delivery hour "
                            f"in the window by {source} (evidence {evidence[j]:.1f} engagements, expected engagement "
                            f"{value:.3f}); confidence {conf:.2f}{uncalibrated}")
@@ -311,8 +329,19 @@ def decide_requests(snapshot: DecisionSnapshot, cache: NormalizeCache, requests:
             universal_id=f"sf_{uids[j]:016x}", trigger_at=_moment(moment - shift), delivery_at=_moment(moment),
             confidence=conf, expected_engagement=served_at, fallback_level=levels[j], explanation=explanation,
             known_person=known, cohort=cohorts[j], merged_into=redirected[j], evidence=evidence[j], arm=arm,
-            model_delivery_at=_moment(delivery[j]), model_expected_engagement=value)
+            model_delivery_at=_moment(delivery[j]), model_expected_engagement=value, policy=policy)
     return out
+
+
+def _explored_note(moment: int, best: int, source: str, evidence: float, served_at: float, value: float,
+                   confidence: float, scale: float, uncalibrated: str) -> str:
+    def slot(ms: int) -> str:
+        return slot_name((ms // HOUR_MS + EPOCH_HOW) % HOURS)
+
+    return (f"explored: {slot(moment)} is the best hour in the window of a draw from the uncertainty of {source} "
+            f"(Thompson sampling at scale {scale:g}, evidence {evidence:.1f} engagements; expected engagement "
+            f"{served_at:.3f}); the curve's own best is {slot(best)} (expected engagement {value:.3f}, confidence "
+            f"{confidence:.2f}{uncalibrated})")
 
 
 @dataclass(frozen=True)
@@ -329,6 +358,7 @@ class BatchResult:
     error_field: list[str | None]
     error_message: list[str | None]
     control: np.ndarray  # bool: in the control arm
+    explored: np.ndarray  # bool: served a draw's best moment (treatment decisions with exploration on)
     model_delivery_at: np.ndarray  # datetime64[ms], the model's choice
     model_expected_engagement: np.ndarray
     evidence: np.ndarray
@@ -340,10 +370,13 @@ class BatchResult:
 
 def decide_batch(snapshot: DecisionSnapshot, cache: NormalizeCache, identifiers: Mapping[str, Sequence[str | None]],
                  universal_ids: Sequence[str | None], send_after, send_before, latency_seconds,
-                 now: datetime, control_share: float = 0.0, campaign_id: str | None = None) -> BatchResult:
+                 now: datetime, control_share: float = 0.0, campaign_id: str | None = None,
+                 exploration: float = 0.0) -> BatchResult:
     """A whole campaign at once: column-wise resolution and decide_many. Window and latency are scalars or
     per-recipient arrays (datetime64[ms] / float). A bad recipient gets an error row; the others are decided.
-    A `control_share` of the recipients (by universal_id and campaign_id) are served a random moment (arms.py)."""
+    A `control_share` of the recipients (by universal_id and campaign_id) are served a random moment (arms.py);
+    with `exploration` above 0 the others are served the best moment of a draw from the curve's uncertainty
+    (explore.py)."""
     n = len(universal_ids)
     res: Resolution = resolve(snapshot.identity, cache, identifiers, universal_ids, n)
     none = [None] * n
@@ -372,11 +405,24 @@ def decide_batch(snapshot: DecisionSnapshot, cache: NormalizeCache, identifiers:
         delivery = np.where(control, served.astype("datetime64[ms]"), delivery)
         trigger = np.where(control, (served - shift).astype("datetime64[ms]"), trigger)
         value = np.where(control, served_value, value)
+    explored = np.zeros(n, bool)
+    if exploration > 0 and n:
+        explored = ~bad & ~control
+        drawn = explore.drawn_curves(chosen.curves, chosen.evidence, res.uid, arms.campaign_key(campaign_id),
+                                     exploration)
+        x = decide_many(drawn, chosen.evidence, chosen.level, send_after, send_before, latency_seconds, now,
+                        snapshot.timing.calibration)
+        at = hour_of_week_ms(np.where(explored, x.delivery_at.astype(np.int64), 0))
+        delivery = np.where(explored, x.delivery_at, delivery)
+        trigger = np.where(explored, x.trigger_at, trigger)
+        value = np.where(explored, snapshot.timing.calibration.engagement_of(chosen.curves[np.arange(n), at]),
+                         value)
     return BatchResult(
         universal_id=uid, trigger_at=trigger, delivery_at=delivery,
         confidence=np.where(bad, np.nan, batch.confidence), expected_engagement=value,
         fallback_level=np.where(bad, None, chosen.level), known_person=res.known,
-        error_field=error_field, error_message=error_message, control=control, model_delivery_at=model_delivery,
+        error_field=error_field, error_message=error_message, control=control, explored=explored,
+        model_delivery_at=model_delivery,
         model_expected_engagement=model_value, evidence=chosen.evidence, cohort=chosen.cohort)
 
 

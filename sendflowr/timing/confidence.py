@@ -51,7 +51,7 @@ def fit_posterior_calibration(f, rng: np.random.Generator, people: int = 6000, d
     chosen = ((decided.delivery_at.astype(np.int64) // HOUR_MS) + EPOCH_HOW) % HOURS
     mass = np.float32(kernel_mass(f.params))
     a, b = shape / mass, rate / mass
-    s, e = sub.stats.deliveries(0, k)
+    s, e = sub.stats.deliveries(0, k, f.decay)
     level = mean.mean(axis=1, keepdims=True)
     hit = np.zeros(k)
     for _ in range(draws):

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -73,8 +74,10 @@ def run_evaluation(client: Client, database: str, rules: SignalRules, params: Es
             f"{truth.overall['share_of_oracle']['ours']:.3f}, ECE {truth.ece:.3f}")
     outcome = EvaluationOutcome(version=versions.next_version(client, database), predictive=predictive,
                                 calibration=calibration, truth=truth)
-    client.command(f"INSERT INTO {database}.timing_evaluations VALUES ({{r:String}}, {{v:UInt64}}, now64(3), "
-                   "{j:String})", parameters={"r": run_id, "v": outcome.version, "j": json.dumps(outcome.to_dict())})
+    # In the body, not as query parameters: a report with the truth's details outgrows a URL.
+    client.insert(f"{database}.timing_evaluations", [[run_id, outcome.version, datetime.now(UTC),
+                                                       json.dumps(outcome.to_dict())]],
+                  column_names=["run_id", "version", "evaluated_at", "report"])
     versions.commit(client, database, outcome.version, run_id, "evaluation", head["people"], calibration.to_json(),
                     metadata={"heldout_deliveries": predictive.deliveries, "sharpness": predictive.sharpness,
                               "ece": truth.ece if truth else None})

@@ -80,6 +80,21 @@ class Decay:
         return cache[key]
 
     @cached_property
+    def observed_share(self) -> np.ndarray:
+        """[H] the share of a message's engagement chance within the horizon that has passed once it has waited
+        through offset j (the delivery hour counts half, as in `value`); 1 at j = H - 1."""
+        mass = np.cumsum(self.g) - self.g[0] / 2
+        return mass / mass[-1]
+
+    def settled(self, cell: np.ndarray, messages: np.ndarray, events: np.ndarray) -> np.ndarray:
+        """Settled deliveries of cell rows, the denominator of what deliveries returned: an engaged message, or
+        one followed through the horizon, counts whole; a message still waiting counts by the share of its
+        chance that has passed. (Not engaged-or-horizon alone: a recent campaign's engaged messages would count
+        and its unengaged ones not, and its hour would look several times better than it was.)"""
+        wait = cell % self.horizon
+        return events + (messages - events) * self.observed_share[wait]
+
+    @cached_property
     def value(self) -> np.ndarray:
         """[168, 168] float32 Q: the cumulative hazard of a delivery at a random moment of hour h is (r @ Q)[h],
         Q[u, h] = g[0] / 2 at u = h and the sum of g[j], j >= 1, with (h + j) % 168 = u."""

@@ -20,7 +20,7 @@ from sendflowr.ingest import plan
 from sendflowr.sql_files import load_sql
 from sendflowr.timing.decide import EPOCH_HOW, HOURS
 from sendflowr.timing.estimate import EstimatorParams
-from sendflowr.timing.hazard import event_hour
+from sendflowr.timing.hazard import Decay, event_hour
 from sendflowr.timing.signals import SignalRules
 
 
@@ -126,12 +126,14 @@ class PersonStats:
         m.sum_duplicates()
         return m
 
-    def deliveries(self, lo: int, hi: int) -> tuple[sparse.csr_matrix, sparse.csr_matrix]:
-        """([hi - lo, 168] engaged, [hi - lo, 168] settled deliveries) by delivery hour of week: a delivery is
-        settled once engaged or followed for the whole horizon (a recent unengaged one is still open)."""
-        settled = np.where(self.cell % self.horizon == self.horizon - 1, self.messages, self.events)
-        how = (self.cell // self.horizon).astype(np.intp)
-        s, e = self._rows(lo, hi, how, self.events, HOURS), self._rows(lo, hi, how, settled, HOURS)
+    def deliveries(self, lo: int, hi: int, decay: Decay) -> tuple[sparse.csr_matrix, sparse.csr_matrix]:
+        """([hi - lo, 168] engaged, [hi - lo, 168] settled deliveries, Decay.settled) by delivery hour of week."""
+        a, b = int(self.offsets[lo]), int(self.offsets[hi])
+        cell, events = self.cell[a:b], self.events[a:b]
+        settled = decay.settled(cell, self.messages[a:b], events)
+        how, pointers = (cell // self.horizon).astype(np.intp), self.offsets[lo:hi + 1] - a
+        s, e = (sparse.csr_matrix((v.astype(np.float32), how, pointers), shape=(hi - lo, HOURS))
+                for v in (events, settled))
         s.sum_duplicates()
         e.sum_duplicates()
         return s, e

@@ -1,9 +1,10 @@
 """Reading committed timing curves from ClickHouse, as columns (the API polls versions.latest_version and
 reloads).
 
-A run writes its timing_curves / timing_priors rows first and its timing_runs row last, so every version a
-timing_runs row names is complete; rows of other versions (a run in progress or one that died) are
-ignored. Each person's newest committed row wins (incremental runs rewrite only changed people).
+A run writes its timing_curves / timing_priors rows first and its timing_runs row last, so everything with a
+version a timing_runs row names is complete; rows of other versions (a run in progress or one that died) are
+ignored (timing.versions.committed). Each person's newest committed row wins (incremental runs rewrite only
+changed people).
 """
 
 from __future__ import annotations
@@ -53,7 +54,8 @@ class TimingSnapshot:
 
 
 def _strings(column: pa.ChunkedArray) -> np.ndarray:
-    return np.asarray(column.to_numpy(zero_copy_only=False), dtype=object)
+    # one Arrow array first: a chunked column's to_numpy imports pandas (tens of MB in every API worker)
+    return np.asarray(column.combine_chunks().to_numpy(zero_copy_only=False), dtype=object)
 
 
 def _matrix(column: pa.ChunkedArray, n: int) -> np.ndarray:
@@ -66,40 +68,72 @@ def _matrix(column: pa.ChunkedArray, n: int) -> np.ndarray:
     return np.ascontiguousarray(flat, dtype=np.float32).reshape(n, HOURS)
 
 
-def load_snapshot(client: Client, database: str) -> TimingSnapshot | None:
-    """Everything committed, as columns; None before the first committed run."""
+def latest_run(client: Client, database: str) -> tuple[int, datetime, str] | None:
+    """(version, materialized_at (UTC), calibration JSON) of the newest committed run; None before the first."""
     head = client.query(
         f"SELECT version, materialized_at, calibration FROM {database}.timing_runs "
         "ORDER BY version DESC LIMIT 1").result_rows
     if not head:
         return None
     version, materialized_at, calibration_json = head[0]
-    version = int(version)
-    params = {"v": version}
+    if isinstance(materialized_at, datetime) and materialized_at.tzinfo is None:
+        materialized_at = materialized_at.replace(tzinfo=UTC)
+    return int(version), materialized_at, calibration_json
+
+
+def calibration_of(calibration_json: str | None) -> Calibration:
+    return Calibration.from_json(calibration_json) if calibration_json else Calibration.default()
+
+
+@dataclass(frozen=True)
+class Priors:
+    """The cohort and global priors of a version, as columns (a few thousand rows at most)."""
+
+    level: np.ndarray  # object (str): 'cohort' | 'global'
+    cohort: np.ndarray  # object (str)
+    curves: np.ndarray  # float32 [k, HOURS]
+    evidence: np.ndarray  # float64 [k]
+
+    def split(self) -> tuple[dict[str, np.ndarray], dict[str, float], np.ndarray, float]:
+        """(cohort -> curve, cohort -> evidence, global curve, global evidence) as TimingSnapshot holds them."""
+        is_global = self.level == "global"
+        if is_global.any():
+            g = int(np.flatnonzero(is_global)[0])
+            global_curve, global_evidence = self.curves[g], float(self.evidence[g])
+        else:
+            global_curve, global_evidence = np.zeros(HOURS, dtype=np.float32), 0.0
+        rows = np.flatnonzero(~is_global)
+        return ({str(self.cohort[i]): self.curves[i] for i in rows},
+                {str(self.cohort[i]): float(self.evidence[i]) for i in rows}, global_curve, global_evidence)
+
+
+def load_priors(client: Client, database: str, version: int) -> Priors:
+    priors = client.query_arrow(
+        "SELECT toString(level) AS level, cohort, argMax(curve, version) AS curve, "
+        f"argMax(evidence, version) AS evidence FROM {database}.timing_priors WHERE version <= {{v:UInt64}} "
+        f"AND {committed(database)} "
+        "GROUP BY level, cohort ORDER BY level, cohort", parameters={"v": version}, use_strings=True)
+    return Priors(level=_strings(priors.column("level")), cohort=_strings(priors.column("cohort")),
+                  curves=_matrix(priors.column("curve"), priors.num_rows),
+                  evidence=priors.column("evidence").combine_chunks().to_numpy().astype(np.float64))
+
+
+def load_snapshot(client: Client, database: str) -> TimingSnapshot | None:
+    """Everything committed, as columns; None before the first committed run. (The API maps a compact copy
+    instead: sendflowr.decisions.timing_part.)"""
+    run = latest_run(client, database)
+    if run is None:
+        return None
+    version, materialized_at, calibration_json = run
     curves = client.query_arrow(
         "SELECT universal_id, argMax(curve, version) AS curve, argMax(evidence, version) AS evidence, "
         "argMax(engagements, version) AS engagements, toString(argMax(fallback_level, version)) AS fallback_level, "
         "argMax(cohort, version) AS cohort, argMax(best_hour, version) AS best_hour "
-        f"FROM {database}.timing_curves WHERE {committed(database)} GROUP BY universal_id ORDER BY universal_id",
-        parameters=params, use_strings=True)
-    priors = client.query_arrow(
-        "SELECT toString(level) AS level, cohort, argMax(curve, version) AS curve, "
-        f"argMax(evidence, version) AS evidence FROM {database}.timing_priors WHERE {committed(database)} "
-        "GROUP BY level, cohort", parameters=params, use_strings=True)
+        f"FROM {database}.timing_curves WHERE version <= {{v:UInt64}} AND {committed(database)} "
+        "GROUP BY universal_id ORDER BY universal_id",
+        parameters={"v": version}, use_strings=True)
     n = curves.num_rows
-    prior_levels = _strings(priors.column("level"))
-    prior_cohorts = _strings(priors.column("cohort"))
-    prior_curves = _matrix(priors.column("curve"), priors.num_rows)
-    prior_evidence = priors.column("evidence").to_numpy().astype(np.float64)
-    is_global = prior_levels == "global"
-    if is_global.any():
-        g = int(np.flatnonzero(is_global)[0])
-        global_curve, global_evidence = prior_curves[g], float(prior_evidence[g])
-    else:
-        global_curve, global_evidence = np.zeros(HOURS, dtype=np.float32), 0.0
-    cohort_rows = np.flatnonzero(~is_global)
-    if isinstance(materialized_at, datetime) and materialized_at.tzinfo is None:
-        materialized_at = materialized_at.replace(tzinfo=UTC)
+    priors, prior_evidence, global_curve, global_evidence = load_priors(client, database, version).split()
     return TimingSnapshot(
         version=version, materialized_at=materialized_at,
         universal_id=_strings(curves.column("universal_id")),
@@ -109,10 +143,8 @@ def load_snapshot(client: Client, database: str) -> TimingSnapshot | None:
         fallback_level=_strings(curves.column("fallback_level")),
         cohort=_strings(curves.column("cohort")),
         best_hour=curves.column("best_hour").to_numpy().astype(np.uint8),
-        priors={str(prior_cohorts[i]): prior_curves[i] for i in cohort_rows},
-        prior_evidence={str(prior_cohorts[i]): float(prior_evidence[i]) for i in cohort_rows},
-        global_curve=global_curve, global_evidence=global_evidence,
-        calibration=Calibration.from_json(calibration_json) if calibration_json else Calibration.default(),
+        priors=priors, prior_evidence=prior_evidence, global_curve=global_curve, global_evidence=global_evidence,
+        calibration=calibration_of(calibration_json),
     )
 
 

@@ -9,6 +9,7 @@ rows too).
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 
 from clickhouse_connect.driver.client import Client
 
@@ -50,9 +51,8 @@ def latest_run(client: Client, database: str, kind: str | None = None) -> dict |
 def commit(client: Client, database: str, version: int, run_id: str, kind: str, people: int, calibration: str,
            people_written: int = 0, metadata: dict | None = None) -> None:
     """The commit marker: after this row, everything written with `version` is visible to readers."""
-    client.command(
-        f"INSERT INTO {database}.timing_runs (version, run_id, materialized_at, people, calibration, kind, "
-        "people_written, metadata) VALUES ({v:UInt64}, {r:String}, now64(3), {p:UInt64}, {c:String}, {k:String}, "
-        "{w:UInt64}, {m:String})",
-        parameters={"v": version, "r": run_id, "p": people, "c": calibration, "k": kind, "w": people_written,
-                    "m": json.dumps(metadata or {}, default=float)})
+    # In the body, not as query parameters: a calibration or metadata can outgrow a URL (414).
+    client.insert(f"{database}.timing_runs", [[version, run_id, datetime.now(UTC), people, calibration, kind,
+                                               people_written, json.dumps(metadata or {}, default=float)]],
+                  column_names=["version", "run_id", "materialized_at", "people", "calibration", "kind",
+                                "people_written", "metadata"])

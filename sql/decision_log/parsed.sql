@@ -30,6 +30,8 @@ FROM
                    'columns.fallback_level: not person, cohort or global',
                NOT arrayAll(x -> x IN ('single', 'batch'), tupleElement(columns, 'endpoint')),
                    'columns.endpoint: not single or batch',
+               NOT arrayAll(x -> x IN ('greedy', 'thompson', 'random'), tupleElement(columns, 'policy')),
+                   'columns.policy: not greedy, thompson or random',
                NOT arrayAll(t -> t >= 946684800000 AND t < 7258118400000, arrayConcat(${times})),
                    'columns: a time outside [2000, 2200) (epoch milliseconds)',
                '') AS reason
