@@ -204,7 +204,7 @@ def assert_exact(settings: Settings, corpus: Corpus, client=None) -> None:
             checks.future_events(client, db),
             checks.offset_gaps(client, db, topic),
         ):
-            assert finding.passed, finding.examples
+            assert finding.passed, finding.facts
     finally:
         if own:
             client.close()

@@ -21,7 +21,7 @@ from sendflowr.settings import Settings
 from sendflowr.timing.signals import SignalRules
 from sendflowr.uplift.measure import EVIDENCE_BUCKETS, UpliftConfig, measure_uplift, outcome_units
 from sendflowr.uplift.stats import compare_arms, decisions_needed, poisson_weights
-from sendflowr_assets.assets.uplift import UPLIFT_CHECK, timing_uplift
+from sendflowr_assets.defs.decisions.assets import UPLIFT_CHECK, timing_uplift
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 T0 = (NOW - timedelta(days=10)).replace(minute=0, second=0)

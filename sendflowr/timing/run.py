@@ -118,6 +118,11 @@ def _previous(client: Client, database: str) -> tuple[pa.Table | None, np.ndarra
     prior = np.asarray(g[0][0], dtype=np.float32) if g and g[0][0] else None
     return rows, prior, calibration
 
+def _calibration(client: Client, database: str) -> str | None:
+    """The committed calibration alone (an incremental run carries it forward and needs nothing else)."""
+    rows = client.query(f"SELECT calibration FROM {database}.timing_runs ORDER BY version DESC LIMIT 1").result_rows
+    return rows[0][0] if rows else None
+
 def materialize(client: Client, database: str, rules: SignalRules | None = None,
                 params: EstimatorParams | None = None, run_id: str | None = None, full: bool = False,
                 log: Callable[[str], None] = print) -> TimingReport:
@@ -220,7 +225,7 @@ def _incremental(client: Client, database: str, rules: SignalRules, params: Esti
     report.cohorts = len(priors.cohorts) - 1
     write_curves(client, database, f, version, np.ones(len(stats), dtype=bool), _stats_hash(f), report)
     report.seconds["estimate_and_write"] = time.perf_counter() - t2
-    _, _, calibration = _previous(client, database)
+    calibration = _calibration(client, database)
     after = incremental.Base(version=base.version, built_ms=base.built_ms, messages=base.messages, ends=ends,
                              merged_at=merged_at)
     metadata = {"identity_mark": mark, "incremental": True, "by_level_written": report.by_level,
