@@ -57,6 +57,13 @@ class Normalized:
     def reject(self, index: int, reason: str) -> None:
         self.rejects.append((index, reason))
 
+    def rejected_unless(self, index: int, *required: tuple[object, str]) -> bool:
+        """Reject record `index` with the reason of its first missing (None) required value; True when it was."""
+        reason = next((why for value, why in required if value is None), None)
+        if reason is not None:
+            self.reject(index, reason)
+        return reason is not None
+
     def extend(self, other: Normalized, offset: int = 0) -> None:
         self.events.extend(other.events)
         self.sources.extend(s + offset for s in other.sources)
