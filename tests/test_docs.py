@@ -24,10 +24,11 @@ def test_readme_first_screen_has_the_two_commands_ci_runs() -> None:
 
 
 # Backticked names in the docs that look like paths but are not files of this repository.
-NOT_REPO_PATHS = {"apache/kafka": "a Docker image", "dagster/max_runtime": "a Dagster run tag",
-                  "sendflowr/ingest_slot": "a Dagster tag (docs/INGESTION.md)", "Mozilla/5.0": "a user agent",
-                  "DIR/campaigns/": "a placeholder directory", "sql/migrations/NNNN_name.sql": "the naming pattern"}
-_NOT_A_PATH = re.compile(r"^(?:[/~<]|\.?\./|\.sendflowr|https?:)|[<{=:\s#]")  # routes, homes, URLs, settings
+NOT_REPO_PATHS = {"apache/kafka": "a Docker image", "sendflowr/ingest_slot": "a Dagster tag (docs/INGESTION.md)",
+                  "Mozilla/5.0": "a user agent", "DIR/campaigns/": "a placeholder directory",
+                  "sql/migrations/NNNN_name.sql": "the naming pattern"}
+_NOT_A_PATH = re.compile(r"^(?:[/~<]|\.?\./|\.sendflowr|https?:|dagster/)|[<{=:\s#]")  # routes, homes, URLs,
+# settings, Dagster's own tag and metadata keys
 _PATH_LIKE = re.compile(r"/|\.(?:py|sql|md|yaml|toml)$")
 
 

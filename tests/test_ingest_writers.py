@@ -270,6 +270,9 @@ def test_the_sensor_launches_one_run_per_idle_slot_with_new_messages(settings: S
     from sendflowr_assets.defs.ingest.assets import events
     from sendflowr_assets.defs.ingest.sensors import INGEST_JOB, INGEST_SLOT_TAG, requests
 
+    # The events topic only: the session's broker may hold a decision-log topic other tests wrote, whose sink the
+    # sensor would then configure too (this test materializes `events` alone).
+    settings = settings.model_copy(update={"decision_log_topic": f"decisions-{settings.kafka_topic}"})
     # Partitions 0..3 under three writers: slot 0 owns 0 and 3, slot 1 owns 1, slot 2 owns 2; 2 stays empty.
     producer = Producer(producer_config(settings))
     for partition in (0, 1, 3):
