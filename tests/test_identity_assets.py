@@ -13,9 +13,9 @@ import pytest
 from dagster import AssetCheckSeverity, materialize
 from dagster_resources import resource_for
 
+from sendflowr import lease
 from sendflowr.clickhouse import get_client
 from sendflowr.identity.run import IDENTITY_LEASE, stitch_once
-from sendflowr.ingest import lease
 from sendflowr.kafka_io import produce_all
 from sendflowr.settings import Settings
 from sendflowr.synth import WorldConfig, build_world, iter_event_batches, serialize_batch, write_ground_truth
@@ -197,7 +197,7 @@ def test_docs_sql_examples_run(settings: Settings, ch) -> None:
 
 
 def test_one_identity_writer_at_a_time(settings: Settings, ch) -> None:
-    with lease.ingest_lease(ch, settings.clickhouse_database, IDENTITY_LEASE, "someone-else"):
+    with lease.hold(ch, settings.clickhouse_database, IDENTITY_LEASE, "someone-else"):
         with pytest.raises(lease.LeaseHeld):
             stitch_once(settings, ch, log=lambda _: None)
     assert stitch_once(settings, ch, log=lambda _: None).people_total == 0

@@ -23,9 +23,9 @@ from test_ingest_exactly_once import (
     run_and_crash,
 )
 
+from sendflowr import lease
 from sendflowr.clickhouse import get_client
 from sendflowr.errors import SendflowrError
-from sendflowr.ingest import lease
 from sendflowr.ingest.run import Hooks, IngestOptions, IngestReport, ingest_once
 from sendflowr.ingest.slots import WHOLE, Slot, parse_scope
 from sendflowr.settings import Settings
@@ -62,16 +62,16 @@ def test_slot_leases_exclude_only_writers_that_share_a_partition(settings: Setti
 
     def refused(slot: Slot) -> bool:
         try:
-            with lease.ingest_lease(ch, db, topic, f"probe-{slot}", slot=slot):
+            with lease.hold(ch, db, topic, f"probe-{slot}", slot=slot):
                 return False
         except lease.LeaseHeld:
             return True
 
-    with lease.ingest_lease(ch, db, topic, "holder", slot=Slot(0, 2)):
+    with lease.hold(ch, db, topic, "holder", slot=Slot(0, 2)):
         assert not refused(Slot(1, 2))
         assert not refused(Slot(1, 4)) and not refused(Slot(3, 4))
         assert refused(WHOLE) and refused(Slot(0, 2)) and refused(Slot(2, 4)) and refused(Slot(0, 4))
-        with lease.ingest_lease(ch, db, topic, "other", slot=Slot(1, 2)):
+        with lease.hold(ch, db, topic, "other", slot=Slot(1, 2)):
             assert refused(WHOLE) and refused(Slot(1, 4))
     assert not refused(WHOLE)
 
@@ -270,6 +270,9 @@ def test_the_sensor_launches_one_run_per_idle_slot_with_new_messages(settings: S
     from sendflowr_assets.defs.ingest.assets import events
     from sendflowr_assets.defs.ingest.sensors import INGEST_JOB, INGEST_SLOT_TAG, requests
 
+    # The events topic only: the session's broker may hold a decision-log topic other tests wrote, whose sink the
+    # sensor would then configure too (this test materializes `events` alone).
+    settings = settings.model_copy(update={"decision_log_topic": f"decisions-{settings.kafka_topic}"})
     # Partitions 0..3 under three writers: slot 0 owns 0 and 3, slot 1 owns 1, slot 2 owns 2; 2 stays empty.
     producer = Producer(producer_config(settings))
     for partition in (0, 1, 3):

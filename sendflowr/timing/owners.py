@@ -12,6 +12,7 @@ import numpy as np
 import pyarrow as pa
 from clickhouse_connect.driver.client import Client
 
+from sendflowr.contract import IDENTIFIER_TYPES
 from sendflowr.sql_files import load_sql
 from sendflowr.timing.store import EMAIL_COHORT, PHONE_COHORT, calling_codes
 
@@ -27,8 +28,8 @@ def owner_map(client: Client, database: str, identifiers_of: str | None = None) 
     _drop_stale_owner_maps(client, database)
     name = f"{database}.{OWNER_MAP_PREFIX}{int(time.time())}_{uuid.uuid4().hex[:12]}"
     restrict = "" if identifiers_of is None else " AND (" + " OR ".join(
-        f"(i.identifier_type = '{t}' AND i.raw_value IN (SELECT {t} FROM {identifiers_of}))"
-        for t in ("email", "klaviyo_id", "external_id", "phone")) + ")"
+        f"(identifier_type = '{t}' AND raw_value IN (SELECT {t} FROM {identifiers_of}))"
+        for t in IDENTIFIER_TYPES) + ")"
     client.command(load_sql("timing/owners_table.sql", database).replace("${owners}", name))
     try:
         client.command(load_sql("timing/owners.sql", database).replace("${owners}", name)

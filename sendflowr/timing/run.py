@@ -26,7 +26,7 @@ import numpy as np
 import pyarrow as pa
 from clickhouse_connect.driver.client import Client
 
-from sendflowr.ingest import plan
+from sendflowr import progress
 from sendflowr.timing import incremental, versions
 from sendflowr.timing.decide import HOURS, Calibration
 from sendflowr.timing.estimate import EstimatorParams, Priors, levels
@@ -64,15 +64,9 @@ def record_progress(client: Client, database: str, run_id: str) -> tuple[int, di
 
     Nothing is folded: every run reads the committed events straight from `events` (messages_sql), so the
     watermark only tells whether anything is new since the last run."""
-    ends = plan.committed_ends(client, database)
-    bounds = plan.pending_bounds(client, database, "timing_progress", ends)
-    if bounds:
-        client.insert_arrow(f"{database}.timing_progress", pa.table({
-            "kafka_topic": pa.array([k[0] for k in bounds], pa.string()),
-            "kafka_partition": pa.array([k[1] for k in bounds], pa.uint32()),
-            "end_offset": pa.array([v[1] for v in bounds.values()], pa.uint64()),
-            "run_id": pa.array([run_id] * len(bounds), pa.string()),
-            "at": pa.array([datetime.now(UTC)] * len(bounds), pa.timestamp("us", tz="UTC"))}))
+    ends = progress.committed_ends(client, database)
+    bounds = progress.pending(client, database, "timing_progress", ends)
+    progress.advance(client, database, "timing_progress", bounds, run_id)
     return sum(e - s for s, e in bounds.values()), ends
 
 def _stats_hash(f: Fit) -> np.ndarray:
