@@ -58,12 +58,28 @@ def _quoted(names: tuple[str, ...]) -> str:
     return ", ".join(f"'{n}'" for n in names)
 
 
+def _owner_key() -> str:
+    """The owner-map key (cityHash64(type, value)) of a row's best-ranked identifier the map holds, 0 for none.
+    A multiIf, not arrayFirst over all of them: it stops at the first hit, and most rows hit on the first probe
+    (arrayFirst probed all four: the timing build's message pass took ~30% longer at 200k people)."""
+    probes = ", ".join(f"joinGet({{owners:String}}, 'p', cityHash64('{t}', {t})) > 0, cityHash64('{t}', {t})"
+                       for t in IDENTIFIER_PRIORITY)
+    return f"multiIf({probes}, 0)"
+
+
+def _best_identifier() -> str:
+    """A row's first non-empty identifier in priority order (a multiIf: no array built per row)."""
+    return "multiIf(" + ", ".join(f"{t} != '', {t}" for t in IDENTIFIER_PRIORITY) + ", '')"
+
+
 def sql_substitutions() -> dict[str, str]:
     """Placeholders SQL files use for the contract (always in the same order as the Python tuples):
-    identifier columns and type names, in code order and in priority order."""
+    identifier columns and type names in code order; the owner-map probe in priority
+    order (`${owner_key}`, over a run's owner map passed as the {owners:String} parameter) and the best
+    non-empty identifier (`${best_identifier}`)."""
     return {
+        "${owner_key}": _owner_key(),
+        "${best_identifier}": _best_identifier(),
         "${identifier_columns}": ", ".join(IDENTIFIER_TYPES),
         "${identifier_types}": _quoted(IDENTIFIER_TYPES),
-        "${identifier_columns_by_priority}": ", ".join(IDENTIFIER_PRIORITY),
-        "${identifier_types_by_priority}": _quoted(IDENTIFIER_PRIORITY),
     }

@@ -22,9 +22,7 @@ WITH
     arrayMap((k, t) -> k > 0 OR t - delivered_ms < {scanner_window_ms:Int64}
                        OR (burst AND t - first_click < {scanner_burst_ms:Int64}), click_kind, click_ms) AS is_scanner
 SELECT
-    arrayFirst(k -> joinGet({owners:String}, 'p', k) > 0,
-               arrayMap((t, v) -> cityHash64(t, v), [${identifier_types_by_priority}],
-                        [${identifier_columns_by_priority}])) AS owner_key,
+    ${owner_key} AS owner_key,
     joinGet({owners:String}, 'p', owner_key) AS p,
     opens,
     if(flagged_opens > 0, flagged_opens, toUInt64(length(apple_ms) > 0)) AS machine_opens,
