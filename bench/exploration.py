@@ -52,6 +52,7 @@ from sendflowr.decisions import explore
 from sendflowr.decisions.identity_map import NormalizeCache
 from sendflowr.decisions.service import IDENTIFIER_FIELDS, BatchResult, decide_batch
 from sendflowr.decisions.snapshot import DecisionSnapshot, load_decision_snapshot
+from sendflowr.decisions.snapshot_store import PartStore
 from sendflowr.identity.run import stitch_once
 from sendflowr.ingest import IngestOptions, ingest_once
 from sendflowr.kafka_io import ensure_topic
@@ -117,7 +118,9 @@ def _fresh_database(settings: Settings) -> None:
 def _snapshot(settings: Settings) -> DecisionSnapshot:
     client = get_client(settings)
     try:
-        snapshot = load_decision_snapshot(client, settings.clickhouse_database)
+        # parts under the bench's home, as the API keeps them under its own (sendflowr/decisions/snapshot_store.py)
+        parts = PartStore(Path(settings.home) / "api-snapshots" / settings.clickhouse_database)
+        snapshot = load_decision_snapshot(client, settings.clickhouse_database, parts)
     finally:
         client.close()
     if snapshot is None:

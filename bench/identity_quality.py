@@ -17,9 +17,7 @@ profiles split, oracle equal. Nothing is asserted here: the figures are printed 
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
-import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -29,13 +27,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from endpoint import private_endpoint  # bench/endpoint.py
 
 from sendflowr.clickhouse import get_client
 from sendflowr.identity.evaluate import IdentityScore, score_identity
 from sendflowr.identity.graph import EMAIL, EXTERNAL_ID, KLAVIYO_ID, PHONE, Guards
 from sendflowr.identity.run import IdentityReport, stitch_once
-from sendflowr.local import chdb_server, processes
-from sendflowr.local.processes import free_port
 from sendflowr.migrations import apply_migrations
 from sendflowr.settings import Settings
 from sendflowr.synth import WorldConfig, build_world, iter_event_batches, write_ground_truth
@@ -184,11 +181,9 @@ def main() -> int:
     if unknown:
         parser.error(f"unknown worlds {sorted(unknown)}; known: {', '.join(WORLDS)}")
 
-    workdir = Path(tempfile.mkdtemp(prefix="sendflowr-bench-identity-quality-"))
-    settings = Settings(home=workdir, clickhouse_url=f"http://127.0.0.1:{free_port()}", clickhouse_database="bench")
     rows = []
-    try:
-        chdb_server.start_background(settings)
+    with private_endpoint("sendflowr-bench-identity-quality-", args.keep) as (settings, _):
+        workdir = settings.home
         for name in names:
             overrides = dict(WORLDS[name])
             overrides["seed"] = overrides.get("seed", 7) + args.seed_offset
@@ -216,10 +211,6 @@ def main() -> int:
         print("|---|---|---|---|---|---|---|---|---|---|---|---|")
         print("\n".join(rows))
         return 0
-    finally:
-        processes.stop(settings, chdb_server.PROCESS_NAME)
-        if not args.keep:
-            shutil.rmtree(workdir, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -37,17 +37,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
+from endpoint import private_endpoint  # bench/endpoint.py
+
 from sendflowr.clickhouse import get_client
-from sendflowr.local import chdb_server, processes
-from sendflowr.local.processes import free_port
 from sendflowr.migrations import apply_migrations
-from sendflowr.settings import Settings
 from sendflowr.timing.estimate import EstimatorParams
 from sendflowr.timing.fit import CHUNK, fit
 from sendflowr.timing.owners import owner_map
@@ -241,12 +238,9 @@ def main() -> int:
     parser.add_argument("--keep", action="store_true", help="keep the temporary state directory")
     args = parser.parse_args()
 
-    workdir = Path(tempfile.mkdtemp(prefix="sendflowr-bench-timing-"))
-    settings = Settings(home=workdir, clickhouse_url=f"http://127.0.0.1:{free_port()}", clickhouse_database="bench")
-    db = settings.clickhouse_database
-    try:
-        print(f"starting chDB endpoint under {workdir}", flush=True)
-        cpu = Cpu(chdb_server.start_background(settings))
+    with private_endpoint("sendflowr-bench-timing-", args.keep) as (settings, endpoint_pid):
+        db = settings.clickhouse_database
+        cpu = Cpu(endpoint_pid)
         apply_migrations(settings)
         client = get_client(settings)
         started = time.perf_counter()
@@ -331,10 +325,6 @@ def main() -> int:
         print(f"incremental, +{args.increment:.0%} events   {inc_wall:>13.2f}s {inc_wall / full:6.1%} of the full "
               f"build; CPU {inc_ch + inc_py:.2f}s = {(inc_ch + inc_py) / (full_ch + full_py):.1%}")
         return 0
-    finally:
-        processes.stop(settings, chdb_server.PROCESS_NAME)
-        if not args.keep:
-            shutil.rmtree(workdir, ignore_errors=True)
 
 
 if __name__ == "__main__":

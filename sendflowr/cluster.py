@@ -31,7 +31,7 @@ LOCAL_TABLES = frozenset({
     "ingest_staging", "ingest_staging_in_memory", "ingest_known_ids", "ingest_inbox", "ingest_certified",
     "decision_log_staging", "identity_run_identifiers", "identity_run_nodes", "identity_run_edges", "identity_region",
 })
-# Linearizable in Keeper (sendflowr/ingest/lease.py): table -> its key column.
+# Linearizable in Keeper (sendflowr/lease.py): table -> its key column.
 KEEPER_MAP_TABLES = {"ingest_leases": "holder"}
 # A crashed attempt must be replayed while its blocks are remembered: the default 3600 s is too short for an outage.
 # One week is the topic's default retention (SENDFLOWR_KAFKA_RETENTION_HOURS): a replay can come no later anyway.

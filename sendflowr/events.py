@@ -1,31 +1,28 @@
 """The event contract: JSON Schema v1 plus the semantic rules a schema cannot say.
 
 `validate_event` is the one Python validator (generator, connectors, API, tests). Ingestion applies the
-same rules in ClickHouse SQL (sql/ingest_events.sql); tests hold the two to the same verdicts.
+same rules in ClickHouse SQL (the staging table's columns, migrations 0003 and 0008); tests hold the two to the
+same verdicts. The contract's facts themselves live in sendflowr.contract.
 """
 
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from functools import cache
-from importlib import resources
 from typing import Any
 
 from jsonschema import Draft202012Validator, FormatChecker
 
-SCHEMA_VERSION = 1
-EVENT_TYPES = ("sent", "delivered", "opened", "clicked", "bounced", "unsubscribed", "complained")
-IDENTIFIER_TYPES = ("email", "klaviyo_id", "phone", "external_id")
-EARLIEST_OCCURRED_AT = datetime(2000, 1, 1, tzinfo=UTC)
-FUTURE_TOLERANCE = timedelta(minutes=5)  # clock skew between an ESP and us
-MAX_EVENT_BYTES = 64 * 1024
-
-
-@cache
-def event_schema() -> dict[str, Any]:
-    text = resources.files("sendflowr.schemas").joinpath(f"event.v{SCHEMA_VERSION}.json").read_text()
-    return json.loads(text)
+from sendflowr.contract import (  # noqa: F401 (re-exported: the contract's names as producers know them)
+    EARLIEST_OCCURRED_AT,
+    EVENT_TYPES,
+    FUTURE_TOLERANCE,
+    IDENTIFIER_TYPES,
+    MAX_EVENT_BYTES,
+    SCHEMA_VERSION,
+    event_schema,
+)
 
 
 @cache

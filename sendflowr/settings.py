@@ -106,10 +106,13 @@ class Settings(BaseSettings):
         description="Where Maven copies the broker's jars (one folder per version), shared by every state dir.",
     )
 
-    ingest_cron: str = Field(default="* * * * *", description="Schedule of the ingestion asset (cron, UTC).")
-    identity_cron: str = Field(default="0 * * * *", description="Schedule of the identity graph asset (cron, UTC).")
-    timing_cron: str = Field(default="0 3 * * *", description="Schedule of the timing curves asset (cron, UTC).")
-    uplift_cron: str = Field(default="15 * * * *", description="Schedule of the timing_uplift asset (cron, UTC).")
+    ingest_poll_seconds: int = Field(
+        default=30, ge=5, description="How often the ingestion sensor compares Kafka's high watermarks with the "
+        "ingested offsets; a run is launched only when there is something new.")
+    timing_cron: str = Field(default="0 3 * * *", description="When the timing curves are rebuilt, once identity "
+                             "has changed since (cron, UTC).")
+    uplift_cron: str = Field(default="15 * * * *", description="When timing_uplift is measured, once decisions or "
+                             "identity have changed since (cron, UTC).")
     uplift_horizon_hours: int = Field(
         default=72, ge=1, le=720,
         description="A decision counts as engaged when its delivery is genuinely engaged with within this many "
@@ -118,10 +121,10 @@ class Settings(BaseSettings):
         default=0.5, gt=0,
         description="Pseudo-engagements of the cohort prior per hour in a person's curve (shrinkage strength).")
     ingest_max_messages_per_partition: int = Field(
-        default=1_000_000, ge=1, description="Most offsets one scheduled ingestion run reads per partition.")
+        default=1_000_000, ge=1, description="Most offsets one ingestion run reads per partition.")
     ingest_writers: int = Field(
         default=1, ge=1, description="Ingestion writers that run at once, each over its own partitions (p % writers "
-        "== slot); the ingestion schedule launches one run per slot (docs/INGESTION.md, 'Several writers').")
+        "== slot); the ingestion sensor launches one run per slot (docs/INGESTION.md, 'Several writers').")
     ingest_max_rejected_share: float = Field(
         default=0.05, ge=0, le=1,
         description="The ingestion asset check fails when a run rejects a larger share of its messages.")

@@ -36,7 +36,8 @@ class Coalescer:
         self.decided = 0
 
     async def decide(self, snapshot: DecisionSnapshot, request: DecisionRequest) -> DecisionResult:
-        """The decision, or raises UnusableIdentifiers / DecisionError like `decide_one`."""
+        """The decision, or raises UnusableIdentifiers / DecisionError, as one decided alone would
+        (tests/reference.py)."""
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         self._pending.append((snapshot, request, future))

@@ -23,9 +23,11 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from sendflowr.contract import IDENTIFIER_TYPES
+
 MAX_LATENCY_SECONDS = 86_400.0  # an ESP that needs more than a day to deliver is a misconfiguration
 UID_PATTERN = r"^sf_[0-9a-f]{16}$"
-IDENTIFIER_FIELDS = ("email", "klaviyo_id", "phone", "external_id")
+IDENTIFIER_FIELDS = IDENTIFIER_TYPES  # each a field of Identifiers below
 
 
 def _timestamp_string(value: object) -> object:
@@ -101,7 +103,7 @@ class Identifiers(IdentifierFields):
         if all(getattr(self, f) is None for f in (*IDENTIFIER_FIELDS, "universal_id")):
             raise PydanticCustomError(
                 "missing_identifier",
-                "at least one identifier is required: email, klaviyo_id, phone, external_id or universal_id")
+                "at least one identifier is required: " + ", ".join(IDENTIFIER_FIELDS) + " or universal_id")
         return self
 
 

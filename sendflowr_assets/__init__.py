@@ -1,1 +1,2 @@
-"""Dagster code location: thin adapters that wire the sendflowr core to assets, checks and schedules."""
+"""Dagster code location: thin adapters that wire the sendflowr core to assets, checks, jobs and sensors, by
+domain under defs/."""

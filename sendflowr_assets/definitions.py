@@ -1,33 +1,34 @@
-"""The one Definitions object of the SendFlowr code location."""
+"""The SendFlowr code location: the Definitions of each domain (defs/<domain>/definitions.py: its assets, checks,
+jobs and sensors) merged, with what they share: the resource, the executor, the job of every asset and the sensor that
+evaluates the assets' automation conditions."""
 
 from __future__ import annotations
 
-from dagster import Definitions
-
-from sendflowr_assets.assets.identity import identity_graph
-from sendflowr_assets.assets.ingestion import events
-from sendflowr_assets.assets.timing import timing_curves, timing_evaluation
-from sendflowr_assets.assets.uplift import decision_log, timing_uplift
-from sendflowr_assets.checks.identity_checks import IDENTITY_CHECKS
-from sendflowr_assets.checks.ingestion_checks import INGESTION_CHECKS
-from sendflowr_assets.checks.timing_checks import TIMING_CHECKS
-from sendflowr_assets.resources import default_resource
-from sendflowr_assets.schedules import (
-    all_assets_job,
-    identity_job,
-    identity_schedule,
-    ingest_job,
-    ingest_schedule,
-    timing_job,
-    timing_schedule,
-    uplift_job,
-    uplift_schedule,
+from dagster import (
+    AssetSelection,
+    AutomationConditionSensorDefinition,
+    DefaultSensorStatus,
+    Definitions,
+    in_process_executor,
 )
 
-defs = Definitions(
-    assets=[events, decision_log, identity_graph, timing_curves, timing_evaluation, timing_uplift],
-    asset_checks=[*INGESTION_CHECKS, *IDENTITY_CHECKS, *TIMING_CHECKS],
-    jobs=[ingest_job, identity_job, timing_job, uplift_job, all_assets_job],
-    schedules=[ingest_schedule, identity_schedule, timing_schedule, uplift_schedule],
-    resources={"sendflowr": default_resource()},
+from sendflowr_assets.defs.decisions import definitions as decisions
+from sendflowr_assets.defs.identity import definitions as identity
+from sendflowr_assets.defs.ingest import definitions as ingest
+from sendflowr_assets.defs.timing import definitions as timing
+from sendflowr_assets.jobs import all_assets_job
+from sendflowr_assets.resources import default_resource
+
+# Identity after new events, timing daily, the evaluation after timing, the uplift hourly (each asset's condition).
+automation_sensor = AutomationConditionSensorDefinition(
+    "sendflowr_automation", target=AssetSelection.all(), default_status=DefaultSensorStatus.RUNNING,
+    description="Evaluates the assets' automation conditions: identity after new events, timing daily, the "
+                "evaluation after timing, the uplift hourly.")
+
+defs = Definitions.merge(
+    ingest.defs, identity.defs, timing.defs, decisions.defs,
+    Definitions(jobs=[all_assets_job], sensors=[automation_sensor], resources={"sendflowr": default_resource()},
+                # One process per run: a step process would start Python and import Dagster and SendFlowr again
+                # (seconds) for runs whose steps take less (docs/ARCHITECTURE.md, Dagster).
+                executor=in_process_executor),
 )

@@ -1,6 +1,7 @@
 """A small HTTP reverse proxy in front of ClickHouse HTTP endpoints, for tests: it routes each request (not
-each connection) to a backend chosen by `route`, like a load balancer in front of replicas, and can terminate
-TLS with a certificate made in the test (tests/tls_material.py)."""
+each connection) to a backend chosen by `route`, like a load balancer in front of replicas, can terminate
+TLS with a certificate made in the test (tests/tls_material.py), and can answer a ClickHouse error instead of
+the backend (`fault`)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import http.client
 import itertools
 import ssl
 import threading
+import urllib.parse
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -16,12 +18,17 @@ _HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer",
 
 
 class RoutingProxy:
-    def __init__(self, backends: list[tuple[str, int]], certificate: Path | None = None, key: Path | None = None):
+    def __init__(self, backends: list[tuple[str, int]], certificate: Path | None = None, key: Path | None = None,
+                 port: int = 0):
         self.backends = backends
         self.requests: list[int] = []  # backend index of every request, in order
         self._turn = itertools.count()
         self._lock = threading.Lock()
         self.route: Callable[[int], int] = lambda n: n % len(self.backends)  # round robin per request
+        # Given a request's statement (its `query` parameter, else its body), a ClickHouse error code to answer
+        # ("before", code): without passing the request on, the statement never runs; ("after", code): once the
+        # backend has run it, instead of its answer. None passes the request on as it is.
+        self.fault: Callable[[str], tuple[str, int] | None] = lambda statement: None
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -43,8 +50,21 @@ class RoutingProxy:
                         self.rfile.readline()
                 return self.rfile.read(int(self.headers.get("Content-Length") or 0))
 
+            def _error(self, code: int) -> None:
+                message = f"Code: {code}. DB::Exception: injected by the test proxy.".encode()
+                self.send_response(500)
+                self.send_header("X-ClickHouse-Exception-Code", str(code))
+                self.send_header("Content-Length", str(len(message)))
+                self.end_headers()
+                self.wfile.write(message)
+
             def _forward(self) -> None:
                 body = self._body()
+                query = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query).get("query", [""])[0]
+                fault = proxy.fault(query or body.decode(errors="replace"))
+                if fault is not None and fault[0] == "before":
+                    self._error(fault[1])
+                    return
                 with proxy._lock:
                     index = proxy.route(next(proxy._turn))
                     proxy.requests.append(index)
@@ -57,6 +77,9 @@ class RoutingProxy:
                     upstream.request(self.command, self.path, body=body, headers=headers)
                     response = upstream.getresponse()
                     payload = response.read()
+                    if fault is not None:
+                        self._error(fault[1])
+                        return
                     self.send_response(response.status, response.reason)
                     for key, value in response.getheaders():
                         if key.lower() not in _HOP_BY_HOP and key.lower() != "content-length":
@@ -69,7 +92,7 @@ class RoutingProxy:
 
             do_GET = do_POST = _forward
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self.server.daemon_threads = True
         self.scheme = "http"
         if certificate is not None:

@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pytest
+from reference import decide_one
 
 from sendflowr.decisions.identity_map import IdentityMap, NormalizeCache, raw_hash
 from sendflowr.decisions.service import (
@@ -15,7 +16,6 @@ from sendflowr.decisions.service import (
     DecisionRequest,
     UnusableIdentifiers,
     decide_batch,
-    decide_one,
     decide_requests,
 )
 from sendflowr.decisions.snapshot import DecisionSnapshot
@@ -81,7 +81,7 @@ def _same(a, b) -> None:
     if isinstance(a, Exception):
         assert str(a) == str(b) and getattr(a, "field", None) == getattr(b, "field", None)
         return
-    for field in ("universal_id", "trigger_at", "delivery_at", "confidence", "expected_engagement",
+    for field in ("universal_id", "trigger_at", "delivery_at", "confidence", "expected_engagement", "explanation",
                   "fallback_level", "known_person", "cohort"):
         assert getattr(a, field) == getattr(b, field), field
 

@@ -19,10 +19,10 @@ from sendflowr.clickhouse import get_client
 from sendflowr.kafka_io import ensure_topic
 from sendflowr.settings import Settings
 from sendflowr.synth import WorldConfig, generate
-from sendflowr_assets.assets.identity import identity_graph
-from sendflowr_assets.assets.ingestion import events
-from sendflowr_assets.assets.timing import timing_curves
-from sendflowr_assets.assets.uplift import UPLIFT_CHECK, decision_log, timing_uplift
+from sendflowr_assets.defs.decisions.assets import UPLIFT_CHECK, decision_log, timing_uplift
+from sendflowr_assets.defs.identity.assets import identity_graph
+from sendflowr_assets.defs.ingest.assets import events
+from sendflowr_assets.defs.timing.assets import timing_curves
 
 pytestmark = pytest.mark.integration
 ANCHOR = datetime(2026, 6, 1, tzinfo=UTC)

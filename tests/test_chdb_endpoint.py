@@ -115,6 +115,17 @@ class Endpoint:
         self.server.engine.close()
 
 
+def assert_kept(settings: Settings, rows: list[tuple[int, int]]) -> None:
+    """A new owner of the directory serves the `kept` table with these (count, sum) rows."""
+    reopened = start_endpoint(settings)
+    try:
+        client = reopened.client()
+        assert client.query("SELECT count(), sum(id) FROM kept").result_rows == rows
+        client.close()
+    finally:
+        reopened.stop()
+
+
 def start_endpoint(settings: Settings) -> Endpoint:
     """open_server on a free port, serving in a thread, with POST headers recorded."""
     server = open_server(settings, host=HOST, port=0, pool_size=POOL_SIZE)
@@ -769,13 +780,7 @@ class TestLifecycle:
         assert "chDB endpoint stopped" in (tmp_path / "serve.log").read_text(errors="replace")
 
         # Once the owner stopped, this process may open the directory, and the data written there is kept.
-        reopened = start_endpoint(settings)
-        try:
-            client = reopened.client()
-            assert client.query("SELECT count(), sum(id) FROM kept").result_rows == [(10, 45)]
-            client.close()
-        finally:
-            reopened.stop()
+        assert_kept(settings, [(10, 45)])
 
     def test_start_background_and_stop(self, tmp_path):
         settings = make_settings(tmp_path, free_port())
@@ -794,13 +799,7 @@ class TestLifecycle:
         assert not chdb_server.ping(settings, timeout=0.5)
         assert "chDB endpoint stopped" in processes.log_tail(processes.log_file(settings, "clickhouse"))
 
-        reopened = start_endpoint(settings)  # the stopped process released the directory and flushed its data
-        try:
-            client = reopened.client()
-            assert client.query("SELECT count(), sum(id) FROM kept").result_rows == [(3, 6)]
-            client.close()
-        finally:
-            reopened.stop()
+        assert_kept(settings, [(3, 6)])  # the stopped process released the directory and flushed its data
 
     def test_port_in_use_is_named(self, tmp_path):
         settings = make_settings(tmp_path / "a")

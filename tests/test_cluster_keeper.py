@@ -21,8 +21,8 @@ import pytest
 from test_ingest_exactly_once import assert_exact, make_corpus, produce
 from test_ingest_writers import SLOTS, Rendezvous, run_writers
 
+from sendflowr import lease
 from sendflowr.clickhouse import get_client
-from sendflowr.ingest import lease
 from sendflowr.ingest.run import IngestReport
 from sendflowr.ingest.slots import WHOLE, Slot
 from sendflowr.kafka_io import ensure_topic
@@ -100,7 +100,7 @@ def _clients(replicas: list[Settings], on_cluster: bool) -> list:
 
 def _refused(client, slot: Slot, name: str = "sendflowr.events") -> bool:
     try:
-        with lease.ingest_lease(client, client.database, name, f"probe-{slot}", slot=slot):
+        with lease.hold(client, client.database, name, f"probe-{slot}", slot=slot):
             return False
     except lease.LeaseHeld:
         return True
@@ -118,12 +118,12 @@ def test_the_cluster_lease_table_is_keeper_backed_on_every_engine(replicas: list
 
 def test_a_lease_taken_on_one_engine_holds_on_the_other(replicas: list[Settings]) -> None:
     one, two = _clients(replicas, on_cluster=True)
-    with lease.ingest_lease(one, one.database, "sendflowr.events", "writer-on-r1"):
+    with lease.hold(one, one.database, "sendflowr.events", "writer-on-r1"):
         assert _refused(two, WHOLE) and _refused(two, Slot(1, 2))
     assert not _refused(two, WHOLE)
 
-    with lease.ingest_lease(one, one.database, "sendflowr.events", "slot-0", slot=Slot(0, 2)):
-        with lease.ingest_lease(two, two.database, "sendflowr.events", "slot-1", slot=Slot(1, 2)):
+    with lease.hold(one, one.database, "sendflowr.events", "slot-0", slot=Slot(0, 2)):
+        with lease.hold(two, two.database, "sendflowr.events", "slot-1", slot=Slot(1, 2)):
             assert _refused(one, WHOLE) and _refused(two, Slot(2, 4)) and _refused(one, Slot(3, 4))
         assert not _refused(two, Slot(1, 4))
 
@@ -131,7 +131,7 @@ def test_a_lease_taken_on_one_engine_holds_on_the_other(replicas: list[Settings]
 def test_the_single_server_lease_table_does_not_span_engines(replicas: list[Settings]) -> None:
     """Control: with the MergeTree lease table each engine only sees its own leases, so both hold the lease."""
     one, two = _clients(replicas, on_cluster=False)
-    with lease.ingest_lease(one, one.database, "sendflowr.events", "writer-on-r1"):
+    with lease.hold(one, one.database, "sendflowr.events", "writer-on-r1"):
         assert not _refused(two, WHOLE)
 
 
@@ -148,7 +148,7 @@ def test_lease_races_across_engines_have_one_winner(replicas: list[Settings]) ->
         def contend(i: int, start=start, lock=lock, holding=holding, most=most, trial=trial, errors=errors) -> None:
             start.wait()
             try:
-                with lease.ingest_lease(contenders[i], contenders[i].database, f"race-{trial}", f"run-{i}"):
+                with lease.hold(contenders[i], contenders[i].database, f"race-{trial}", f"run-{i}"):
                     with lock:
                         holding.append(i)
                         most.append(len(holding))
@@ -175,7 +175,7 @@ def test_keeper_keeps_no_lease_older_than_a_day(replicas: list[Settings]) -> Non
     one.insert(f"{one.database}.ingest_leases", [["sendflowr.events", "long-gone", old, 1],
                                                    ["sendflowr.events", "expired-recently", datetime.now(UTC), 1]],
                column_names=["kafka_topic", "holder", "expires_at", "released"])
-    with lease.ingest_lease(two, two.database, "sendflowr.events", "next-run"):
+    with lease.hold(two, two.database, "sendflowr.events", "next-run"):
         pass
     left = {h for (h,) in one.query("SELECT holder FROM ingest_leases").result_rows}
     assert "long-gone" not in left and "expired-recently" in left

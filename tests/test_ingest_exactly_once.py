@@ -24,8 +24,9 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
+from sendflowr import lease
 from sendflowr.clickhouse import get_client
-from sendflowr.ingest import checks, consume, lease, plan
+from sendflowr.ingest import checks, consume, plan
 from sendflowr.ingest.plan import OffsetRange
 from sendflowr.ingest.run import Hooks, IngestOptions, IngestReport, ingest_once
 from sendflowr.kafka_io import produce_all
@@ -203,7 +204,7 @@ def assert_exact(settings: Settings, corpus: Corpus, client=None) -> None:
             checks.future_events(client, db),
             checks.offset_gaps(client, db, topic),
         ):
-            assert finding.passed, finding.examples
+            assert finding.passed, finding.facts
     finally:
         if own:
             client.close()
@@ -218,6 +219,13 @@ def committed_stats(client, settings: Settings) -> tuple[int, int, int]:
         parameters={"topic": settings.kafka_topic},
     ).result_rows[0]
     return tuple(int(v) for v in row)
+
+
+def assert_caught_up(settings: Settings, corpus: Corpus, client, report) -> None:
+    """Nothing left behind: no lag, the events exactly the corpus's, each message counted once."""
+    assert report.lag == {p: 0 for p in range(settings.kafka_partitions)}
+    assert_exact(settings, corpus, client)
+    assert_bookkeeping_counts_each_message_once(settings, corpus, client)
 
 
 def assert_bookkeeping_counts_each_message_once(settings: Settings, corpus, client) -> None:
@@ -317,9 +325,7 @@ def test_second_run_ingests_nothing_new(settings: Settings, ch) -> None:
     second = ingest_once(settings, ch, log=lambda _m: None)
     assert (second.messages, second.inserted, second.rejected, second.duplicates) == (0, 0, 0, 0)
     assert second.partitions == {}
-    assert second.lag == {p: 0 for p in range(settings.kafka_partitions)}
-    assert_exact(settings, corpus, ch)
-    assert_bookkeeping_counts_each_message_once(settings, corpus, ch)
+    assert_caught_up(settings, corpus, ch, second)
 
 
 def test_killed_between_insert_and_bookkeeping(settings: Settings, ch) -> None:
@@ -341,10 +347,8 @@ def test_killed_between_insert_and_bookkeeping(settings: Settings, ch) -> None:
 
     report = catch_up(settings, ch, max_messages_per_partition=per_partition)
     assert report.replayed
-    assert report.lag == {p: 0 for p in range(settings.kafka_partitions)}
-    assert_exact(settings, corpus, ch)
     # The bookkeeping counts each event once, also those the dead run had already inserted.
-    assert_bookkeeping_counts_each_message_once(settings, corpus, ch)
+    assert_caught_up(settings, corpus, ch, report)
 
 
 def test_killed_while_the_next_attempt_is_staged(settings: Settings, ch) -> None:
@@ -371,9 +375,7 @@ def test_killed_while_the_next_attempt_is_staged(settings: Settings, ch) -> None
 
     report = catch_up(settings, ch, attempt_messages=1000, batch_messages=500)
     assert report.replayed
-    assert report.lag == {p: 0 for p in range(settings.kafka_partitions)}
-    assert_exact(settings, corpus, ch)
-    assert_bookkeeping_counts_each_message_once(settings, corpus, ch)
+    assert_caught_up(settings, corpus, ch, report)
 
 
 def test_many_attempts_in_one_pass_report_every_message(settings: Settings, ch) -> None:
@@ -560,7 +562,7 @@ def test_lease_races_have_one_winner(settings: Settings) -> None:
             ) -> None:
                 start.wait()
                 try:
-                    with lease.ingest_lease(clients[i], db, topic, f"run-{i}"):
+                    with lease.hold(clients[i], db, topic, f"run-{i}"):
                         with lock:
                             holding.append(f"run-{i}")
                             overlaps.append(len(holding))

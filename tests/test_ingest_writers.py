@@ -9,8 +9,8 @@ event id sit in partitions of different slots and the writers race for it.
 from __future__ import annotations
 
 import itertools
+import json
 import threading
-from datetime import UTC, datetime
 
 import pytest
 from test_ingest_exactly_once import (
@@ -23,9 +23,9 @@ from test_ingest_exactly_once import (
     run_and_crash,
 )
 
+from sendflowr import lease
 from sendflowr.clickhouse import get_client
 from sendflowr.errors import SendflowrError
-from sendflowr.ingest import lease
 from sendflowr.ingest.run import Hooks, IngestOptions, IngestReport, ingest_once
 from sendflowr.ingest.slots import WHOLE, Slot, parse_scope
 from sendflowr.settings import Settings
@@ -62,16 +62,16 @@ def test_slot_leases_exclude_only_writers_that_share_a_partition(settings: Setti
 
     def refused(slot: Slot) -> bool:
         try:
-            with lease.ingest_lease(ch, db, topic, f"probe-{slot}", slot=slot):
+            with lease.hold(ch, db, topic, f"probe-{slot}", slot=slot):
                 return False
         except lease.LeaseHeld:
             return True
 
-    with lease.ingest_lease(ch, db, topic, "holder", slot=Slot(0, 2)):
+    with lease.hold(ch, db, topic, "holder", slot=Slot(0, 2)):
         assert not refused(Slot(1, 2))
         assert not refused(Slot(1, 4)) and not refused(Slot(3, 4))
         assert refused(WHOLE) and refused(Slot(0, 2)) and refused(Slot(2, 4)) and refused(Slot(0, 4))
-        with lease.ingest_lease(ch, db, topic, "other", slot=Slot(1, 2)):
+        with lease.hold(ch, db, topic, "other", slot=Slot(1, 2)):
             assert refused(WHOLE) and refused(Slot(1, 4))
     assert not refused(WHOLE)
 
@@ -259,23 +259,43 @@ def test_two_crashed_slot_attempts_are_replayed_one_by_one(settings: Settings, c
 # ------------------------------------------------------------------------------------------------ Dagster
 
 
-def test_the_schedule_launches_one_run_per_idle_slot() -> None:
-    from dagster import build_schedule_context, instance_for_test, validate_run_config
+@pytest.mark.integration
+def test_the_sensor_launches_one_run_per_idle_slot_with_new_messages(settings: Settings) -> None:
+    from confluent_kafka import Producer
+    from dagster import build_sensor_context, instance_for_test, materialize, validate_run_config
+    from dagster_resources import resource_for
 
+    from sendflowr.kafka_io import producer_config
     from sendflowr_assets.definitions import defs
-    from sendflowr_assets.schedules import INGEST_SLOT_TAG, _ingest_schedule
+    from sendflowr_assets.defs.ingest.assets import events
+    from sendflowr_assets.defs.ingest.sensors import INGEST_JOB, INGEST_SLOT_TAG, requests
 
-    schedule, job = _ingest_schedule(3), defs.resolve_job_def("ingest_events")
+    # The events topic only: the session's broker may hold a decision-log topic other tests wrote, whose sink the
+    # sensor would then configure too (this test materializes `events` alone).
+    settings = settings.model_copy(update={"decision_log_topic": f"decisions-{settings.kafka_topic}"})
+    # Partitions 0..3 under three writers: slot 0 owns 0 and 3, slot 1 owns 1, slot 2 owns 2; 2 stays empty.
+    producer = Producer(producer_config(settings))
+    for partition in (0, 1, 3):
+        for i in range(5):
+            producer.produce(settings.kafka_topic, value=json.dumps({
+                "event_id": f"p{partition}-{i}", "event_type": "opened", "occurred_at": "2026-10-01T10:00:00Z",
+                "identifiers": {"email": f"person{i}@example.com"}}).encode(), partition=partition)
+    assert producer.flush(30) == 0
+    job, resource = defs.resolve_job_def(INGEST_JOB), resource_for(settings)
     with instance_for_test() as instance:
         def tick() -> list:
-            context = build_schedule_context(instance=instance, scheduled_execution_time=datetime.now(UTC))
-            return schedule.evaluate_tick(context).run_requests
+            with build_sensor_context(instance=instance, resources={"sendflowr": resource}) as context:
+                return getattr(requests(context, context.resources.sendflowr, 3), "run_requests", [])
 
-        requests = tick()
-        assert [r.tags[INGEST_SLOT_TAG] for r in requests] == ["0", "1", "2"]
-        for slot, request in enumerate(requests):
+        launched = tick()
+        assert [r.tags[INGEST_SLOT_TAG] for r in launched] == ["0", "1"]  # slot 2's partition has nothing new
+        for slot, request in zip((0, 1), launched, strict=True):
             config = validate_run_config(job, request.run_config)["ops"]["events"]["config"]
             assert (config["slot"], config["writers"]) == (slot, 3)
-        assert len({r.run_key for r in requests}) == 3
-        instance.create_run_for_job(job_def=job, run_config=requests[1].run_config, tags=requests[1].tags)
-        assert [r.tags[INGEST_SLOT_TAG] for r in tick()] == ["0", "2"]  # slot 1's run has not ended yet
+        assert len({r.run_key for r in launched}) == 2
+        instance.create_run_for_job(job_def=job, run_config=launched[1].run_config, tags=launched[1].tags)
+        assert [r.tags[INGEST_SLOT_TAG] for r in tick()] == ["0"]  # slot 1's run has not ended yet
+
+        result = materialize([events], resources={"sendflowr": resource}, run_config=launched[0].run_config)
+        assert result.asset_materializations_for_node("events")[0].metadata["rows_inserted"].value == 10
+        assert tick() == []  # slot 0 caught up, slot 1 still running

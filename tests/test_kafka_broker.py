@@ -136,15 +136,22 @@ def test_produced_messages_come_back_exactly_once(broker: LocalKafka) -> None:
     assert sorted(got) == sorted(sent)
 
 
-def test_busy_broker_port_is_named(broker: LocalKafka, tmp_path: Path) -> None:
+def _refused_on_a_taken_port(home: Path, which: str, setting: str) -> LocalKafka:
+    """A broker whose `which` port (broker_port / controller_port) another socket holds: start names the port and
+    the setting, and leaves nothing running."""
     with socket.socket() as squatter:
         squatter.bind(("127.0.0.1", 0))
         squatter.listen()
         port = squatter.getsockname()[1]
-        kafka = LocalKafka(_settings(tmp_path / "a", broker_port=port))
-        with pytest.raises(SendflowrError, match=rf"port {port} .*SENDFLOWR_KAFKA_BOOTSTRAP_SERVERS"):
+        kafka = LocalKafka(_settings(home, **{which: port}))
+        with pytest.raises(SendflowrError, match=rf"port {port} .*{setting}"):
             kafka.start()
     assert not kafka.is_running()
+    return kafka
+
+
+def test_busy_broker_port_is_named(broker: LocalKafka, tmp_path: Path) -> None:
+    kafka = _refused_on_a_taken_port(tmp_path / "a", "broker_port", "SENDFLOWR_KAFKA_BOOTSTRAP_SERVERS")
     assert not kafka.pid_file.exists()
 
     # The port of a running broker of another state dir: named, and the owner recognised as a broker.
@@ -154,14 +161,7 @@ def test_busy_broker_port_is_named(broker: LocalKafka, tmp_path: Path) -> None:
 
 
 def test_busy_controller_port_is_named(tmp_path: Path) -> None:
-    with socket.socket() as squatter:
-        squatter.bind(("127.0.0.1", 0))
-        squatter.listen()
-        port = squatter.getsockname()[1]
-        kafka = LocalKafka(_settings(tmp_path / "home", controller_port=port))
-        with pytest.raises(SendflowrError, match=rf"port {port} .*SENDFLOWR_KAFKA_CONTROLLER_PORT"):
-            kafka.start()
-    assert not kafka.is_running()
+    _refused_on_a_taken_port(tmp_path / "home", "controller_port", "SENDFLOWR_KAFKA_CONTROLLER_PORT")
 
 
 def test_broker_that_dies_at_startup_shows_its_log(tmp_path: Path) -> None:

@@ -273,16 +273,23 @@ def test_genuine_opens_follow_the_true_curve():
     assert len(keys) > 500
 
 
-def test_machine_opens_come_within_ten_minutes_from_apple(emitted, world):
-    table, _, events = emitted
+def _phenomenon(table, origin_name: str, has_it: np.ndarray, at_least: int) -> tuple[np.ndarray, np.ndarray]:
+    """The (non-duplicate) events a phenomenon emitted, at least `at_least`, all of people who have it, and each
+    one's delay (ms) after its message's delivery."""
     etype, origin, dup = _np(table, "event_type"), _np(table, "_origin"), _np(table, "_duplicate")
     ts, message, person = _ms(table, "_ts"), _np(table, "message_id"), _np(table, "_person")
-    delivered_at = dict(zip(message[(etype == "delivered") & ~dup], ts[(etype == "delivered") & ~dup],
-                            strict=True))
-    machine = np.flatnonzero((origin == "apple_mpp") & ~dup)
-    assert len(machine) > 300
-    assert world.people.apple_mpp[person[machine]].all()
-    delays = ts[machine] - np.array([delivered_at[m] for m in message[machine]])
+    rows = np.flatnonzero((origin == origin_name) & ~dup)
+    assert len(rows) > at_least
+    assert has_it[person[rows]].all()
+    delivered = (etype == "delivered") & ~dup
+    delivered_at = dict(zip(message[delivered], ts[delivered], strict=True))
+    return rows, ts[rows] - np.array([delivered_at[m] for m in message[rows]])
+
+
+def test_machine_opens_come_within_ten_minutes_from_apple(emitted, world):
+    table, _, events = emitted
+    etype, origin, dup, person = (_np(table, c) for c in ("event_type", "_origin", "_duplicate", "_person"))
+    machine, delays = _phenomenon(table, "apple_mpp", world.people.apple_mpp, at_least=300)
     assert delays.min() >= 0 and delays.max() <= 600_000
     for i in machine:
         assert events[i]["user_agent"] == "Mozilla/5.0" and events[i]["ip"].startswith("17.")
@@ -302,15 +309,9 @@ def test_machine_opens_come_within_ten_minutes_from_apple(emitted, world):
 
 def test_scanner_clicks_hit_every_link_within_seconds(emitted, world):
     table, _, events = emitted
-    etype, origin, dup = _np(table, "event_type"), _np(table, "_origin"), _np(table, "_duplicate")
-    ts, message, person = _ms(table, "_ts"), _np(table, "message_id"), _np(table, "_person")
-    delivered_at = dict(zip(message[(etype == "delivered") & ~dup], ts[(etype == "delivered") & ~dup],
-                            strict=True))
-    scans = np.flatnonzero((origin == "scanner") & ~dup)
-    assert len(scans) > 100
-    assert world.people.behind_scanner[person[scans]].all()
+    etype, origin, dup, message = (_np(table, c) for c in ("event_type", "_origin", "_duplicate", "message_id"))
+    scans, delays = _phenomenon(table, "scanner", world.people.behind_scanner, at_least=100)
     assert (etype[scans] == "clicked").all()
-    delays = ts[scans] - np.array([delivered_at[m] for m in message[scans]])
     assert delays.min() >= 1_000 and delays.max() <= 30_000
     links = {cid: int(n) for cid, n in zip(world.campaigns.ids, world.campaigns.n_links, strict=True)}
     urls: dict[str, set[str]] = defaultdict(set)

@@ -21,11 +21,10 @@ from sendflowr.timing.decide import HOURS
 from sendflowr.timing.run import materialize as materialize_timing
 from sendflowr.timing.store import load_snapshot
 from sendflowr.timing.versions import latest_version
-from sendflowr_assets.assets.identity import identity_graph
-from sendflowr_assets.assets.ingestion import events
-from sendflowr_assets.assets.timing import timing_curves, timing_evaluation
-from sendflowr_assets.checks.timing_checks import TIMING_CHECKS
-from sendflowr_assets.definitions import defs
+from sendflowr_assets.defs.identity.assets import identity_graph
+from sendflowr_assets.defs.ingest.assets import events
+from sendflowr_assets.defs.timing.assets import timing_curves, timing_evaluation
+from sendflowr_assets.defs.timing.checks import TIMING_CHECKS
 
 pytestmark = pytest.mark.integration
 
@@ -42,14 +41,6 @@ def _world(out: Path) -> tuple[list[bytes], Counter]:
                     np.asarray(batch.column("_origin").to_pylist())[unique], strict=True)
         truth.update(kinds)
     return lines, truth
-
-
-def test_definitions_have_timing_job_schedule_and_checks() -> None:
-    repo = defs.get_repository_def()
-    assert {"timing", "sendflowr_all"} <= {job.name for job in repo.get_all_jobs()}
-    assert repo.get_schedule_def("timing_schedule").cron_schedule == Settings().timing_cron
-    keys = {key.to_user_string() for key in repo.get_job("sendflowr_all").asset_layer.executable_asset_keys}
-    assert {"timing_curves", "timing_evaluation"} <= keys
 
 
 def test_curves_and_evaluation_on_a_synthetic_world(settings: Settings, ch, tmp_path: Path) -> None:

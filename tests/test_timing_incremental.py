@@ -23,9 +23,9 @@ from sendflowr.timing.owners import person_cohorts
 from sendflowr.timing.signals import SignalRules
 from sendflowr.timing.stats import person_stats
 from sendflowr.timing.store import load_snapshot
-from sendflowr_assets.assets.identity import identity_graph
-from sendflowr_assets.assets.ingestion import events
-from sendflowr_assets.assets.timing import timing_curves
+from sendflowr_assets.defs.identity.assets import identity_graph
+from sendflowr_assets.defs.ingest.assets import events
+from sendflowr_assets.defs.timing.assets import timing_curves
 
 pytestmark = pytest.mark.integration
 HUMAN = {"user_agent": "Mozilla/5.0 (Windows NT 10.0; Win64; x64) Chrome/126.0", "ip": "84.1.2.3"}

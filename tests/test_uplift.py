@@ -21,7 +21,7 @@ from sendflowr.settings import Settings
 from sendflowr.timing.signals import SignalRules
 from sendflowr.uplift.measure import EVIDENCE_BUCKETS, UpliftConfig, measure_uplift, outcome_units
 from sendflowr.uplift.stats import compare_arms, decisions_needed, poisson_weights
-from sendflowr_assets.assets.uplift import UPLIFT_CHECK, timing_uplift
+from sendflowr_assets.defs.decisions.assets import UPLIFT_CHECK, timing_uplift
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 T0 = (NOW - timedelta(days=10)).replace(minute=0, second=0)
@@ -70,7 +70,12 @@ def event(kind: str, at: datetime, person: Person, message_id: str, ua: str = ""
 
 
 def write_events(client, database: str, rows: list[list]) -> None:
+    """Events as ingestion leaves them: the rows, and their offset range (all at offset 0 here) committed."""
     client.insert(f"{database}.events", rows, column_names=EVENT_NAMES)
+    client.insert(f"{database}.ingest_ranges", [["events", "events", 0, 0, 1, "committed", "test", len(rows),
+                                                 len(rows), 0]],
+                  column_names=["kafka_topic", "sink", "kafka_partition", "start_offset", "end_offset", "state",
+                                "run_id", "messages", "valid", "rejected"])
 
 
 def people(n: int, prefix: str = "p") -> list[Person]:

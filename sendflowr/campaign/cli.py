@@ -162,7 +162,7 @@ def handler(args: argparse.Namespace, settings: Settings) -> int:
               f"{expected['treatment_rate']:.3f} treatment vs {expected['control_rate']:.3f} control, uplift "
               f"{expected['uplift']:+.3f} ({expected['relative_uplift']:+.1%})")
     if not args.materialize:
-        print(f"materialize the {UPLIFT_JOB!r} job (or wait for the schedules) to see timing_uplift")
+        print(f"materialize the {UPLIFT_JOB!r} job (or wait for its automation condition) to see timing_uplift")
         return 0
     launched = subprocess.run([sys.executable, "-m", "sendflowr_assets.launch", UPLIFT_JOB, "--port",
                                str(settings.dagster_port)], cwd=PROJECT_ROOT, env={**os.environ, **settings.as_env()})

@@ -17,18 +17,22 @@ from typing import Any
 import numpy as np
 import orjson
 
-from sendflowr.events import EARLIEST_OCCURRED_AT, FUTURE_TOLERANCE, IDENTIFIER_TYPES, MAX_EVENT_BYTES
+from sendflowr.contract import (
+    EARLIEST_OCCURRED_AT,
+    FIELD_MAX_CHARS,
+    FUTURE_TOLERANCE,
+    IDENTIFIER_MAX_CHARS,
+    IDENTIFIER_TYPES,
+    MAX_EVENT_BYTES,
+)
 from sendflowr.synth.fmt import codes_to_str, rfc3339_ms_codes
 
-_MAX_LENGTHS = {"event_id": 256, "esp": 64, "message_id": 256, "campaign_id": 256, "user_agent": 1024,
-                "ip": 64, "url": 2048}
 # An over-long optional field never costs its event: descriptive text is cut to the contract's limit, an id or
 # address that long is not one (cutting it could make it someone else's), so it is left out. Either way the
 # batch result counts it (Normalized.trimmed) and the webhook answer and import summary show it.
 TRUNCATED_FIELDS = frozenset({"url", "user_agent"})
 DROPPED_FIELDS = frozenset({"message_id", "campaign_id", "ip", "esp"})
 _MAX_EPOCH = 1e11  # seconds: year 5138; larger values are milliseconds or garbage, not a time
-_IDENTIFIER_MAX = {"email": 320, "klaviyo_id": 128, "phone": 64, "external_id": 256}
 
 
 class ConnectorError(ValueError):
@@ -52,6 +56,13 @@ class Normalized:
 
     def reject(self, index: int, reason: str) -> None:
         self.rejects.append((index, reason))
+
+    def rejected_unless(self, index: int, *required: tuple[object, str]) -> bool:
+        """Reject record `index` with the reason of its first missing (None) required value; True when it was."""
+        reason = next((why for value, why in required if value is None), None)
+        if reason is not None:
+            self.reject(index, reason)
+        return reason is not None
 
     def extend(self, other: Normalized, offset: int = 0) -> None:
         self.events.extend(other.events)
@@ -134,7 +145,7 @@ def text(value: Any) -> str | None:
 
 def fit(key: str, value: str, trimmed: Counter) -> str | None:
     """An optional field's value within the contract's limit: cut (text) or None (ids), counted in `trimmed`."""
-    limit = _MAX_LENGTHS[key]
+    limit = FIELD_MAX_CHARS[key]
     if len(value) <= limit:
         return value
     if key in TRUNCATED_FIELDS:
@@ -152,7 +163,7 @@ def put(event: dict[str, Any], key: str, value: Any, trimmed: Counter) -> None:
             return
         value = str(value)
     if value:
-        if len(value) > _MAX_LENGTHS[key]:
+        if len(value) > FIELD_MAX_CHARS[key]:
             value = fit(key, value, trimmed)
             if value is None:
                 return
@@ -163,7 +174,7 @@ def trim_optional(event: dict[str, Any], trimmed: Counter) -> None:
     """Fit every optional text field of a constructed event to its limit (see TRUNCATED_FIELDS)."""
     for key in TRUNCATED_FIELDS | DROPPED_FIELDS:
         value = event.get(key)
-        if isinstance(value, str) and len(value) > _MAX_LENGTHS[key]:
+        if isinstance(value, str) and len(value) > FIELD_MAX_CHARS[key]:
             fitted = fit(key, value, trimmed)
             if fitted is None:
                 del event[key]
@@ -210,9 +221,9 @@ def contract_problem(event: dict[str, Any], now: datetime, latest: str | None = 
     for name, value in identifiers.items():
         if name not in IDENTIFIER_TYPES or not isinstance(value, str) or not value:
             return f"identifiers.{name}: empty"
-        if len(value) > _IDENTIFIER_MAX[name]:
-            return f"identifiers.{name}: longer than {_IDENTIFIER_MAX[name]} characters"
-    for name, limit in _MAX_LENGTHS.items():
+        if len(value) > IDENTIFIER_MAX_CHARS[name]:
+            return f"identifiers.{name}: longer than {IDENTIFIER_MAX_CHARS[name]} characters"
+    for name, limit in FIELD_MAX_CHARS.items():
         value = event.get(name)
         if value is not None and len(value) > limit:
             return f"{name}: longer than {limit} characters"

@@ -67,16 +67,10 @@ def normalize(records: list[Any], now: datetime | None = None) -> Normalized:
         if event_type is None:
             result.reject(index, f"event: unknown Mailgun event type {str(kind)[:40]!r}")
             continue
-        event_id = text(data.get("id"))
-        if event_id is None:
-            result.reject(index, "id: missing (needed to deduplicate retries)")
-            continue
-        recipient = text(data.get("recipient"))
-        if recipient is None:
-            result.reject(index, "recipient: missing")
-            continue
-        if times[index] is None:
-            result.reject(index, "timestamp: missing or not Unix seconds")
+        event_id, recipient = text(data.get("id")), text(data.get("recipient"))
+        if result.rejected_unless(index, (event_id, "id: missing (needed to deduplicate retries)"),
+                                  (recipient, "recipient: missing"),
+                                  (times[index], "timestamp: missing or not Unix seconds")):
             continue
         message = data.get("message") if isinstance(data.get("message"), dict) else {}
         headers = message.get("headers") if isinstance(message.get("headers"), dict) else {}

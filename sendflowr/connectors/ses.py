@@ -91,13 +91,10 @@ def normalize(records: list[Any], now: datetime | None = None) -> Normalized:
         if isinstance(kind, str) and kind in SKIPPED:
             result.skipped[f"{ESP}:{kind}"] += 1
             continue
-        mail = record.get("mail")
-        if not isinstance(mail, dict):
-            result.reject(index, "mail: missing")
-            continue
-        message_id = text(mail.get("messageId"))
-        if message_id is None:
-            result.reject(index, "mail.messageId: missing (needed to deduplicate retries)")
+        mail = record.get("mail") if isinstance(record.get("mail"), dict) else None
+        message_id = text(mail.get("messageId")) if mail is not None else None
+        if result.rejected_unless(index, (mail, "mail: missing"),
+                                  (message_id, "mail.messageId: missing (needed to deduplicate retries)")):
             continue
         try:
             expanded = _expand(kind, record, mail) if isinstance(kind, str) else None

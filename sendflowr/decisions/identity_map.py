@@ -17,14 +17,12 @@ import numpy as np
 import pyarrow as pa
 from clickhouse_connect.driver.client import Client
 
+from sendflowr.contract import IDENTIFIER_PRIORITY  # noqa: F401 (the order in which identifiers decide the person)
 from sendflowr.identity import graph
 from sendflowr.identity.graph import raw_hash, raw_hashes  # noqa: F401 (the API's lookup key of raw identifiers)
 from sendflowr.identity.normalize import normalize_many
 from sendflowr.sql_files import load_sql
 
-# Order in which identifiers decide the person when they point at different people: the one priority order of
-# identity (graph.TYPES_BY_PRIORITY, also the guards' edge order), so the most specific personal id wins.
-IDENTIFIER_PRIORITY = graph.TYPES_BY_PRIORITY
 TYPE_CODE = {name: code for code, name in enumerate(graph.TYPE_NAMES)}
 _EMPTY = np.zeros(0, np.uint64)
 

@@ -2,9 +2,9 @@
 
 Rules, per recipient (docs in README "Decision semantics"):
 1. A `universal_id` in the request wins; an id merged away is followed through the merge log to its survivor.
-2. Otherwise the known *personal* identifier of highest priority (graph.TYPES_BY_PRIORITY: klaviyo_id, email,
-   external_id, phone) gives the person. An identifier stitching marked shared (a household phone, a family
-   account, a role address, a placeholder: identity_nodes.shared != 0) names no one and never decides.
+2. Otherwise the known *personal* identifier of highest priority (sendflowr.contract.IDENTIFIER_PRIORITY, the
+   order timing credits messages by) gives the person. An identifier stitching marked shared (a household phone,
+   a family account, a role address, a placeholder: identity_nodes.shared != 0) names no one and never decides.
 3. Otherwise every valid identifier that is not known is new: stitching will put them in one new person whose id
    is mix(the lowest node key) (graph.assign_ids: a new component's anchor; all of them share first_seen).
 4. Otherwise, when only shared identifiers are left, the answer is for no person: the shared identifier's own
@@ -21,7 +21,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sendflowr.decisions.identity_map import IDENTIFIER_PRIORITY, IdentityMap, NormalizeCache, raw_hash, raw_hashes
+from sendflowr.contract import IDENTIFIER_PRIORITY
+from sendflowr.decisions.identity_map import IdentityMap, NormalizeCache, raw_hash, raw_hashes
 from sendflowr.identity import graph
 
 NO_KEY = np.iinfo(np.uint64).max

@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 
 import numpy as np
 
+from sendflowr.contract import IDENTIFIER_TYPES
 from sendflowr.decisions import arms, explore
 from sendflowr.decisions.identity_map import NormalizeCache
 from sendflowr.decisions.resolve import Resolution, resolve, resolve_one
@@ -23,14 +24,13 @@ from sendflowr.timing.decide import (
     HOUR_MS,
     HOURS,
     DecisionError,
-    decide,
     decide_many,
     hour_of_week_ms,
     slot_name,
 )
 from sendflowr.timing.store import TimingSnapshot, email_cohort, phone_cohort
 
-IDENTIFIER_FIELDS = ("email", "klaviyo_id", "phone", "external_id")
+IDENTIFIER_FIELDS = IDENTIFIER_TYPES
 
 
 class UnusableIdentifiers(ValueError):
@@ -133,29 +133,6 @@ def curve_for_one(snapshot: DecisionSnapshot, uid: int, email: str | None, phone
     return chosen.curves[0], 0.0, str(chosen.level[0]), str(chosen.cohort[0])
 
 
-def decide_one(snapshot: DecisionSnapshot, cache: NormalizeCache, identifiers: Mapping[str, str | None],
-               universal_id: str | None, send_after: datetime, send_before: datetime, latency_seconds: float,
-               now: datetime) -> DecisionResult:
-    """The model's decision for one request (the treatment arm; `decide_requests` adds the control arm). Raises
-    UnusableIdentifiers or DecisionError (with `.field`) for requests that cannot get one."""
-    res = resolve_one(snapshot.identity, cache, identifiers, universal_id)
-    if res.errors[0] is not None:
-        raise UnusableIdentifiers(res.errors[0])
-    uid = int(res.uid[0])
-    shared = res.shared_only(0)
-    curve, evidence, level, cohort = curve_for_one(snapshot, uid, identifiers.get("email"), identifiers.get("phone"),
-                                                   personal=shared is None)
-    d = decide(curve, evidence=evidence, fallback_level=level, send_after=send_after, send_before=send_before,
-               latency_seconds=latency_seconds, now=now, calibration=snapshot.timing.calibration)
-    known = bool(res.known[0])
-    explanation = _who_note(known, shared) + d.explanation
-    return DecisionResult(universal_id=res.universal_id(0), trigger_at=d.trigger_at, delivery_at=d.delivery_at,
-                          confidence=d.confidence, expected_engagement=d.expected_engagement,
-                          fallback_level=d.fallback_level, explanation=explanation, known_person=known,
-                          cohort=cohort, merged_into=bool(res.redirected[0]), evidence=evidence,
-                          model_delivery_at=d.delivery_at, model_expected_engagement=d.expected_engagement)
-
-
 @dataclass(frozen=True)
 class DecisionRequest:
     """One single-decision request, as the core sees it."""
@@ -180,6 +157,16 @@ def _who_note(known: bool, shared: tuple[str, ...] | None) -> str:
         return (f"no one person: the {fields} given {'is' if len(shared) == 1 else 'are'} shared by several people "
                 "in the identity graph (a household, a business, a placeholder), so no person's curve is used; ")
     return "" if known else "unknown person (no events stitched yet); "
+
+
+def explain(known: bool, shared: tuple[str, ...] | None, delivery_ms: int, level: str, evidence: float,
+            expected: float, confidence: float, calibrated: bool) -> str:
+    """The explanation served with the model's own choice: who (when not a known person), the hour, whose curve,
+    its evidence, expected engagement and confidence. The one place it is worded."""
+    return (f"{_who_note(known, shared)}{slot_name((delivery_ms // HOUR_MS + EPOCH_HOW) % HOURS)} is the best "
+            f"delivery hour in the window by {_SOURCE.get(level, level)} (evidence {evidence:.1f} engagements, "
+            f"expected engagement {expected:.3f}); confidence {confidence:.2f}"
+            + ("" if calibrated else " (uncalibrated)"))
 
 
 def _ms(moment: datetime) -> int:
@@ -267,7 +254,8 @@ def decide_requests(snapshot: DecisionSnapshot, cache: NormalizeCache, requests:
                     now: datetime, control_share: float = 0.0, exploration: float = 0.0
                     ) -> list[DecisionResult | UnusableIdentifiers | DecisionError]:
     """Independent single decisions (each its own window) through ONE decide_many call: the numpy set-up of the
-    decision rule is paid once for all the requests that arrived together. Same results as `decide_one` each, except
+    decision rule is paid once for all the requests that arrived together. Same results as deciding each alone
+    (tests/reference.py: `decide_one`), except
     that a `control_share` of them (by universal_id and campaign_id) are served a random moment (arms.py), and with
     `exploration` above 0 the others are decided on a draw from the model's uncertainty (explore.py)."""
     out: list = [None] * len(requests)
@@ -322,9 +310,8 @@ def decide_requests(snapshot: DecisionSnapshot, cache: NormalizeCache, requests:
                                                 exploration, uncalibrated)
         else:
             moment, arm, served_at, policy = delivery[j], arms.TREATMENT, value, explore.GREEDY
-            explanation = (lead + f"{slot_name((moment // HOUR_MS + EPOCH_HOW) % HOURS)} is the best delivery hour "
-                           f"in the window by {source} (evidence {evidence[j]:.1f} engagements, expected engagement "
-                           f"{value:.3f}); confidence {conf:.2f}{uncalibrated}")
+            explanation = explain(known, shared[j], moment, levels[j], evidence[j], value, conf,
+                                  snapshot.timing.calibration.fitted)
         out[i] = DecisionResult(
             universal_id=f"sf_{uids[j]:016x}", trigger_at=_moment(moment - shift), delivery_at=_moment(moment),
             confidence=conf, expected_engagement=served_at, fallback_level=levels[j], explanation=explanation,
@@ -434,4 +421,4 @@ def _ms_column(value, n: int) -> np.ndarray:
 
 
 __all__ = ["BatchResult", "DecisionError", "DecisionRequest", "DecisionResult", "UnusableIdentifiers", "decide_batch",
-           "decide_one", "decide_requests", "decision_clock"]
+           "decide_requests", "decision_clock", "explain"]

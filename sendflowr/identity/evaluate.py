@@ -103,7 +103,7 @@ def score_identity(client: Client, database: str, truth_path: Path) -> IdentityS
     person = truth["person_id"].to_numpy().astype(np.int64)
 
     # universal_id of each unit; units outside the graph get a label of their own
-    stitched = client.query_arrow(load_sql("identity/eval_stitched.sql", database), use_strings=True)
+    stitched = client.query_arrow(load_sql("identity/identifier_owners.sql", database), use_strings=True)
     joined = truth.select(["identifier_type", "raw_value"]).append_column("row", pa.array(np.arange(n))).join(
         stitched.select(["identifier_type", "raw_value", "universal_id"]), ["identifier_type", "raw_value"],
         join_type="inner")

@@ -3,7 +3,8 @@
 Columns in, columns out (numpy), so a Dagster asset can feed integer-encoded edges read from ClickHouse and write
 the result back column-wise. Pure numpy/scipy; no Dagster, no FastAPI.
 
-Pipeline (`stitch`, then `assign_ids`; `rebuild` / `update` wrap both):
+Pipeline (`stitch`, then `assign_ids`; `restitch` recomputes a region, as sendflowr.identity.run does in ClickHouse;
+tests/reference.py holds the in-memory `rebuild` / `update` the tests check it against):
 
 1. Degree guard. A node with more than `max_degree_for_shared` distinct neighbours of any single type (own type
    included) is *shared* (a placeholder, a store's phone line): all its edges are blocked.
@@ -47,13 +48,13 @@ import pyarrow as pa
 from scipy.sparse import csr_matrix
 from scipy.sparse.csgraph import connected_components
 
-EMAIL, KLAVIYO_ID, PHONE, EXTERNAL_ID = 0, 1, 2, 3
-TYPE_NAMES = ("email", "klaviyo_id", "phone", "external_id")  # == sendflowr.events.IDENTIFIER_TYPES
+from sendflowr.contract import IDENTIFIER_PRIORITY, IDENTIFIER_TYPES
+
+TYPE_NAMES = IDENTIFIER_TYPES  # type code = position
+EMAIL, KLAVIYO_ID, PHONE, EXTERNAL_ID = (TYPE_NAMES.index(t) for t in ("email", "klaviyo_id", "phone", "external_id"))
 N_TYPES = len(TYPE_NAMES)
-# The one priority order of identifier types, most specific first: which edges the greedy pass keeps first when a
-# guard binds, and which identifier decides the person in the decision API when a request's identifiers point at
-# different people. An email ranks above a customer id: households share accounts more often than mailboxes.
-TYPES_BY_PRIORITY = ("klaviyo_id", "email", "external_id", "phone")
+# The guards' edge order when a limit binds (sendflowr.contract.IDENTIFIER_PRIORITY, the one priority order).
+TYPES_BY_PRIORITY = IDENTIFIER_PRIORITY
 TYPE_PRIORITY = tuple(TYPE_NAMES.index(t) for t in TYPES_BY_PRIORITY)
 
 # Verdict codes per edge. TYPE_LIMIT + t: the limit of type t would be exceeded (or two exclusive identifiers of
@@ -326,7 +327,7 @@ def _components(n: int, src: np.ndarray, dst: np.ndarray) -> tuple[int, np.ndarr
 def stitch(nodes: Nodes, edges: Edges, guards: Guards | None = None,
            shared_hint: np.ndarray | None = None, loop_below: int = 64) -> StitchResult:
     """Partition `nodes` into people. `shared_hint`: nodes already known to be shared by the degree guard (OR-ed
-    with it; `update` uses it for boundary nodes whose full edge list it does not load). `loop_below`: see
+    with it; `restitch` uses it for boundary nodes whose full edge list it does not load). `loop_below`: see
     `_greedy` (a tuning knob; results do not depend on it)."""
     guards = guards or Guards()
     n = len(nodes)
@@ -763,24 +764,6 @@ def assign_ids(component, node_key, first_seen, previous=None) -> IdAssignment:
 
 
 @dataclass(frozen=True)
-class Snapshot:
-    """Everything a run leaves behind; `update` needs nodes' cluster, shared flag and uid plus the edges."""
-
-    nodes: Nodes
-    edges: Edges
-    result: StitchResult
-    ids: IdAssignment  # ids.uid is per node of the whole graph; the merge log is this run's
-    region: np.ndarray  # node indices this run recomputed (all of them for `rebuild`)
-
-
-def rebuild(nodes: Nodes, edges: Edges, guards: Guards | None = None, previous=None) -> Snapshot:
-    """Full run: stitch everything, then assign ids against `previous` (None = from scratch)."""
-    result = stitch(nodes, edges, guards)
-    ids = assign_ids(result.component, nodes.node_key, nodes.first_seen, previous)
-    return Snapshot(nodes, edges, result, ids, np.arange(len(nodes)))
-
-
-@dataclass(frozen=True)
 class RegionResult:
     """`restitch` output for the region nodes (in the order of `region`)."""
 
@@ -801,8 +784,8 @@ def restitch(nodes: Nodes, edges: Edges, in_region: np.ndarray, shared_hint: np.
     its stored degree-guard flag as `shared_hint`, and its own result is discarded. Everything after the degree
     guard (conflicts, limits) is decided inside one cluster, from the cluster's nodes and edges alone.
     `previous`: uint64 id per node (0 = none).
-    Equals the region's part of `rebuild(all nodes, all edges, guards, previous)` -- the property
-    `update` (in memory) and `sendflowr.identity.run` (region queries in ClickHouse) rely on."""
+    Equals the region's part of a full stitch + assign_ids of all nodes and edges against `previous` -- the property
+    `sendflowr.identity.run` (region queries in ClickHouse) relies on (tests/reference.py: `rebuild`, `update`)."""
     in_region = np.asarray(in_region, bool)
     region = np.flatnonzero(in_region)
     res = stitch(nodes, edges, guards, shared_hint=np.asarray(shared_hint, bool) & ~in_region)
@@ -812,51 +795,3 @@ def restitch(nodes: Nodes, edges: Edges, in_region: np.ndarray, shared_hint: np.
                      np.asarray(previous, np.uint64)[region])
     cluster = _compact(res.cluster[region], n) if len(region) else res.cluster[:0]
     return RegionResult(region, component, cluster, res.shared[region], res.blocked_reason, ids)
-
-
-def update(snap: Snapshot, new_nodes: Nodes, new_edges: Edges, guards: Guards | None = None) -> Snapshot:
-    """Incremental run: `new_nodes` are appended after the snapshot's nodes; `new_edges` index the combined nodes.
-
-    Only the *region* is recomputed (`restitch`): every node of every cluster (pre-guard component) touched by a
-    new edge or new node, plus all edges with an endpoint in it. Other nodes cannot change: their clusters got no
-    edge and their shared flags (which only grow with new edges) are unchanged. So the result equals
-    `rebuild(all nodes, all edges, guards, previous=snap.ids.uid)`. Guards must be the ones of the snapshot
-    (changing guards needs a rebuild). Against ClickHouse the region comes from SQL (sendflowr.identity.run);
-    here it is a vectorized scan of the in-memory columns.
-    """
-    n0 = len(snap.nodes)
-    nodes = Nodes(*(np.concatenate([getattr(snap.nodes, c), getattr(new_nodes, c)]) for c in NODE_COLUMNS))
-    edges = Edges(*(np.concatenate([getattr(snap.edges, c), getattr(new_edges, c)])
-                    for c in ("src", "dst", "edge_count", "edge_first_seen")))
-    n, n_new = len(nodes), len(new_nodes)
-    n_cl0 = int(snap.result.cluster.max()) + 1 if n0 else 0
-    cluster0 = np.concatenate([snap.result.cluster, n_cl0 + np.arange(n_new)])
-    touched = np.zeros(n_cl0 + n_new, bool)
-    touched[cluster0[new_edges.src]] = touched[cluster0[new_edges.dst]] = True
-    touched[n_cl0:] = True
-    in_region = touched[cluster0]
-    region = np.flatnonzero(in_region)
-    e_sel = np.flatnonzero(in_region[edges.src] | in_region[edges.dst])
-    sub = np.unique(np.concatenate([region, edges.src[e_sel], edges.dst[e_sel]]))
-    remap = np.full(n, -1, np.int64)
-    remap[sub] = np.arange(len(sub))
-    shared = np.concatenate([snap.result.shared, np.zeros(n_new, np.uint8)])
-    prev = np.concatenate([snap.ids.uid, np.zeros(n_new, np.uint64)])
-    res = restitch(nodes.take(sub), edges.take(e_sel, remap), in_region[sub], shared[sub] == SHARED_DEGREE,
-                   prev[sub], guards)
-
-    def relabel(old: np.ndarray, new: np.ndarray) -> np.ndarray:
-        out = np.concatenate([old, np.zeros(n_new, np.int64)])
-        base = int(old.max()) + 1 if n0 else 0
-        out[region] = base + new
-        return _compact(out, base + len(sub))
-
-    component = relabel(snap.result.component, res.component)
-    cluster = relabel(snap.result.cluster, res.cluster)
-    shared[region] = res.shared
-    reason = np.concatenate([snap.result.blocked_reason, np.zeros(len(new_edges), np.int8)])
-    reason[e_sel] = res.blocked_reason
-    uid = prev.copy()
-    uid[region] = res.ids.uid
-    result = StitchResult(component, cluster, shared, reason)
-    return Snapshot(nodes, edges, result, IdAssignment(uid, res.ids.merged_old, res.ids.merged_into), region)

@@ -33,10 +33,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from clickhouse_connect.driver.client import Client
 
+from sendflowr import lease, progress
 from sendflowr.identity import graph
 from sendflowr.identity.graph import REASONS, TYPE_NAMES, Edges, Guards, Nodes
 from sendflowr.identity.normalize import DEFAULT_RULES, NormalizationRules, normalize_many
-from sendflowr.ingest import lease, plan
 from sendflowr.settings import Settings
 from sendflowr.sql_files import load_sql
 
@@ -89,8 +89,8 @@ def stitch_once(settings: Settings, client: Client, rules: NormalizationRules = 
     report = IdentityReport(run_id=run_id, full_rebuild=full_rebuild)
     started = time.perf_counter()
 
-    # One identity writer at a time (same lease mechanism as ingestion, under a name no Kafka topic can have).
-    with lease.ingest_lease(client, database, IDENTITY_LEASE, run_id, ttl=LEASE_TTL):
+    # One identity writer at a time (a lease under a name no Kafka topic can have).
+    with lease.hold(client, database, IDENTITY_LEASE, run_id, ttl=LEASE_TTL):
         _run(client, database, rules, guards, full_rebuild, forget_ids, run_id, report, log)
         report.seconds = time.perf_counter() - started
         _record_run(client, database, report)
@@ -104,15 +104,15 @@ def _run(client: Client, database: str, rules: NormalizationRules, guards: Guard
          forget_ids: bool, run_id: str, report: IdentityReport, log: Callable[[str], None]) -> None:
     for table in SCRATCH_TABLES:
         client.command(f"TRUNCATE TABLE {database}.{table}")
-    before = _last_totals(client, database, full_rebuild)
+    _last_totals(client, database, full_rebuild, report)  # the run then moves them by what it changed
     if full_rebuild:
         log("full rebuild: truncating " + ", ".join(DERIVED_TABLES))
         for table in DERIVED_TABLES:
             client.command(f"TRUNCATE TABLE {database}.{table}")
-    report.edges_before = before.edges_total
+    report.edges_before = report.edges_total
 
     # (a) new events: one scan of `events` into the run's scratch table
-    bounds = plan.pending_bounds(client, database, "identity_progress")
+    bounds = progress.pending(client, database, "identity_progress")
     params = {"topics": [k[0] for k in bounds], "partitions": [k[1] for k in bounds],
               "starts": [v[0] for v in bounds.values()], "ends": [v[1] for v in bounds.values()]}
     new_pairs = 0
@@ -134,57 +134,46 @@ def _run(client: Client, database: str, rules: NormalizationRules, guards: Guard
     if bounds:
         if not full_rebuild:
             client.command(_sql("expand_region", database))
-        _stitch_region(client, database, guards, run_id, report, full_rebuild, forget_ids, before, new_pairs, log)
+        _stitch_region(client, database, guards, run_id, report, full_rebuild, forget_ids, new_pairs, log)
     else:
-        report.nodes_total, report.people_total = before.nodes_total, before.people_total
-        report.edges_total, report.largest_person = before.edges_total, before.largest_person
-        report.edges_blocked = dict(before.edges_blocked)
         if full_rebuild:  # no events at all: the graph is empty
             client.command(f"TRUNCATE TABLE {database}.identity_nodes")
             report.nodes_total = report.people_total = report.edges_total = report.largest_person = 0
             report.edges_blocked = {}
 
     # (e) watermark
-    if bounds:
-        client.insert_arrow(f"{database}.identity_progress", pa.table({
-            "kafka_topic": pa.array(params["topics"], pa.string()),
-            "kafka_partition": pa.array(params["partitions"], pa.uint32()),
-            "end_offset": pa.array(params["ends"], pa.uint64()),
-            "run_id": pa.array([run_id] * len(bounds), pa.string()), "at": _now_us(len(bounds))}))
+    progress.advance(client, database, "identity_progress", bounds, run_id)
 
 
-@dataclass(frozen=True)
-class _Totals:
-    nodes_total: int = 0
-    people_total: int = 0
-    edges_total: int = 0
-    largest_person: int = 0
-    edges_blocked: dict[str, int] = field(default_factory=dict)
-
-
-def _last_totals(client: Client, database: str, full_rebuild: bool) -> _Totals:
-    """The graph's totals after the last run (identity_runs); zeros before a full rebuild. A graph written
-    before identity_runs existed, or by a run that died before logging itself, is counted with full scans."""
+def _last_totals(client: Client, database: str, full_rebuild: bool, report: IdentityReport) -> None:
+    """The graph's totals after the last run (identity_runs) into the report; zeros before a full rebuild. A graph
+    written before identity_runs existed, or by a run that died before logging itself, is counted with full scans."""
     if full_rebuild:
-        return _Totals()
+        return
     rows = client.query(
         f"SELECT nodes_total, people_total, edges_total, largest_person, edges_blocked, "
         f"finished_at >= (SELECT max(updated_at) FROM {database}.identity_nodes) AS clean "
         f"FROM {database}.identity_runs ORDER BY finished_at DESC LIMIT 1").result_rows
     if rows and rows[0][5]:
         nodes, people, edges, largest, blocked, _ = rows[0]
-        return _Totals(int(nodes), int(people), int(edges), int(largest), {k: int(v) for k, v in blocked.items()})
+        _set_totals(report, nodes, people, edges, largest, blocked)
+        return
     # No run log yet, or a run died after writing identity_nodes (rows newer than the last log): count once.
     nodes, people, largest = client.query(
         f"SELECT sum(n), count(), max(n) FROM (SELECT universal_id, count() AS n FROM {database}.identity_nodes "
         "FINAL GROUP BY universal_id)").result_rows[0]
     if not people:
-        return _Totals()
+        return
     edges = int(client.command(f"SELECT uniqExact(src, dst) FROM {database}.identity_edges"))
     blocked = Counter(r for _, _, r in client.query(
         f"SELECT src, dst, argMax(reason, at) AS r FROM {database}.identity_blocked WHERE kind = 'edge' "
         "GROUP BY src, dst HAVING r != 'accepted'").result_rows)
-    return _Totals(int(nodes), int(people), edges, int(largest), dict(blocked))
+    _set_totals(report, nodes, people, edges, largest, blocked)
+
+
+def _set_totals(report: IdentityReport, nodes, people, edges, largest, blocked: dict) -> None:
+    report.nodes_total, report.people_total, report.edges_total = int(nodes), int(people), int(edges)
+    report.largest_person, report.edges_blocked = int(largest), {k: int(v) for k, v in blocked.items()}
 
 
 def _record_run(client: Client, database: str, report: IdentityReport) -> None:
@@ -243,7 +232,7 @@ def _col(table: pa.Table, name: str) -> np.ndarray:
 
 
 def _stitch_region(client: Client, database: str, guards: Guards, run_id: str, report: IdentityReport,
-                   full_rebuild: bool, forget_ids: bool, before: _Totals, new_pairs: int,
+                   full_rebuild: bool, forget_ids: bool, new_pairs: int,
                    log: Callable[[str], None]) -> None:
     """Read the region (identity_region) and its edges, `graph.restitch` it, write what changed."""
     et = client.query_arrow(_sql("region_edges", database))
@@ -319,12 +308,12 @@ def _stitch_region(client: Client, database: str, guards: Guards, run_id: str, r
     # the whole graph's.
     people_after = np.unique(uid_int, return_counts=True)[1]
     people_before = len(np.unique(prev[region][found])) if not full_rebuild else 0
-    report.nodes_total = before.nodes_total + int((~found).sum()) if not full_rebuild else len(region)
-    report.people_total = before.people_total - people_before + len(people_after)
-    report.edges_total = before.edges_total + new_pairs if not full_rebuild else len(edges)
-    report.largest_person = max(before.largest_person, int(people_after.max(initial=0)))
+    report.nodes_total = report.nodes_total + int((~found).sum()) if not full_rebuild else len(region)
+    report.people_total = report.people_total - people_before + len(people_after)
+    report.edges_total = report.edges_total + new_pairs if not full_rebuild else len(edges)
+    report.largest_person = max(report.largest_person, int(people_after.max(initial=0)))
     now = Counter(_blocked_counts(res.blocked_reason))
-    total = Counter(before.edges_blocked)
+    total = Counter(report.edges_blocked)
     total.subtract(Counter(blocked_before))
     total.update(now)
     report.edges_blocked = {k: v for k, v in total.items() if v > 0}

@@ -1,41 +1,45 @@
-"""Data-quality queries on ingested events; the Dagster checks and the tests both call these."""
+"""Data-quality checks on ingested events and on an ingestion run; the Dagster checks and the tests both call these.
+
+Each returns a Finding (sendflowr.findings): the violations and a few examples, or `skipped` when there is nothing
+to check yet (no event ingested, no committed range, a run that read nothing).
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 from clickhouse_connect.driver.client import Client
 
+from sendflowr.clickhouse import row_count
 from sendflowr.events import FUTURE_TOLERANCE
+from sendflowr.findings import Finding, skip, violations
+
+NO_EVENTS = "no event ingested yet (events is empty)"
 
 
-@dataclass
-class CheckFinding:
-    violations: int
-    examples: list = field(default_factory=list)
-
-    @property
-    def passed(self) -> bool:
-        return self.violations == 0
-
-
-def duplicate_event_ids(client: Client, database: str) -> CheckFinding:
+def duplicate_event_ids(client: Client, database: str) -> Finding:
+    """Every event_id appears once in events."""
+    if not row_count(client, database, "events"):
+        return skip(NO_EVENTS)
     rows = client.query(f"SELECT event_id, count() AS n FROM {database}.events GROUP BY event_id HAVING n > 1 "
                         "ORDER BY n DESC LIMIT 1000").result_rows
-    return CheckFinding(len(rows), [{"event_id": e, "copies": n} for e, n in rows[:10]])
+    return violations(rows)
 
 
-def future_events(client: Client, database: str) -> CheckFinding:
-    seconds = int(FUTURE_TOLERANCE.total_seconds())
-    rows = client.query(
-        f"SELECT event_id, toString(occurred_at), toString(ingested_at) FROM {database}.events "
-        f"WHERE occurred_at > ingested_at + toIntervalSecond({seconds}) LIMIT 10").result_rows
-    count = int(client.command(f"SELECT count() FROM {database}.events "
-                               f"WHERE occurred_at > ingested_at + toIntervalSecond({seconds})"))
-    return CheckFinding(count, [{"event_id": e, "occurred_at": o, "ingested_at": i} for e, o, i in rows])
+def future_events(client: Client, database: str) -> Finding:
+    """No event occurred after it was ingested (beyond the clock-skew tolerance the contract allows)."""
+    if not row_count(client, database, "events"):
+        return skip(NO_EVENTS)
+    late = f"occurred_at > ingested_at + toIntervalSecond({int(FUTURE_TOLERANCE.total_seconds())})"
+    rows = client.query(f"SELECT event_id, toString(occurred_at), toString(ingested_at) FROM {database}.events "
+                        f"WHERE {late} LIMIT 10").result_rows
+    return violations(rows, count=int(client.command(f"SELECT count() FROM {database}.events WHERE {late}")))
 
 
-def offset_gaps(client: Client, database: str, topic: str) -> CheckFinding:
+def offset_gaps(client: Client, database: str, topic: str) -> Finding:
+    """Committed offset ranges of each partition are contiguous: no gaps, no overlaps."""
+    committed = int(client.command(f"SELECT count() FROM {database}.ingest_ranges WHERE kafka_topic = {{topic:String}} "
+                                   "AND state = 'committed'", parameters={"topic": topic}))
+    if not committed:
+        return skip(f"no committed offset range of {topic} yet")
     rows = client.query(
         f"""
         SELECT kafka_partition, prev_end, start_offset
@@ -50,5 +54,13 @@ def offset_gaps(client: Client, database: str, topic: str) -> CheckFinding:
         WHERE start_offset != prev_end
         ORDER BY kafka_partition, start_offset
         """, parameters={"topic": topic}).result_rows
-    return CheckFinding(len(rows), [{"partition": p, "expected_start": e, "actual_start": s}
-                                    for p, e, s in rows[:10]])
+    return violations(rows)
+
+
+def rejected_share(messages: int, rejected: int, threshold: float) -> Finding:
+    """An ingestion run's share of rejected messages is at most `threshold`; a run that read nothing has no share."""
+    facts = {"rejected": rejected, "messages": messages, "threshold": threshold}
+    if not messages:
+        return skip("this run read no message", **facts)
+    share = rejected / messages
+    return Finding(passed=share <= threshold, facts={"rejected_share": share, **facts})

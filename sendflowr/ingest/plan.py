@@ -123,23 +123,3 @@ def record_ranges(client: Client, database: str, ranges: list[OffsetRange], stat
             f"{database}.ingest_ranges", rows, settings=dict(consistency.write),
             column_names=["kafka_topic", "sink", "kafka_partition", "start_offset", "end_offset", "state", "run_id",
                           "messages", "valid", "rejected"]))
-
-
-def committed_ends(client: Client, database: str, sink: str = "events") -> dict[tuple[str, int], int]:
-    """(topic, partition) -> end of its committed ingest ranges: the rows of `sink` (by default the events)
-    downstream assets may read. Other sinks' topics (the decision log) are not events."""
-    return {(t, int(p)): int(e) for t, p, e in client.query(
-        f"SELECT toString(kafka_topic), kafka_partition, max(end_offset) FROM {database}.ingest_ranges "
-        "WHERE state = 'committed' AND sink = {sink:String} GROUP BY kafka_topic, kafka_partition",
-        parameters={"sink": sink}).result_rows}
-
-
-def pending_bounds(client: Client, database: str, progress_table: str,
-                   committed: dict[tuple[str, int], int] | None = None) -> dict[tuple[str, int], tuple[int, int]]:
-    """(topic, partition) -> [a downstream asset's watermark in `progress_table`, committed end) for every
-    partition with events committed since that asset last ran."""
-    committed = committed_ends(client, database) if committed is None else committed
-    done = {(t, int(p)): int(e) for t, p, e in client.query(
-        f"SELECT toString(kafka_topic), kafka_partition, max(end_offset) FROM {database}.{progress_table} "
-        "GROUP BY kafka_topic, kafka_partition").result_rows}
-    return {k: (done.get(k, 0), end) for k, end in sorted(committed.items()) if end > done.get(k, 0)}

@@ -26,8 +26,9 @@ import numpy as np
 import pyarrow as pa
 from clickhouse_connect.driver.client import Client
 
+from sendflowr import lease
 from sendflowr.cluster import consistency
-from sendflowr.ingest import consume, lease, plan
+from sendflowr.ingest import consume, plan
 from sendflowr.ingest.plan import OffsetRange
 from sendflowr.ingest.sink import EVENTS, Hooks, Sink
 from sendflowr.ingest.slots import WHOLE, Slot, parse_scope
@@ -99,7 +100,7 @@ def ingest_once(settings: Settings, client: Client, options: IngestOptions = Ing
     started = time.perf_counter()
     consumer = consume.make_consumer(settings)
     try:
-        with lease.ingest_lease(client, database, topic, run_id, slot=slot) as holder:
+        with lease.hold(client, database, topic, run_id, slot=slot) as holder:
             _drop_stale_staging(client, database, topic, slot, sink)
             while True:
                 marks = _owned(consume.watermarks(consumer, topic), slot)

@@ -14,8 +14,8 @@ from datetime import timedelta
 import pyarrow as pa
 from clickhouse_connect.driver.client import Client
 
+from sendflowr import lease
 from sendflowr.cluster import ONE_SERVER, Consistency, retrying
-from sendflowr.ingest import lease
 from sendflowr.settings import Settings
 from sendflowr.sql_files import load_sql
 
@@ -136,8 +136,8 @@ class EventsSink(Sink):
         # One writer at a time from reading event_ids to adding to it: two writers holding copies of one event_id
         # (an ESP resend into another partition) would otherwise both take it as new. A replay then also finds
         # the same known ids as its first try: later writers saw the first try's ids and left them alone.
-        with lease.ingest_lease(client, database, EVENT_IDS_LEASE, params["attempt"], ttl=EVENT_IDS_TTL,
-                                wait=2 * EVENT_IDS_TTL.total_seconds()):
+        with lease.hold(client, database, EVENT_IDS_LEASE, params["attempt"], ttl=EVENT_IDS_TTL,
+                        wait=2 * EVENT_IDS_TTL.total_seconds()):
             # Ids already ingested from other ranges, found once: both inserts below exclude them with a cheap probe.
             params["known"] = retrying(lambda: client.command(self.sql("ingest/known_ids", database), parameters=params,
                                                               settings=dict(consistency.read))).written_rows

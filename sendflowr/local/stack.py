@@ -39,6 +39,8 @@ concurrency:
     default_limit: 1   # one ingestion step at a time (asset pool sendflowr_ingest)
   runs:
     max_concurrent_runs: 4
+run_retries:
+  enabled: true        # a failed ingestion run is retried (its job's dagster/max_retries); other jobs set none
 """
 
 

@@ -26,10 +26,11 @@ import numpy as np
 import orjson
 import pyarrow as pa
 
+from sendflowr.contract import IDENTIFIER_TYPES
 from sendflowr.synth.stream import TOKEN_KEY
 from sendflowr.synth.world import Dictionaries, registered_dictionaries
 
-IDENTIFIER_FIELDS = ("email", "klaviyo_id", "phone", "external_id")
+IDENTIFIER_FIELDS = IDENTIFIER_TYPES
 # Output key order (JSON objects are unordered; this one is fixed so equal events give equal bytes).
 TOP_FIELDS = ("event_id", "occurred_at", "message_id", "event_type", "identifiers", "esp", "campaign_id",
               "user_agent", "ip", "url", "bounce_type", "machine_open", "bot_click", "schema_version")

@@ -15,12 +15,13 @@ from datetime import UTC, datetime
 
 import numpy as np
 
+from sendflowr.contract import IDENTIFIER_TYPES
 from sendflowr.synth import fmt
 from sendflowr.synth.config import WorldConfig
 from sendflowr.synth.people import People
 from sendflowr.synth.phenomena import Phenomena, build_phenomena, groups
 
-TYPES = ("email", "klaviyo_id", "phone", "external_id")
+TYPES = IDENTIFIER_TYPES
 
 FIRST = ("james", "mary", "john", "patricia", "robert", "jennifer", "michael", "linda", "david", "elizabeth",
          "william", "barbara", "richard", "susan", "joseph", "jessica", "thomas", "sarah", "carlos", "maria",

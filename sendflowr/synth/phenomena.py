@@ -23,12 +23,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from sendflowr.contract import IDENTIFIER_TYPES
 from sendflowr.synth import fmt
 from sendflowr.synth.campaigns import ESPS
 from sendflowr.synth.config import WorldConfig
 
 KLAVIYO, SENDGRID, BACKEND = (ESPS.index(e) for e in ("klaviyo", "sendgrid", "synthetic"))
-TYPES = ("email", "klaviyo_id", "phone", "external_id")
+TYPES = IDENTIFIER_TYPES
 # identifiers.parquet `detail`: what a value is, beyond personal / shared / junk
 DETAILS = ("", "household", "family", "reused", "business", "merged_profile", "second_mailbox", "placeholder", "junk")
 _TRADES = ("dental", "bakery", "studio", "law", "garage", "salon", "clinic", "design", "florist", "yoga")

@@ -6,25 +6,14 @@ held-out deliveries, no ground truth): the Dagster adapter shows a skip as a war
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 from clickhouse_connect.driver.client import Client
 
+from sendflowr.findings import Finding
+from sendflowr.findings import skip as _skip
 from sendflowr.timing import versions
 from sendflowr.timing.evaluation_run import latest_report
 
 ECE_GOAL = 0.05
-
-
-@dataclass
-class Finding:
-    passed: bool
-    skipped: str = ""  # why there was nothing to check
-    facts: dict = field(default_factory=dict)
-
-
-def _skip(reason: str) -> Finding:
-    return Finding(passed=False, skipped=reason)
 
 
 def curves_well_formed(client: Client, database: str) -> Finding:

@@ -116,16 +116,6 @@ class Calibration:
 
 
 @dataclass(frozen=True)
-class Decision:
-    delivery_at: datetime
-    trigger_at: datetime
-    confidence: float
-    expected_engagement: float
-    fallback_level: str
-    explanation: str
-
-
-@dataclass(frozen=True)
 class DecisionBatch:
     """Column results of decide_many; rows with error_field set (not None) have no decision (NaT / NaN)."""
 
@@ -332,39 +322,5 @@ def _decide_row(curve: np.ndarray, evidence: float, levels: np.ndarray, after: i
         error_message=np.array([None], object), raw_score=np.array([raw]), candidates=np.array([count], np.int64))
 
 
-def _from_ms(ms: int) -> datetime:
-    return _EPOCH + timedelta(milliseconds=int(ms))
-
-
 def slot_name(how: int) -> str:
     return f"{_DAYS[how // 24]} {how % 24:02d}:00 UTC"
-
-
-def decide(curve: np.ndarray, *, evidence: float, fallback_level: str, send_after: datetime,
-           send_before: datetime, latency_seconds: float, now: datetime, calibration: Calibration) -> Decision:
-    """One decision (exactly decide_many on one row); raises DecisionError naming the field to blame."""
-    curve = np.asarray(curve, dtype=np.float32)
-    if curve.shape != (HOURS,):
-        raise DecisionError("curve", f"curve must have {HOURS} values, got shape {curve.shape}")
-    for name, moment in (("send_after", send_after), ("send_before", send_before), ("now", now)):
-        _to_ms(moment, name)
-    batch = decide_many(curve[None, :], np.array([evidence], dtype=np.float64),
-                        np.array([fallback_level], dtype=object), send_after, send_before,
-                        np.array([latency_seconds], dtype=np.float64), now, calibration)
-    if batch.error_field[0] is not None:
-        raise DecisionError(batch.error_field[0], batch.error_message[0])
-    delivery_ms = int(batch.delivery_at[0].astype(np.int64))
-    trigger_ms = int(batch.trigger_at[0].astype(np.int64))
-    how = int(hour_of_week_ms(np.array([delivery_ms]))[0])
-    source = {"person": "this person's curve", "cohort": "their cohort's curve",
-              "global": "the global curve"}.get(fallback_level, f"the {fallback_level} curve")
-    raw = float(batch.raw_score[0])
-    explanation = (f"{slot_name(how)} is the best delivery hour in the window by {source} "
-                   f"(evidence {float(evidence):.1f} engagements, expected engagement "
-                   f"{float(batch.expected_engagement[0]):.3f}); "
-                   + ("every candidate is within an hour of it" if np.isinf(raw)
-                      else f"margin score {raw:.2f} -> confidence {float(batch.confidence[0]):.2f}")
-                   + (" (uncalibrated)" if not calibration.fitted else ""))
-    return Decision(delivery_at=_from_ms(delivery_ms), trigger_at=_from_ms(trigger_ms),
-                    confidence=float(batch.confidence[0]), expected_engagement=float(batch.expected_engagement[0]),
-                    fallback_level=fallback_level, explanation=explanation)

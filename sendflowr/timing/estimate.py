@@ -238,7 +238,7 @@ def mixture_prior(x: np.ndarray, n, prior: np.ndarray, cohort: np.ndarray,
     logpost -= logpost.max(axis=1, keepdims=True)
     w = np.exp(logpost)
     w /= w.sum(axis=1, keepdims=True)
-    return ((w @ shapes) * level).astype(np.float32)
+    return ((w.astype(np.float32) @ shapes) * level).astype(np.float32)  # one dtype: BLAS, not numpy's loop
 
 
 def levels(engagements: np.ndarray, cohort_index: np.ndarray, params: EstimatorParams) -> np.ndarray:

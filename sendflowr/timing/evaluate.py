@@ -30,6 +30,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from clickhouse_connect.driver.client import Client
 
+from sendflowr.sql_files import load_sql
 from sendflowr.timing.confidence import calibrate, fit_calibration
 from sendflowr.timing.decide import HOUR_MS, HOURS, Calibration, decide_many, hour_of_week_ms
 from sendflowr.timing.estimate import EstimatorParams, levels
@@ -82,11 +83,9 @@ class EvalReport:
 
 def truth_people(client: Client, database: str, truth_dir: Path) -> pa.Table:
     """universal_id -> the true person most of its accepted identifiers belong to."""
-    ids = client.query_arrow(
-        f"SELECT toString(i.identifier_type) AS identifier_type, i.raw_value AS raw_value, "
-        f"n.universal_id AS universal_id FROM {database}.identity_identifiers AS i FINAL "
-        f"INNER JOIN (SELECT node_key, universal_id FROM {database}.identity_nodes FINAL WHERE shared = 0) AS n "
-        "ON i.node_key = n.node_key WHERE i.reason = ''", use_strings=True)
+    owners = load_sql("identity/identifier_owners.sql", database)
+    ids = client.query_arrow(f"SELECT identifier_type, raw_value, universal_id FROM ({owners}) WHERE shared = 0",
+                             use_strings=True)
     truth = pq.read_table(truth_dir / "identifiers.parquet",
                           columns=["identifier_type", "raw_value", "person_id", "is_generic"])
     truth = truth.filter(pc.and_(pc.invert(truth.column("is_generic")), pc.is_valid(truth.column("person_id"))))
@@ -104,14 +103,14 @@ def truth_people(client: Client, database: str, truth_dir: Path) -> pa.Table:
 def recent_open_hour(client: Client, database: str, before: datetime, universal_id: np.ndarray,
                      recent: int) -> np.ndarray:
     """Most frequent UTC hour of day among each person's last `recent` opens (all opens), -1 without opens."""
+    owners = load_sql("identity/identifier_owners.sql", database)
     rows = client.query_arrow(
-        "WITH owner AS (SELECT i.identifier_type AS t, i.raw_value AS v, n.universal_id AS universal_id "
-        f"FROM {database}.identity_identifiers AS i FINAL INNER JOIN (SELECT node_key, universal_id "
-        f"FROM {database}.identity_nodes FINAL WHERE shared = 0) AS n ON i.node_key = n.node_key WHERE i.reason = '') "
+        f"WITH owner AS (SELECT raw_value AS v, universal_id FROM ({owners}) "
+        "WHERE shared = 0 AND identifier_type = 'email') "
         "SELECT universal_id, topK(1)(h)[1] AS hour FROM ("
         "  SELECT universal_id, toHour(occurred_at) AS h FROM ("
         "    SELECT e.occurred_at AS occurred_at, o.universal_id AS universal_id "
-        f"    FROM {database}.events AS e INNER JOIN owner AS o ON o.t = 'email' AND o.v = e.email "
+        f"    FROM {database}.events AS e INNER JOIN owner AS o ON o.v = e.email "
         "    WHERE e.event_type = 'opened' AND e.occurred_at < {before:DateTime64(3, 'UTC')}) "
         "  ORDER BY occurred_at DESC LIMIT {recent:UInt32} BY universal_id) "
         "GROUP BY universal_id ORDER BY universal_id",

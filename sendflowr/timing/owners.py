@@ -12,6 +12,7 @@ import numpy as np
 import pyarrow as pa
 from clickhouse_connect.driver.client import Client
 
+from sendflowr.contract import IDENTIFIER_TYPES
 from sendflowr.sql_files import load_sql
 from sendflowr.timing.store import EMAIL_COHORT, PHONE_COHORT, calling_codes
 
@@ -27,8 +28,8 @@ def owner_map(client: Client, database: str, identifiers_of: str | None = None) 
     _drop_stale_owner_maps(client, database)
     name = f"{database}.{OWNER_MAP_PREFIX}{int(time.time())}_{uuid.uuid4().hex[:12]}"
     restrict = "" if identifiers_of is None else " AND (" + " OR ".join(
-        f"(i.identifier_type = '{t}' AND i.raw_value IN (SELECT {t} FROM {identifiers_of}))"
-        for t in ("email", "klaviyo_id", "external_id", "phone")) + ")"
+        f"(identifier_type = '{t}' AND raw_value IN (SELECT {t} FROM {identifiers_of}))"
+        for t in IDENTIFIER_TYPES) + ")"
     client.command(load_sql("timing/owners_table.sql", database).replace("${owners}", name))
     try:
         client.command(load_sql("timing/owners.sql", database).replace("${owners}", name)
@@ -55,7 +56,8 @@ def cohort_members(client: Client, database: str, owners: str) -> pa.Table:
     """Each cohort name with the owner-map indexes of its people: the features are joined to the map in
     ClickHouse, one row per name, so no universal_id string is matched in Python."""
     sql = load_sql("timing/person_cohorts.sql", database).replace(
-        "${features}", load_sql("timing/person_features.sql", database)).replace("${owners}", owners)
+        "${features}", load_sql("timing/person_features.sql", database).replace("${people}", "")).replace(
+        "${owners}", owners)
     return client.query_arrow(sql, parameters={"codes": list(calling_codes()), "phone": PHONE_COHORT,
                                                "email": EMAIL_COHORT}, use_strings=True)
 
@@ -74,9 +76,9 @@ def cohorts_by_index(table: pa.Table, index: np.ndarray) -> tuple[np.ndarray, li
     return code[index], names
 
 def person_cohorts(client: Client, database: str, universal_id: np.ndarray) -> tuple[np.ndarray, list[str]]:
-    """Each person's candidate cohort (phone calling code, else email domain, else '') as codes into names."""
-    table = client.query_arrow(load_sql("timing/person_features.sql", database),
-                               parameters={"codes": list(calling_codes())}, use_strings=True)
+    """Each person's candidate cohort (phone calling code, else email domain, else '') as codes into names. Only
+    these people's identifiers are read: an incremental run's cost follows what changed, not everyone known."""
+    table = _features_of(client, database, universal_id)
     ids = np.asarray(table.column("universal_id").to_numpy(zero_copy_only=False), dtype=object)
     code = np.asarray(table.column("calling_code").to_numpy(zero_copy_only=False), dtype=object)
     domain = np.asarray(table.column("email_domain").to_numpy(zero_copy_only=False), dtype=object)
@@ -88,3 +90,16 @@ def person_cohorts(client: Client, database: str, universal_id: np.ndarray) -> t
     person_label = np.where(found, label[at] if len(ids) else "", "")
     names, codes = np.unique(np.concatenate([[""], person_label]).astype(str), return_inverse=True)
     return codes[1:].astype(np.int64), names.tolist()
+
+
+def _features_of(client: Client, database: str, universal_id: np.ndarray) -> pa.Table:
+    # run-private, named like the owner maps so that one left by a killed process is dropped the same way
+    name = f"{database}.{OWNER_MAP_PREFIX}{int(time.time())}_people_{uuid.uuid4().hex[:12]}"
+    client.command(f"CREATE TABLE {name} (universal_id String) ENGINE = Memory")
+    try:
+        client.insert_arrow(name, pa.table({"universal_id": pa.array(np.asarray(universal_id, object), pa.string())}))
+        sql = load_sql("timing/person_features.sql", database).replace(
+            "${people}", f"AND universal_id IN (SELECT universal_id FROM {name})")
+        return client.query_arrow(sql, parameters={"codes": list(calling_codes())}, use_strings=True)
+    finally:
+        client.command(f"DROP TABLE IF EXISTS {name}")

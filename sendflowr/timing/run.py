@@ -26,7 +26,7 @@ import numpy as np
 import pyarrow as pa
 from clickhouse_connect.driver.client import Client
 
-from sendflowr.ingest import plan
+from sendflowr import progress
 from sendflowr.timing import incremental, versions
 from sendflowr.timing.decide import HOURS, Calibration
 from sendflowr.timing.estimate import EstimatorParams, Priors, levels
@@ -64,15 +64,9 @@ def record_progress(client: Client, database: str, run_id: str) -> tuple[int, di
 
     Nothing is folded: every run reads the committed events straight from `events` (messages_sql), so the
     watermark only tells whether anything is new since the last run."""
-    ends = plan.committed_ends(client, database)
-    bounds = plan.pending_bounds(client, database, "timing_progress", ends)
-    if bounds:
-        client.insert_arrow(f"{database}.timing_progress", pa.table({
-            "kafka_topic": pa.array([k[0] for k in bounds], pa.string()),
-            "kafka_partition": pa.array([k[1] for k in bounds], pa.uint32()),
-            "end_offset": pa.array([v[1] for v in bounds.values()], pa.uint64()),
-            "run_id": pa.array([run_id] * len(bounds), pa.string()),
-            "at": pa.array([datetime.now(UTC)] * len(bounds), pa.timestamp("us", tz="UTC"))}))
+    ends = progress.committed_ends(client, database)
+    bounds = progress.pending(client, database, "timing_progress", ends)
+    progress.advance(client, database, "timing_progress", bounds, run_id)
     return sum(e - s for s, e in bounds.values()), ends
 
 def _stats_hash(f: Fit) -> np.ndarray:
@@ -123,6 +117,11 @@ def _previous(client: Client, database: str) -> tuple[pa.Table | None, np.ndarra
                      f"WHERE level = 'global' AND {versions.committed(database)}").result_rows
     prior = np.asarray(g[0][0], dtype=np.float32) if g and g[0][0] else None
     return rows, prior, calibration
+
+def _calibration(client: Client, database: str) -> str | None:
+    """The committed calibration alone (an incremental run carries it forward and needs nothing else)."""
+    rows = client.query(f"SELECT calibration FROM {database}.timing_runs ORDER BY version DESC LIMIT 1").result_rows
+    return rows[0][0] if rows else None
 
 def materialize(client: Client, database: str, rules: SignalRules | None = None,
                 params: EstimatorParams | None = None, run_id: str | None = None, full: bool = False,
@@ -226,7 +225,7 @@ def _incremental(client: Client, database: str, rules: SignalRules, params: Esti
     report.cohorts = len(priors.cohorts) - 1
     write_curves(client, database, f, version, np.ones(len(stats), dtype=bool), _stats_hash(f), report)
     report.seconds["estimate_and_write"] = time.perf_counter() - t2
-    _, _, calibration = _previous(client, database)
+    calibration = _calibration(client, database)
     after = incremental.Base(version=base.version, built_ms=base.built_ms, messages=base.messages, ends=ends,
                              merged_at=merged_at)
     metadata = {"identity_mark": mark, "incremental": True, "by_level_written": report.by_level,

@@ -16,7 +16,7 @@ import pyarrow.compute as pc
 from clickhouse_connect.driver.client import Client
 from scipy import sparse
 
-from sendflowr.ingest import plan
+from sendflowr import progress
 from sendflowr.sql_files import load_sql
 from sendflowr.timing.decide import EPOCH_HOW, HOURS
 from sendflowr.timing.estimate import EstimatorParams
@@ -66,7 +66,7 @@ def message_rows(client: Client, database: str, rules: SignalRules, owners: str,
                  ends: dict[tuple[str, int], int] | None = None) -> Messages:
     """The committed events' owned messages (messages_sql). observed_before: what is known is what happened
     before it (default now)."""
-    ends = plan.committed_ends(client, database) if ends is None else ends
+    ends = progress.committed_ends(client, database) if ends is None else ends
     observed = observed_before or datetime.now(UTC)
     table = client.query_arrow(messages_sql(database), parameters={
         **rules.parameters(), **range_parameters({k: (0, e) for k, e in ends.items()}), "owners": owners,

@@ -17,11 +17,13 @@ import numpy as np
 import pyarrow as pa
 from clickhouse_connect.driver.client import Client
 
+from sendflowr import progress
 from sendflowr.decisions.arms import CONTROL, TREATMENT
 from sendflowr.sql_files import load_sql
 from sendflowr.timing.decide import LEVELS
 from sendflowr.timing.owners import owner_map
 from sendflowr.timing.signals import SignalRules
+from sendflowr.timing.stats import range_parameters
 from sendflowr.uplift.stats import ArmComparison, compare_arms, decisions_needed, poisson_weights
 
 # Evidence behind the curve (weighted genuine engagements of the person): bucket name, upper edge (exclusive).
@@ -110,9 +112,20 @@ def outcome_units(client: Client, database: str, rules: SignalRules, config: Upl
     """Per (unit, arm, fallback level, evidence bucket index 1..): decisions, due, delivered, compliant, matured,
     engaged and the sum of expected engagement over matured decisions."""
     since = config.since or datetime(2000, 1, 1, tzinfo=UTC)
+    # the events that can be a decision's delivery: from the earliest window start, less the tolerance
+    logged, first_after = client.query(
+        f"SELECT count(), toUnixTimestamp64Milli(min(send_after)) FROM {database}.decision_log "
+        "WHERE decided_at >= fromUnixTimestamp64Milli({since:Int64}, 'UTC') "
+        "AND decided_at < fromUnixTimestamp64Milli({before:Int64}, 'UTC')",
+        parameters={"since": _ms(since), "before": _ms(observed_before)}).result_rows[0]
+    events_since = int(first_after) - config.tolerance_minutes * 60_000 if logged else _ms(observed_before)
+    states = load_sql("timing/message_state.sql", database)
+    sql = load_sql("uplift/outcomes.sql", database).replace("${states}", states)
+    ranges = range_parameters({k: (0, e) for k, e in progress.committed_ends(client, database).items()})
     with owner_map(client, database) as owners:
-        return client.query_arrow(load_sql("uplift/outcomes.sql", database), parameters={
-            "owners": owners, "groups": UNITS, "since_ms": _ms(since), "observed_before_ms": _ms(observed_before),
+        return client.query_arrow(sql, parameters={
+            **ranges, "owners": owners, "groups": UNITS, "decided_since_ms": _ms(since), "since_ms": events_since,
+            "observed_before_ms": _ms(observed_before),
             "horizon_ms": config.horizon_hours * 3_600_000, "tolerance_ms": config.tolerance_minutes * 60_000,
             "bucket_edges": [edge if math.isfinite(edge) else 1e300 for _, edge in EVIDENCE_BUCKETS],
             "scanner_window_ms": rules.scanner_window_ms, "scanner_burst_ms": rules.scanner_burst_ms,

@@ -4,11 +4,8 @@
 -- rejects count too (what the evidence offers, whatever stitching made of it).
 SELECT DISTINCT pair.1 AS a, pair.2 AS b
 FROM (
-    SELECT arraySort(arrayFilter(h -> h != 0, [
-        if(email != '', halfMD5(concat('email', char(0), email)), 0),
-        if(klaviyo_id != '', halfMD5(concat('klaviyo_id', char(0), klaviyo_id)), 0),
-        if(phone != '', halfMD5(concat('phone', char(0), phone)), 0),
-        if(external_id != '', halfMD5(concat('external_id', char(0), external_id)), 0)])) AS hs
+    SELECT arraySort(arrayFilter(h -> h != 0, arrayMap((t, v) -> if(v != '', halfMD5(concat(t, char(0), v)), 0),
+                                                       [${identifier_types}], [${identifier_columns}]))) AS hs
     FROM ${database}.events
 )
 ARRAY JOIN arrayFilter(p -> p.1 <= p.2, arrayFlatten(arrayMap(x -> arrayMap(y -> (x, y), hs), hs))) AS pair

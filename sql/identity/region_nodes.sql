@@ -2,7 +2,7 @@
 -- conflict guard asks whether an identifier was seen without a given neighbour) and what the last run left for
 -- them (universal_id '' = not in the graph yet), sorted by node_key.
 SELECT s.node_key AS node_key,
-       toInt8(indexOf(['email', 'klaviyo_id', 'phone', 'external_id'], toString(s.identifier_type)) - 1) AS node_type,
+       toInt8(indexOf([${identifier_types}], toString(s.identifier_type)) - 1) AS node_type,
        s.value AS value, s.first_seen AS first_seen, s.last_seen AS last_seen, s.first_ingested AS first_ingested,
        s.events AS events,
        r.boundary AS boundary,

@@ -4,7 +4,8 @@
 -- ranges selects exactly the same rows again.
 SELECT
     event_id, event_type, assumeNotNull(occurred_at) AS occurred_at,
-    lower(trim(multiIf(email != '', email, klaviyo_id != '', klaviyo_id, phone != '', phone, external_id))) AS person_key,
+    -- the event's best identifier in the contract's priority (sendflowr.contract), as timing and the API rank them
+    lower(trim(${best_identifier})) AS person_key,
     email, klaviyo_id, phone, external_id, esp, message_id, campaign_id, user_agent, ip, url, bounce_type,
     machine_open, bot_click, toUInt8(1) AS schema_version, kafka_topic, kafka_partition, kafka_offset
 FROM ${database}.ingest_staging

@@ -1,19 +1,6 @@
--- The model's row of each owned, delivered message (docs/TIMING.md, "Pipeline"), from message states
--- (the states placeholder: message_state.sql, or merged states): its owner, delivery hour (hours since the epoch) and second,
--- and how long it waited for its first GENUINE engagement.
---
--- Signal cleaning (docs/TIMING.md, "Signal cleaning"), per message once all its events are known:
---   * machine opens: the ESP's machine_open flags; else the message's FIRST Apple-proxy open (UA exactly
---     'Mozilla/5.0' or an IP in 17.0.0.0/8), however late it came: Apple prefetches once per message, on
---     delivery or when the device next wakes (minutes to hours later), and a reader behind the same proxy
---     can only come after it or in its place. So the first genuine open is the earliest non-proxy open or
---     the SECOND proxy open;
---   * scanner clicks: the ESP's bot_click flags, a scanner user agent, any click within scanner_window_ms of
---     delivery, and every click of a burst reaching scanner_burst_links distinct links within
---     scanner_burst_ms of the message's first click (gateways follow every link at once, whatever agent
---     they send).
--- A message belongs to the person of its first identifier in the contract's priority that identity accepted
--- and did not mark shared (the owners map, sql/timing/owners.sql; its `p` column).
+-- The model's row of each owned, delivered message (docs/TIMING.md, "Pipeline"), from its owner and first genuine
+-- engagement (message_engagement.sql, over the states placeholder): its owner's index p, delivery hour (hours since
+-- the epoch) and second, and how long it waited for its first genuine engagement.
 -- Engagement at or after observed_before is not seen: the message is censored there.
 -- delivered_second: into its hour (the part of the delivery hour left is exposure too, sendflowr/timing/hazard.py).
 -- `wait` = clock hours from the delivery hour to the engagement hour (engaged = 1) or to the last hour the
@@ -26,33 +13,11 @@ SELECT p, toUInt32(delivered_hour) AS delivered_hour, toUInt16(intDiv(delivered_
        clicks, scanner_clicks, toUInt8(genuine_click_ms < {observed_before_ms:Int64}) AS clicked${extra}
 FROM
 (
-    WITH
-        arrayMin(arrayConcat(click_ms, [toInt64(9e18)])) AS first_click,
-        length(arrayDistinct(arrayFilter((u, t) -> t - first_click < {scanner_burst_ms:Int64}, click_url, click_ms)))
-            >= {scanner_burst_links:UInt32} AS burst,
-        arrayMap((k, t) -> k > 0 OR t - delivered_ms < {scanner_window_ms:Int64}
-                           OR (burst AND t - first_click < {scanner_burst_ms:Int64}), click_kind, click_ms) AS is_scanner,
-        intDiv(delivered_ms, 3600000) AS delivered_hour,
-        intDiv({observed_before_ms:Int64} - 1, 3600000) - delivered_hour AS seen_hours
-    SELECT
-        multiIf((joinGet({owners:String}, 'p', cityHash64('email', email)) AS p_email) > 0, p_email,
-                (joinGet({owners:String}, 'p', cityHash64('klaviyo_id', klaviyo_id)) AS p_klaviyo) > 0, p_klaviyo,
-                (joinGet({owners:String}, 'p', cityHash64('external_id', external_id)) AS p_external) > 0, p_external,
-                joinGet({owners:String}, 'p', cityHash64('phone', phone))) AS p,
-        opens,
-        if(flagged_opens > 0, flagged_opens, toUInt64(length(apple_ms) > 0)) AS machine_opens,
-        -- the earliest genuine open: flagged ESPs name their machine opens; otherwise the first proxy open is
-        -- the prefetch, so the second one (if any) is the reader's
-        if(flagged_opens > 0, first_unflagged_ms,
-           least(first_plain_ms, if(length(apple_ms) > 1, apple_ms[2], toInt64(9e18)))) AS genuine_open_ms,
-        arrayMin(arrayConcat(arrayFilter((t, s) -> NOT s, click_ms, is_scanner), [toInt64(9e18)]))
-            AS genuine_click_ms,
-        least(genuine_open_ms, genuine_click_ms) AS engaged_ms,
-        engaged_ms < {observed_before_ms:Int64} AS engaged,
-        intDiv(engaged_ms, 3600000) AS engaged_hour,
-        toUInt32(length(click_kind)) AS clicks, toUInt32(arrayCount(is_scanner)) AS scanner_clicks,
-        message, delivered_ms, delivered_hour, seen_hours
-    FROM (${states})
-    WHERE delivered_ms < {observed_before_ms:Int64}
+    SELECT *,
+           intDiv(delivered_ms, 3600000) AS delivered_hour,
+           intDiv({observed_before_ms:Int64} - 1, 3600000) - delivered_hour AS seen_hours,
+           engaged_ms < {observed_before_ms:Int64} AS engaged,
+           intDiv(engaged_ms, 3600000) AS engaged_hour
+    FROM (${sql:timing/message_engagement.sql})
+    WHERE p > 0
 )
-WHERE p > 0

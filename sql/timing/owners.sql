@@ -5,10 +5,8 @@
 -- an integer hash table per identifier instead of a String join per identifier type. The restrict placeholder: nothing, or a
 -- condition keeping only the identifiers an incremental run's messages carry (run.owner_map).
 INSERT INTO ${owners}
-SELECT cityHash64(toString(i.identifier_type), i.raw_value) AS k,
-       toUInt32(dense_rank() OVER (ORDER BY n.universal_id)) AS p,
-       n.universal_id AS universal_id
-FROM ${database}.identity_identifiers AS i FINAL
-INNER JOIN (SELECT node_key, universal_id FROM ${database}.identity_nodes FINAL WHERE shared = 0) AS n
-    ON i.node_key = n.node_key
-WHERE i.reason = ''${restrict}
+SELECT cityHash64(identifier_type, raw_value) AS k,
+       toUInt32(dense_rank() OVER (ORDER BY universal_id)) AS p,
+       universal_id
+FROM (${sql:identity/identifier_owners.sql})
+WHERE shared = 0${restrict}

@@ -1,8 +1,7 @@
-"""The `events` asset: Kafka -> ClickHouse, exactly once (the logic lives in sendflowr.ingest)."""
+"""The `events` asset: Kafka -> ClickHouse, exactly once (the logic lives in sendflowr.ingest). Launched by the
+ingestion sensor (sensors.py) when Kafka holds messages not yet ingested."""
 
 from dagster import (
-    AssetCheckResult,
-    AssetCheckSeverity,
     AssetCheckSpec,
     AssetExecutionContext,
     Config,
@@ -12,13 +11,16 @@ from dagster import (
 )
 from pydantic import Field
 
-from sendflowr.ingest import IngestOptions, IngestReport, ingest_once
+from sendflowr.clickhouse import row_count
+from sendflowr.ingest import IngestOptions, IngestReport, checks, ingest_once
 from sendflowr.ingest.sink import EVENTS, Sink
 from sendflowr.ingest.slots import Slot
 from sendflowr.settings import get_settings
+from sendflowr_assets.findings import check_result
 from sendflowr_assets.resources import SendflowrResource
 
 REJECTED_SHARE_CHECK = "rejected_share_below_threshold"
+
 
 class IngestConfig(Config):
     max_messages_per_partition: int = Field(
@@ -30,7 +32,8 @@ class IngestConfig(Config):
         description="The run's check fails above this share of rejected messages.")
     writers: int = Field(default=get_settings().ingest_writers,
                          description="Writers that share the topic; this run ingests partitions p % writers == slot.")
-    slot: int = Field(default=0, description="This run's writer slot in [0, writers) (the schedule sets it).")
+    slot: int = Field(default=0, description="This run's writer slot in [0, writers) (the sensor sets it).")
+
 
 @asset(
     group_name="ingestion",
@@ -42,29 +45,26 @@ class IngestConfig(Config):
                                 description="Share of rejected messages in this run stays under the threshold")],
 )
 def events(context: AssetExecutionContext, config: IngestConfig, sendflowr: SendflowrResource) -> MaterializeResult:
-    return ingest_topic(context, config, sendflowr, EVENTS)
+    return ingest_topic(context, config, sendflowr, EVENTS, "events")
 
 
 def ingest_topic(context: AssetExecutionContext, config: IngestConfig, sendflowr: SendflowrResource,
-                 sink: Sink) -> MaterializeResult:
-    """One ingestion run of the sink's topic, its metadata and the rejected-share check (events, decision_log)."""
+                 sink: Sink, table: str) -> MaterializeResult:
+    """One ingestion run of the sink's topic into `table`, its metadata and the rejected-share check (events,
+    decision_log)."""
+    client = sendflowr.client()
     report = ingest_once(
-        sendflowr.settings(), sendflowr.client(),
+        sendflowr.settings(), client,
         IngestOptions(max_messages_per_partition=config.max_messages_per_partition,
                       until_caught_up=config.until_caught_up, slot=Slot(config.slot, config.writers)),
         run_id=context.run.run_id, log=context.log.info, sink=sink)
-    share = report.rejected_share
+    found = checks.rejected_share(report.messages, report.rejected, config.max_rejected_share)
     return MaterializeResult(
-        metadata=report_metadata(report),
-        check_results=[AssetCheckResult(
-            check_name=REJECTED_SHARE_CHECK, passed=share <= config.max_rejected_share,
-            severity=AssetCheckSeverity.ERROR,
-            metadata={"rejected_share": MetadataValue.float(share),
-                      "threshold": MetadataValue.float(config.max_rejected_share),
-                      "rejected": MetadataValue.int(report.rejected)})],
-    )
+        metadata=report_metadata(report, row_count(client, sendflowr.clickhouse_database, table)),
+        check_results=[check_result(found, check_name=REJECTED_SHARE_CHECK)])
 
-def report_metadata(report: IngestReport) -> dict[str, MetadataValue]:
+
+def report_metadata(report: IngestReport, table_rows: int) -> dict[str, MetadataValue]:
     rows = "\n".join(
         f"| {p} | {s.start} | {s.end} | {s.messages} | {s.valid} | {s.rejected} | "
         f"{report.lag.get(p, 0)} |" for p, s in sorted(report.partitions.items()))
@@ -78,7 +78,7 @@ def report_metadata(report: IngestReport) -> dict[str, MetadataValue]:
         "events_per_second": MetadataValue.float(round(report.events_per_second, 1)),
         "seconds": MetadataValue.float(round(report.seconds, 3)),
         "replayed_crashed_ranges": MetadataValue.bool(report.replayed),
-        "dagster/row_count": MetadataValue.int(report.inserted),
+        "dagster/row_count": MetadataValue.int(table_rows),  # the table's rows; this run's are rows_inserted
         "ranges": MetadataValue.md(
             "| partition | start | end | read | valid | rejected | lag left |\n"
             "|---|---|---|---|---|---|---|\n" + (rows or "| - | | | 0 | 0 | 0 | |")),

@@ -1,14 +1,16 @@
 """The decision log and the uplift it measures: `decision_log` (the API's decisions from Kafka into ClickHouse,
 exactly once, like `events`) and `timing_uplift` (treatment vs control engagement on the user's own list, with its
-asset check). The logic lives in sendflowr.decisions.log_ingest and sendflowr.uplift."""
+asset check). The logic lives in sendflowr.decisions.log_ingest and sendflowr.uplift. The decision log is ingested
+with events (the ingestion sensor, defs/ingest/sensors.py); the uplift runs hourly (SENDFLOWR_UPLIFT_CRON) when
+decisions or identity (after new events) changed since the tick."""
 
 from datetime import UTC, datetime, timedelta
 
 from dagster import (
-    AssetCheckResult,
     AssetCheckSeverity,
     AssetCheckSpec,
     AssetExecutionContext,
+    AutomationCondition,
     Config,
     MaterializeResult,
     MetadataValue,
@@ -18,16 +20,30 @@ from pydantic import Field
 
 from sendflowr.campaign.truth import truth_uplift
 from sendflowr.decisions.log_ingest import DECISIONS
+from sendflowr.findings import skip
 from sendflowr.kafka_io import ensure_topic
 from sendflowr.settings import get_settings
 from sendflowr.timing.signals import SignalRules
 from sendflowr.uplift import present
+from sendflowr.uplift.checks import treatment_not_worse_than_control
 from sendflowr.uplift.measure import UpliftConfig, UpliftReport, measure_uplift
 from sendflowr.uplift.stats import RESAMPLES
-from sendflowr_assets.assets.ingestion import REJECTED_SHARE_CHECK, IngestConfig, ingest_topic
+from sendflowr_assets.defs.ingest.assets import REJECTED_SHARE_CHECK, IngestConfig, ingest_topic
+from sendflowr_assets.findings import check_result
 from sendflowr_assets.resources import SendflowrResource
 
 UPLIFT_CHECK = "treatment_not_worse_than_control"
+LOG_OFF = "SENDFLOWR_DECISION_LOG_TOPIC is empty: the log is off, nothing to ingest or check"
+
+
+def hourly_when_changed(cron: str) -> AutomationCondition:
+    """Once per tick of `cron`, as soon as any dependency has updated since the tick (on_cron waits for all of them:
+    the uplift changes with new decisions or with new engagement alone)."""
+    tick = AutomationCondition.cron_tick_passed(cron, "UTC")
+    return (AutomationCondition.in_latest_time_window() & tick.since_last_handled()
+            & AutomationCondition.any_deps_match(AutomationCondition.newly_updated().since(tick)
+                                                 | AutomationCondition.will_be_requested())
+            ).with_label(f"on_cron_after_any_update({cron}, UTC)")
 
 
 @asset(
@@ -43,11 +59,10 @@ def decision_log(context: AssetExecutionContext, config: IngestConfig, sendflowr
                  ) -> MaterializeResult:
     settings = sendflowr.settings()
     if not settings.decision_log_topic:
-        return MaterializeResult(
-            metadata={"skipped": MetadataValue.text("SENDFLOWR_DECISION_LOG_TOPIC is empty: the log is off")},
-            check_results=[AssetCheckResult(check_name=REJECTED_SHARE_CHECK, passed=True)])
+        return MaterializeResult(metadata={"skipped": MetadataValue.text(LOG_OFF)},
+                                 check_results=[check_result(skip(LOG_OFF), check_name=REJECTED_SHARE_CHECK)])
     ensure_topic(settings, settings.decision_log_topic)  # an API that never ran has not created it yet
-    return ingest_topic(context, config, sendflowr, DECISIONS)
+    return ingest_topic(context, config, sendflowr, DECISIONS, "decision_log")
 
 
 class UpliftAssetConfig(Config):
@@ -66,6 +81,7 @@ class UpliftAssetConfig(Config):
     group_name="timing",
     kinds={"clickhouse", "python"},
     pool="sendflowr_timing",
+    automation_condition=hourly_when_changed(get_settings().uplift_cron),
     description="The uplift of SendFlowr's timing on your own list: logged decisions joined to their deliveries and "
                 "genuine engagement, treatment vs the randomized control arm, overall, by fallback level and by "
                 "evidence, with 95% bootstrap intervals over people; compliance (docs/EVALUATION.md).",
@@ -84,28 +100,9 @@ def timing_uplift(context: AssetExecutionContext, config: UpliftAssetConfig,
     truth = truth_uplift(world)
     report.plots = present.plots(report, truth)
     context.log.info(f"uplift verdict: {report.verdict}")
-    return MaterializeResult(metadata=uplift_metadata(report, truth), check_results=[uplift_check(report)])
-
-
-def uplift_check(report: UpliftReport) -> AssetCheckResult:
-    verdict = report.verdict
-    group = report.overall
-    metadata = {"verdict": MetadataValue.text(verdict)}
-    if group is not None:
-        c = group.comparison
-        metadata.update(uplift=MetadataValue.json(c.uplift.to_dict()),
-                        treatment_decisions=MetadataValue.int(c.treatment_decisions),
-                        control_decisions=MetadataValue.int(c.control_decisions))
-    descriptions = {
-        "too_little_data": f"too little data to tell: each arm needs {report.config.min_decisions} matured "
-                           f"decisions and {report.config.min_engaged} engaged ones (is SENDFLOWR_API_CONTROL_SHARE "
-                           "above 0, and are decisions logged with their deliveries?)",
-        "significantly_worse": "treatment is significantly worse than the random moments of the control arm",
-        "significantly_better": "treatment is significantly better than control",
-        "not_significant": "no significant difference between treatment and control yet",
-    }
-    return AssetCheckResult(check_name=UPLIFT_CHECK, passed=verdict in ("significantly_better", "not_significant"),
-                            severity=AssetCheckSeverity.WARN, description=descriptions[verdict], metadata=metadata)
+    return MaterializeResult(metadata=uplift_metadata(report, truth),
+                             check_results=[check_result(treatment_not_worse_than_control(report),
+                                                         AssetCheckSeverity.WARN, UPLIFT_CHECK)])
 
 
 def uplift_metadata(report: UpliftReport, truth: dict | None) -> dict[str, MetadataValue]:

@@ -1,9 +1,9 @@
 """The `identity_graph` asset: events -> people with stable universal ids (the logic lives in
-sendflowr.identity.run)."""
+sendflowr.identity.run). Eager: it runs once new events are ingested."""
 
 from pathlib import Path
 
-from dagster import AssetExecutionContext, Config, MaterializeResult, MetadataValue, asset
+from dagster import AssetExecutionContext, AutomationCondition, Config, MaterializeResult, MetadataValue, asset
 from pydantic import Field
 
 from sendflowr.identity.evaluate import IdentityScore, score_identity
@@ -30,6 +30,7 @@ class IdentityConfig(Config):
     group_name="identity",
     kinds={"clickhouse", "python"},
     pool="sendflowr_identity",
+    automation_condition=AutomationCondition.eager(),
     description="Identity graph: every identifier seen in `events` -> one universal_id (`identity_nodes`, "
                 "`identity_people`). Incremental over newly committed offsets; over-merge guards and audit.",
 )

@@ -1,8 +1,10 @@
-"""One writer per scope at a time, across processes and machines, kept in ClickHouse itself.
+"""One holder per scope at a time, across processes and machines, kept in ClickHouse itself (the `ingest_leases`
+table: ingestion's writers were its first users, and its name stays so no migration moves live leases).
 
-A scope is a topic (one writer for all its partitions), a writer slot of a topic (`<topic>#k/N`, the
-partitions p % N == k, sendflowr/ingest/slots.py) or any other name (the identity run, the ingestion's
-event-id section). Two leases conflict when they are of the same name and their slots share a partition.
+Any run that must be alone takes one. A scope is a topic (one writer for all its partitions), a writer slot of
+a topic (`<topic>#k/N`, the partitions p % N == k, sendflowr/ingest/slots.py) or any other name (the identity
+run, the ingestion's event-id section). Two leases conflict when they are of the same name and their slots
+share a partition.
 
 Acquire = insert a lease row, then read back every unexpired, unreleased lease of the name: a run wins
 only when it sees no conflicting lease but its own. On one node inserts become visible in commit order, so
@@ -16,7 +18,7 @@ same argument holds across replicas.
 A run that dies without releasing (killed process, or ClickHouse down when it ended) would block every
 run until its lease expires, so each holder name carries the process that took it. A lease of a process
 on this machine (same boot, same pid namespace) that is gone, or of this very process but no longer
-inside `ingest_lease`, is released by the next run at once; leases taken elsewhere expire after the TTL.
+inside `hold`, is released by the next run at once; leases taken elsewhere expire after the TTL.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from sendflowr.ingest.slots import WHOLE, Slot, parse_scope
 
 ACQUIRE_ATTEMPTS = 4
 KEEPER_MAP_KEEP = timedelta(days=1)  # what MergeTree's TTL keeps; a KeeperMap lease table is purged by hand
-_ACTIVE: set[str] = set()  # holders inside ingest_lease in this process
+_ACTIVE: set[str] = set()  # holders inside `hold` in this process
 _ACTIVE_LOCK = threading.Lock()
 
 
@@ -126,7 +128,7 @@ def _purge_keeper_map(client: Client, database: str) -> None:
 
 
 @contextmanager
-def ingest_lease(client: Client, database: str, name: str, run_id: str, ttl: timedelta = timedelta(minutes=10),
+def hold(client: Client, database: str, name: str, run_id: str, ttl: timedelta = timedelta(minutes=10),
                  slot: Slot = WHOLE, wait: float = 0.0) -> Iterator[str]:
     """Hold the lease of `slot` of `name` (by default the whole name) for the block; yields the holder name (pass
     it to `renew`). A lease held by someone else raises LeaseHeld, after retrying for `wait` seconds if given."""
@@ -154,7 +156,7 @@ def ingest_lease(client: Client, database: str, name: str, run_id: str, ttl: tim
         attempt += 1
         if attempt >= ACQUIRE_ATTEMPTS and time.monotonic() >= deadline:
             other, until = rivals[0]
-            raise LeaseHeld(f"another run ({other}) holds the lease on {scope!r} until {until}; this run "
+            raise LeaseHeld(f"the lease {scope!r} is held by another run ({other}) until {until}; this run "
                             "did nothing")
         # Racers that saw each other all withdrew: the random pause lets one of them in first. A waiter (a section
         # held for a second or less) polls briefly instead of backing off.

@@ -1,12 +1,14 @@
 """Timing assets: `timing_curves` (per-person curves, daily) and `timing_evaluation` (measures the model on the
 user's own events, and against a synthetic world's ground truth when there is one; commits the calibration the
-API uses). The logic lives in sendflowr.timing."""
+API uses). The logic lives in sendflowr.timing. Curves run daily (SENDFLOWR_TIMING_CRON) once identity has
+changed since the tick; the evaluation follows each curves run."""
 
 from pathlib import Path
 
-from dagster import AssetExecutionContext, Config, MaterializeResult, MetadataValue, asset
+from dagster import AssetExecutionContext, AutomationCondition, Config, MaterializeResult, MetadataValue, asset
 from pydantic import Field
 
+from sendflowr.settings import get_settings
 from sendflowr.timing.estimate import EstimatorParams
 from sendflowr.timing.evaluate import BUCKETS, EvalConfig, EvalReport
 from sendflowr.timing.evaluation_run import EvaluationOutcome, run_evaluation
@@ -38,6 +40,7 @@ def _params(resource: SendflowrResource) -> EstimatorParams:
     group_name="timing",
     kinds={"clickhouse", "python"},
     pool="sendflowr_timing",
+    automation_condition=AutomationCondition.on_cron(get_settings().timing_cron),
     description="Per-person curves over the 168 UTC hours of the week (`timing_curves`): the chance a message "
                 "delivered in each hour is genuinely engaged, from a time-to-engagement model of when each person "
                 "opens and clicks (machine opens and scanner clicks removed), shrunk toward learned cohorts and "
@@ -62,6 +65,7 @@ def curves_metadata(report: TimingReport, rules: SignalRules) -> dict[str, Metad
         "version": MetadataValue.int(report.version),
         "skipped": MetadataValue.bool(False),
         "people": MetadataValue.int(report.people),
+        "dagster/row_count": MetadataValue.int(report.people),  # one committed curve per person
         "people_written": MetadataValue.int(report.people_written),
         "full_rewrite": MetadataValue.bool(report.full_rewrite),
         "new_events": MetadataValue.int(report.new_events),
@@ -85,6 +89,7 @@ def curves_metadata(report: TimingReport, rules: SignalRules) -> dict[str, Metad
     group_name="timing",
     kinds={"clickhouse", "python"},
     pool="sendflowr_timing",
+    automation_condition=AutomationCondition.eager(),
     description="Measures the model on the user's own events: held-out deliveries scored (log-loss, Brier, AUC) "
                 "against the global and cohort curves and simpler rules, with a reliability diagram; commits the "
                 "confidence and expected-engagement calibration the API uses. With a synthetic world's ground "
