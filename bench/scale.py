@@ -52,6 +52,7 @@ import ingest  # bench/: the synthetic world produced to Kafka, the ingestion wr
 import numpy as np
 import pyarrow as pa
 import timing  # bench/: the in-ClickHouse event generator, CPU of the endpoint process, settle()
+from endpoint import private_endpoint  # bench/endpoint.py
 
 from sendflowr.clickhouse import get_client
 from sendflowr.decisions.snapshot import SnapshotHolder
@@ -250,18 +251,17 @@ def stage_ingest(settings: Settings, events: int, seed: int) -> Cost:
 
 
 class Endpoint:
-    """The size's private chDB endpoint. `fresh` restarts it on the same data before a measured stage, so that the
-    stage's peak is its own and not memory the engine kept from the stage before (a scheduled run meets a process
-    that has served other work too, but not necessarily the heaviest)."""
+    """The size's private chDB endpoint (bench/endpoint.py's, started). `fresh` restarts it on the same data before
+    a measured stage, so that the stage's peak is its own and not memory the engine kept from the stage before (a
+    scheduled run meets a process that has served other work too, but not necessarily the heaviest)."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, pid: int) -> None:
         self.settings = settings
-        self._start(migrate=True)
+        apply_migrations(settings)
+        self._start(pid)
 
-    def _start(self, migrate: bool = False) -> None:
-        self.pid = chdb_server.start_background(self.settings)
-        if migrate:
-            apply_migrations(self.settings)
+    def _start(self, pid: int) -> None:
+        self.pid = pid
         self.client = get_client(self.settings, send_receive_timeout=3600)
         self.peaks = StatementPeaks(self.pid, self.settings.clickhouse_database)
         self.meter = Meter(self.pid, self.peaks)
@@ -273,17 +273,18 @@ class Endpoint:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
         self.client.close()
         processes.stop(self.settings, chdb_server.PROCESS_NAME)
-        self._start()
+        self._start(chdb_server.start_background(self.settings))
         timing.settle(self.client, self.settings.clickhouse_database)
+
+    def measure(self, fn) -> tuple[object, Cost]:
+        """fn() on a fresh endpoint, measured."""
+        self.fresh()
+        return self.meter.run(fn)
 
 
 def run_size(people: int, args, stages: set[str]) -> tuple[dict[str, Cost], int]:
     """Every selected stage at one size; the costs by row and the bytes the size's data took on disk."""
     costs: dict[str, Cost] = {}
-    workdir = Path(tempfile.mkdtemp(prefix="sendflowr-bench-scale-"))
-    settings = Settings(home=workdir, clickhouse_url=f"http://127.0.0.1:{free_port()}",
-                        clickhouse_database="bench", decision_log_topic="")
-    db = settings.clickhouse_database
     ep: Endpoint | None = None
 
     def record(row: str, cost: Cost) -> None:
@@ -294,11 +295,16 @@ def run_size(people: int, args, stages: set[str]) -> tuple[dict[str, Cost], int]
         if ep and ep.peaks.peaks:
             print(ep.peaks.top(), flush=True)
 
-    def log(line: str) -> None:
-        print("  " + line, flush=True)
+    def stitch(title: str):
+        (_, report), cost = ep.measure(lambda: identity.timed_stitch(settings, ep.watched, title))
+        return report, cost
 
-    try:
-        ep = Endpoint(settings)
+    def build():
+        return ep.measure(lambda: materialize(ep.watched, db, log=lambda line: print("  " + line, flush=True)))
+
+    with private_endpoint("sendflowr-bench-scale-") as (settings, pid):
+        db = settings.clickhouse_database
+        ep = Endpoint(settings, pid)
         if "ingest" in stages:
             record("ingestion (1 writer)", stage_ingest(settings, people * args.ingest_per_person, args.seed))
             ep.client.command("DROP DATABASE IF EXISTS bench_w1 SYNC")
@@ -313,20 +319,17 @@ def run_size(people: int, args, stages: set[str]) -> tuple[dict[str, Cost], int]
               f"{time.perf_counter() - started:.1f}s (not timed)", flush=True)
 
         if "identity" in stages:
-            ep.fresh()
-            (_, report), cost = ep.meter.run(lambda: identity.timed_stitch(settings, ep.watched, "identity, full run"))
+            report, cost = stitch("identity, full run")
             cost.note = (f"{report.nodes_total:,} identifiers, {report.edges_total:,} edges, "
                          f"{report.people_total:,} people, largest {report.largest_person}")
             record("identity full", cost)
-            ep.fresh()
-            (read, write, rows), cost = ep.meter.run(lambda: identity.io_floor(ep.client, db))
+            (read, write, rows), cost = ep.measure(lambda: identity.io_floor(ep.client, db))
             floor = read + write
             record("identity I/O floor", Cost(floor, None, cost.peak_py, cost.peak_chdb,
                                               f"read {read:.1f}s + write {rows:,} rows {write:.1f}s; full run = "
                                               f"{costs['identity full'].wall / floor:.1f}x"))
         if stages & {"timing", "api"}:
-            ep.fresh()
-            report, cost = ep.meter.run(lambda: materialize(ep.watched, db, log=log))
+            report, cost = build()
             cost.note = f"{report.people:,} people, {report.people_written:,} curves"
             if "timing" in stages:
                 record("timing full", cost)
@@ -338,23 +341,20 @@ def run_size(people: int, args, stages: set[str]) -> tuple[dict[str, Cost], int]
             grown = round(people * 1.01) if "identity" in stages else people  # new people need stitching
             timing.load(ep.client, db, grown, extra, start=events, identifiers=ids, register=False)
             if "identity" in stages:
-                ep.fresh()
-                (_, report), cost = ep.meter.run(lambda: identity.timed_stitch(settings, ep.watched, "identity, +1%"))
+                report, cost = stitch("identity, +1%")
                 cost.note = (f"{report.new_events:,} new events, {report.identifiers_new:,} new identifiers; "
                              f"{cost.cpu / costs['identity full'].cpu:.1%} of the full run's CPU")
                 record("identity +1%", cost)
             if "timing" in stages:
-                ep.fresh()
-                report, cost = ep.meter.run(lambda: materialize(ep.watched, db, log=log))
+                report, cost = build()
                 cost.note = (f"{report.people_written:,} curves rewritten; "
                              f"{cost.cpu / costs['timing full'].cpu:.1%} of the full run's CPU")
                 record("timing +1%", cost)
 
         if "api" in stages:
-            ep.fresh()
             holder = SnapshotHolder(lambda: get_client(settings, send_receive_timeout=3600), db, 3600)
             try:
-                _, cost = ep.meter.run(holder.refresh)
+                _, cost = ep.measure(holder.refresh)
                 snapshot = holder.current
                 cost.note = f"{len(snapshot.timing_uid):,} curves, {snapshot.identity.identifiers:,} identifiers"
                 record("API snapshot load", cost)
@@ -364,10 +364,7 @@ def run_size(people: int, args, stages: set[str]) -> tuple[dict[str, Cost], int]
                 record("API 10k batch", Cost(latency["batch_median"], note=f"best {seconds(latency['batch_best'])}"))
             finally:
                 holder.stop()
-        return costs, du(workdir)
-    finally:
-        processes.stop(settings, chdb_server.PROCESS_NAME)
-        shutil.rmtree(workdir, ignore_errors=True)
+        return costs, du(settings.home)
 
 
 def skip_reasons(people: int, stages: set[str], done: dict[int, dict[str, Cost]],
