@@ -100,9 +100,10 @@ def in_memory_copy(client, snapshot: DecisionSnapshot) -> DecisionSnapshot:
 
 
 def timing_loops(snapshots: dict[str, DecisionSnapshot], ids: dict[str, np.ndarray], people: int, loops: int,
-                 seed: int, rounds: int = 3) -> None:
+                 seed: int, rounds: int = 3) -> dict[str, dict[str, float]]:
     """Single decisions (decide_requests with one request: the coalescer's path at low load) and 10,000-recipient
-    batches (decide_batch: the batch endpoint's call) on each snapshot, in alternating rounds."""
+    batches (decide_batch: the batch endpoint's call) on each snapshot, in alternating rounds; prints and returns
+    each snapshot's single p50 and p99 and batch median and best, in seconds."""
     rng = np.random.default_rng(seed)
     start = (datetime.now(UTC) + timedelta(days=1)).replace(minute=0, second=0, microsecond=0)
     after, before = start, start + timedelta(days=7)
@@ -129,12 +130,15 @@ def timing_loops(snapshots: dict[str, DecisionSnapshot], ids: dict[str, np.ndarr
                 assert sum(f is None for f in result.error_field) == 10_000
     print(f"in process, {rounds} alternating rounds ({loops} single decisions of people at random and 3 batches "
           "of 10,000 each per round and snapshot):", flush=True)
+    out = {}
     for name in snapshots:
         times = sorted(singles[name])
-        print(f"  {name:<34} single p50 {times[len(times) // 2] * 1e6:5,.0f} us  p99 "
-              f"{times[int(len(times) * 0.99)] * 1e6:6,.0f} us   batch median "
-              f"{statistics.median(batches[name]) * 1000:6,.1f} ms  best {min(batches[name]) * 1000:6,.1f} ms",
-              flush=True)
+        out[name] = {"p50": times[len(times) // 2], "p99": times[int(len(times) * 0.99)],
+                     "batch_median": statistics.median(batches[name]), "batch_best": min(batches[name])}
+        print(f"  {name:<34} single p50 {out[name]['p50'] * 1e6:5,.0f} us  p99 {out[name]['p99'] * 1e6:6,.0f} us   "
+              f"batch median {out[name]['batch_median'] * 1000:6,.1f} ms  best {out[name]['batch_best'] * 1000:6,.1f} "
+              "ms", flush=True)
+    return out
 
 
 def delta_reload(client, holder: SnapshotHolder, share: float, seed: int) -> None:

@@ -48,6 +48,7 @@ from sendflowr.synth import WorldConfig
 TOPIC = "bench.identity"
 PARTITIONS = 4
 SHARED_PHONES = 50
+SHARED_PHONE_INDEX = 79_000_000  # the shared phones' numbers start here, far from the per-person numbers
 AREA_CODES = np.array([415, 212, 646, 312, 617, 206, 303, 404, 512, 702], np.int64)
 BASE_MS = 1_735_689_600_000  # 2025-01-01 UTC; every event in January keeps one monthly partition
 BATCH = 500_000
@@ -75,7 +76,7 @@ class World:
         self.next_ident = 0  # shared counter for every identifier value
         self.next_event = 0
         self.next_offset = np.zeros(PARTITIONS, np.int64)
-        self.shared = _phones(np.arange(SHARED_PHONES) + 79_000_000)  # far from the per-person numbers
+        self.shared = _phones(np.arange(SHARED_PHONES) + SHARED_PHONE_INDEX)
 
     def _values(self, n: int) -> np.ndarray:
         out = np.arange(self.next_ident, self.next_ident + n)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
+import resource
 import shutil
 import sys
 import tempfile
@@ -143,15 +144,20 @@ def _writer(settings: Settings, slot: Slot, attempt_messages: int, ready, go, re
     client = get_client(settings)
     ready.put(str(slot))
     go.wait()
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    cpu_at_go = usage.ru_utime + usage.ru_stime
     started = time.time()
     report = ingest_once(settings, client, IngestOptions(max_messages_per_partition=10**12, until_caught_up=True,
                                                          attempt_messages=attempt_messages, slot=slot),
                          log=lambda _line: None)
-    results.put((started, time.time(), report.messages))
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    results.put((started, time.time(), report.messages, usage.ru_utime + usage.ru_stime - cpu_at_go,
+                 usage.ru_maxrss * 1024))
 
 
-def bench_writers(settings: Settings, writers: int, attempt_messages: int) -> tuple[float, int]:
-    """Wall time from the first writer's start to the last one's end, and the messages they read."""
+def bench_writers(settings: Settings, writers: int, attempt_messages: int) -> tuple[float, int, float, int]:
+    """Wall time from the first writer's start to the last one's end, the messages they read, the writers' CPU
+    seconds while ingesting (all of them) and the largest writer's peak RSS in bytes (since it started)."""
     settings = settings.model_copy(update={"clickhouse_database": f"bench_w{writers}"})
     apply_migrations(settings)
     context = multiprocessing.get_context("spawn")
@@ -166,7 +172,8 @@ def bench_writers(settings: Settings, writers: int, attempt_messages: int) -> tu
     done = [results.get(timeout=3600) for _ in procs]
     for proc in procs:
         proc.join()
-    return max(end for _, end, _ in done) - min(start for start, _, _ in done), sum(n for _, _, n in done)
+    return (max(d[1] for d in done) - min(d[0] for d in done), sum(d[2] for d in done), sum(d[3] for d in done),
+            max(d[4] for d in done))
 
 
 def main() -> int:
@@ -203,7 +210,7 @@ def main() -> int:
         print(f"ClickHouse Kafka engine    : {produced / engine:12,.0f} events/s ({engine:.2f}s)", flush=True)
         rates = {}
         for writers in sorted({int(n) for n in args.writers.split(",")}):
-            seconds, read = bench_writers(settings, writers, args.attempt_messages)
+            seconds, read, _cpu, _peak = bench_writers(settings, writers, args.attempt_messages)
             rates[writers] = read / seconds
             print(f"sendflowr, {writers} writer(s)     : {rates[writers]:12,.0f} events/s ({seconds:.2f}s, {read} "
                   "messages)", flush=True)
