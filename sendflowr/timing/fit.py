@@ -3,6 +3,7 @@ every person's posterior and curve (Fit) (docs/TIMING.md, "The model")."""
 
 from __future__ import annotations
 
+import importlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
@@ -126,6 +127,8 @@ def read_inputs(client: Client, database: str, rules: SignalRules, params: Estim
         # (ClickHouse has a core to spare in its single-threaded stretches, and during the numpy sums).
         persons = side.submit(owner_persons, client, owners)
         members = side.submit(cohort_members, client, database, owners)
+        if params.clusters > 0:  # scikit-learn's import (~0.8 s) while the engine works, not after it
+            side.submit(importlib.import_module, "sklearn.cluster")
         messages = message_rows(client, database, rules, owners, params, observed_before, ends)
         return Inputs(messages, persons.result(), members.result())
 
