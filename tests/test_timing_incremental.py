@@ -164,3 +164,23 @@ def test_a_commit_larger_than_a_url_is_written(settings: Settings, ch) -> None:
     versions.commit(ch, db, 7, "run-big", "curves", 1, big, metadata={"note": big})
     run = versions.latest_run(ch, db)
     assert run["version"] == 7 and run["calibration"] == big and run["metadata"] == {"note": big}
+
+
+def test_one_timing_writer_at_a_time(settings: Settings, ch) -> None:
+    """Two runs that both took next_version before either wrote would share a version: a curves run while another
+    timing writer holds the lease is refused and writes nothing, and runs once the lease is released."""
+    from sendflowr.lease import LeaseHeld
+    from sendflowr.timing.run import materialize as build
+
+    db = settings.clickhouse_database
+    start = datetime.now(UTC) - timedelta(days=3)
+    produce_all(settings, [m for i in range(4) for m in _message(start + timedelta(hours=i), f"m{i}",
+                                                                 "writer@example-mail.com", timedelta(minutes=5))])
+    materialize([events, identity_graph], resources={"sendflowr": resource_for(settings)})
+    with versions.writer(ch, db, "another-run"):
+        with pytest.raises(LeaseHeld, match="timing:versions"):
+            build(ch, db, log=lambda _: None)
+        assert versions.latest_version(ch, db) is None
+        assert int(ch.command(f"SELECT count() FROM {db}.timing_curves")) == 0
+    report = build(ch, db, log=lambda _: None)
+    assert report.version == versions.latest_version(ch, db) and report.people == 1

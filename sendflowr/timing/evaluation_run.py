@@ -48,6 +48,9 @@ class EvaluationOutcome:
                 "truth": self.truth.to_dict() if self.truth else None}
 
 
+EVALUATION_LEASE_WAIT = 900.0  # seconds an evaluation waits for a curves run to commit
+
+
 def has_truth(truth_dir: Path | None) -> bool:
     return truth_dir is not None and (truth_dir / "true_curves.parquet").exists()
 
@@ -72,15 +75,19 @@ def run_evaluation(client: Client, database: str, rules: SignalRules, params: Es
         calibration = replace(calibration, ece=truth.ece)  # measured against the truth, not fitted on it
         log(f"timing evaluation: against the synthetic truth, share of the oracle "
             f"{truth.overall['share_of_oracle']['ours']:.3f}, ECE {truth.ece:.3f}")
-    outcome = EvaluationOutcome(version=versions.next_version(client, database), predictive=predictive,
-                                calibration=calibration, truth=truth)
-    # In the body, not as query parameters: a report with the truth's details outgrows a URL.
-    client.insert(f"{database}.timing_evaluations", [[run_id, outcome.version, datetime.now(UTC),
-                                                       json.dumps(outcome.to_dict())]],
-                  column_names=["run_id", "version", "evaluated_at", "report"])
-    versions.commit(client, database, outcome.version, run_id, "evaluation", head["people"], calibration.to_json(),
-                    metadata={"heldout_deliveries": predictive.deliveries, "sharpness": predictive.sharpness,
-                              "ece": truth.ece if truth else None})
+    # Only the version's allocation and its writes hold the timing writer lease (a curves run may be building
+    # meanwhile: wait for it rather than fail an evaluation that took minutes).
+    with versions.writer(client, database, run_id, wait=EVALUATION_LEASE_WAIT):
+        outcome = EvaluationOutcome(version=versions.next_version(client, database), predictive=predictive,
+                                    calibration=calibration, truth=truth)
+        # In the body, not as query parameters: a report with the truth's details outgrows a URL.
+        client.insert(f"{database}.timing_evaluations", [[run_id, outcome.version, datetime.now(UTC),
+                                                           json.dumps(outcome.to_dict())]],
+                      column_names=["run_id", "version", "evaluated_at", "report"])
+        versions.commit(client, database, outcome.version, run_id, "evaluation", head["people"],
+                        calibration.to_json(), metadata={"heldout_deliveries": predictive.deliveries,
+                                                         "sharpness": predictive.sharpness,
+                                                         "ece": truth.ece if truth else None})
     return outcome
 
 

@@ -133,6 +133,11 @@ def materialize(client: Client, database: str, rules: SignalRules | None = None,
     rules = rules or SignalRules()
     params = params or EstimatorParams()
     report = TimingReport(run_id=run_id or f"timing-{uuid.uuid4().hex[:12]}")
+    with versions.writer(client, database, report.run_id):
+        return _materialize(client, database, rules, params, report, full, log)
+
+def _materialize(client: Client, database: str, rules: SignalRules, params: EstimatorParams, report: TimingReport,
+                 full: bool, log: Callable[[str], None]) -> TimingReport:
     t0 = time.perf_counter()
     report.new_events, ends = record_progress(client, database, report.run_id)
     mark = identity_mark(client, database)

@@ -9,9 +9,25 @@ rows too).
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
 
 from clickhouse_connect.driver.client import Client
+
+from sendflowr import lease
+
+WRITER_LEASE = "timing:versions"  # ':' is not allowed in Kafka topic names, so it never meets a real topic
+WRITER_TTL = timedelta(hours=1)
+
+
+@contextmanager
+def writer(client: Client, database: str, run_id: str, wait: float = 0.0) -> Iterator[None]:
+    """One timing writer at a time: two runs that both took next_version before either wrote would share a version
+    (and an incremental run must not add to a base a full build is replacing). Raises lease.LeaseHeld when another
+    run holds it (after waiting `wait` seconds)."""
+    with lease.hold(client, database, WRITER_LEASE, run_id, ttl=WRITER_TTL, wait=wait):
+        yield
 
 
 def committed(database: str, column: str = "version") -> str:
