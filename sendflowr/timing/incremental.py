@@ -24,10 +24,7 @@ exposure, which grows in its cells only when it gets an event or settles.
 from __future__ import annotations
 
 import json
-import time
-import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -41,13 +38,13 @@ from sendflowr.timing.decide import EPOCH_HOW, HOUR_MS, HOURS
 from sendflowr.timing.estimate import ActivityClusters, EstimatorParams, Priors
 from sendflowr.timing.hazard import Decay
 from sendflowr.timing.owners import owner_map, owner_persons
+from sendflowr.timing.scratch import people_table, scratch
 from sendflowr.timing.signals import SignalRules
 from sendflowr.timing.stats import messages_sql, range_parameters
 
 SETTLE_LAG_HOURS = 48  # how late an event may still be ingested and count for its message
 FULL_EVERY_HOURS = 168  # a full build refits the model at least this often
 MAX_NEW_SHARE = 0.25  # new messages beyond this share of the base's call for a full build
-SCRATCH_PREFIX = "timing_scratch_"
 STATE_COLUMNS = ("message", "email", "klaviyo_id", "phone", "external_id", "delivered_ms", "first_ms", "opens",
                  "flagged_opens", "first_unflagged_ms", "first_plain_ms", "apple_ms", "click_ms", "click_url",
                  "click_kind")
@@ -147,19 +144,6 @@ def drop_old_bases(client: Client, database: str, keep: int) -> None:
                       parameters={"k": keep}):
         client.command(f"ALTER TABLE {database}.timing_open_messages DELETE WHERE version < {{k:UInt64}}",
                        parameters={"k": keep})
-
-
-# --- scratch tables -----------------------------------------------------------------------------------------
-
-@contextmanager
-def scratch(client: Client, database: str, columns: str) -> Iterator[str]:
-    """A run-private Memory table (its name), dropped when the block ends."""
-    name = f"{database}.{SCRATCH_PREFIX}{int(time.time())}_{uuid.uuid4().hex[:12]}"
-    client.command(f"CREATE TABLE {name} ({columns}) ENGINE = Memory")
-    try:
-        yield name
-    finally:
-        client.command(f"DROP TABLE IF EXISTS {name}")
 
 
 STATE_DDL = ("message FixedString(16), email String, klaviyo_id String, phone String, external_id String, "
@@ -383,8 +367,7 @@ def read_cells(client: Client, database: str, base: int, version: int, people: n
         return pa.table({"universal_id": pa.array([], pa.string()), "cell": pa.array([], pa.uint32()),
                          "messages": pa.array([], pa.float64()), "events": pa.array([], pa.float64()),
                          "fresh": pa.array([], pa.float64())})
-    with scratch(client, database, "universal_id String") as table:
-        client.insert_arrow(table, pa.table({"universal_id": pa.array(people, pa.string())}))
+    with people_table(client, database, people) as table:
         return client.query_arrow(
             f"SELECT universal_id, cell, sum(messages) AS messages, sum(events) AS events, sum(fresh) AS fresh "
             f"FROM {database}.timing_cells WHERE base = {{b:UInt64}} "

@@ -14,6 +14,7 @@ from clickhouse_connect.driver.client import Client
 
 from sendflowr.contract import IDENTIFIER_TYPES
 from sendflowr.sql_files import load_sql
+from sendflowr.timing.scratch import people_table
 from sendflowr.timing.store import EMAIL_COHORT, PHONE_COHORT, calling_codes
 
 OWNER_MAP_PREFIX = "timing_owners_"
@@ -93,13 +94,7 @@ def person_cohorts(client: Client, database: str, universal_id: np.ndarray) -> t
 
 
 def _features_of(client: Client, database: str, universal_id: np.ndarray) -> pa.Table:
-    # run-private, named like the owner maps so that one left by a killed process is dropped the same way
-    name = f"{database}.{OWNER_MAP_PREFIX}{int(time.time())}_people_{uuid.uuid4().hex[:12]}"
-    client.command(f"CREATE TABLE {name} (universal_id String) ENGINE = Memory")
-    try:
-        client.insert_arrow(name, pa.table({"universal_id": pa.array(np.asarray(universal_id, object), pa.string())}))
+    with people_table(client, database, universal_id) as people:
         sql = load_sql("timing/person_features.sql", database).replace(
-            "${people}", f"AND universal_id IN (SELECT universal_id FROM {name})")
+            "${people}", f"AND universal_id IN (SELECT universal_id FROM {people})")
         return client.query_arrow(sql, parameters={"codes": list(calling_codes())}, use_strings=True)
-    finally:
-        client.command(f"DROP TABLE IF EXISTS {name}")

@@ -32,6 +32,7 @@ from sendflowr.timing.decide import HOURS, Calibration
 from sendflowr.timing.estimate import EstimatorParams, Priors, levels
 from sendflowr.timing.fit import CHUNK, Fit, fit
 from sendflowr.timing.owners import person_cohorts
+from sendflowr.timing.scratch import people_table
 from sendflowr.timing.signals import SignalRules
 from sendflowr.timing.stats import stats_from_cells
 
@@ -250,8 +251,7 @@ def _new_people(client: Client, database: str, ids: np.ndarray, committed: int) 
     """How many of these people had no committed curve yet."""
     if ids.size == 0:
         return 0
-    with incremental.scratch(client, database, "universal_id String") as table:
-        client.insert_arrow(table, pa.table({"universal_id": pa.array(ids, pa.string())}))
+    with people_table(client, database, ids) as table:
         known = int(client.command(
             f"SELECT uniqExact(universal_id) FROM {database}.timing_curves WHERE {versions.committed(database)} "
             f"AND universal_id IN (SELECT universal_id FROM {table})"))

@@ -28,7 +28,7 @@ from sendflowr.uplift import present
 from sendflowr.uplift.checks import treatment_not_worse_than_control
 from sendflowr.uplift.measure import UpliftConfig, UpliftReport, measure_uplift
 from sendflowr.uplift.stats import RESAMPLES
-from sendflowr_assets.defs.ingest.assets import REJECTED_SHARE_CHECK, IngestConfig, ingest_topic
+from sendflowr_assets.defs.ingest.assets import REJECTED_SHARE_CHECK, IngestConfig, ingest_topic, rejected_share_spec
 from sendflowr_assets.findings import check_result
 from sendflowr_assets.resources import SendflowrResource
 
@@ -52,8 +52,7 @@ def hourly_when_changed(cron: str) -> AutomationCondition:
     pool="sendflowr_ingest",
     description="Every decision the API served (`decision_log`), from its Kafka topic, one row per decision, by the "
                 "same exactly-once run as events; malformed messages go to `rejected_events`.",
-    check_specs=[AssetCheckSpec(REJECTED_SHARE_CHECK, asset="decision_log",
-                                description="Share of rejected messages in this run stays under the threshold")],
+    check_specs=[rejected_share_spec("decision_log")],
 )
 def decision_log(context: AssetExecutionContext, config: IngestConfig, sendflowr: SendflowrResource
                  ) -> MaterializeResult:

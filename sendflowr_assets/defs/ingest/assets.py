@@ -22,6 +22,12 @@ from sendflowr_assets.resources import SendflowrResource
 REJECTED_SHARE_CHECK = "rejected_share_below_threshold"
 
 
+def rejected_share_spec(asset: str) -> AssetCheckSpec:
+    """The check every ingested topic's asset carries (its result: ingest_topic)."""
+    return AssetCheckSpec(REJECTED_SHARE_CHECK, asset=asset,
+                          description="Share of rejected messages in this run stays under the threshold")
+
+
 class IngestConfig(Config):
     max_messages_per_partition: int = Field(
         default=get_settings().ingest_max_messages_per_partition,
@@ -41,8 +47,7 @@ class IngestConfig(Config):
     pool="sendflowr_ingest",
     description="Engagement events from Kafka in ClickHouse (`events`), one row per event_id; malformed "
                 "messages go to `rejected_events`. Each run ingests fixed offset ranges exactly once.",
-    check_specs=[AssetCheckSpec(REJECTED_SHARE_CHECK, asset="events",
-                                description="Share of rejected messages in this run stays under the threshold")],
+    check_specs=[rejected_share_spec("events")],
 )
 def events(context: AssetExecutionContext, config: IngestConfig, sendflowr: SendflowrResource) -> MaterializeResult:
     return ingest_topic(context, config, sendflowr, EVENTS, "events")
