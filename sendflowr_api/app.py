@@ -56,7 +56,7 @@ log = logging.getLogger("sendflowr.api")
 def _add_routes(app: FastAPI, router: APIRouter, tags: list[str], dependencies: list) -> None:
     """The router's routes as the app's own. `include_router` would keep an included-router wrapper that
     recomputes a routes version on every request (FastAPI 0.16x), measurable at thousands of requests/s."""
-    for route in router.routes:  # the route's own class too (DecisionRoute's fast path)
+    for route in router.routes:
         app.router.add_api_route(route.path, route.endpoint, methods=sorted(route.methods), tags=tags,
                                  dependencies=dependencies, response_model=route.response_model,
                                  responses=route.responses, summary=route.summary, description=route.description,
@@ -139,15 +139,7 @@ def create_app(settings: Settings | None = None, holder: SnapshotHolder | None =
                                     decision_log, settings.api_exploration)
     app.state.metrics = Metrics(holder, app.state.coalescer, decision_log)
     app.state.query_client = None
-    app.add_middleware(MetricsMiddleware, metrics_of=lambda scope: scope["app"].state.metrics)
     digest = app.state.api_key_digest
-    app.add_middleware(batch_limit, limit=settings.api_batch_max_size)
-    # Outermost: refused requests (cross-origin pages, a missing key, oversized bodies) cost no parsing at all.
-    app.add_middleware(RequestGuard, browsers="same-origin", loopback=is_loopback(settings.api_host),
-                       max_body_bytes=settings.api_max_body_bytes,
-                       authorized=key_guard(digest, app.state.metrics.auth_failures.inc) if digest else None,
-                       unauthorized=(UNAUTHORIZED_DETAIL, ((b"www-authenticate", API_KEY_HEADER.encode()),)),
-                       loopback_only=digest is None and not settings.api_allow_unauthenticated)
     # Only with a key configured: an unused dependency still costs its solving on every request.
     protected = [Depends(require_api_key)] if digest else []
     for router, tags in ((decisions.router, ["decisions"]), (people.router, ["people"])):
@@ -156,7 +148,18 @@ def create_app(settings: Settings | None = None, holder: SnapshotHolder | None =
     # Starlette tries routes in order and FastAPI puts its docs routes first: the hot route goes to the front
     # (no other route matches its path, so only the order of the regex checks changes).
     routes = app.router.routes
-    routes.insert(0, routes.pop(next(i for i, r in enumerate(routes) if getattr(r, "path", "") == "/timing-decision")))
+    hot = routes.pop(next(i for i, r in enumerate(routes) if getattr(r, "path", "") == decisions.PATH))
+    routes.insert(0, hot)
+    # Middleware, innermost first (each add_middleware wraps the ones before it).
+    app.add_middleware(decisions.fast_decisions, route=hot)
+    app.add_middleware(MetricsMiddleware, metrics_of=lambda scope: scope["app"].state.metrics)
+    app.add_middleware(batch_limit, limit=settings.api_batch_max_size)
+    # Outermost: refused requests (cross-origin pages, a missing key, oversized bodies) cost no parsing at all.
+    app.add_middleware(RequestGuard, browsers="same-origin", loopback=is_loopback(settings.api_host),
+                       max_body_bytes=settings.api_max_body_bytes,
+                       authorized=key_guard(digest, app.state.metrics.auth_failures.inc) if digest else None,
+                       unauthorized=(UNAUTHORIZED_DETAIL, ((b"www-authenticate", API_KEY_HEADER.encode()),)),
+                       loopback_only=digest is None and not settings.api_allow_unauthenticated)
     app.add_exception_handler(RequestValidationError, _validation_error)
 
     @app.get("/healthz", response_model=Health, summary="Liveness: the process is up.", tags=["operations"])

@@ -11,7 +11,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from fastapi.routing import APIRoute
 from pydantic import ValidationError
+from starlette._utils import get_route_path
 from starlette.middleware.body_limit import MAX_BODY_SIZE_SCOPE_KEY
+from starlette.types import ASGIApp
 
 from sendflowr.decisions import records
 from sendflowr.decisions.arms import CONTROL, TREATMENT
@@ -39,33 +41,35 @@ def _unprocessable(errors: list[tuple[str, str, str]]) -> Response:
     return Response(orjson.dumps({"detail": detail}), status_code=422, media_type=_JSON)
 
 
-class DecisionRoute(APIRoute):
-    """POST /timing-decision with a fast path for well-formed requests, same responses.
+PATH = "/timing-decision"
 
-    FastAPI's request handling (Python JSON parsing, then validation, content-type parsing with the email
-    package, dependency solving, two exit stacks per request) cost more than the decision itself. A request
-    with `Content-Type: application/json`, a valid API key (when one is configured) and a body the request
-    model accepts is validated straight from bytes by pydantic's JSON parser and decided, at the ASGI level.
-    Anything else (bad JSON, a 422, a 401, other content types, body limits, no snapshot yet) is replayed into
-    FastAPI's own handler, so every error is exactly the one FastAPI gives. pydantic's parser accepts no body
-    that Python's json + the model would reject (tests/test_api_fast_path.py holds the two paths to the same
+
+def fast_decisions(app: ASGIApp, route: APIRoute) -> ASGIApp:
+    """POST /timing-decision with a fast path for well-formed requests, same responses; `app` is the rest of the
+    stack (FastAPI's routing and handler), `route` the endpoint's APIRoute.
+
+    FastAPI's request handling (exception middleware, routing, Python JSON parsing, then validation, content-type
+    parsing with the email package, dependency solving, two exit stacks per request) cost more than the decision
+    itself. A request with `Content-Type: application/json`, a valid API key (when one is configured) and a body
+    the request model accepts is validated straight from bytes by pydantic's JSON parser and decided here, as
+    the innermost middleware (inside the guard and the metrics, before routing). Anything else (bad JSON, a 422,
+    a 401, other content types, body limits, no snapshot yet, other paths) goes on to FastAPI's own handler with
+    the body replayed, so every error is exactly the one FastAPI gives. pydantic's parser accepts no body that
+    Python's json + the model would reject (tests/test_api_fast_path.py holds the two paths to the same
     responses).
     """
+    # Only dependencies checked inline below, and no route body limit; otherwise FastAPI's path only.
+    if route.max_body_size is not None or any(d.dependency is not require_api_key for d in route.dependencies):
+        return app
 
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        # Only dependencies this module checks inline, and no route body limit; otherwise FastAPI's path only.
-        if self.max_body_size is None and all(d.dependency is require_api_key for d in self.dependencies):
-            self.app = _fast(self.app)
-
-
-def _fast(slow):
-    async def app(scope, receive, send) -> None:
+    async def fast(scope, receive, send) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST" or get_route_path(scope) != PATH:
+            return await app(scope, receive, send)
         chunks, more = [], True
         while more:
             message = await receive()
             if message["type"] != "http.request":  # a disconnect: FastAPI's handler deals with it
-                return await slow(scope, _replay(b"".join(chunks), receive, message), send)
+                return await app(scope, _replay(b"".join(chunks), receive, message), send)
             chunks.append(message.get("body", b""))
             more = message.get("more_body", False)
         raw = b"".join(chunks)
@@ -85,9 +89,9 @@ def _fast(slow):
             if body is not None:
                 response = await timing_decision(body, Request(scope, receive, send))
                 return await response(scope, receive, send)
-        return await slow(scope, _replay(raw, receive), send)
+        return await app(scope, _replay(raw, receive), send)
 
-    return app
+    return fast
 
 
 def _replay(raw: bytes, receive, then: dict | None = None):
@@ -136,7 +140,7 @@ async def timing_decision(body: TimingDecisionRequest, request: Request) -> Resp
 
 
 router.add_api_route(
-    "/timing-decision", timing_decision, methods=["POST"], route_class_override=DecisionRoute,
+    PATH, timing_decision, methods=["POST"],
     response_model=TimingDecision, responses={**UNAUTHORIZED, **NOT_READY},
     summary="When to trigger one send",
     description="Resolves the identifiers to a universal_id (unknown people get the id stitching will assign), "

@@ -1,4 +1,4 @@
-"""POST /timing-decision's fast path (sendflowr_api.decisions.DecisionRoute) answers exactly like FastAPI's own
+"""POST /timing-decision's fast path (sendflowr_api.decisions.fast_decisions) answers exactly like FastAPI's own
 handler: pydantic's JSON parser accepts no body that Python's json + the model rejects, and over HTTP the two
 paths give byte-identical responses (decisions, 422s, 401s) on an in-memory snapshot (no services). Coalesced
 decisions agree with single ones on both sides of the scalar/column switch."""
@@ -89,6 +89,25 @@ def test_fast_path_serves_the_seed_contract(api) -> None:
     if key:
         r = client.post("/timing-decision", json={"klaviyo_id": "K3", **WINDOW}, headers={"X-API-Key": key + "x"})
         assert r.status_code == 401 and r.json() == {"detail": "missing or invalid API key"}
+
+
+def test_well_formed_requests_never_reach_fastapis_routing(api) -> None:
+    """The fast path answers a well-formed request before routing; everything else goes on to FastAPI's route."""
+    client, key = api
+    route = next(r for r in client.app.router.routes if getattr(r, "path", "") == "/timing-decision")
+    reached, inner = [], route.app
+
+    async def counting(scope, receive, send) -> None:
+        reached.append(scope["path"])
+        await inner(scope, receive, send)
+
+    route.app = counting
+    try:
+        fast, slow = _both(client, json.dumps({"klaviyo_id": "K3", **WINDOW}).encode(), key or None)
+    finally:
+        route.app = inner
+    assert fast[0] == slow[0] == 200 and fast == slow
+    assert reached == ["/timing-decision"]  # the SLOW content type's request only
 
 
 _scalars = st.one_of(st.none(), st.booleans(), st.integers(-10**20, 10**20), st.floats(allow_nan=True),

@@ -103,7 +103,7 @@ def curves_for(snapshot: DecisionSnapshot, uid: np.ndarray, emails: Sequence[str
     return Curves(curves, evidence, level, cohort)
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # not frozen: a frozen dataclass costs ~1.3 us more to build, once per decision served
 class DecisionResult:
     universal_id: str
     trigger_at: datetime
