@@ -100,19 +100,28 @@ class Calibration:
     def apply(self, raw: np.ndarray, levels: np.ndarray, candidates: np.ndarray | None = None) -> np.ndarray:
         """Probabilities for raw scores (inf -> 1: certain by construction); unknown levels use 'global'."""
         raw = np.asarray(raw, dtype=np.float64)
-        levels = np.asarray(levels, dtype=object)
-        keys = levels
-        if candidates is not None and any("/" in k for k in self.knots):
-            bucket = np.searchsorted(CANDIDATE_BUCKETS, np.asarray(candidates)).astype(str).astype(object)
-            keys = levels + "/" + bucket
+        keys = np.asarray(levels, dtype=object).tolist()
+        if candidates is not None and self._bucketed:
+            buckets = np.searchsorted(CANDIDATE_BUCKETS, np.asarray(candidates)).tolist()
+            keys = [f"{level}/{bucket}" for level, bucket in zip(keys, buckets, strict=True)]
+        # rows per key in a dict: a few keys over any number of rows, without sorting an object array
+        groups: dict[object, list[int]] = {}
+        for i, key in enumerate(keys):
+            groups.setdefault(key, []).append(i)
         out = np.empty(raw.shape, dtype=np.float64)
-        fallback = self.knots.get("global") or next(iter(self.knots.values()))
-        for key in np.unique(keys) if keys.size else ():
-            rows = keys == key
-            knots = self.knots.get(key) or self.knots.get(str(key).split("/")[0]) or fallback
-            out[rows] = np.interp(raw[rows], *knots)
+        for key, rows in groups.items():
+            out[rows] = np.interp(raw[rows], *self._knots_of(key))
         out[np.isposinf(raw)] = 1.0
         return out
+
+    @property
+    def _bucketed(self) -> bool:
+        return any("/" in k for k in self.knots)
+
+    def _knots_of(self, key: object) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """A key's knots, else its level's, else the global ones."""
+        return (self.knots.get(key) or self.knots.get(str(key).split("/")[0]) or self.knots.get("global")
+                or next(iter(self.knots.values())))
 
 
 @dataclass(frozen=True)
