@@ -14,7 +14,8 @@ Needs `wrk` (the OS package `wrk`, e.g. `apt-get install wrk`).
    to the broker, and the demo's 10% control arm, unless --no-decision-log / --control-share say otherwise) and
    the anchor `bench/api_bare.py`;
 3. max throughput: wrk POSTs decision bodies (a Lua script rotates through known people's identifiers; the bare
-   endpoint gets the same bodies) -> requests/s, p50, p99 for both, and the ratio;
+   endpoint gets the same bodies) -> requests/s, p50, p99 for both, and the ratio; also each server process's CPU
+   per request (from /proc, threads included) and their ratio, which load from elsewhere on the box moves less;
 4. latency under load: wrk paced (Lua `delay`) at half of the API's measured maximum -> p50/p99;
 5. batch: one POST /timing-decisions with 10,000 recipients, several times -> wall time per batch;
 6. the decision log's counts from /metrics: decisions queued, confirmed by Kafka, dropped (by reason).
@@ -152,12 +153,23 @@ def wait_ready(url: str, timeout: float = 300.0) -> None:
     raise RuntimeError(f"{url} did not become ready in {timeout:.0f}s")
 
 
-def wrk(port: int, script: Path, duration: int, connections: int) -> dict:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process and all its threads so far (/proc/<pid>/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def wrk(port: int, script: Path, duration: int, connections: int, server: subprocess.Popen | None = None) -> dict:
+    """wrk's figures; with `server`, also the server process's CPU per request (robust to load from elsewhere on
+    the machine, which moves requests/s of both servers alike only roughly)."""
+    cpu = cpu_seconds(server.pid) if server else 0.0
     proc = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--timeout", "10s", "-s", str(script),
                            f"http://127.0.0.1:{port}"], capture_output=True, text=True, check=True)
     line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT "))
     result = json.loads(line[len("RESULT "):])
     result["rps"] = result["requests"] / result["seconds"]
+    if server:
+        result["cpu_us"] = (cpu_seconds(server.pid) - cpu) / max(result["requests"], 1) * 1e6
     return result
 
 
@@ -168,8 +180,9 @@ def lua(workdir: Path, bodies: Path, name: str, pace_ms: float = 0) -> Path:
 
 
 def show(name: str, r: dict) -> None:
+    cpu = f"   CPU {r['cpu_us']:5.0f} us/req" if "cpu_us" in r else ""
     print(f"  {name:<36} {r['rps']:>9,.0f} req/s   p50 {r['p50_us'] / 1000:6.2f} ms   p99 {r['p99_us'] / 1000:6.2f} ms"
-          f"   errors {r['errors']}", flush=True)
+          f"   errors {r['errors']}{cpu}", flush=True)
 
 
 def show_decision_log(port: int, settle: float = 30.0) -> None:
@@ -262,9 +275,9 @@ def main() -> int:
         # rounds alternate the two servers so that load from elsewhere on the machine hits both alike
         ratios, bares, apis = [], [], []
         for r in range(args.rounds):
-            bares.append(wrk(bare_port, full, args.duration, args.connections))
+            bares.append(wrk(bare_port, full, args.duration, args.connections, procs[1]))
             show(f"round {r + 1} bare FastAPI", bares[-1])
-            apis.append(wrk(api_port, full, args.duration, args.connections))
+            apis.append(wrk(api_port, full, args.duration, args.connections, procs[0]))
             show(f"round {r + 1} POST /timing-decision", apis[-1])
             ratios.append(apis[-1]["rps"] / bares[-1]["rps"])
         bare = max(bares, key=lambda x: x["rps"])
@@ -273,6 +286,9 @@ def main() -> int:
         show("best POST /timing-decision", api)
         print(f"  ratio API / bare: {statistics.median(ratios):.2f}x throughput (median of {len(ratios)} rounds; "
               f"best/best {api['rps'] / bare['rps']:.2f}x)", flush=True)
+        cpu_ratio = statistics.median(b["cpu_us"] / a["cpu_us"] for a, b in zip(apis, bares, strict=True))
+        print(f"  ratio of server CPU per request, bare / API: {cpu_ratio:.2f}x (median of {len(ratios)} rounds; the "
+              "API's own process: its decision log thread included, the Kafka broker not)", flush=True)
 
         counters = {ln.split()[0]: float(ln.split()[1]) for ln in httpx.get(
             f"http://127.0.0.1:{api_port}/metrics").text.splitlines() if ln.startswith("sendflowr_api_coalesced_")}
