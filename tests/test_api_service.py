@@ -139,6 +139,27 @@ def test_coalescer_batches_concurrent_requests(snapshot) -> None:
             assert result.universal_id == alone.universal_id and result.fallback_level == alone.fallback_level
 
 
+def test_coalescer_waits_a_second_loop_turn_for_requests_read_in_it(snapshot) -> None:
+    """Requests parked one event-loop turn after the first ones (the next socket poll's) share their flush."""
+    reqs = _requests(4, 64)
+    coalescer = Coalescer(NormalizeCache())
+
+    async def run():
+        first = [asyncio.ensure_future(coalescer.decide(snapshot, r)) for r in reqs[:32]]
+        await asyncio.sleep(0)  # one turn: the first group parks and schedules the flush
+        second = [asyncio.ensure_future(coalescer.decide(snapshot, r)) for r in reqs[32:]]
+        return await asyncio.gather(*first, *second, return_exceptions=True)
+
+    results = asyncio.run(run())
+    assert coalescer.flushes == 1 and coalescer.decided == 64
+    now = datetime.now(UTC)
+    for req, result in zip(reqs, results, strict=True):
+        alone = _one(snapshot, req, now)
+        assert type(result) is type(alone)
+        if not isinstance(result, Exception):
+            assert result.universal_id == alone.universal_id and result.trigger_at == alone.trigger_at
+
+
 def test_column_cohorts_agree_with_the_store_rule(snapshot) -> None:
     from sendflowr.decisions.service import cohorts_for
     from sendflowr.timing.store import cohort_for_identifiers
