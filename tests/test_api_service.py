@@ -129,14 +129,19 @@ def test_coalescer_batches_concurrent_requests(snapshot) -> None:
     async def run():
         return await asyncio.gather(*(coalescer.decide(snapshot, r) for r in reqs), return_exceptions=True)
 
-    results = asyncio.run(run())
-    assert coalescer.flushes == 1 and coalescer.decided == 64
+    _one_flush_as_alone(snapshot, coalescer, reqs, asyncio.run(run()))
+
+
+def _one_flush_as_alone(snapshot, coalescer: Coalescer, reqs, results) -> None:
+    """All of `reqs` went through one flush, and each got what it gets decided alone."""
+    assert coalescer.flushes == 1 and coalescer.decided == len(reqs)
     now = datetime.now(UTC)
     for req, result in zip(reqs, results, strict=True):
         alone = _one(snapshot, req, now)
         assert type(result) is type(alone)
         if not isinstance(result, Exception):
-            assert result.universal_id == alone.universal_id and result.fallback_level == alone.fallback_level
+            assert (result.universal_id, result.fallback_level, result.trigger_at) == (
+                alone.universal_id, alone.fallback_level, alone.trigger_at)
 
 
 def test_coalescer_waits_a_second_loop_turn_for_requests_read_in_it(snapshot) -> None:
@@ -150,14 +155,7 @@ def test_coalescer_waits_a_second_loop_turn_for_requests_read_in_it(snapshot) ->
         second = [asyncio.ensure_future(coalescer.decide(snapshot, r)) for r in reqs[32:]]
         return await asyncio.gather(*first, *second, return_exceptions=True)
 
-    results = asyncio.run(run())
-    assert coalescer.flushes == 1 and coalescer.decided == 64
-    now = datetime.now(UTC)
-    for req, result in zip(reqs, results, strict=True):
-        alone = _one(snapshot, req, now)
-        assert type(result) is type(alone)
-        if not isinstance(result, Exception):
-            assert result.universal_id == alone.universal_id and result.trigger_at == alone.trigger_at
+    _one_flush_as_alone(snapshot, coalescer, reqs, asyncio.run(run()))
 
 
 def test_column_cohorts_agree_with_the_store_rule(snapshot) -> None:
