@@ -67,7 +67,6 @@ from sendflowr.synth.presets import preset
 from sendflowr.synth.world import World, build_world
 from sendflowr.timing import run as timing_run
 from sendflowr.timing.estimate import EstimatorParams, direct_curves, kernel_mass
-from sendflowr.timing.fit import fit as fit_timing
 from sendflowr.timing.signals import SignalRules
 
 ANCHOR = datetime(2026, 11, 1, tzinfo=UTC)  # the rounds end before it: a fixed past, the same figures every run
@@ -328,7 +327,7 @@ def calibrate(base: Settings, worlds: list[str], people: int, seed: int, frequen
         _fresh_database(settings)
         client = get_client(settings)
         load_world(settings, client, build_world(config), base.home / name, log=lambda _: None)
-        f = fit_timing(client, settings.clickhouse_database, SignalRules(), EstimatorParams())
+        f = timing_run.fit(client, settings.clickhouse_database, SignalRules(), EstimatorParams())
         stats = noise_statistics(f, np.random.default_rng(seed))
         amplitudes = np.sqrt(np.maximum(stats["spectrum"][1:frequencies + 1], 0.0))
         amplitudes /= np.sqrt(np.square(amplitudes).sum())

@@ -109,16 +109,7 @@ class Inputs:
     members: pa.Table
 
     def fit(self, params: EstimatorParams, recent: int = 0, messages: Messages | None = None) -> Fit:
-        return self.model(*self.person_stats(params, recent, messages), params)
-
-    def person_stats(self, params: EstimatorParams, recent: int = 0,
-                     messages: Messages | None = None) -> tuple[PersonStats, np.ndarray]:
-        """The per-person statistics and each stats row's owner-map index (fit's first step: a full build starts
-        writing its incremental base from them while the model is fitted)."""
-        return person_stats(messages or self.messages, self.persons, params, recent)
-
-    def model(self, stats: PersonStats, index: np.ndarray, params: EstimatorParams) -> Fit:
-        """The model over person_stats' statistics (fit's second step)."""
+        stats, index = person_stats(messages or self.messages, self.persons, params, recent)
         cohort_code, names = cohorts_by_index(self.members, index)
         f = fit_stats(stats, cohort_code, names, params)
         f.stats_owner = index

@@ -30,11 +30,11 @@ from sendflowr import progress
 from sendflowr.timing import incremental, versions
 from sendflowr.timing.decide import HOURS, Calibration
 from sendflowr.timing.estimate import EstimatorParams, Priors, levels
-from sendflowr.timing.fit import CHUNK, Fit, read_inputs
+from sendflowr.timing.fit import CHUNK, Fit, fit
 from sendflowr.timing.owners import person_cohorts
 from sendflowr.timing.scratch import people_table
 from sendflowr.timing.signals import SignalRules
-from sendflowr.timing.stats import PersonStats, stats_from_cells
+from sendflowr.timing.stats import stats_from_cells
 
 PRIOR_DRIFT = 0.05  # relative change of the global prior that rewrites every curve
 
@@ -163,33 +163,27 @@ def _full_build(client: Client, database: str, rules: SignalRules, params: Estim
                 log: Callable[[str], None]) -> TimingReport:
     t1 = time.perf_counter()
     observed = datetime.fromtimestamp(now / 1000, tz=UTC)
-    inputs = read_inputs(client, database, rules, params, observed_before=observed, ends=ends)
-    stats, owner_index = inputs.person_stats(params)
+    f = fit(client, database, rules, params, observed_before=observed, ends=ends)
+    t2 = time.perf_counter()
+    report.seconds["aggregate"] = t2 - t1
+    report.people, report.totals = len(f.stats), f.stats.totals
+    report.cohorts = len(f.priors.cohorts) - 1
     version = report.version = versions.next_version(client, database)
+    hashes, old_prior, calibration = _previous(client, database)
+    drift = (np.inf if old_prior is None or old_prior.shape != (HOURS,)
+             else float(np.max(np.abs(f.priors.global_curve - old_prior) / np.maximum(old_prior, 1e-6))))
+    report.full_rewrite = full or drift > PRIOR_DRIFT
+    new_hash = _stats_hash(f)
+    changed = np.ones(len(f.stats), dtype=bool) if report.full_rewrite else _changed(hashes, f.stats.universal_id,
+                                                                                      new_hash)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="timing-base") as side:
-        # The base incremental runs add to (sendflowr.timing.incremental): its cells and open messages are
-        # ClickHouse work, written by the engine while numpy fits the model (a core is idle then) rather than
-        # beside the curve estimate and writes; the model itself follows once fitted.
-        base = side.submit(_write_base, client, database, rules, params, stats, version, ends, now) \
+        # The base incremental runs add to (sendflowr.timing.incremental), written by the engine while numpy
+        # estimates the curves: its cells and open messages are ClickHouse work, the estimate is Python's.
+        base = side.submit(_write_base, client, database, rules, params, f, version, ends, now) \
             if params.half_life_hours <= 0 else None
-        f = inputs.model(stats, owner_index, params)
-        model = side.submit(_write_model, client, database, f, version) if base is not None else None
-        t2 = time.perf_counter()
-        report.seconds["aggregate"] = t2 - t1
-        report.people, report.totals = len(f.stats), f.stats.totals
-        report.cohorts = len(f.priors.cohorts) - 1
-        hashes, old_prior, calibration = _previous(client, database)
-        drift = (np.inf if old_prior is None or old_prior.shape != (HOURS,)
-                 else float(np.max(np.abs(f.priors.global_curve - old_prior) / np.maximum(old_prior, 1e-6))))
-        report.full_rewrite = full or drift > PRIOR_DRIFT
-        new_hash = _stats_hash(f)
-        changed = np.ones(len(f.stats), dtype=bool) if report.full_rewrite else _changed(
-            hashes, f.stats.universal_id, new_hash)
         _write_priors(client, database, f.priors, version)
         write_curves(client, database, f, version, changed, new_hash, report)
         base_meta = base.result() if base is not None else {}
-        if model is not None:
-            model.result()
     t3 = time.perf_counter()
     report.seconds["estimate_and_write"] = t3 - t2
     metadata = {"identity_mark": mark, "shares": report.shares(), "totals": report.totals,
@@ -205,19 +199,16 @@ def _full_build(client: Client, database: str, rules: SignalRules, params: Estim
         f"clicks {report.shares()['scanner_click_share']:.1%}, {report.seconds['total']:.2f}s")
     return report
 
-def _write_base(client: Client, database: str, rules: SignalRules, params: EstimatorParams, stats: PersonStats,
-                version: int, ends: dict[tuple[str, int], int], now: int) -> dict:
-    """A full build's base, but for its model (_write_model): the cells and the open messages."""
-    incremental.write_base_cells(client, database, version, stats)
-    incremental.seed_open(client, database, rules, params, version, ends, now)
-    base = incremental.Base(version=version, built_ms=now, messages=int(stats.delivered.sum()), ends=ends,
-                            merged_at=incremental.newest_merge(client, database))
-    return incremental.base_metadata(base)
-
-def _write_model(client: Client, database: str, f: Fit, version: int) -> None:
+def _write_base(client: Client, database: str, rules: SignalRules, params: EstimatorParams, f: Fit, version: int,
+                ends: dict[tuple[str, int], int], now: int) -> dict:
+    incremental.write_base_cells(client, database, version, f.stats)
     # In the body, not as a query parameter: the model outgrows a URL (the embedded endpoint answers 414).
     client.insert(f"{database}.timing_models", [[version, incremental.model_json(f.decay, f.priors, f.clusters)]],
                   column_names=["version", "model"])
+    incremental.seed_open(client, database, rules, params, version, ends, now)
+    base = incremental.Base(version=version, built_ms=now, messages=int(f.stats.delivered.sum()), ends=ends,
+                            merged_at=incremental.newest_merge(client, database))
+    return incremental.base_metadata(base)
 
 def _incremental(client: Client, database: str, rules: SignalRules, params: EstimatorParams, report: TimingReport,
                  ends: dict[tuple[str, int], int], mark: list, base: incremental.Base, now: int,
