@@ -16,10 +16,9 @@ FROM (
         FROM ${database}.events
         WHERE slot > 0 AND kafka_offset >= {starts:Array(UInt64)}[slot] AND kafka_offset < {ends:Array(UInt64)}[slot]
     )
-    WHERE notEmpty(ids)
 )
-ARRAY JOIN arrayConcat(
-    [('', '', '', '')],                                  -- the event itself (counted)
+ARRAY JOIN arrayConcat(  -- no row for an event without identifiers (a WHERE here would be read before the offsets)
+    if(empty(ids), [], [('', '', '', '')]),              -- the event itself (counted)
     arrayMap(a -> (a.1, a.2, '', ''), ids),              -- each identifier
     arrayFlatten(arrayMap((a, i) -> arrayMap(b -> (a.1, a.2, b.1, b.2), arraySlice(ids, i + 1)),
                           ids, arrayEnumerate(ids)))     -- each pair, in column order
