@@ -5,7 +5,8 @@ verdicts, running totals)."""
 from __future__ import annotations
 
 import json
-from collections import Counter
+from collections import Counter, defaultdict
+from datetime import datetime
 
 import networkx as nx
 import numpy as np
@@ -13,6 +14,7 @@ import pytest
 
 from sendflowr.identity import graph
 from sendflowr.identity import run as run_module
+from sendflowr.identity.normalize import normalize_many
 from sendflowr.identity.run import IdentityReport, stitch_once
 from sendflowr.ingest import IngestOptions, ingest_once
 from sendflowr.kafka_io import produce_all
@@ -93,6 +95,43 @@ def _assert_totals_match_the_tables(ch, db: str, report: IdentityReport) -> None
     assert report.edges_blocked == dict(Counter(_verdicts(ch, db).values()))
 
 
+def _seen_per_event(events: list[dict]) -> tuple[dict, dict]:
+    """What the graph's counters must hold, computed event by event: per node key and per pair of distinct valid
+    keys of one event (src < dst), (events, first seen ms, last seen ms)."""
+    rows = [(i, t, raw) for i, e in enumerate(events) for t, raw in e["identifiers"].items() if raw]
+    col = normalize_many([t for _, t, _ in rows], [raw for _, _, raw in rows])
+    ok = np.asarray(col.accepted.to_numpy(zero_copy_only=False), bool)
+    codes = np.array([TYPES.index(t) for _, t, _ in rows], np.int8)
+    keys = graph.identifier_key(codes[ok], col.value.filter(ok.tolist()))
+    per_event: dict[int, set[int]] = defaultdict(set)
+    for row, key in zip(np.flatnonzero(ok).tolist(), keys.tolist(), strict=True):
+        per_event[rows[row][0]].add(key)
+    nodes: dict = {}
+    edges: dict = {}
+
+    def see(table: dict, key, ms: int) -> None:
+        n, first, last = table.get(key, (0, ms, ms))
+        table[key] = (n + 1, min(first, ms), max(last, ms))
+
+    for i, node_keys in per_event.items():
+        ms = int(datetime.fromisoformat(events[i]["occurred_at"]).timestamp() * 1000)
+        ordered = sorted(node_keys)
+        for a, key in enumerate(ordered):
+            see(nodes, key, ms)
+            for other in ordered[a + 1:]:
+                see(edges, (key, other), ms)
+    return nodes, edges
+
+
+def _assert_counters_match_the_events(ch, db: str, events: list[dict]) -> None:
+    nodes, edges = _seen_per_event(events)
+    seen = "sum(events), toUnixTimestamp64Milli(min(first_seen)), toUnixTimestamp64Milli(max(last_seen))"
+    assert {int(k): (int(n), f, la) for k, n, f, la in ch.query(
+        f"SELECT node_key, {seen} FROM {db}.identity_node_seen GROUP BY node_key").result_rows} == nodes
+    assert {(int(s), int(d)): (int(n), f, la) for s, d, n, f, la in ch.query(
+        f"SELECT src, dst, {seen} FROM {db}.identity_edges GROUP BY src, dst").result_rows} == edges
+
+
 def _partition(graph: dict[int, tuple[str, int, int]]) -> set[frozenset[int]]:
     people: dict[str, set[int]] = {}
     for key, (uid, _, _) in graph.items():
@@ -112,6 +151,8 @@ def test_incremental_runs_equal_a_full_rebuild(settings: Settings, ch, seed: int
         _assert_totals_match_the_tables(ch, db, report)
         reports.append(report)
     incremental, verdicts = _graph(ch, db), _verdicts(ch, db)
+    every_event = [e for batch in world(seed) for e in batch]
+    _assert_counters_match_the_events(ch, db, every_event)
 
     # the world exercised what it should, and later runs recomputed only part of the graph
     reasons = set(verdicts.values())
@@ -131,6 +172,7 @@ def test_incremental_runs_equal_a_full_rebuild(settings: Settings, ch, seed: int
     # a full rebuild (one click) reproduces everything, ids included
     full = stitch_once(settings, ch, full_rebuild=True, log=quiet)
     assert _graph(ch, db) == incremental and _verdicts(ch, db) == verdicts
+    _assert_counters_match_the_events(ch, db, every_event)
     assert full.ids_changed == 0 and full.merges == 0
     last = reports[-1]
     assert (full.nodes_total, full.people_total, full.edges_total, full.edges_blocked) == \
@@ -193,3 +235,25 @@ def test_a_run_whose_identifiers_are_all_rejected_changes_nothing(settings: Sett
         assert (report.people_total, report.nodes_total, report.edges_total) == (0, 0, 0)
     assert ch.command(f"SELECT count() FROM {db}.identity_blocked WHERE kind = 'identifier'") == 4
     assert ch.command(f"SELECT count() FROM {db}.identity_nodes") == 0
+
+
+def test_counters_count_events_across_spellings_and_rejects(settings: Settings, ch) -> None:
+    """The run aggregates distinct identifiers and pairs, not events: each event still counts once per node and per
+    pair when two raw spellings are one node, when a rejected identifier rides along with valid ones, and when the
+    same pair recurs; events without a valid identifier count as scanned only."""
+    db = settings.clickhouse_database
+    ids = [{"email": "a@shop.com", "phone": "+1 415 555 0101"},
+           {"email": "  A@SHOP.COM ", "phone": "(415) 555-0101", "klaviyo_id": "01KA"},  # same nodes, spelt apart
+           {"email": "a@shop.com", "external_id": "null", "klaviyo_id": "01KA"},  # a reject rides along
+           {"email": "noreply@shop.com", "phone": "+1 415 555 0101"},  # a reject next to one valid identifier
+           {"external_id": "null"}, {},  # nothing valid, nothing at all
+           {"email": "b@shop.com", "klaviyo_id": "01KA", "external_id": "cust-1", "phone": "+14155550102"}]
+    events = [{"event_id": f"c{i}", "event_type": "opened", "occurred_at": f"2026-10-0{1 + i % 3}T10:00:0{i}Z",
+               "identifiers": e} for i, e in enumerate(ids)]
+    produce_all(settings, [(None, json.dumps(e).encode()) for e in events])
+    ingest_once(settings, ch, IngestOptions(until_caught_up=True), log=lambda _: None)
+    report = stitch_once(settings, ch, log=lambda _: None)
+    assert report.new_events == len(events) - 1  # the event without identifiers is not one of the run's
+    nodes, edges = _seen_per_event(events)
+    assert max(n for n, _, _ in nodes.values()) == 3 and max(n for n, _, _ in edges.values()) == 2  # spellings met
+    _assert_counters_match_the_events(ch, db, events)

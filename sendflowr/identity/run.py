@@ -7,10 +7,11 @@ normalizes the DISTINCT unseen raw identifiers (sendflowr.identity.normalize) an
 
 Steps of `stitch_once` (docs/IDENTITY-RESOLUTION.md):
   a. new events = offsets of committed ingest ranges beyond `identity_progress`, per partition (exact); their
-     identifiers go to the scratch table `identity_run_identifiers` (the run's only scan of `events`);
+     distinct identifiers and distinct pairs of identifiers of one event go to the scratch table
+     `identity_run_identifiers` (the run's only scan of `events`, aggregated as it reads: nothing per event);
   b. unseen (type, raw) -> normalize + identifier_key -> `identity_identifiers` (rejects -> `identity_blocked`);
-  c. resolved to node keys (`identity_run_nodes`) -> node first/last seen -> `identity_node_seen`, pairs of
-     valid identifiers per event -> `identity_run_edges` -> `identity_edges`;
+  c. resolved to node keys (`identity_run_nodes`) -> node first/last seen -> `identity_node_seen`, the pairs of
+     valid identifiers -> `identity_run_edges` -> `identity_edges`;
   d. region = whole pre-guard clusters holding an identifier of the new events, plus the other endpoints of
      their edges (`identity_region`); `graph.restitch` on it against the previous ids; write the changed
      `identity_nodes` rows, the merge log and edge verdict changes (`identity_blocked`); running totals go to
@@ -118,8 +119,8 @@ def _run(client: Client, database: str, rules: NormalizationRules, guards: Guard
     new_pairs = 0
     if bounds:
         client.command(_sql("insert_run_identifiers", database), parameters=params)
-        report.new_events = int(client.command(
-            f"SELECT uniqExact(kafka_topic, kafka_partition, kafka_offset) FROM {database}.identity_run_identifiers"))
+        report.new_events = int(client.command(  # the scan's row of the events themselves
+            f"SELECT sum(events) FROM {database}.identity_run_identifiers WHERE identifier_type = ''"))
         log(f"{report.new_events} new events in {len(bounds)} partition(s): " + ", ".join(
             f"{t}[{p}] {s}..{e}" for (t, p), (s, e) in bounds.items()))
         # (b) normalize the distinct unseen identifiers, (c) node times and edges

@@ -1,11 +1,11 @@
--- Every pair of distinct valid identifiers of one new event, src < dst, aggregated per pair.
+-- Every pair of distinct valid identifiers of one new event, src < dst, aggregated per pair: the run's distinct
+-- raw pairs resolved to node keys. Raw pairs that resolve to one node pair (other spellings) are summed; one event
+-- counts once per node pair, as its identifiers have distinct types.
 INSERT INTO ${database}.identity_run_edges (src, dst, first_seen, last_seen, events)
-SELECT pair.1 AS src, pair.2 AS dst, min(occurred_at), max(occurred_at), count()
-FROM (
-    SELECT any(occurred_at) AS occurred_at, arraySort(groupUniqArray(node_key)) AS keys
-    FROM ${database}.identity_run_nodes
-    GROUP BY kafka_topic, kafka_partition, kafka_offset
-    HAVING length(keys) > 1
-)
-ARRAY JOIN arrayFilter(p -> p.1 < p.2, arrayFlatten(arrayMap(a -> arrayMap(b -> (a, b), keys), keys))) AS pair
+SELECT least(a.node_key, b.node_key) AS src, greatest(a.node_key, b.node_key) AS dst,
+       min(p.first_seen), max(p.last_seen), sum(p.events)
+FROM ${database}.identity_run_identifiers AS p
+INNER JOIN ${database}.identity_run_nodes AS a ON p.identifier_type = a.identifier_type AND p.raw_value = a.raw_value
+INNER JOIN ${database}.identity_run_nodes AS b ON p.other_type = b.identifier_type AND p.other_value = b.raw_value
+WHERE p.other_type != '' AND src != dst
 GROUP BY src, dst

@@ -1,10 +1,10 @@
--- The run's identifiers resolved to node keys; rejected identifiers drop out here and are never stitched.
+-- The run's distinct identifiers resolved to node keys; rejected identifiers drop out here and are never stitched.
 INSERT INTO ${database}.identity_run_nodes
-SELECT n.kafka_topic, n.kafka_partition, n.kafka_offset, n.occurred_at, n.ingested_at,
-       i.node_key, n.identifier_type, i.normalized
+SELECT n.identifier_type, n.raw_value, i.node_key, i.normalized, n.first_seen, n.last_seen, n.first_ingested, n.events
 FROM ${database}.identity_run_identifiers AS n
 INNER JOIN (SELECT identifier_type, raw_value, normalized, node_key
             FROM ${database}.identity_identifiers FINAL
             WHERE reason = '' AND (identifier_type, raw_value) IN (
-                SELECT identifier_type, raw_value FROM ${database}.identity_run_identifiers)) AS i
+                SELECT identifier_type, raw_value FROM ${database}.identity_run_identifiers WHERE other_type = '')) AS i
     ON n.identifier_type = i.identifier_type AND n.raw_value = i.raw_value
+WHERE n.other_type = '' AND n.identifier_type != ''
