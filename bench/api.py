@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
 import signal
@@ -299,15 +300,16 @@ def main() -> int:
               flush=True)
 
         target = api["rps"] / 2
-        conns = 8
-        # wrk's `delay` is the pause between a response and the next request of a connection, so a connection's
-        # period is the pause plus the response time: a short run measures that overhead, the pause is cut by it
+        # wrk's `delay` is the pause, in whole milliseconds, between a response and the connection's next request:
+        # enough connections for a period of ~10 ms each, and the pause is that period less the response time a
+        # short probe run measures
+        conns = max(8, math.ceil(target / 100))
         period = conns * 1000.0 / target
-        probe = wrk(api_port, lua(workdir, bodies, "probe", pace_ms=period), 3, conns)
-        pace = max(period - (conns * 1000.0 / probe["rps"] - period), 0.0)
+        probe = wrk(api_port, lua(workdir, bodies, "probe", pace_ms=round(period)), 3, conns)
+        pace = max(round(period - (conns * 1000.0 / probe["rps"] - round(period))), 0)
         paced = lua(workdir, bodies, "paced", pace_ms=pace)
-        print(f"\nat half the API's max (~{target:,.0f} req/s, wrk -c{conns}, {pace:.2f} ms between a response and "
-              "the connection's next request):", flush=True)
+        print(f"\nat half the API's max (~{target:,.0f} req/s, wrk -c{conns}, {pace} ms between a response and the "
+              "connection's next request):", flush=True)
         api_half = wrk(api_port, paced, args.duration, conns)
         show("POST /timing-decision", api_half)
         bare_half = wrk(bare_port, paced, args.duration, conns)
