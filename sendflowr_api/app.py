@@ -33,8 +33,8 @@ from sendflowr_api.auth import (
     key_guard,
     require_api_key,
 )
+from sendflowr_api.body import read_body
 from sendflowr_api.coalesce import Coalescer
-from sendflowr_api.decisions import _replay
 from sendflowr_api.metrics import Metrics, MetricsMiddleware
 from sendflowr_api.models import Health, Readiness
 from sendflowr_api.render import iso_z
@@ -60,7 +60,7 @@ def _add_routes(app: FastAPI, router: APIRouter, tags: list[str], dependencies: 
         app.router.add_api_route(route.path, route.endpoint, methods=sorted(route.methods), tags=tags,
                                  dependencies=dependencies, response_model=route.response_model,
                                  responses=route.responses, summary=route.summary, description=route.description,
-                                 name=route.name, route_class_override=type(route))
+                                 name=route.name)
 
 
 def _text(value):
@@ -82,14 +82,9 @@ def batch_limit(app: ASGIApp, limit: int) -> ASGIApp:
     async def guarded(scope, receive, send) -> None:
         if scope["type"] != "http" or scope["path"] != "/timing-decisions" or scope["method"] != "POST":
             return await app(scope, receive, send)
-        chunks, more = [], True
-        while more:
-            message = await receive()
-            if message["type"] != "http.request":
-                return await app(scope, _replay(b"".join(chunks), receive, message), send)
-            chunks.append(message.get("body", b""))
-            more = message.get("more_body", False)
-        raw = b"".join(chunks)
+        raw, replayed = await read_body(receive)
+        if raw is None:
+            return await app(scope, replayed, send)
         try:
             recipients = orjson.loads(raw).get("recipients")
         except (orjson.JSONDecodeError, AttributeError):
@@ -99,7 +94,7 @@ def batch_limit(app: ASGIApp, limit: int) -> ASGIApp:
                        "msg": f"at most {limit} recipients per request, got {len(recipients)}"}]
             response = Response(orjson.dumps({"detail": detail}), status_code=422, media_type="application/json")
             return await response(scope, receive, send)
-        await app(scope, _replay(raw, receive), send)
+        await app(scope, replayed, send)
 
     return guarded
 

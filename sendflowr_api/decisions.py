@@ -20,6 +20,7 @@ from sendflowr.decisions.arms import CONTROL, TREATMENT
 from sendflowr.decisions.redact import redact_identifiers
 from sendflowr.decisions.service import DecisionError, DecisionRequest, UnusableIdentifiers, decide_batch
 from sendflowr_api.auth import UNAUTHORIZED, key_matches, require_api_key
+from sendflowr_api.body import read_body
 from sendflowr_api.deps import NOT_READY, current_snapshot
 from sendflowr_api.models import (
     IDENTIFIER_FIELDS,
@@ -65,14 +66,9 @@ def fast_decisions(app: ASGIApp, route: APIRoute) -> ASGIApp:
     async def fast(scope, receive, send) -> None:
         if scope["type"] != "http" or scope["method"] != "POST" or get_route_path(scope) != PATH:
             return await app(scope, receive, send)
-        chunks, more = [], True
-        while more:
-            message = await receive()
-            if message["type"] != "http.request":  # a disconnect: FastAPI's handler deals with it
-                return await app(scope, _replay(b"".join(chunks), receive, message), send)
-            chunks.append(message.get("body", b""))
-            more = message.get("more_body", False)
-        raw = b"".join(chunks)
+        raw, replayed = await read_body(receive)
+        if raw is None:  # a disconnect: FastAPI's handler deals with it
+            return await app(scope, replayed, send)
         content_type = presented = None
         for name, value in scope["headers"]:  # first occurrence wins, as in Starlette's Headers.get
             if name == b"content-type" and content_type is None:
@@ -89,20 +85,9 @@ def fast_decisions(app: ASGIApp, route: APIRoute) -> ASGIApp:
             if body is not None:
                 response = await timing_decision(body, Request(scope, receive, send))
                 return await response(scope, receive, send)
-        return await app(scope, _replay(raw, receive), send)
+        return await app(scope, replayed, send)
 
     return fast
-
-
-def _replay(raw: bytes, receive, then: dict | None = None):
-    """`receive` that hands the already-read body out again, then `then` (if any), then the real channel."""
-    # before a disconnect the body was incomplete: more_body stays True so Starlette sees the disconnect next
-    pending = [{"type": "http.request", "body": raw, "more_body": then is not None}] + ([then] if then else [])
-
-    async def replayed() -> dict:
-        return pending.pop(0) if pending else await receive()
-
-    return replayed
 
 
 async def timing_decision(body: TimingDecisionRequest, request: Request) -> Response:
