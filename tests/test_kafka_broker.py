@@ -10,7 +10,6 @@ import socket
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
@@ -19,6 +18,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from sendflowr.errors import SendflowrError
 from sendflowr.kafka_io import admin_client, ensure_topic, produce_all
 from sendflowr.local.kafka_broker import LocalKafka
+from sendflowr.local.processes import free_port
 from sendflowr.settings import Settings
 
 pytestmark = pytest.mark.integration
@@ -27,11 +27,15 @@ PARTITIONS = 3
 
 
 def _free_ports(count: int) -> list[int]:
-    with ExitStack() as stack:
-        socks = [stack.enter_context(socket.socket()) for _ in range(count)]
-        for sock in socks:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in socks]
+    return [free_port() for _ in range(count)]
+
+
+def test_free_ports_lie_below_the_ephemeral_range_and_never_repeat() -> None:
+    """A service restarted on its port (test_data_survives_stop_and_start) must not find it taken by some outgoing
+    connection's source port, which the kernel draws from the ephemeral range."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    ports = [free_port() for _ in range(200)]
+    assert all(1024 <= p < low for p in ports) and len(set(ports)) == len(ports)
 
 
 def _settings(home: Path, broker_port: int | None = None, controller_port: int | None = None) -> Settings:

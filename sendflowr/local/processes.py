@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -22,9 +23,35 @@ def log_tail(path: Path, lines: int = 40) -> str:
     return "\n".join(text[-lines:]) or f"(log {path} is empty)"
 
 
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default
+
+
+_EPHEMERAL_LOW = _ephemeral_low()
+_handed_out: set[int] = set()
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A port nothing listens on right now (tests and benchmarks run private services on such ports)."""
-    with socket.socket() as probe:
+    """A port nothing is bound to right now (tests and benchmarks run private services on such ports), below the
+    kernel's ephemeral range: a port the kernel may hand to any outgoing connection as its source port can be taken
+    between a service's stop and its restart (and stays blocked in TIME_WAIT for a minute after). Never the same
+    port twice in one process."""
+    low = max(1024, _EPHEMERAL_LOW - 12_000)
+    for _ in range(200):
+        port = random.randrange(low, _EPHEMERAL_LOW)
+        if port in _handed_out:
+            continue
+        with socket.socket() as probe:
+            try:
+                probe.bind((host, port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    with socket.socket() as probe:  # nothing free below the range: any port the kernel gives
         probe.bind((host, 0))
         return probe.getsockname()[1]
 
