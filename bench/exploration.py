@@ -65,6 +65,7 @@ from sendflowr.synth import generate
 from sendflowr.synth.fmt import hour_of_week
 from sendflowr.synth.presets import preset
 from sendflowr.synth.world import World, build_world
+from sendflowr.timing import fit as timing_fit
 from sendflowr.timing import run as timing_run
 from sendflowr.timing.estimate import EstimatorParams, direct_curves, kernel_mass
 from sendflowr.timing.signals import SignalRules
@@ -284,7 +285,7 @@ def report(result: Result, resamples: int = 2000, seed: int = 0) -> list[str]:
 # --- calibration of the noise (explore.py) --------------------------------------------------------------------------
 
 
-def noise_statistics(f: timing_run.Fit, rng: np.random.Generator, people: int = 3000, draws: int = 32,
+def noise_statistics(f: timing_fit.Fit, rng: np.random.Generator, people: int = 3000, draws: int = 32,
                      knots: tuple[float, ...] = (0, 1, 2, 3, 4, 6, 8, 12, 16, 24)) -> dict:
     """sigma by evidence and the spectrum over hours of posterior draws of the fitted model (explore.py's
     docstring): draws as sendflowr.timing.confidence makes them, log ratio to the served curve, weekly mean
@@ -327,7 +328,7 @@ def calibrate(base: Settings, worlds: list[str], people: int, seed: int, frequen
         _fresh_database(settings)
         client = get_client(settings)
         load_world(settings, client, build_world(config), base.home / name, log=lambda _: None)
-        f = timing_run.fit(client, settings.clickhouse_database, SignalRules(), EstimatorParams())
+        f = timing_fit.fit(client, settings.clickhouse_database, SignalRules(), EstimatorParams())
         stats = noise_statistics(f, np.random.default_rng(seed))
         amplitudes = np.sqrt(np.maximum(stats["spectrum"][1:frequencies + 1], 0.0))
         amplitudes /= np.sqrt(np.square(amplitudes).sum())

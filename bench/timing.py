@@ -24,8 +24,9 @@
 7. the floor of THESE signal rules: (a) the same grouping carrying every per-event input the rules read, in the
    cheapest form measured (one array of packed 64-bit facts per message: time, type, flags, Apple proxy,
    scanner agent, a 16-bit URL hash) plus the owner probe of one identifier, no rule applied, best of two;
-   (b) the estimate alone (numpy, every person's curve from the built statistics, nothing written); (c) the
-   cheaper curve write of 6(b). Their sum is what the build could cost if nothing else did.
+   (b) the estimate alone (numpy, every person's curve from the built statistics, in the build's blocks and
+   threads, nothing written); (c) the cheaper curve write of 6(b). Their sum is what the build could cost if
+   nothing else did.
 The events table is merged to one part per partition before anything is timed (OPTIMIZE ... FINAL, not timed),
 and before each timed block the benchmark waits for merges to end and flushes dirty pages (os.sync): right after
 the load, merges and the kernel's writeback ran under the anchor and made it ~2x slower (5.2 s against 2.3 s).
@@ -46,9 +47,9 @@ from endpoint import private_endpoint  # bench/endpoint.py
 from sendflowr.clickhouse import get_client
 from sendflowr.migrations import apply_migrations
 from sendflowr.timing.estimate import EstimatorParams
-from sendflowr.timing.fit import CHUNK, fit
+from sendflowr.timing.fit import fit
 from sendflowr.timing.owners import owner_map
-from sendflowr.timing.run import _insert_curves, materialize
+from sendflowr.timing.run import WRITE_ROWS, _estimated_blocks, _insert_curves, materialize
 from sendflowr.timing.signals import SignalRules
 
 TOPIC = "bench.timing"
@@ -169,8 +170,8 @@ def write_floor(client, db: str, cpu: Cpu) -> tuple[tuple, tuple, int]:
         settle(client, db)
 
         def arrow():
-            for lo in range(0, rows.num_rows, CHUNK):
-                _insert_curves(client, db, rows.slice(lo, CHUNK), into="floor_curves")
+            for lo in range(0, rows.num_rows, WRITE_ROWS):
+                _insert_curves(client, db, rows.slice(lo, WRITE_ROWS), into="floor_curves")
         _, *arrow_cost = cpu.timed(arrow)
         client.command(f"TRUNCATE TABLE {db}.floor_curves")
         settle(client, db)
@@ -191,8 +192,8 @@ def estimate_only(client, db: str, cpu: Cpu) -> tuple[float, float, int]:
     f = fit(client, db, SignalRules(), EstimatorParams())
 
     def estimate():
-        for lo in range(0, len(f.stats), CHUNK):
-            f.curves(lo, min(lo + CHUNK, len(f.stats)))
+        for _ in _estimated_blocks(f):  # as the build estimates: blocks side by side
+            pass
     settle(client, db)
     _, wall, _, py = cpu.timed(estimate)  # Python alone: the engine only merges in the background meanwhile
     return wall, py, len(f.stats)

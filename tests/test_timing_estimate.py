@@ -170,6 +170,11 @@ def test_person_stats_chunks_agree_with_one_block() -> None:
     np.testing.assert_array_equal(whole[2], np.add.reduceat(events, offsets[:-1]))
     sub = f.subset(np.array([3, 17, 40]))
     np.testing.assert_allclose(sub.curves()[0], whole[0][[3, 17, 40]], rtol=1e-5)
+    # as a build estimates: blocks side by side in threads, handed back in order
+    from sendflowr.timing.run import _estimated_blocks
+    blocks = list(_estimated_blocks(f, threads=3, chunk=7))
+    assert [(lo, hi) for lo, hi, _ in blocks] == [(lo, min(lo + 7, 50)) for lo in range(0, 50, 7)]
+    np.testing.assert_array_equal(np.concatenate([b[2][0] for b in blocks]), np.concatenate([p[0] for p in parts]))
 
 
 def test_a_recent_campaign_does_not_look_better_than_it_was() -> None:

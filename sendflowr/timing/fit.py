@@ -109,7 +109,15 @@ class Inputs:
     members: pa.Table
 
     def fit(self, params: EstimatorParams, recent: int = 0, messages: Messages | None = None) -> Fit:
-        stats, index = person_stats(messages or self.messages, self.persons, params, recent)
+        return self.fit_from(*self.stats(params, recent, messages), params)
+
+    def stats(self, params: EstimatorParams, recent: int = 0,
+              messages: Messages | None = None) -> tuple[PersonStats, np.ndarray]:
+        """Per-person statistics and each row's owner-map index (the first half of fit)."""
+        return person_stats(messages or self.messages, self.persons, params, recent)
+
+    def fit_from(self, stats: PersonStats, index: np.ndarray, params: EstimatorParams) -> Fit:
+        """The model from statistics this Inputs gave (the second half of fit)."""
         cohort_code, names = cohorts_by_index(self.members, index)
         f = fit_stats(stats, cohort_code, names, params)
         f.stats_owner = index

@@ -17,7 +17,8 @@ import json
 import time
 import uuid
 import zlib
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -25,18 +26,23 @@ from datetime import UTC, datetime
 import numpy as np
 import pyarrow as pa
 from clickhouse_connect.driver.client import Client
+from threadpoolctl import threadpool_limits
 
 from sendflowr import progress
 from sendflowr.timing import incremental, versions
 from sendflowr.timing.decide import HOURS, Calibration
 from sendflowr.timing.estimate import EstimatorParams, Priors, levels
-from sendflowr.timing.fit import CHUNK, Fit, fit
+from sendflowr.timing.fit import CHUNK, Fit, read_inputs
 from sendflowr.timing.owners import person_cohorts
 from sendflowr.timing.scratch import people_table
 from sendflowr.timing.signals import SignalRules
 from sendflowr.timing.stats import stats_from_cells
 
 PRIOR_DRIFT = 0.05  # relative change of the global prior that rewrites every curve
+# Curve rows per INSERT (several estimated blocks): each insert is a part the engine merges later; 200k-row
+# inserts took ~40% less server CPU than 50k-row ones for 1M curves (bench/timing.py's write, 2026-12-07).
+WRITE_ROWS = 200_000
+ESTIMATE_THREADS = 2  # blocks estimated at once
 
 
 @dataclass
@@ -163,24 +169,29 @@ def _full_build(client: Client, database: str, rules: SignalRules, params: Estim
                 log: Callable[[str], None]) -> TimingReport:
     t1 = time.perf_counter()
     observed = datetime.fromtimestamp(now / 1000, tz=UTC)
-    f = fit(client, database, rules, params, observed_before=observed, ends=ends)
-    t2 = time.perf_counter()
-    report.seconds["aggregate"] = t2 - t1
-    report.people, report.totals = len(f.stats), f.stats.totals
-    report.cohorts = len(f.priors.cohorts) - 1
+    inputs = read_inputs(client, database, rules, params, observed_before=observed, ends=ends)
     version = report.version = versions.next_version(client, database)
-    hashes, old_prior, calibration = _previous(client, database)
-    drift = (np.inf if old_prior is None or old_prior.shape != (HOURS,)
-             else float(np.max(np.abs(f.priors.global_curve - old_prior) / np.maximum(old_prior, 1e-6))))
-    report.full_rewrite = full or drift > PRIOR_DRIFT
-    new_hash = _stats_hash(f)
-    changed = np.ones(len(f.stats), dtype=bool) if report.full_rewrite else _changed(hashes, f.stats.universal_id,
-                                                                                      new_hash)
+    stats, index = inputs.stats(params)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="timing-base") as side:
-        # The base incremental runs add to (sendflowr.timing.incremental), written by the engine while numpy
-        # estimates the curves: its cells and open messages are ClickHouse work, the estimate is Python's.
-        base = side.submit(_write_base, client, database, rules, params, f, version, ends, now) \
+        # The base incremental runs add to (sendflowr.timing.incremental) is ClickHouse work, done beside numpy's:
+        # its cells as soon as the statistics exist (while the model is fitted), then the model and open messages
+        # (while the curves are estimated).
+        cells = side.submit(incremental.write_base_cells, client, database, version, stats) \
             if params.half_life_hours <= 0 else None
+        f = inputs.fit_from(stats, index, params)
+        t2 = time.perf_counter()
+        report.seconds["aggregate"] = t2 - t1
+        report.people, report.totals = len(f.stats), f.stats.totals
+        report.cohorts = len(f.priors.cohorts) - 1
+        hashes, old_prior, calibration = _previous(client, database)
+        drift = (np.inf if old_prior is None or old_prior.shape != (HOURS,)
+                 else float(np.max(np.abs(f.priors.global_curve - old_prior) / np.maximum(old_prior, 1e-6))))
+        report.full_rewrite = full or drift > PRIOR_DRIFT
+        new_hash = _stats_hash(f)
+        changed = np.ones(len(f.stats), dtype=bool) if report.full_rewrite else _changed(
+            hashes, f.stats.universal_id, new_hash)
+        base = side.submit(_write_base, client, database, rules, params, f, version, ends, now, cells) \
+            if cells is not None else None
         _write_priors(client, database, f.priors, version)
         write_curves(client, database, f, version, changed, new_hash, report)
         base_meta = base.result() if base is not None else {}
@@ -200,8 +211,9 @@ def _full_build(client: Client, database: str, rules: SignalRules, params: Estim
     return report
 
 def _write_base(client: Client, database: str, rules: SignalRules, params: EstimatorParams, f: Fit, version: int,
-                ends: dict[tuple[str, int], int], now: int) -> dict:
-    incremental.write_base_cells(client, database, version, f.stats)
+                ends: dict[tuple[str, int], int], now: int, cells: Future) -> dict:
+    """The rest of the base once its cells are written (`cells`, on the same side thread: already done)."""
+    cells.result()
     # In the body, not as a query parameter: the model outgrows a URL (the embedded endpoint answers 414).
     client.insert(f"{database}.timing_models", [[version, incremental.model_json(f.decay, f.priors, f.clusters)]],
                   column_names=["version", "model"])
@@ -259,16 +271,23 @@ def _new_people(client: Client, database: str, ids: np.ndarray, committed: int) 
 
 def write_curves(client: Client, database: str, f: Fit, version: int, changed: np.ndarray, stats_hash: np.ndarray,
                  report: TimingReport) -> None:
-    """Estimate every person's curve in blocks and write the changed ones. One writer thread: block i goes over
-    the wire (and ClickHouse parses and sorts it) while numpy estimates block i + 1; at most one write in
-    flight, all of them done when this returns (before the commit marker)."""
+    """Estimate every person's curve in blocks and write the changed ones, WRITE_ROWS at a time. One writer
+    thread: a write goes over the wire (and ClickHouse parses and sorts it) while numpy estimates the next
+    blocks; at most one write in flight, all of them done when this returns (before the commit marker)."""
     by_level: dict[str, int] = {"person": 0, "cohort": 0, "global": 0}
     cohorts = np.asarray(f.priors.cohorts, dtype=object)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="timing-write") as writer:
         pending: Future | None = None
-        for lo in range(0, len(f.stats), CHUNK):
-            hi = min(lo + CHUNK, len(f.stats))
-            curves, evidence, engaged = f.curves(lo, hi)
+        blocks: list[pa.Table] = []
+
+        def send() -> None:
+            nonlocal pending
+            if pending is not None:
+                pending.result()
+            pending = writer.submit(_insert_curves, client, database, pa.concat_tables(blocks))
+            blocks.clear()
+
+        for lo, hi, (curves, evidence, engaged) in _estimated_blocks(f):
             lv = levels(engaged, f.cohort_index[lo:hi], f.params)
             for name in by_level:
                 by_level[name] += int((lv == name).sum())
@@ -279,13 +298,31 @@ def write_curves(client: Client, database: str, f: Fit, version: int, changed: n
                 table = _curves_table(version, f.stats.universal_id[lo:hi][rows], curves[rows], evidence[rows],
                                       engaged[rows], f.stats.delivered[lo:hi][rows], lv[rows],
                                       cohorts[f.cohort_index[lo:hi][rows]], stats_hash[lo:hi][rows])
-                if pending is not None:
-                    pending.result()
-                pending = writer.submit(_insert_curves, client, database, table)
+                blocks.append(table)
                 report.people_written += table.num_rows
+                if sum(b.num_rows for b in blocks) >= WRITE_ROWS:
+                    send()
+        if blocks:
+            send()
         if pending is not None:
             pending.result()
     report.by_level = by_level
+
+def _estimated_blocks(f: Fit, threads: int = ESTIMATE_THREADS, chunk: int = CHUNK) -> Iterator[tuple[int, int, tuple]]:
+    """(lo, hi, f.curves(lo, hi)) for blocks of `chunk` people, in order, estimated `threads` blocks at a time
+    (numpy and scipy release the GIL in their loops; BLAS kept at one thread each), at most threads + 1 in
+    memory."""
+    bounds = [(lo, min(lo + chunk, len(f.stats))) for lo in range(0, len(f.stats), chunk)]
+    with threadpool_limits(1), ThreadPoolExecutor(threads, thread_name_prefix="timing-estimate") as pool:
+        ahead: deque[tuple[int, int, Future]] = deque()
+        for lo, hi in bounds:
+            ahead.append((lo, hi, pool.submit(f.curves, lo, hi)))
+            if len(ahead) > threads:
+                a, b, block = ahead.popleft()
+                yield a, b, block.result()
+        while ahead:
+            a, b, block = ahead.popleft()
+            yield a, b, block.result()
 
 def _list(matrix: np.ndarray) -> pa.Array:
     n = matrix.shape[0]

@@ -7,6 +7,8 @@ them into each person's cell statistics (sendflowr.timing.hazard: a cell is a de
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -105,26 +107,28 @@ class PersonStats:
     def person(self) -> np.ndarray:
         return np.repeat(np.arange(len(self)), np.diff(self.offsets))
 
-    def _rows(self, lo: int, hi: int, columns: np.ndarray, values: np.ndarray, width: int) -> sparse.csr_matrix:
+    def _rows(self, lo: int, hi: int, columns_of: Callable[[np.ndarray], np.ndarray], values: np.ndarray,
+              width: int, merge: bool) -> sparse.csr_matrix:
+        """[hi - lo, width] of people lo..hi: their cells' values at columns_of(their cells), summed per column when
+        several cells share one (merge). Only these people's cells are read: a build asks for each block of people."""
         a, b = int(self.offsets[lo]), int(self.offsets[hi])
-        return sparse.csr_matrix((values[a:b].astype(np.float32), columns[a:b], self.offsets[lo:hi + 1] - a),
-                                 shape=(hi - lo, width))
+        m = sparse.csr_matrix((values[a:b].astype(np.float32), columns_of(self.cell[a:b]),
+                               self.offsets[lo:hi + 1] - a), shape=(hi - lo, width))
+        if merge:
+            m.sum_duplicates()
+        return m
 
     def cells(self, lo: int, hi: int) -> sparse.csr_matrix:
         """[hi - lo, 168 * H] message counts by cell of people lo..hi."""
-        return self._rows(lo, hi, self.cell, self.messages, HOURS * self.horizon)
+        return self._rows(lo, hi, lambda cell: cell, self.messages, HOURS * self.horizon, merge=False)
 
     def delivery_hour_left(self, lo: int, hi: int) -> sparse.csr_matrix:
         """[hi - lo, 168] the summed share of the delivery hour left after each delivery, by delivery hour."""
-        m = self._rows(lo, hi, (self.cell // self.horizon).astype(np.intp), self.fresh, HOURS)
-        m.sum_duplicates()
-        return m
+        return self._rows(lo, hi, lambda cell: (cell // self.horizon).astype(np.intp), self.fresh, HOURS, merge=True)
 
     def engagements(self, lo: int, hi: int) -> sparse.csr_matrix:
         """[hi - lo, 168] engagements by hour of week of people lo..hi (duplicates summed)."""
-        m = self._rows(lo, hi, event_hour(self.cell, self.horizon), self.events, HOURS)
-        m.sum_duplicates()
-        return m
+        return self._rows(lo, hi, lambda cell: event_hour(cell, self.horizon), self.events, HOURS, merge=True)
 
     def deliveries(self, lo: int, hi: int, decay: Decay) -> tuple[sparse.csr_matrix, sparse.csr_matrix]:
         """([hi - lo, 168] engaged, [hi - lo, 168] settled deliveries, Decay.settled) by delivery hour of week."""
@@ -160,13 +164,15 @@ def person_stats(m: Messages, persons: np.ndarray, params: EstimatorParams,
     def summed(values: np.ndarray) -> sparse.csr_matrix:
         return sparse.coo_matrix((values, (p, cell)), shape=(rows, cells)).tocsr()
 
-    by_cell = summed(w)
+    # scipy's conversion releases the GIL: the three sums run side by side (in a build, the engine waits then)
+    with ThreadPoolExecutor(max_workers=3, thread_name_prefix="timing-stats") as pool:
+        by_cell, by_events, by_fresh = pool.map(summed, (w, engaged_flag * w, left * w))
     lengths = np.diff(by_cell.indptr)
     present = np.flatnonzero(lengths)
     stats = PersonStats(universal_id=persons[present - 1],
                         offsets=np.concatenate([[0], np.cumsum(lengths[present])]).astype(np.int64),
                         cell=by_cell.indices.astype(np.int64), messages=by_cell.data,
-                        events=summed(engaged_flag * w).data, fresh=summed(left * w).data,
+                        events=by_events.data, fresh=by_fresh.data,
                         engaged=np.bincount(p, weights=engaged_flag, minlength=rows)[present],
                         delivered=np.bincount(p, minlength=rows)[present].astype(np.float64),
                         horizon=horizon, totals=m.totals)
