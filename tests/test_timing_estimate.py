@@ -175,6 +175,8 @@ def test_person_stats_chunks_agree_with_one_block() -> None:
     blocks = list(_estimated_blocks(f, threads=3, chunk=7))
     assert [(lo, hi) for lo, hi, _ in blocks] == [(lo, min(lo + 7, 50)) for lo in range(0, 50, 7)]
     np.testing.assert_array_equal(np.concatenate([b[2][0] for b in blocks]), np.concatenate([p[0] for p in parts]))
+    # fewer people than three full blocks: split evenly, one block a thread
+    assert [(lo, hi) for lo, hi, _ in _estimated_blocks(f, threads=3, chunk=40)] == [(0, 17), (17, 34), (34, 50)]
 
 
 def test_a_recent_campaign_does_not_look_better_than_it_was() -> None:

@@ -309,10 +309,12 @@ def write_curves(client: Client, database: str, f: Fit, version: int, changed: n
     report.by_level = by_level
 
 def _estimated_blocks(f: Fit, threads: int = ESTIMATE_THREADS, chunk: int = CHUNK) -> Iterator[tuple[int, int, tuple]]:
-    """(lo, hi, f.curves(lo, hi)) for blocks of `chunk` people, in order, estimated `threads` blocks at a time
-    (numpy and scipy release the GIL in their loops; BLAS kept at one thread each), at most threads + 1 in
-    memory."""
-    bounds = [(lo, min(lo + chunk, len(f.stats))) for lo in range(0, len(f.stats), chunk)]
+    """(lo, hi, f.curves(lo, hi)) for blocks of at most `chunk` people, in order, estimated `threads` blocks at a
+    time (numpy and scipy release the GIL in their loops; BLAS kept at one thread each), at most threads + 1 in
+    memory. Fewer people than threads blocks (an incremental run's) are split evenly, so every thread has one."""
+    n = len(f.stats)
+    size = max(min(chunk, -(-n // threads)), 1)
+    bounds = [(lo, min(lo + size, n)) for lo in range(0, n, size)]
     with threadpool_limits(1), ThreadPoolExecutor(threads, thread_name_prefix="timing-estimate") as pool:
         ahead: deque[tuple[int, int, Future]] = deque()
         for lo, hi in bounds:
