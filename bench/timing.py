@@ -312,7 +312,7 @@ def main() -> int:
 
         line("full curve build", full, full_ch + full_py)
         sql = report.seconds['progress'] + report.seconds['aggregate']
-        print(f"  of which SQL (aggregate)     {sql:>13.2f}s {sql / anchor:6.2f}x")
+        print(f"  of which pass + fit          {sql:>13.2f}s {sql / anchor:6.2f}x")
         line("floor: GROUP BY message", group, group_ch + group_py)
         line("floor: write curves (cheaper)", write[0], write[1] + write[2])
         line("floor: sum", floor, floor_cpu)
