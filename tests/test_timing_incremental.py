@@ -184,3 +184,34 @@ def test_one_timing_writer_at_a_time(settings: Settings, ch) -> None:
         assert int(ch.command(f"SELECT count() FROM {db}.timing_curves")) == 0
     report = build(ch, db, log=lambda _: None)
     assert report.version == versions.latest_version(ch, db) and report.people == 1
+
+
+def test_a_message_pass_in_slices_reads_the_same_messages(settings: Settings, ch, monkeypatch) -> None:
+    """Past SLICE_EVENTS a pass groups the messages in slices (one query each): together they are the same rows."""
+    from sendflowr import progress
+    from sendflowr.timing import stats
+
+    now = datetime.now(UTC).replace(microsecond=0)
+    history = []
+    for day in range(1, 15):
+        for who, hour in (("ann", 3), ("bob", 20), ("cy", 9)):
+            history += _message(now - timedelta(days=day, hours=-hour), f"m-{who}-{day}", f"{who}@gmail.com",
+                                timedelta(minutes=40 * day) if day % 3 else None)
+    produce_all(settings, history)
+    _run(settings)
+    db = settings.clickhouse_database
+    ends = progress.committed_ends(ch, db)
+
+    def rows() -> np.ndarray:
+        m = read_inputs(ch, db, SignalRules(), EstimatorParams(), observed_before=now, ends=ends).messages
+        table = np.stack([m.p, m.delivered_hour, m.delivered_second, m.wait, m.engaged]).T.astype(np.int64)
+        return table[np.lexsort(table.T[::-1])], m.totals
+
+    whole, whole_totals = rows()
+    assert stats.slices_for({k: (0, e) for k, e in ends.items()}) == 1
+    monkeypatch.setattr(stats, "SLICE_EVENTS", 7)
+    assert stats.slices_for({k: (0, e) for k, e in ends.items()}) >= 5
+    sliced, sliced_totals = rows()
+    assert whole.shape[0] == 42 and whole[:, 4].sum() > 0
+    np.testing.assert_array_equal(sliced, whole)
+    assert sliced_totals == whole_totals

@@ -25,14 +25,27 @@ from sendflowr.timing.estimate import EstimatorParams
 from sendflowr.timing.hazard import Decay, event_hour
 from sendflowr.timing.signals import SignalRules
 
+# Events a slice of the message pass groups at most: the pass's hash table grows with the messages it holds
+# (the endpoint's peak 4.5 GB at 20M events, 8.1 GB at 40M) and each row's cost with it (CPU exponent 1.17
+# from 20M to 40M events); slices of the messages, one pass each, keep both flat, for one more read of the
+# events a slice (bench/scale.py, docs/SCALING.md).
+SLICE_EVENTS = 25_000_000
 
-def range_parameters(bounds: dict[tuple[str, int], tuple[int, int]]) -> dict[str, list]:
-    """Offset ranges as the (topic index << 32 | partition) -> [start, end) arrays message_state.sql looks up."""
+
+def range_parameters(bounds: dict[tuple[str, int], tuple[int, int]], part: tuple[int, int] = (0, 1)) -> dict:
+    """Offset ranges as the (topic index << 32 | partition) -> [start, end) arrays message_state.sql looks up, and
+    which slice of the messages it groups: part = (i, n), the messages whose id hashes to i modulo n."""
     topics = sorted({t for t, _ in bounds})
     index = {t: i + 1 for i, t in enumerate(topics)}
     return {"topics": topics, "topic_index": [index[t] for t in topics],
             "range_keys": [(index[t] << 32) | p for t, p in bounds],
-            "range_starts": [b[0] for b in bounds.values()], "range_ends": [b[1] for b in bounds.values()]}
+            "range_starts": [b[0] for b in bounds.values()], "range_ends": [b[1] for b in bounds.values()],
+            "slice": part[0], "slices": part[1]}
+
+
+def slices_for(bounds: dict[tuple[str, int], tuple[int, int]]) -> int:
+    """How many slices a message pass over these ranges takes (their offsets bound the events they hold)."""
+    return max(1, -(-sum(e - s for s, e in bounds.values()) // SLICE_EVENTS))
 
 def messages_sql(database: str, states: str | None = None, extra: str = "") -> str:
     """message_outputs.sql over `states` (default: message_state.sql over the events), with extra output columns."""
@@ -70,9 +83,12 @@ def message_rows(client: Client, database: str, rules: SignalRules, owners: str,
     before it (default now)."""
     ends = progress.committed_ends(client, database) if ends is None else ends
     observed = observed_before or datetime.now(UTC)
-    table = client.query_arrow(messages_sql(database), parameters={
-        **rules.parameters(), **range_parameters({k: (0, e) for k, e in ends.items()}), "owners": owners,
+    bounds = {k: (0, e) for k, e in ends.items()}
+    n = slices_for(bounds)
+    table = pa.concat_tables([client.query_arrow(messages_sql(database), parameters={
+        **rules.parameters(), **range_parameters(bounds, (i, n)), "owners": owners,
         "horizon_hours": params.horizon_hours, "observed_before_ms": int(observed.timestamp() * 1000), "since_ms": 0})
+        for i in range(n)])
     col = {name: table.column(name).to_numpy() for name in ("p", "delivered_hour", "delivered_second", "wait",
                                                             "engaged")}
     totals = {name: int(pc.sum(table.column(name)).as_py() or 0)
@@ -161,8 +177,10 @@ def person_stats(m: Messages, persons: np.ndarray, params: EstimatorParams,
     # give the same structure): the owner-map index is the row, so rows come out in universal_id order.
     rows = int(p.max()) + 1 if n else 1
 
+    coords = sparse.coo_matrix((w, (p, cell)), shape=(rows, cells)).coords  # index arrays, converted once
+
     def summed(values: np.ndarray) -> sparse.csr_matrix:
-        return sparse.coo_matrix((values, (p, cell)), shape=(rows, cells)).tocsr()
+        return sparse.coo_matrix((values, coords), shape=(rows, cells)).tocsr()
 
     # scipy's conversion releases the GIL: the three sums run side by side (in a build, the engine waits then)
     with ThreadPoolExecutor(max_workers=3, thread_name_prefix="timing-stats") as pool:

@@ -5,6 +5,7 @@
 -- build reads every committed range from 0; an incremental run only what was committed since the last one).
 -- Events at or after observed_before are not seen (the evaluation trains on the past only); events before since_ms
 -- are left out (0: none; a full build seeds the states of still-open messages from the recent events only).
+-- Slices: only the messages whose id hashes to {slice} modulo {slices} (1: all; sendflowr.timing.stats.SLICE_EVENTS).
 WITH user_agent = 'Mozilla/5.0' OR startsWith(ip, '17.') AS is_proxy,
      toUInt64(kafka_partition) + 4294967296 * transform(kafka_topic, {topics:Array(String)}, {topic_index:Array(UInt64)},
                                                         toUInt64(0)) AS range_key
@@ -36,4 +37,5 @@ WHERE kafka_offset >= transform(range_key, {range_keys:Array(UInt64)}, {range_st
   AND event_type IN ('delivered', 'opened', 'clicked')
   AND occurred_at < fromUnixTimestamp64Milli({observed_before_ms:Int64}, 'UTC')
   AND occurred_at >= fromUnixTimestamp64Milli({since_ms:Int64}, 'UTC')
+  AND ({slices:UInt64} = 1 OR cityHash64(message_id) % {slices:UInt64} = {slice:UInt64})
 GROUP BY message
