@@ -20,6 +20,7 @@ import zlib
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -287,21 +288,23 @@ def write_curves(client: Client, database: str, f: Fit, version: int, changed: n
             pending = writer.submit(_insert_curves, client, database, pa.concat_tables(blocks))
             blocks.clear()
 
-        for lo, hi, (curves, evidence, engaged) in _estimated_blocks(f):
-            lv = levels(engaged, f.cohort_index[lo:hi], f.params)
-            for name in by_level:
-                by_level[name] += int((lv == name).sum())
-            mask = changed[lo:hi]
-            if mask.any():
-                # everyone in the block changed (a full build): views instead of a fancy-indexed copy of the curves
-                rows = slice(None) if mask.all() else np.flatnonzero(mask)
-                table = _curves_table(version, f.stats.universal_id[lo:hi][rows], curves[rows], evidence[rows],
-                                      engaged[rows], f.stats.delivered[lo:hi][rows], lv[rows],
-                                      cohorts[f.cohort_index[lo:hi][rows]], stats_hash[lo:hi][rows])
-                blocks.append(table)
-                report.people_written += table.num_rows
-                if sum(b.num_rows for b in blocks) >= WRITE_ROWS:
-                    send()
+        # closing: a failed write stops the estimate threads (and restores BLAS's threads) at once
+        with closing(_estimated_blocks(f)) as estimated:
+            for lo, hi, (curves, evidence, engaged) in estimated:
+                lv = levels(engaged, f.cohort_index[lo:hi], f.params)
+                for name in by_level:
+                    by_level[name] += int((lv == name).sum())
+                mask = changed[lo:hi]
+                if mask.any():
+                    # everyone in the block changed (a full build): views, not a fancy-indexed copy of the curves
+                    rows = slice(None) if mask.all() else np.flatnonzero(mask)
+                    table = _curves_table(version, f.stats.universal_id[lo:hi][rows], curves[rows], evidence[rows],
+                                          engaged[rows], f.stats.delivered[lo:hi][rows], lv[rows],
+                                          cohorts[f.cohort_index[lo:hi][rows]], stats_hash[lo:hi][rows])
+                    blocks.append(table)
+                    report.people_written += table.num_rows
+                    if sum(b.num_rows for b in blocks) >= WRITE_ROWS:
+                        send()
         if blocks:
             send()
         if pending is not None:
