@@ -174,20 +174,21 @@ def person_stats(m: Messages, persons: np.ndarray, params: EstimatorParams,
     left = 1.0 - (m.delivered_second.astype(np.float64) + 0.5) / 3600.0
     if params.half_life_hours > 0:  # recent messages may weigh more (habits shift): 2^(-age / half-life)
         w = np.exp2(-np.maximum(m.observed_hour - m.delivered_hour.astype(np.float64), 0.0) / params.half_life_hours)
-    else:
-        w = np.ones(n)
+        values = (w, engaged_flag * w, left * w)
+    else:  # unweighted: no weighted copies (each is 8 bytes a message)
+        values = (np.ones(n), engaged_flag, left)
     # Sums per (person, cell) by scipy's COO -> CSR conversion (a counting sort by row, in C; the same coordinates
     # give the same structure): the owner-map index is the row, so rows come out in universal_id order.
     rows = int(p.max()) + 1 if n else 1
 
-    coords = sparse.coo_matrix((w, (p, cell)), shape=(rows, cells)).coords  # index arrays, converted once
+    coords = sparse.coo_matrix((values[0], (p, cell)), shape=(rows, cells)).coords  # index arrays, converted once
 
     def summed(values: np.ndarray) -> sparse.csr_matrix:
         return sparse.coo_matrix((values, coords), shape=(rows, cells)).tocsr()
 
     # scipy's conversion releases the GIL: the three sums run side by side (in a build, the engine waits then)
     with ThreadPoolExecutor(max_workers=3, thread_name_prefix="timing-stats") as pool:
-        by_cell, by_events, by_fresh = pool.map(summed, (w, engaged_flag * w, left * w))
+        by_cell, by_events, by_fresh = pool.map(summed, values)
     lengths = np.diff(by_cell.indptr)
     present = np.flatnonzero(lengths)
     stats = PersonStats(universal_id=persons[present - 1],
