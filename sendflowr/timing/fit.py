@@ -104,7 +104,7 @@ class Fit:
 class Inputs:
     """What a fit reads from ClickHouse: the messages, the owner map's universal_ids, the cohort members."""
 
-    messages: Messages
+    messages: Messages | None  # None once a full build has its statistics (run._full_build lets them go)
     persons: np.ndarray
     members: pa.Table
 

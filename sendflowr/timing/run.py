@@ -173,6 +173,7 @@ def _full_build(client: Client, database: str, rules: SignalRules, params: Estim
     inputs = read_inputs(client, database, rules, params, observed_before=observed, ends=ends)
     version = report.version = versions.next_version(client, database)
     stats, index = inputs.stats(params)
+    inputs.messages = None  # from here on a build needs only the statistics: every message's row can go
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="timing-base") as side:
         # The base incremental runs add to (sendflowr.timing.incremental) is ClickHouse work, done beside numpy's:
         # its cells as soon as the statistics exist (while the model is fitted), then the model and open messages
