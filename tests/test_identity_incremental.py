@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter, defaultdict
+from dataclasses import replace
 from datetime import datetime
 
 import networkx as nx
@@ -14,7 +15,7 @@ import pytest
 
 from sendflowr.identity import graph
 from sendflowr.identity import run as run_module
-from sendflowr.identity.normalize import normalize_many
+from sendflowr.identity.normalize import DEFAULT_RULES, normalize_many
 from sendflowr.identity.run import IdentityReport, stitch_once
 from sendflowr.ingest import IngestOptions, ingest_once
 from sendflowr.kafka_io import produce_all
@@ -139,17 +140,27 @@ def _partition(graph: dict[int, tuple[str, int, int]]) -> set[frozenset[int]]:
     return {frozenset(p) for p in people.values()}
 
 
-@pytest.mark.parametrize("seed", [3, 4])
-def test_incremental_runs_equal_a_full_rebuild(settings: Settings, ch, seed: int) -> None:
+@pytest.mark.parametrize(("seed", "slice_size"), [(3, None), (4, None), (4, 30)])
+def test_incremental_runs_equal_a_full_rebuild(settings: Settings, ch, seed: int, slice_size: int | None,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Also with every run's region stitched in slices of ~30 identifiers (whole clusters each), and its unseen
+    identifiers normalized 40 at a time."""
     db = settings.clickhouse_database
+    if slice_size:
+        monkeypatch.setattr(run_module, "SLICE_IDENTIFIERS", slice_size)
+        monkeypatch.setattr(run_module, "NORMALIZE_ROWS", 40)
     quiet = lambda _: None  # noqa: E731
-    reports = []
+    reports, lines = [], []
     for batch in world(seed):
         produce_all(settings, [(None, json.dumps(e).encode()) for e in batch])
         ingest_once(settings, ch, IngestOptions(until_caught_up=True), log=quiet)
-        report = stitch_once(settings, ch, log=quiet)
+        report = stitch_once(settings, ch, log=lines.append)
         _assert_totals_match_the_tables(ch, db, report)
         reports.append(report)
+    sliced = sum(line.startswith("region: slice ") for line in lines)
+    parts = sum(line.startswith("normalized part ") for line in lines)
+    expected = (sliced > 3 and parts > 2 * len(reports)) if slice_size else (sliced == 0 and parts == len(reports))
+    assert expected, (sliced, parts)
     incremental, verdicts = _graph(ch, db), _verdicts(ch, db)
     every_event = [e for batch in world(seed) for e in batch]
     _assert_counters_match_the_events(ch, db, every_event)
@@ -237,11 +248,16 @@ def test_a_run_whose_identifiers_are_all_rejected_changes_nothing(settings: Sett
     assert ch.command(f"SELECT count() FROM {db}.identity_nodes") == 0
 
 
-def test_counters_count_events_across_spellings_and_rejects(settings: Settings, ch) -> None:
+@pytest.mark.parametrize("normalize_rows", [None, 2])
+def test_counters_count_events_across_spellings_and_rejects(settings: Settings, ch, normalize_rows: int | None,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     """The run aggregates distinct identifiers and pairs, not events: each event still counts once per node and per
     pair when two raw spellings are one node, when a rejected identifier rides along with valid ones, and when the
-    same pair recurs; events without a valid identifier count as scanned only."""
+    same pair recurs; events without a valid identifier count as scanned only. Also when the raw identifiers are
+    normalized in parts (two spellings of one node in different parts)."""
     db = settings.clickhouse_database
+    if normalize_rows:
+        monkeypatch.setattr(run_module, "NORMALIZE_ROWS", normalize_rows)
     ids = [{"email": "a@shop.com", "phone": "+1 415 555 0101"},
            {"email": "  A@SHOP.COM ", "phone": "(415) 555-0101", "klaviyo_id": "01KA"},  # same nodes, spelt apart
            {"email": "a@shop.com", "external_id": "null", "klaviyo_id": "01KA"},  # a reject rides along
@@ -252,8 +268,58 @@ def test_counters_count_events_across_spellings_and_rejects(settings: Settings, 
                "identifiers": e} for i, e in enumerate(ids)]
     produce_all(settings, [(None, json.dumps(e).encode()) for e in events])
     ingest_once(settings, ch, IngestOptions(until_caught_up=True), log=lambda _: None)
-    report = stitch_once(settings, ch, log=lambda _: None)
+    lines: list[str] = []
+    report = stitch_once(settings, ch, log=lines.append)
+    distinct = len({(t, v) for e in ids for t, v in e.items()})
+    assert sum(line.startswith("normalized part ") for line in lines) == -(-distinct // (normalize_rows or distinct))
     assert report.new_events == len(events) - 1  # the event without identifiers is not one of the run's
     nodes, edges = _seen_per_event(events)
     assert max(n for n, _, _ in nodes.values()) == 3 and max(n for n, _, _ in edges.values()) == 2  # spellings met
     _assert_counters_match_the_events(ch, db, events)
+    raw = sorted({(t, v) for e in ids for t, v in e.items()})  # each raw spelling normalized and logged once
+    verdicts = normalize_many([t for t, _ in raw], [v for _, v in raw]).reason.drop_null().to_pylist()
+    assert report.identifiers_new == len(raw) == ch.command(f"SELECT count() FROM {db}.identity_identifiers")
+    assert report.identifiers_rejected == dict(Counter(verdicts)) and len(verdicts) >= 2
+    assert ch.command(f"SELECT count() FROM {db}.identity_blocked WHERE kind = 'identifier'") == len(verdicts)
+
+
+def test_a_full_rebuild_in_slices_equals_one_in_a_single_slice(settings: Settings, ch,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """A rebuild too large for one slice stitches whole pre-guard clusters a slice at a time: from the same graph,
+    with rules that now reject identifiers (people split, nodes leave the graph), it writes the same rows, ids,
+    verdicts, merge log and totals as a rebuild in one slice, and the rejected identifiers' rows are gone."""
+    db = settings.clickhouse_database
+    quiet = lambda _: None  # noqa: E731
+    for batch in world(6):
+        produce_all(settings, [(None, json.dumps(e).encode()) for e in batch])
+        ingest_once(settings, ch, IngestOptions(until_caught_up=True), log=quiet)
+        stitch_once(settings, ch, log=quiet)
+    before = ch.query_arrow(f"SELECT * FROM {db}.identity_nodes FINAL")
+    emails = sorted(v for (t, v) in ch.query(f"SELECT identifier_type, value FROM {db}.identity_nodes FINAL")
+                    .result_rows if t == "email")
+    dropped = set(emails[::4])  # a quarter of the emails, some of them the only link of a person's identifiers
+    rules = replace(DEFAULT_RULES, blocked_values=DEFAULT_RULES.blocked_values
+                    | {"email": DEFAULT_RULES.blocked_values["email"] | dropped})
+
+    def rebuild(slice_size: int) -> tuple[IdentityReport, dict, dict, list, list[str]]:
+        ch.command(f"TRUNCATE TABLE {db}.identity_nodes")  # the same previous graph for both rebuilds
+        ch.command(f"TRUNCATE TABLE {db}.identity_merge_log")
+        ch.insert_arrow(f"{db}.identity_nodes", before)
+        monkeypatch.setattr(run_module, "SLICE_IDENTIFIERS", slice_size)
+        lines: list[str] = []
+        report = stitch_once(settings, ch, rules=rules, full_rebuild=True, log=lines.append)
+        merges = sorted(ch.query(f"SELECT old_id, new_id FROM {db}.identity_merge_log").result_rows)
+        return report, _graph(ch, db), _verdicts(ch, db), merges, lines
+
+    one, one_graph, one_verdicts, one_merges, _ = rebuild(10**9)
+    sliced, sliced_graph, sliced_verdicts, sliced_merges, lines = rebuild(25)
+    assert sum(line.startswith("region: slice ") for line in lines) > 3
+    assert one.ids_changed > 0  # the rules split people: the parts without the origin got fresh ids
+    assert sliced_graph == one_graph and sliced_verdicts == one_verdicts and sliced_merges == one_merges
+    for name in ("ids_changed", "merges", "nodes_total", "people_total", "edges_total", "edges_blocked",
+                 "largest_person", "region_nodes", "region_edges", "nodes_written"):
+        assert getattr(sliced, name) == getattr(one, name), name
+    _assert_totals_match_the_tables(ch, db, sliced)
+    values = {v for (v,) in ch.query(f"SELECT value FROM {db}.identity_nodes").result_rows}  # without FINAL
+    assert dropped and not values & dropped  # deleted, not only superseded
+    assert ch.command(f"SELECT count() FROM {db}.identity_nodes") == len(sliced_graph)

@@ -313,7 +313,7 @@ def _shared_nodes(n: int, src: np.ndarray, dst: np.ndarray, ntype: np.ndarray, l
     return shared
 
 
-def _components(n: int, src: np.ndarray, dst: np.ndarray) -> tuple[int, np.ndarray]:
+def components(n: int, src: np.ndarray, dst: np.ndarray) -> tuple[int, np.ndarray]:
     """scipy connected components (weak) on a CSR built directly by one argsort (no duplicate summing)."""
     itype = np.int32 if max(n, len(src)) < 2**31 else np.int64
     indptr = np.zeros(n + 1, itype)
@@ -344,7 +344,7 @@ def stitch(nodes: Nodes, edges: Edges, guards: Guards | None = None,
     blocked = (degree[src] | degree[dst]) & ~loop
     reason[blocked] = SHARED
     live = np.flatnonzero(~blocked & ~loop)
-    n_clusters, cluster = _components(n, src[live], dst[live])
+    n_clusters, cluster = components(n, src[live], dst[live])
     shared = np.where(degree, SHARED_DEGREE, NOT_SHARED).astype(np.uint8)
 
     kind = _conflicts(nodes, edges, live, cluster, guards)
@@ -355,7 +355,7 @@ def stitch(nodes: Nodes, edges: Edges, guards: Guards | None = None,
         cut = hit[ls] | hit[ld]
         reason[live[cut]] = CONFLICT + np.where(hit[ls], kind[ls], kind[ld])[cut]  # the src's kind when both
         live = live[~cut]
-        n_parts, part = _components(n, src[live], dst[live])
+        n_parts, part = components(n, src[live], dst[live])
     else:
         n_parts, part = n_clusters, cluster
 

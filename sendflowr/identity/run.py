@@ -9,13 +9,15 @@ Steps of `stitch_once` (docs/IDENTITY-RESOLUTION.md):
   a. new events = offsets of committed ingest ranges beyond `identity_progress`, per partition (exact); their
      distinct identifiers and distinct pairs of identifiers of one event go to the scratch table
      `identity_run_identifiers` (the run's only scan of `events`, aggregated as it reads: nothing per event);
-  b. unseen (type, raw) -> normalize + identifier_key -> `identity_identifiers` (rejects -> `identity_blocked`);
+  b. unseen (type, raw) -> normalize + identifier_key -> `identity_identifiers` (rejects -> `identity_blocked`), in
+     parts of NORMALIZE_ROWS;
   c. resolved to node keys (`identity_run_nodes`) -> node first/last seen -> `identity_node_seen`, the pairs of
      valid identifiers -> `identity_run_edges` -> `identity_edges`;
   d. region = whole pre-guard clusters holding an identifier of the new events, plus the other endpoints of
      their edges (`identity_region`); `graph.restitch` on it against the previous ids; write the changed
      `identity_nodes` rows, the merge log and edge verdict changes (`identity_blocked`); running totals go to
-     `identity_runs`. A full rebuild is the same with everything as the region;
+     `identity_runs`. A full rebuild is the same with everything as the region, then deletes the rows it did not
+     write. A region of more than SLICE_IDENTIFIERS goes in slices of whole clusters (`_stitch_in_slices`);
   e. record the new watermark in `identity_progress`.
 No new events and no changed rules = nothing written but the run log: a rerun changes no universal_id.
 """
@@ -46,6 +48,10 @@ DERIVED_TABLES = ("identity_identifiers", "identity_edges", "identity_node_seen"
 SCRATCH_TABLES = ("identity_run_identifiers", "identity_run_nodes", "identity_run_edges", "identity_region")
 IDENTITY_LEASE = "identity:graph"  # ':' is not allowed in Kafka topic names, so it never meets a real topic
 LEASE_TTL = timedelta(hours=1)
+# A larger region (a full rebuild, the first run) is stitched in slices of whole clusters of about this many
+# identifiers: Python holds ~0.6 KB an identifier of one slice (docs/SCALING.md), whatever the graph's size.
+SLICE_IDENTIFIERS = 2_000_000
+NORMALIZE_ROWS = 1_000_000  # raw identifiers normalized at a time (~0.25 KB each in Python)
 _TS = pa.timestamp("ms", tz="UTC")
 _TS6 = pa.timestamp("us", tz="UTC")
 
@@ -131,11 +137,13 @@ def _run(client: Client, database: str, rules: NormalizationRules, guards: Guard
         for name in ("insert_edges", "insert_touched"):
             client.command(_sql(name, database))
 
-    # (d) the graph: only the region the new events touched (everything on a full rebuild)
+    # (d) the graph: only the region the new events touched (everything on a full rebuild), in slices when large
     if bounds:
         if not full_rebuild:
             client.command(_sql("expand_region", database))
-        _stitch_region(client, database, guards, run_id, report, full_rebuild, forget_ids, new_pairs, log)
+        _stitch_in_slices(client, database, guards, run_id, report, full_rebuild, forget_ids, log)
+        if not full_rebuild:
+            report.edges_total += new_pairs
     else:
         if full_rebuild:  # no events at all: the graph is empty
             client.command(f"TRUNCATE TABLE {database}.identity_nodes")
@@ -144,6 +152,53 @@ def _run(client: Client, database: str, rules: NormalizationRules, guards: Guard
 
     # (e) watermark
     progress.advance(client, database, "identity_progress", bounds, run_id)
+
+
+def _stitch_in_slices(client: Client, database: str, guards: Guards, run_id: str, report: IdentityReport,
+                      full_rebuild: bool, forget_ids: bool, log: Callable[[str], None]) -> None:
+    """The region (identity_region) in slices of at most ~SLICE_IDENTIFIERS identifiers, each a set of whole
+    clusters (every decision is taken inside one: `graph.restitch`), so Python holds one slice at a time. A full
+    rebuild then deletes the rows it did not write (identifiers gone from the graph, superseded versions): until
+    then readers see the previous graph, never an empty one. Every row a rebuild writes carries its start time as
+    its version, so what it did not write is exactly the rows of another version, whatever the clock does."""
+    version = int(time.time() * 1e6) if full_rebuild else None
+    size = int(client.command(f"SELECT uniqExact(node_key) FROM {database}.identity_region WHERE boundary = 0"))
+    n_slices = -(-size // SLICE_IDENTIFIERS)
+    slices = _cluster_slices(client, database, n_slices) if n_slices > 1 else [None]
+    for i, keys in enumerate(slices):
+        if keys is not None:
+            log(f"region: slice {i + 1}/{len(slices)}, {len(keys)} of {size} identifiers")
+            client.command(f"TRUNCATE TABLE {database}.identity_region")
+            client.insert_arrow(f"{database}.identity_region", pa.table({
+                "node_key": pa.array(keys, pa.uint64()), "boundary": pa.array(np.zeros(len(keys), np.uint8))}))
+        _stitch_region(client, database, guards, run_id, report, full_rebuild, forget_ids, version, log)
+    if full_rebuild:
+        client.command(f"ALTER TABLE {database}.identity_nodes DELETE WHERE updated_at != fromUnixTimestamp64Micro("
+                       "{version:Int64}, 'UTC')", parameters={"version": version}, settings={"mutations_sync": 2})
+
+
+def _cluster_slices(client: Client, database: str, n_slices: int) -> list[np.ndarray]:
+    """The region's node keys in `n_slices` groups of whole connected components over the edges between them
+    (blocked ones too, so a group holds whole clusters and every edge leaving it ends outside the region, where
+    `restitch`'s boundary rule holds; a component larger than a slice stays whole). ~40 bytes an edge, 20 a node."""
+    keys = np.sort(_col(client.query_arrow(
+        f"SELECT DISTINCT node_key FROM {database}.identity_region WHERE boundary = 0"), "node_key").astype(np.uint64))
+    n = len(keys)
+    et = client.query_arrow(f"SELECT src, dst FROM {database}.identity_edges")
+    ends = []
+    inside = np.ones(et.num_rows, bool)
+    for name in ("src", "dst"):
+        value = _col(et, name).astype(np.uint64, copy=False)
+        at = np.minimum(np.searchsorted(keys, value), n - 1)
+        inside &= keys[at] == value
+        ends.append(at)
+    del et, value
+    _, label = graph.components(n, ends[0][inside], ends[1][inside])
+    del ends, inside
+    part = label % n_slices  # scipy numbers components by their first node: spread evenly over the slices
+    order = np.argsort(part, kind="stable")
+    cuts = np.searchsorted(part[order], np.arange(n_slices + 1))
+    return [keys[order[a:b]] for a, b in zip(cuts[:-1], cuts[1:], strict=True) if b > a]
 
 
 def _last_totals(client: Client, database: str, full_rebuild: bool, report: IdentityReport) -> None:
@@ -190,9 +245,39 @@ def _record_run(client: Client, database: str, report: IdentityReport) -> None:
 
 def _normalize_unseen(client: Client, database: str, rules: NormalizationRules, run_id: str, report: IdentityReport,
                       log: Callable[[str], None]) -> None:
-    unseen = client.query_arrow(_sql("unseen_identifiers", database), use_strings=True)
-    if unseen.num_rows == 0:
-        return
+    """Normalize the run's unseen raw identifiers as they stream in, ~NORMALIZE_ROWS at a time, so Python holds one
+    part's strings. Writing a part while the query streams is safe: its NOT IN set was built when it started."""
+    rejected: Counter[str] = Counter()
+    parts = 0
+
+    def flush(unseen: pa.Table) -> None:
+        nonlocal parts
+        report.identifiers_new += unseen.num_rows
+        rejected.update(_normalize_part(client, database, rules, run_id, unseen))
+        parts += 1
+        log(f"normalized part {parts}: {report.identifiers_new} new distinct identifiers so far")
+
+    pending: list[pa.Table] = []
+    rows = 0
+    with client.query_arrow_stream(_sql("unseen_identifiers", database), use_strings=True) as stream:
+        for batch in stream:
+            pending.append(pa.table(batch))
+            rows += pending[-1].num_rows
+            while rows >= NORMALIZE_ROWS:  # whole parts out of the blocks read so far
+                table = pa.concat_tables(pending)
+                flush(table.slice(0, NORMALIZE_ROWS))
+                pending = [table.slice(NORMALIZE_ROWS)]
+                rows = pending[0].num_rows
+    if rows:
+        flush(pa.concat_tables(pending))
+    report.identifiers_rejected = dict(rejected.most_common())
+    if report.identifiers_new:
+        log(f"{report.identifiers_new} new distinct identifiers, {rejected.total()} rejected")
+
+
+def _normalize_part(client: Client, database: str, rules: NormalizationRules, run_id: str,
+                    unseen: pa.Table) -> Counter[str]:
+    """Normalize and key raw identifiers -> `identity_identifiers`, rejects -> `identity_blocked`; their reasons."""
     types = unseen.column("identifier_type").combine_chunks().cast(pa.string())
     raws = unseen.column("raw_value").combine_chunks().cast(pa.string())
     col = normalize_many(types, raws, rules)
@@ -206,9 +291,7 @@ def _normalize_unseen(client: Client, database: str, rules: NormalizationRules, 
     client.insert_arrow(f"{database}.identity_identifiers", pa.table({
         "identifier_type": types, "raw_value": raws, "normalized": col.value.fill_null(""),
         "node_key": pa.array(keys, pa.uint64()), "reason": reason}))
-    report.identifiers_new = len(raws)
     rejected = np.flatnonzero(~ok)
-    report.identifiers_rejected = dict(Counter(reason.take(pa.array(rejected)).to_pylist()).most_common())
     if len(rejected):
         n = len(rejected)
         client.insert_arrow(f"{database}.identity_blocked", pa.table({
@@ -216,7 +299,7 @@ def _normalize_unseen(client: Client, database: str, rules: NormalizationRules, 
             "src": pa.array(np.zeros(n, np.uint64)), "dst": pa.array(np.zeros(n, np.uint64)),
             "identifier_type": types.take(pa.array(rejected)), "value": raws.take(pa.array(rejected)),
             "reason": reason.take(pa.array(rejected)), "at": _now_us(n)}))
-    log(f"{len(raws)} new distinct identifiers, {len(rejected)} rejected")
+    return Counter(reason.take(pa.array(rejected)).to_pylist())
 
 
 def _type_codes(types: pa.Array) -> np.ndarray:
@@ -224,8 +307,8 @@ def _type_codes(types: pa.Array) -> np.ndarray:
     return np.asarray(at.to_numpy(zero_copy_only=False), np.int8)
 
 
-def _now_us(n: int) -> pa.Array:
-    return pa.array(np.full(n, int(time.time() * 1e6), np.int64)).cast(_TS6)
+def _now_us(n: int, at: int | None = None) -> pa.Array:
+    return pa.array(np.full(n, int(time.time() * 1e6) if at is None else at, np.int64)).cast(_TS6)
 
 
 def _col(table: pa.Table, name: str) -> np.ndarray:
@@ -233,8 +316,7 @@ def _col(table: pa.Table, name: str) -> np.ndarray:
 
 
 def _stitch_region(client: Client, database: str, guards: Guards, run_id: str, report: IdentityReport,
-                   full_rebuild: bool, forget_ids: bool, new_pairs: int,
-                   log: Callable[[str], None]) -> None:
+                   full_rebuild: bool, forget_ids: bool, version: int | None, log: Callable[[str], None]) -> None:
     """Read the region (identity_region) and its edges, `graph.restitch` it, write what changed."""
     et = client.query_arrow(_sql("region_edges", database))
     src_key = _col(et, "src").astype(np.uint64)
@@ -265,7 +347,8 @@ def _stitch_region(client: Client, database: str, guards: Guards, run_id: str, r
                          np.zeros(n, np.uint64) if forget_ids else prev, guards)
 
     region = res.region
-    report.region_nodes, report.region_edges = len(region), len(edges)
+    report.region_nodes += len(region)  # sums over a full rebuild's slices
+    report.region_edges += len(edges)
     uid_int = res.ids.uid
     uid = graph.format_uid(uid_int)
     # stable cluster label: the smallest node_key of the pre-guard component
@@ -278,10 +361,8 @@ def _stitch_region(client: Client, database: str, guards: Guards, run_id: str, r
     changed = ~found | (prev[region] != uid_int) | (_col(nt, "prev_cluster")[region] != cluster)
     changed |= (_col(nt, "prev_shared")[region] != shared) | (_col(nt, "prev_first_seen")[region] != first_seen)
     changed |= _col(nt, "prev_last_seen")[region] != last_seen
-    report.ids_changed = int((found & (prev[region] != uid_int)).sum())
+    report.ids_changed += int((found & (prev[region] != uid_int)).sum())
     rows = np.arange(len(region)) if full_rebuild else np.flatnonzero(changed)
-    if full_rebuild:
-        client.command(f"TRUNCATE TABLE {database}.identity_nodes")
     if len(rows):
         at = region[rows]
         client.insert_arrow(f"{database}.identity_nodes", pa.table({
@@ -291,11 +372,11 @@ def _stitch_region(client: Client, database: str, guards: Guards, run_id: str, r
             "first_seen": pa.array(first_seen[rows], pa.int64()).cast(_TS),
             "last_seen": pa.array(last_seen[rows], pa.int64()).cast(_TS),
             "cluster": pa.array(cluster[rows], pa.uint64()), "shared": pa.array(shared[rows], pa.uint8()),
-            "universal_id": pa.array(uid[rows], pa.string()), "updated_at": _now_us(len(rows))}))
-    report.nodes_written = len(rows)
+            "universal_id": pa.array(uid[rows], pa.string()), "updated_at": _now_us(len(rows), version)}))
+    report.nodes_written += len(rows)
 
     merges = res.ids.merge_log()
-    report.merges = len(merges)
+    report.merges += len(merges)
     if merges:
         client.insert_arrow(f"{database}.identity_merge_log", pa.table({
             "old_id": pa.array([m[0] for m in merges], pa.string()),
@@ -309,9 +390,10 @@ def _stitch_region(client: Client, database: str, guards: Guards, run_id: str, r
     # the whole graph's.
     people_after = np.unique(uid_int, return_counts=True)[1]
     people_before = len(np.unique(prev[region][found])) if not full_rebuild else 0
-    report.nodes_total = report.nodes_total + int((~found).sum()) if not full_rebuild else len(region)
+    report.nodes_total += len(region) if full_rebuild else int((~found).sum())
     report.people_total = report.people_total - people_before + len(people_after)
-    report.edges_total = report.edges_total + new_pairs if not full_rebuild else len(edges)
+    if full_rebuild:  # an incremental run adds its new pairs once, after its slices
+        report.edges_total += len(edges)
     report.largest_person = max(report.largest_person, int(people_after.max(initial=0)))
     now = Counter(_blocked_counts(res.blocked_reason))
     total = Counter(report.edges_blocked)
