@@ -49,7 +49,7 @@ SCRATCH_TABLES = ("identity_run_identifiers", "identity_run_nodes", "identity_ru
 IDENTITY_LEASE = "identity:graph"  # ':' is not allowed in Kafka topic names, so it never meets a real topic
 LEASE_TTL = timedelta(hours=1)
 # A larger region (a full rebuild, the first run) is stitched in slices of whole clusters of about this many
-# identifiers: Python holds ~0.6 KB an identifier of one slice (docs/SCALING.md), whatever the graph's size.
+# identifiers: Python holds ~0.7 KB an identifier of one slice (docs/SCALING.md), whatever the graph's size.
 SLICE_IDENTIFIERS = 2_000_000
 NORMALIZE_ROWS = 1_000_000  # raw identifiers normalized at a time (~0.25 KB each in Python)
 _TS = pa.timestamp("ms", tz="UTC")
