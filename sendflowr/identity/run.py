@@ -347,7 +347,7 @@ def _stitch_region(client: Client, database: str, guards: Guards, run_id: str, r
                          np.zeros(n, np.uint64) if forget_ids else prev, guards)
 
     region = res.region
-    report.region_nodes += len(region)  # sums over a full rebuild's slices
+    report.region_nodes += len(region)  # summed over the slices of a large region
     report.region_edges += len(edges)
     uid_int = res.ids.uid
     uid = graph.format_uid(uid_int)
