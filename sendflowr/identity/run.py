@@ -44,7 +44,7 @@ from sendflowr.settings import Settings
 from sendflowr.sql_files import load_sql
 
 DERIVED_TABLES = ("identity_identifiers", "identity_edges", "identity_node_seen", "identity_blocked",
-                  "identity_progress")  # truncated by a full rebuild (identity_nodes is replaced at the end)
+                  "identity_progress")  # truncated by a full rebuild (identity_nodes: rewritten, the rest deleted)
 SCRATCH_TABLES = ("identity_run_identifiers", "identity_run_nodes", "identity_run_edges", "identity_region")
 IDENTITY_LEASE = "identity:graph"  # ':' is not allowed in Kafka topic names, so it never meets a real topic
 LEASE_TTL = timedelta(hours=1)
