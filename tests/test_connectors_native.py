@@ -108,6 +108,9 @@ def test_same_verdicts_on_random_hostile_events() -> None:
     for i, value in enumerate(generated):
         if i % 7 == 0 and isinstance(value.get("event_id"), str):
             value["event_id"] = ("sendgrid:" if i % 2 else "sendgrid-") + value["event_id"]
+    # one of each outcome whatever the draw (a draw of 600 can miss trimming): kept, trimmed, rejected
+    click = json.loads((FIXTURES / "native_events.jsonl").read_text().splitlines()[1])
+    generated += [click, click | {"event_id": "long-url", "url": "https://example.org/" + "a" * 5000}, {"event_id": 7}]
     result = normalize(generated, NOW, PROVIDERS)
     assert result.events and result.rejects and result.trimmed  # all three kinds of outcome
     assert_same(generated)
