@@ -142,8 +142,8 @@ def _run(client: Client, database: str, rules: NormalizationRules, guards: Guard
         if not full_rebuild:
             client.command(_sql("expand_region", database))
         _stitch_in_slices(client, database, guards, run_id, report, full_rebuild, forget_ids, log)
-        if not full_rebuild:
-            report.edges_total += new_pairs
+        # a full rebuild read every edge once (its totals started at zero); an incremental run adds its new pairs
+        report.edges_total += report.region_edges if full_rebuild else new_pairs
     else:
         if full_rebuild:  # no events at all: the graph is empty
             client.command(f"TRUNCATE TABLE {database}.identity_nodes")
@@ -185,20 +185,22 @@ def _cluster_slices(client: Client, database: str, n_slices: int) -> list[np.nda
         f"SELECT DISTINCT node_key FROM {database}.identity_region WHERE boundary = 0"), "node_key").astype(np.uint64))
     n = len(keys)
     et = client.query_arrow(f"SELECT src, dst FROM {database}.identity_edges")
-    ends = []
-    inside = np.ones(et.num_rows, bool)
-    for name in ("src", "dst"):
-        value = _col(et, name).astype(np.uint64, copy=False)
-        at = np.minimum(np.searchsorted(keys, value), n - 1)
-        inside &= keys[at] == value
-        ends.append(at)
-    del et, value
-    _, label = graph.components(n, ends[0][inside], ends[1][inside])
-    del ends, inside
+    (src, src_in), (dst, dst_in) = (_positions(keys, _col(et, name).astype(np.uint64, copy=False))
+                                    for name in ("src", "dst"))
+    del et
+    inside = src_in & dst_in
+    _, label = graph.components(n, src[inside], dst[inside])
+    del src, dst, inside
     part = label % n_slices  # scipy numbers components by their first node: spread evenly over the slices
     order = np.argsort(part, kind="stable")
     cuts = np.searchsorted(part[order], np.arange(n_slices + 1))
     return [keys[order[a:b]] for a, b in zip(cuts[:-1], cuts[1:], strict=True) if b > a]
+
+
+def _positions(keys: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Index of each value in the sorted `keys`, and whether it is there at all (the index is clipped if not)."""
+    at = np.minimum(np.searchsorted(keys, values), max(len(keys) - 1, 0))
+    return at, (keys[at] == values) if len(keys) else np.zeros(len(values), bool)
 
 
 def _last_totals(client: Client, database: str, full_rebuild: bool, report: IdentityReport) -> None:
@@ -329,9 +331,8 @@ def _stitch_region(client: Client, database: str, guards: Guards, run_id: str, r
     nt = client.query_arrow(_sql("region_nodes", database), use_strings=True)
     node_key = _col(nt, "node_key").astype(np.uint64)
     n = len(node_key)
-    src, dst = np.searchsorted(node_key, src_key), np.searchsorted(node_key, dst_key)
-    known = (src < n) & (dst < n)
-    known[known] &= (node_key[src[known]] == src_key[known]) & (node_key[dst[known]] == dst_key[known])
+    (src, src_known), (dst, dst_known) = _positions(node_key, src_key), _positions(node_key, dst_key)
+    known = src_known & dst_known
     src, dst, src_key, dst_key = src[known], dst[known], src_key[known], dst_key[known]
     in_region = _col(nt, "boundary") == 0
     prev_text = nt.column("prev_uid").combine_chunks()
@@ -392,8 +393,6 @@ def _stitch_region(client: Client, database: str, guards: Guards, run_id: str, r
     people_before = len(np.unique(prev[region][found])) if not full_rebuild else 0
     report.nodes_total += len(region) if full_rebuild else int((~found).sum())
     report.people_total = report.people_total - people_before + len(people_after)
-    if full_rebuild:  # an incremental run adds its new pairs once, after its slices
-        report.edges_total += len(edges)
     report.largest_person = max(report.largest_person, int(people_after.max(initial=0)))
     now = Counter(_blocked_counts(res.blocked_reason))
     total = Counter(report.edges_blocked)
