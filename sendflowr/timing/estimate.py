@@ -23,7 +23,7 @@ import numpy as np
 from scipy import sparse
 
 from sendflowr.timing.decide import HOURS
-from sendflowr.timing.hazard import Decay, event_hour
+from sendflowr.timing.hazard import Decay
 
 
 @dataclass(frozen=True)
@@ -103,37 +103,88 @@ def cell_sums(key: np.ndarray, cell: np.ndarray, values: np.ndarray, groups: int
     return np.bincount(key * cells + cell, weights=values, minlength=groups * cells).reshape(groups, cells)
 
 
+@dataclass
+class CohortSums:
+    """What the priors are learned from, per cohort row (0 = no learned cohort): messages and engaged messages by
+    cell [k, 168 * H], the delivery hour's share left by delivery hour of week [k, 168], people [k]. Sums over
+    people, so a build in slices of the messages adds them up slice by slice (sendflowr.timing.slices)."""
+
+    messages: np.ndarray
+    events: np.ndarray
+    fresh: np.ndarray
+    people: np.ndarray
+
+    def __add__(self, other: CohortSums) -> CohortSums:
+        return CohortSums(self.messages + other.messages, self.events + other.events, self.fresh + other.fresh,
+                          self.people + other.people)
+
+    def rows(self, keep: np.ndarray) -> CohortSums:
+        """Row 0 plus the rows `keep` (ascending, > 0); every other row's sums go to row 0."""
+        rest = np.ones(self.people.shape[0], dtype=bool)
+        rest[keep] = False
+
+        def fold(a: np.ndarray) -> np.ndarray:
+            return np.concatenate([a[rest].sum(axis=0, keepdims=True), a[keep]])
+        return CohortSums(fold(self.messages), fold(self.events), fold(self.fresh), fold(self.people))
+
+
+def cohort_sums(row: np.ndarray, k: int, cell: np.ndarray, messages: np.ndarray, events: np.ndarray,
+                fresh: np.ndarray, horizon: int, people: np.ndarray | None = None) -> CohortSums:
+    """CohortSums of flat (person, cell) statistics whose cohort row is `row` (per statistics row)."""
+    cells = HOURS * horizon
+    return CohortSums(cell_sums(row, cell, messages, k, cells), cell_sums(row, cell, events, k, cells),
+                      cell_sums(row, cell // horizon, fresh, k, HOURS),
+                      np.zeros(k, np.int64) if people is None else people)
+
+
+def learned_cohorts(people: np.ndarray, params: EstimatorParams) -> np.ndarray:
+    """The cohort rows (> 0) with enough people with deliveries to be learned."""
+    return np.flatnonzero((people >= params.min_cohort_people) & (np.arange(people.shape[0]) > 0))
+
+
 def learn_priors(person_cohort: np.ndarray, cohort_names: list[str], person: np.ndarray, cell: np.ndarray,
                  messages: np.ndarray, events: np.ndarray, fresh: np.ndarray, decay: Decay,
                  params: EstimatorParams) -> tuple[Priors, np.ndarray]:
     """Global and cohort rates from flat (person, cell) statistics. Cohorts with fewer than min_cohort_people
     people are dropped (their people fall back to global); returns the priors and each person's index into
     priors.cohorts."""
-    n_cohorts, cells = len(cohort_names), HOURS * decay.horizon
-    size = np.bincount(person_cohort, minlength=n_cohorts)
-    keep = (size >= params.min_cohort_people) & (np.arange(n_cohorts) > 0)
-    kept = np.flatnonzero(keep)
-    remap = np.zeros(n_cohorts, dtype=np.int64)
+    sums, cohorts, pc = sums_by_cohort(person_cohort, cohort_names, person, cell, messages, events, fresh,
+                                       decay.horizon, params)
+    return priors_from_sums(sums, cohorts, decay, params), pc
+
+
+def sums_by_cohort(person_cohort: np.ndarray, cohort_names: list[str], person: np.ndarray, cell: np.ndarray,
+                   messages: np.ndarray, events: np.ndarray, fresh: np.ndarray, horizon: int,
+                   params: EstimatorParams) -> tuple[CohortSums, list[str], np.ndarray]:
+    """CohortSums of flat (person, cell) statistics over the learned cohorts, their names (row 0: '' = global)
+    and each person's row."""
+    kept = learned_cohorts(np.bincount(person_cohort, minlength=len(cohort_names)), params)
+    remap = np.zeros(len(cohort_names), dtype=np.int64)
     remap[kept] = np.arange(1, kept.size + 1)
     pc = remap[person_cohort]
-    group = pc[person]
-    k = kept.size + 1
-    how = cell // decay.horizon
-    x = (cell_sums(group, cell, messages, k, cells) @ decay.exposure
-         + decay.g[0] * cell_sums(group, how, fresh, k, HOURS))  # [k, 168] exposure per cohort
-    n = cell_sums(group, event_hour(cell, decay.horizon), events, k, HOURS) if cell.size else np.zeros((k, HOURS))
+    sums = cohort_sums(pc[person], kept.size + 1, cell, messages, events, fresh, horizon,
+                       np.bincount(pc, minlength=kept.size + 1))
+    return sums, [""] + [cohort_names[c] for c in kept], pc
+
+
+def priors_from_sums(sums: CohortSums, cohorts: list[str], decay: Decay, params: EstimatorParams) -> Priors:
+    """Global and cohort rates and curves from CohortSums whose rows are `cohorts` (row 0: global)."""
+    k, H = len(cohorts), decay.horizon
+    e = sums.events.reshape(k, HOURS, H)
+    x = sums.messages @ decay.exposure + decay.g[0] * sums.fresh  # [k, 168] exposure per cohort
+    n = np.zeros((k, HOURS))
+    for j in range(H):  # engaged at wait j after a delivery in hour h: engaged in hour h + j
+        n += np.roll(e[:, :, j], j, axis=1)
     x_all, n_all = x.sum(axis=0), n.sum(axis=0)
     rates = np.empty((k, HOURS), dtype=np.float32)
     rates[0] = g = rate(n_all, x_all, params)
     for i in range(1, k):  # one 168-vector per cohort (a few dozen), not per person
         rates[i] = rate(n[i], x[i], params, toward=g, strength=params.cohort_strength)
-    settled = decay.settled(cell, messages, events)
-    curves = direct_curves(decay.curves(rates), cell_sums(group, how, events, k, HOURS),
-                           cell_sums(group, how, settled, k, HOURS), params)
-    priors = Priors(rates=rates, curves=curves, cohorts=[""] + [cohort_names[c] for c in kept],
-                    evidence=np.concatenate([[n_all.sum()], n[1:].sum(axis=1)]),
-                    people=np.concatenate([[person_cohort.size], size[kept]]))
-    return priors, pc
+    settled = decay.settled(np.arange(HOURS * H), sums.messages, sums.events).reshape(k, HOURS, H)
+    curves = direct_curves(decay.curves(rates), e.sum(axis=2), settled.sum(axis=2), params)
+    return Priors(rates=rates, curves=curves, cohorts=list(cohorts),
+                  evidence=np.concatenate([[n_all.sum()], n[1:].sum(axis=1)]),
+                  people=np.concatenate([[sums.people.sum()], sums.people[1:]]).astype(np.int64))
 
 
 def direct_curves(model: np.ndarray, engaged, delivered, params: EstimatorParams) -> np.ndarray:

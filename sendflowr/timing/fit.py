@@ -15,22 +15,25 @@ from threadpoolctl import threadpool_limits
 
 from sendflowr.timing.estimate import (
     ActivityClusters,
+    CohortSums,
     EstimatorParams,
     Priors,
     direct_curves,
     kernel,
     learn_clusters,
-    learn_priors,
     mixture_prior,
     person_posterior,
+    priors_from_sums,
     smooth,
+    sums_by_cohort,
 )
-from sendflowr.timing.hazard import Decay, learn_decay
+from sendflowr.timing.hazard import Decay, decay_from_sums
 from sendflowr.timing.owners import cohort_members, cohorts_by_index, owner_map, owner_persons
 from sendflowr.timing.signals import SignalRules
 from sendflowr.timing.stats import Messages, PersonStats, message_rows, person_stats
 
 CHUNK = 50_000  # people per [chunk, 168] block (a writer thread sends one while the next is estimated)
+ML_PRIOR_SAMPLE = 10_000  # data-rich people the ML prior's shapes are learned from
 
 
 @dataclass
@@ -147,22 +150,39 @@ def fit(client: Client, database: str, rules: SignalRules, params: EstimatorPara
 
 def fit_stats(stats: PersonStats, cohort_code: np.ndarray, names: list[str], params: EstimatorParams) -> Fit:
     """The model from per-person statistics: decay, priors, (optionally) the ML prior."""
-    decay, _ = learn_decay(stats.cell, stats.messages, stats.events, stats.fresh, stats.horizon,
-                           kernel(params.hour_bandwidth, params.day_pooling))
-    priors, pc = learn_priors(cohort_code, names, stats.person, stats.cell, stats.messages, stats.events,
-                              stats.fresh, decay, params)
+    sums, cohorts, pc = sums_by_cohort(cohort_code, names, stats.person, stats.cell, stats.messages, stats.events,
+                                       stats.fresh, stats.horizon, params)
+    decay, priors = model_from_sums(sums, cohorts, stats.horizon, params)
     f = Fit(stats=stats, decay=decay, priors=priors, cohort_index=pc, params=params)
     if params.clusters > 0:
         f.clusters = learn_ml_prior(f)
     return f
 
-def learn_ml_prior(f: Fit, sample: int = 10_000) -> ActivityClusters | None:
+def model_from_sums(sums: CohortSums, cohorts: list[str], horizon: int,
+                    params: EstimatorParams) -> tuple[Decay, Priors]:
+    """The decay (from everyone's sums: every person is in one row) and the priors, from CohortSums."""
+    decay, _ = decay_from_sums(sums.messages.sum(axis=0), sums.events.sum(axis=0), sums.fresh.sum(axis=0), horizon,
+                               kernel(params.hour_bandwidth, params.day_pooling))
+    return decay, priors_from_sums(sums, cohorts, decay, params)
+
+def learn_ml_prior(f: Fit, sample: int = ML_PRIOR_SAMPLE) -> ActivityClusters | None:
     """Learn the ML prior's shapes from the cohort-prior rates of data-rich people (a sample of them: typical
     weekly shapes need thousands of people, not millions)."""
-    rich = np.flatnonzero((np.diff(f.stats.offsets) > 0) & (f.stats.engaged >= f.params.cluster_min_engagements))
+    rich = rich_sample(np.where(np.diff(f.stats.offsets) > 0, f.stats.engaged, 0.0), f.params, sample)
     if rich.size == 0:
         return None
+    return ml_prior_of(Fit(f.stats, f.decay, f.priors, f.cohort_index, f.params).subset(rich))
+
+
+def rich_sample(engaged: np.ndarray, params: EstimatorParams, sample: int = ML_PRIOR_SAMPLE) -> np.ndarray:
+    """Positions (ascending) of the people the ML prior learns from: at most `sample` of those with at least
+    cluster_min_engagements engaged messages, drawn with the params' seed."""
+    rich = np.flatnonzero(engaged >= params.cluster_min_engagements)
     if rich.size > sample:
-        rich = np.sort(np.random.default_rng(f.params.seed).choice(rich, sample, replace=False))
-    plain = Fit(f.stats, f.decay, f.priors, f.cohort_index, f.params).subset(rich)
-    return learn_clusters(plain.rates()[0], f.cohort_index[rich], len(f.priors.cohorts), f.params)
+        rich = np.sort(np.random.default_rng(params.seed).choice(rich, sample, replace=False))
+    return rich
+
+
+def ml_prior_of(plain: Fit) -> ActivityClusters | None:
+    """The ML prior from a fit over the sampled people alone (no clusters yet: their cohort-prior rates)."""
+    return learn_clusters(plain.rates()[0], plain.cohort_index, len(plain.priors.cohorts), plain.params)

@@ -121,13 +121,23 @@ def learn_decay(cell: np.ndarray, messages: np.ndarray, events: np.ndarray, fres
     could absorb any decay; the rate is therefore smoothed with the estimator's kernel (`smoothing`: the same
     hour on other days is alike), and g is kept non-increasing (attention fades as a message sinks) and smooth
     over j. The pooled rate mixes people, so g is the decay of an average reader."""
+    H = horizon
+    return decay_from_sums(np.bincount(cell, weights=messages, minlength=HOURS * H),
+                           np.bincount(cell, weights=events, minlength=HOURS * H),
+                           np.bincount(cell // H, weights=fresh, minlength=HOURS), horizon, smoothing, iterations)
+
+
+def decay_from_sums(messages: np.ndarray, events: np.ndarray, fresh: np.ndarray, horizon: int,
+                    smoothing: np.ndarray | None = None, iterations: int = 60) -> tuple[Decay, np.ndarray]:
+    """learn_decay from everyone's sums: messages and events by cell [168 * H], the delivery hour's share left by
+    delivery hour of week [168] (a build in slices adds these up slice by slice)."""
     from scipy.optimize import isotonic_regression
 
     H = horizon
-    c = np.bincount(cell, weights=messages, minlength=HOURS * H).reshape(HOURS, H)
-    ev = np.bincount(cell, weights=events, minlength=HOURS * H).reshape(HOURS, H)
+    c = np.asarray(messages, dtype=np.float64).reshape(HOURS, H)
+    ev = np.asarray(events, dtype=np.float64).reshape(HOURS, H)
     at_risk = np.cumsum(c[:, ::-1], axis=1)[:, ::-1]  # messages still waiting at offset j
-    at_risk[:, 0] = np.bincount(cell // H, weights=fresh, minlength=HOURS)  # the delivery hour: what was left
+    at_risk[:, 0] = fresh  # the delivery hour: what was left
     h = np.arange(HOURS)[:, None]
     u = ((h + np.arange(H)[None, :]) % HOURS).ravel()  # clock hour of (h, j)
     k = np.eye(HOURS) if smoothing is None else np.asarray(smoothing, dtype=np.float64)

@@ -3,7 +3,8 @@ pass (sql/timing/message_state.sql and message_outputs.sql: signal cleaning, own
 first genuine engagement),
 turn them into per-person cell statistics with numpy, fit the time-to-engagement model (decay, priors, the ML
 prior), estimate curves on [n, 168] blocks, write priors and the curves that changed, commit (timing_runs last,
-sendflowr.timing.versions).
+sendflowr.timing.versions). A build whose message pass takes several slices goes in slices of people
+(sendflowr.timing.slices).
 
 A run with nothing new (no newly committed events, no identity write) does nothing. Otherwise a person's curve
 row is rewritten only when their statistics or cohort changed, or when the global prior moved (then everyone's
@@ -18,7 +19,7 @@ import time
 import uuid
 import zlib
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import closing
 from dataclasses import dataclass, field
@@ -30,14 +31,14 @@ from clickhouse_connect.driver.client import Client
 from threadpoolctl import threadpool_limits
 
 from sendflowr import progress
-from sendflowr.timing import incremental, versions
+from sendflowr.timing import incremental, slices, versions
 from sendflowr.timing.decide import HOURS, Calibration
 from sendflowr.timing.estimate import EstimatorParams, Priors, levels
 from sendflowr.timing.fit import CHUNK, Fit, read_inputs
 from sendflowr.timing.owners import person_cohorts
 from sendflowr.timing.scratch import people_table
 from sendflowr.timing.signals import SignalRules
-from sendflowr.timing.stats import stats_from_cells
+from sendflowr.timing.stats import slices_for, stats_from_cells
 
 PRIOR_DRIFT = 0.05  # relative change of the global prior that rewrites every curve
 # Curve rows per INSERT (several estimated blocks): each insert is a part the engine merges later; 200k-row
@@ -110,21 +111,25 @@ def _last_mark(client: Client, database: str) -> list | None:
                         "ORDER BY version DESC LIMIT 1").result_rows
     return json.loads(rows[0][0]).get("identity_mark") if rows else None
 
-def _previous(client: Client, database: str) -> tuple[pa.Table | None, np.ndarray | None, str | None]:
-    """Committed per-person stats hashes, the committed global prior and the calibration (carried forward until
-    the evaluation asset fits the next one, sendflowr.timing.confidence.calibrate)."""
+def _previous(client: Client, database: str) -> tuple[np.ndarray | None, str | None]:
+    """The committed global prior and the calibration (carried forward until the evaluation asset fits the next
+    one, sendflowr.timing.confidence.calibrate)."""
     head = client.query(f"SELECT version, calibration FROM {database}.timing_runs ORDER BY version DESC LIMIT 1")
     if not head.result_rows:
-        return None, None, None
-    version, calibration = head.result_rows[0]
-    rows = client.query_arrow(
-        f"SELECT universal_id, argMax(stats_hash, version) AS h FROM {database}.timing_curves "
-        f"WHERE {versions.committed(database)} GROUP BY universal_id ORDER BY universal_id",
-        use_strings=True)
+        return None, None
     g = client.query(f"SELECT argMax(curve, version) FROM {database}.timing_priors "
                      f"WHERE level = 'global' AND {versions.committed(database)}").result_rows
     prior = np.asarray(g[0][0], dtype=np.float32) if g and g[0][0] else None
-    return rows, prior, calibration
+    return prior, head.result_rows[0][1]
+
+def _previous_hashes(client: Client, database: str, first: str, last: str) -> pa.Table:
+    """Committed per-person stats hashes of the people first <= universal_id <= last (a range of the curves' sort
+    key: a build in slices reads its slice's)."""
+    return client.query_arrow(
+        f"SELECT universal_id, argMax(stats_hash, version) AS h FROM {database}.timing_curves "
+        f"WHERE {versions.committed(database)} "
+        "AND universal_id >= {first:String} AND universal_id <= {last:String} "
+        "GROUP BY universal_id ORDER BY universal_id", parameters={"first": first, "last": last}, use_strings=True)
 
 def _calibration(client: Client, database: str) -> str | None:
     """The committed calibration alone (an incremental run carries it forward and needs nothing else)."""
@@ -170,8 +175,17 @@ def _full_build(client: Client, database: str, rules: SignalRules, params: Estim
                 log: Callable[[str], None]) -> TimingReport:
     t1 = time.perf_counter()
     observed = datetime.fromtimestamp(now / 1000, tz=UTC)
-    inputs = read_inputs(client, database, rules, params, observed_before=observed, ends=ends)
     version = report.version = versions.next_version(client, database)
+    parts = slices_for(client, database)
+    # A message pass in several slices means more people than one piece should hold: the build goes in slices
+    # (sendflowr.timing.slices). A half-life weighs messages by their age at the build, which the base's cells
+    # cannot hold: such a build stays in one piece.
+    if parts > 1 and params.half_life_hours <= 0:
+        log(f"timing: a build in {parts} slices")
+        build = slices.fit_in_slices(client, database, rules, params, observed, ends, version, parts, log)
+        return _write_build(client, database, rules, params, report, ends, mark, now, full, log, t1, build.model,
+                            build.fits(), None)
+    inputs = read_inputs(client, database, rules, params, observed_before=observed, ends=ends)
     stats, index = inputs.stats(params)
     inputs.messages = None  # from here on a build needs only the statistics: every message's row can go
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="timing-base") as side:
@@ -181,27 +195,46 @@ def _full_build(client: Client, database: str, rules: SignalRules, params: Estim
         cells = side.submit(incremental.write_base_cells, client, database, version, stats) \
             if params.half_life_hours <= 0 else None
         f = inputs.fit_from(stats, index, params)
-        t2 = time.perf_counter()
-        report.seconds["aggregate"] = t2 - t1
-        report.people, report.totals = len(f.stats), f.stats.totals
-        report.cohorts = len(f.priors.cohorts) - 1
-        hashes, old_prior, calibration = _previous(client, database)
-        drift = (np.inf if old_prior is None or old_prior.shape != (HOURS,)
-                 else float(np.max(np.abs(f.priors.global_curve - old_prior) / np.maximum(old_prior, 1e-6))))
-        report.full_rewrite = full or drift > PRIOR_DRIFT
-        new_hash = _stats_hash(f)
-        changed = np.ones(len(f.stats), dtype=bool) if report.full_rewrite else _changed(
-            hashes, f.stats.universal_id, new_hash)
-        base = side.submit(_write_base, client, database, rules, params, f, version, ends, now, cells) \
-            if cells is not None else None
-        _write_priors(client, database, f.priors, version)
-        write_curves(client, database, f, version, changed, new_hash, report)
+        model = slices.Model(f.decay, f.priors, f.clusters, len(f.stats), float(f.stats.delivered.sum()),
+                             f.stats.totals)
+        return _write_build(client, database, rules, params, report, ends, mark, now, full, log, t1, model, [f],
+                            (side, cells))
+
+
+def _write_build(client: Client, database: str, rules: SignalRules, params: EstimatorParams, report: TimingReport,
+                 ends: dict[tuple[str, int], int], mark: list, now: int, full: bool, log: Callable[[str], None],
+                 t1: float, model: slices.Model, fits: Iterable[Fit],
+                 side: tuple[ThreadPoolExecutor, Future | None] | None) -> TimingReport:
+    """A full build's writes once its model is fitted: priors, the curves of `fits` (its people, in universal_id
+    order), the rest of the base, the commit. `side`: the thread that writes the base's cells (and the future of
+    that write) when they are not written yet."""
+    version = report.version
+    t2 = time.perf_counter()
+    report.seconds["aggregate"] = t2 - t1
+    report.people, report.totals = model.people, model.totals
+    report.cohorts = len(model.priors.cohorts) - 1
+    old_prior, calibration = _previous(client, database)
+    drift = (np.inf if old_prior is None or old_prior.shape != (HOURS,)
+             else float(np.max(np.abs(model.priors.global_curve - old_prior) / np.maximum(old_prior, 1e-6))))
+    report.full_rewrite = full or drift > PRIOR_DRIFT
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="timing-base") as own:
+        thread, cells = side if side is not None else (own, None)
+        base = thread.submit(_write_base, client, database, rules, params, model, version, ends, now, cells) \
+            if params.half_life_hours <= 0 else None
+        _write_priors(client, database, model.priors, version)
+        for f in fits:
+            new_hash = _stats_hash(f)
+            ids = f.stats.universal_id
+            changed = np.ones(len(f.stats), dtype=bool) if report.full_rewrite or not len(f.stats) else _changed(
+                _previous_hashes(client, database, str(ids[0]), str(ids[-1])), ids, new_hash)
+            write_curves(client, database, f, version, changed, new_hash, report)
         base_meta = base.result() if base is not None else {}
     t3 = time.perf_counter()
     report.seconds["estimate_and_write"] = t3 - t2
     metadata = {"identity_mark": mark, "shares": report.shares(), "totals": report.totals,
                 "by_level": report.by_level, "rules": rules.describe(), "params": params.to_dict(),
-                "prior_drift": drift, "seconds": report.seconds, "new_events": report.new_events, **base_meta}
+                "prior_drift": drift, "seconds": report.seconds, "new_events": report.new_events,
+                "slices": model.slices, **base_meta}
     versions.commit(client, database, version, report.run_id, "curves", report.people,
                     calibration or Calibration.default().to_json(), report.people_written, metadata)
     if base_meta:
@@ -212,15 +245,18 @@ def _full_build(client: Client, database: str, rules: SignalRules, params: Estim
         f"clicks {report.shares()['scanner_click_share']:.1%}, {report.seconds['total']:.2f}s")
     return report
 
-def _write_base(client: Client, database: str, rules: SignalRules, params: EstimatorParams, f: Fit, version: int,
-                ends: dict[tuple[str, int], int], now: int, cells: Future) -> dict:
-    """The rest of the base once its cells are written (`cells`, on the same side thread: already done)."""
-    cells.result()
+def _write_base(client: Client, database: str, rules: SignalRules, params: EstimatorParams,
+                model: slices.Model, version: int, ends: dict[tuple[str, int], int], now: int,
+                cells: Future | None) -> dict:
+    """The rest of the base once its cells are written (`cells`, on the same thread: already done)."""
+    if cells is not None:
+        cells.result()
     # In the body, not as a query parameter: the model outgrows a URL (the embedded endpoint answers 414).
-    client.insert(f"{database}.timing_models", [[version, incremental.model_json(f.decay, f.priors, f.clusters)]],
+    client.insert(f"{database}.timing_models",
+                  [[version, incremental.model_json(model.decay, model.priors, model.clusters)]],
                   column_names=["version", "model"])
     incremental.seed_open(client, database, rules, params, version, ends, now)
-    base = incremental.Base(version=version, built_ms=now, messages=int(f.stats.delivered.sum()), ends=ends,
+    base = incremental.Base(version=version, built_ms=now, messages=int(model.delivered), ends=ends,
                             merged_at=incremental.newest_merge(client, database))
     return incremental.base_metadata(base)
 
@@ -310,7 +346,8 @@ def write_curves(client: Client, database: str, f: Fit, version: int, changed: n
             send()
         if pending is not None:
             pending.result()
-    report.by_level = by_level
+    for name, count in by_level.items():
+        report.by_level[name] = report.by_level.get(name, 0) + count
 
 def _estimated_blocks(f: Fit, threads: int = ESTIMATE_THREADS, chunk: int = CHUNK) -> Iterator[tuple[int, int, tuple]]:
     """(lo, hi, f.curves(lo, hi)) for blocks of at most `chunk` people, in order, estimated `threads` blocks at a

@@ -81,17 +81,22 @@ class Messages:
 
 def message_rows(client: Client, database: str, rules: SignalRules, owners: str, params: EstimatorParams,
                  observed_before: datetime | None = None,
-                 ends: dict[tuple[str, int], int] | None = None) -> Messages:
+                 ends: dict[tuple[str, int], int] | None = None, part: tuple[int, int] | None = None) -> Messages:
     """The committed events' owned messages (messages_sql). observed_before: what is known is what happened
-    before it (default now)."""
+    before it (default now). part = (i, n): only the i-th of n slices of the messages (default: all of them,
+    in slices_for's count)."""
     ends = progress.committed_ends(client, database) if ends is None else ends
     observed = observed_before or datetime.now(UTC)
     bounds = {k: (0, e) for k, e in ends.items()}
-    n = slices_for(client, database)
+    if part is None:
+        n = slices_for(client, database)
+        parts = [(i, n) for i in range(n)]
+    else:
+        parts = [part]
     table = pa.concat_tables([client.query_arrow(messages_sql(database), parameters={
-        **rules.parameters(), **range_parameters(bounds, (i, n)), "owners": owners,
+        **rules.parameters(), **range_parameters(bounds, one), "owners": owners,
         "horizon_hours": params.horizon_hours, "observed_before_ms": int(observed.timestamp() * 1000), "since_ms": 0})
-        for i in range(n)])
+        for one in parts])
     col = {name: table.column(name).to_numpy() for name in ("p", "delivered_hour", "delivered_second", "wait",
                                                             "engaged")}
     totals = {name: int(pc.sum(table.column(name)).as_py() or 0)
