@@ -61,19 +61,20 @@ def test_calibration_per_window_size_bucket_and_engagement_map() -> None:
     assert batch.expected_engagement[0] == pytest.approx(0.1) and batch.candidates[0] == 24
 
 
-def test_within_person_sharpness_tells_real_contrasts_from_spurious_ones() -> None:
+def test_sharpness_tells_real_contrasts_from_spurious_ones_with_one_delivery_a_person() -> None:
     from sendflowr.timing.predictive import auc, scores, sharpness
 
     rng = np.random.default_rng(5)
-    people, per = 4000, 12
-    person = np.repeat(np.arange(people), per)
-    level = np.repeat(rng.uniform(0.1, 0.4, people), per)
-    contrast = rng.uniform(-0.08, 0.08, person.size)  # what the model predicts around each person's level
-    predicted = level + contrast
-    for real in (1.0, 0.5, 0.0):  # the truth has all, half or none of the predicted contrast
-        y = rng.random(person.size) < level + real * contrast
-        slope = sharpness(person, predicted, y)
-        assert abs(slope - real) < 0.15, (real, slope)
+    for per in (12, 1):  # a daily sender's hold-out, and a weekly one's: a single delivery a person
+        people = 48_000 // per
+        level = np.repeat(rng.uniform(0.1, 0.4, people), per)  # the person's curve mean
+        off = np.repeat(rng.uniform(-0.05, 0.05, people), per)  # the truth's level differs, whatever the hour
+        contrast = rng.uniform(-0.08, 0.08, level.size)  # what the curve predicts around its mean
+        for real in (1.0, 0.5, 0.0):  # the truth has all, half or none of the predicted contrast
+            y = rng.random(level.size) < level + off + real * contrast
+            slope = sharpness(level + contrast, level, y)
+            assert abs(slope - real) < 0.15, (per, real, slope)
+    assert sharpness(np.full(10, 0.2), np.full(10, 0.2), np.ones(10, bool)) == 1.0  # too few to tell
     assert auc(np.array([0.1, 0.4, 0.35, 0.8]), np.array([False, False, True, True])) == pytest.approx(0.75)
     s = scores(np.array([0.5, 0.5]), np.array([True, False]))
     assert s["log_loss"] == pytest.approx(np.log(2)) and s["brier"] == pytest.approx(0.25)

@@ -6,10 +6,10 @@ engaged within the horizon: its person's curve at the delivery hour. Scored agai
 Brier score and AUC, next to baselines (the global curve, the person's cohort curve, and the genuine-open-hour
 rule), with a reliability table of the predictions.
 
-The same held-out deliveries tell how much of the curve's shape is real: within each person, do deliveries at
-hours the curve rates higher get engaged more? `sharpness` is the slope of the outcome's deviation from the
-person's mean on the prediction's deviation (1: the hourly contrasts are as large as predicted; 0: the person
-engages alike whenever mail arrives). The confidence calibration reads it (sendflowr.timing.confidence): it
+The same held-out deliveries tell how much of the curve's shape is real: do deliveries at hours a person's curve
+rates higher get engaged more? `sharpness` is the slope of the outcome on the prediction, both as deviations from
+the person's curve mean (1: the hourly contrasts are as large as predicted; 0: the person engages alike whenever
+mail arrives). The confidence calibration reads it (sendflowr.timing.confidence): it
 is fitted on draws of the curve with its contrasts shrunk to what these held-out outcomes support.
 """
 
@@ -71,22 +71,18 @@ def reliability(p: np.ndarray, y: np.ndarray, bins: int = 10) -> list[tuple[floa
     return out
 
 
-def sharpness(person: np.ndarray, p: np.ndarray, y: np.ndarray) -> float:
-    """Within-person slope of outcomes on predictions (clipped to [0, 1]), from people with at least two held-out
-    deliveries; 1 when there are too few to tell."""
-    order = np.argsort(person, kind="stable")
-    person, p, y = person[order], p[order].astype(np.float64), y[order].astype(np.float64)
-    starts = np.flatnonzero(np.concatenate([[True], person[1:] != person[:-1]])) if person.size else np.zeros(0, int)
-    counts = np.diff(np.append(starts, person.size))
-    keep = np.repeat(counts >= 2, counts)
-    if keep.sum() < 50:
+def sharpness(p: np.ndarray, mean: np.ndarray, y: np.ndarray) -> float:
+    """Slope of outcomes on predictions, both as deviations from the person's curve mean (least squares with an
+    intercept, clipped to [0, 1]): how much of the curves' contrast between hours is real. Every held-out delivery
+    counts, a person's only one too (a weekly sender's two-week hold-out gives most people one or two); errors in
+    a person's level are noise here, not bias, as they do not follow the hour. 1 when there are too few to tell."""
+    if p.size < 50:
         return 1.0
-    idx = np.unique(np.repeat(np.arange(starts.size), counts)[keep], return_inverse=True)[1]
-    p, y = p[keep], y[keep]
-    dp = p - (np.bincount(idx, weights=p) / np.bincount(idx))[idx]
-    dy = y - (np.bincount(idx, weights=y) / np.bincount(idx))[idx]
+    dp = p.astype(np.float64) - mean
+    dy = y.astype(np.float64) - mean
+    dp -= dp.mean()
     denominator = float((dp * dp).sum())
-    return min(max(float((dp * dy).sum() / denominator), 0.0), 1.0) if denominator > 0 else 0.0
+    return min(max(float((dp * (dy - dy.mean())).sum() / denominator), 0.0), 1.0) if denominator > 0 else 0.0
 
 
 def isotonic_map(p: np.ndarray, y: np.ndarray, knots: int = 32) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -136,6 +132,7 @@ def evaluate_predictive(inputs, params, holdout_weeks: float = 2.0, recent: int 
         np.zeros(owners.size, bool)
     ours = np.empty(owners.size, np.float32)
     cohort = np.empty(owners.size, np.float32)
+    mean = np.empty(owners.size, np.float64)  # of the person's curve over the week
     person_rate = np.empty(owners.size, np.float64)
     rows = np.unique(known_owner[known])
     if rows.size:
@@ -143,6 +140,7 @@ def evaluate_predictive(inputs, params, holdout_weeks: float = 2.0, recent: int 
         curves = sub.curves()[0]
         at = np.searchsorted(rows, known_owner[known])
         ours[known] = curves[at, how[known]]
+        mean[known] = curves.mean(axis=1)[at]
         cohort[known] = f.priors.curves[f.cohort_index[rows][at], how[known]]
         rate = (f.stats.engaged[rows] + 1.0) / (f.stats.delivered[rows] + 1.0 / max(f.priors.global_curve.mean(),
                                                                                       EPS))
@@ -153,6 +151,7 @@ def evaluate_predictive(inputs, params, holdout_weeks: float = 2.0, recent: int 
         lookup = {name: i for i, name in enumerate(f.priors.cohorts)}
         index = np.array([lookup.get(name, 0) for name in names], dtype=np.int64)
         ours[unknown] = cohort[unknown] = f.priors.curves[index, how[unknown]]
+        mean[unknown] = f.priors.curves[index].mean(axis=1)
         person_rate[unknown] = f.priors.global_curve.mean()
     global_p = f.priors.global_curve[how]
     genuine = np.full(owners.size, -1)
@@ -165,7 +164,7 @@ def evaluate_predictive(inputs, params, holdout_weeks: float = 2.0, recent: int 
                    "person_rate": scores(person_rate, y),
                    "genuine_open_hour": {"auc": auc(match.astype(np.float64) + 1e-3 * person_rate, y)}}
     out.reliability = reliability(ours, y)
-    out.sharpness = sharpness(owners, ours, y)
+    out.sharpness = sharpness(ours, mean, y)
     out.calibration = isotonic_map(ours.astype(np.float64), y.astype(np.float64))
     return out
 
