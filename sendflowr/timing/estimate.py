@@ -33,7 +33,7 @@ class EstimatorParams:
     hour_bandwidth: float = 1.5  # Gaussian sigma (hours) of neighbouring-hour smoothing
     day_pooling: float = 0.7  # weight of the same hour on the other days of the week
     cohort_strength: float = 200.0  # pseudo-exposure per hour pulling a cohort toward the global rate
-    direct_strength: float = 5.0  # pseudo-deliveries the hazard model's value is worth against direct outcomes
+    direct_strength: float = 12.0  # pseudo-deliveries the hazard model's value is worth against direct outcomes
     pooling_strength: float = 20.0  # pseudo-engagements pulling a prior's hour toward its day-pooled rate
     horizon_hours: int = 168  # a message is followed this long after its delivery hour
     half_life_hours: float = 0.0  # a message's weight halves with this age (habits shift); 0: all weigh the same
