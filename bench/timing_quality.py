@@ -1,7 +1,7 @@
 """Decision quality on several differently configured synthetic worlds: the figures of docs/TIMING.md.
 
-    .venv/bin/python bench/timing_quality.py [--worlds a,b,c] [--people N] [--seed S] [--window-hours 24]
-                                             [--state DIR] [--decisions 200000]
+    .venv/bin/python bench/timing_quality.py [--worlds a,b,c] [--people N] [--seed S | --seeds 7,11,23]
+                                             [--window-hours 24] [--state DIR] [--decisions 200000]
 
 For each world (a preset of sendflowr.synth.presets): build it, load its events straight into a fresh database of
 a private chDB endpoint (sendflowr.timing.worldload, no Kafka), stitch identity, and run the evaluation
@@ -9,7 +9,8 @@ a private chDB endpoint (sendflowr.timing.worldload, no Kafka), stitch identity,
 before the held-out campaigns, and its decisions are scored under the world's true curves against every
 baseline. Prints per world and bucket the share of the oracle and the lift over each baseline with its 95%
 interval, the calibration error of the confidence the model derives from its own posterior, what the signal
-cleaning found against what really happened, and which of the issue's goals hold.
+cleaning found against what really happened, and which of the issue's goals hold. With --seeds, every world at
+every seed, then a summary across all of them (what a change must hold on, not one world).
 
 --state keeps the endpoint's data between invocations: a world already loaded there (same name, size and
 seed) is evaluated again without reloading. Nothing here is asserted: a missed goal is printed, not raised.
@@ -137,11 +138,36 @@ def print_world(name: str, report: EvalReport, truth: SignalTruth | None, cfg: d
     return missed
 
 
+def print_across(reports: dict[tuple[str, int], EvalReport]) -> None:
+    """Every world at every seed at once: per bucket and baseline, in how many worlds ours beats it with an
+    interval above zero (of those with the bucket judged), and the smallest and mean lift; the ECE's spread."""
+    print(f"\n# Across {len(reports)} worlds (presets x seeds); buckets of at least {MIN_BUCKET_DECISIONS:,} decisions")
+    print("| bucket | baseline | interval above zero | smallest lift | mean lift |")
+    print("|---|---|---|---|---|")
+    for _, _, bucket in BUCKETS + ((0, 0, "all"),):
+        for m in BASELINES:
+            lifts = []
+            for report in reports.values():
+                b = report.overall if bucket == "all" else report.buckets.get(bucket, {})
+                lift = b.get("lift", {}).get(m) if b.get("decisions", 0) >= MIN_BUCKET_DECISIONS else None
+                if lift is not None:
+                    lifts.append(lift)
+            if lifts:
+                above = sum(lift["ci95"][0] > 0 for lift in lifts)
+                print(f"| {bucket} | {SHORT[m]} | {above} of {len(lifts)} | {min(x['lift'] for x in lifts):+.1%} | "
+                      f"{sum(x['lift'] for x in lifts) / len(lifts):+.1%} |")
+    eces = [report.ece for report in reports.values()]
+    print(f"\nECE: at most 0.05 in {sum(e <= 0.05 for e in eces)} of {len(eces)} worlds; mean "
+          f"{sum(eces) / len(eces):.3f}, largest {max(eces):.3f}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--worlds", default=",".join(PRESETS), help=f"presets, of: {', '.join(PRESETS)}")
     parser.add_argument("--people", type=int, default=None, help="override every preset's people")
     parser.add_argument("--seed", type=int, default=None, help="override every preset's seed")
+    parser.add_argument("--seeds", default=None, help="several seeds, comma-separated (e.g. 7,11,23): every world at "
+                        "each, then a summary across all of them")
     parser.add_argument("--window-hours", type=int, default=24)
     parser.add_argument("--decisions", type=int, default=200_000)
     parser.add_argument("--state", type=Path, default=None, help="keep the endpoint's data here (reused)")
@@ -165,17 +191,23 @@ def main() -> int:
         except Exception:
             chdb_server.start_background(base)
             started_here = True
+        seeds = [int(x) for x in args.seeds.split(",")] if args.seeds else [args.seed]
         results = {}
-        for name in names:
-            print(f"world {name} ...", flush=True)
-            results[name] = world_report(base, name, args.people, args.seed, config, log=print)
+        for seed in seeds:
+            for name in names:
+                print(f"world {name}" + ("" if seed is None else f", seed {seed}") + " ...", flush=True)
+                results[(name, seed)] = world_report(base, name, args.people, seed, config, log=print)
         print(f"\n# Decision quality, {args.window_hours} h windows (lift = ours / baseline - 1, 95% interval over "
               "people)")
-        goals = {name: print_world(name, *results[name]) for name in names}
+        goals = {key: print_world(key[0] if len(seeds) == 1 else f"{key[0]}, seed {key[1]}", *results[key])
+                 for key in results}
         print("\n# Goals (every bucket beats every baseline with an interval above zero; 20+ beats the genuine-open "
               "rule by >= 5%; ECE <= 0.05)")
-        for name, missed in goals.items():
-            print(f"- {name}: " + ("all hold" if not missed else "MISSED: " + "; ".join(missed)))
+        for (name, seed), missed in goals.items():
+            label = name if len(seeds) == 1 else f"{name}, seed {seed}"
+            print(f"- {label}: " + ("all hold" if not missed else "MISSED: " + "; ".join(missed)))
+        if len(seeds) > 1:
+            print_across({key: value[0] for key, value in results.items()})
         return 0
     finally:
         if started_here and args.state is None:
