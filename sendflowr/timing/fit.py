@@ -30,7 +30,7 @@ from sendflowr.timing.estimate import (
 from sendflowr.timing.hazard import Decay, decay_from_sums
 from sendflowr.timing.owners import cohort_members, cohorts_by_index, owner_map, owner_persons
 from sendflowr.timing.signals import SignalRules
-from sendflowr.timing.stats import Messages, PersonStats, message_rows, person_stats
+from sendflowr.timing.stats import Messages, PersonStats, cell_positions, message_rows, person_stats
 
 CHUNK = 50_000  # people per [chunk, 168] block (a writer thread sends one while the next is estimated)
 ML_PRIOR_SAMPLE = 10_000  # data-rich people the ML prior's shapes are learned from
@@ -49,9 +49,7 @@ class Fit:
     def subset(self, rows: np.ndarray) -> Fit:
         """The same model over some people (rows of stats, ascending)."""
         st = self.stats
-        lengths = np.diff(st.offsets)[rows]
-        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-        take = np.repeat(st.offsets[rows] - offsets[:-1], lengths) + np.arange(offsets[-1])
+        offsets, take = cell_positions(st.offsets, rows)
         sub = PersonStats(universal_id=st.universal_id[rows], offsets=offsets, cell=st.cell[take],
                           messages=st.messages[take], events=st.events[take], fresh=st.fresh[take],
                           engaged=st.engaged[rows], delivered=st.delivered[rows], horizon=st.horizon)

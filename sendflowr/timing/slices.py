@@ -24,7 +24,6 @@ from datetime import datetime
 
 import numpy as np
 from clickhouse_connect.driver.client import Client
-from scipy import sparse
 
 from sendflowr.timing import incremental
 from sendflowr.timing.decide import HOURS
@@ -40,7 +39,7 @@ from sendflowr.timing.fit import Fit, ml_prior_of, model_from_sums, rich_sample
 from sendflowr.timing.hazard import Decay
 from sendflowr.timing.owners import cohort_members, cohorts_by_index, owner_map, owner_persons
 from sendflowr.timing.signals import SignalRules
-from sendflowr.timing.stats import PersonStats, message_rows, person_stats
+from sendflowr.timing.stats import PersonStats, cell_positions, message_rows, person_stats, summed_cells
 
 # People estimated per slice at most: what a slice adds to the partials is their full statistics and the
 # estimate's blocks (~0.3 GB for 500,000 people at 7 messages a person).
@@ -70,7 +69,6 @@ class SlicedBuild:
     persons: np.ndarray  # universal_id by owner index - 1
     people: np.ndarray  # owner indexes of the people with deliveries, ascending
     cohort: np.ndarray  # per owner index: row of priors.cohorts
-
     parts: list[Partial]
 
     def fits(self) -> Iterator[Fit]:
@@ -109,23 +107,18 @@ class Partial:
         at = np.searchsorted(self.owners, owners)
         rows = at[(at < self.owners.size) & (self.owners[np.minimum(at, self.owners.size - 1)] == owners)] \
             if self.owners.size else np.zeros(0, np.int64)
-        lengths = self.offsets[rows + 1] - self.offsets[rows]
-        starts = np.repeat(self.offsets[rows] - np.concatenate([[0], np.cumsum(lengths)[:-1]]), lengths)
-        flat = starts + np.arange(int(lengths.sum()))
-        return (np.repeat(self.owners[rows], lengths), self.cell[flat], self.messages[flat], self.events[flat],
-                self.fresh[flat])
+        offsets, flat = cell_positions(self.offsets, rows)
+        return (np.repeat(self.owners[rows], np.diff(offsets)), self.cell[flat], self.messages[flat],
+                self.events[flat], self.fresh[flat])
 
 
 def combine(parts: list[Partial], owners: np.ndarray, persons: np.ndarray, horizon: int) -> PersonStats:
     """PersonStats of these owners (ascending; every one with a cell in some part): their cells summed over the
-    parts, rows in owner order and cells sorted, as person_stats makes them (scipy's COO -> CSR sums)."""
+    parts, rows in owner order and cells sorted, as person_stats makes them (stats.summed_cells)."""
     taken = [part.take(owners) for part in parts]
     owner, cell, messages, events, fresh = (np.concatenate([t[i] for t in taken]) for i in range(5))
-    shape = (owners.size, HOURS * horizon)
-    coords = sparse.coo_matrix((messages, (np.searchsorted(owners, owner), cell.astype(np.int64))),
-                               shape=shape).coords
-    by_cell, by_events, by_fresh = (sparse.coo_matrix((v, coords), shape=shape).tocsr()
-                                    for v in (messages, events, fresh))
+    by_cell, by_events, by_fresh = summed_cells(np.searchsorted(owners, owner), cell.astype(np.int64),
+                                                (messages, events, fresh), (owners.size, HOURS * horizon))
     offsets = by_cell.indptr.astype(np.int64)
     if (np.diff(offsets) == 0).any():
         raise RuntimeError("timing: a person of the build has no statistics in any slice")

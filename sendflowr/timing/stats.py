@@ -166,6 +166,28 @@ class PersonStats:
         e.sum_duplicates()
         return s, e
 
+def summed_cells(row: np.ndarray, cell: np.ndarray, values: tuple[np.ndarray, ...],
+                 shape: tuple[int, int]) -> list[sparse.csr_matrix]:
+    """Each of `values` summed per (row, cell), as CSR matrices of one structure: scipy's COO -> CSR conversion (a
+    counting sort by row, in C), rows in order and cells sorted within them."""
+    coords = sparse.coo_matrix((values[0], (row, cell)), shape=shape).coords  # index arrays, converted once
+
+    def summed(v: np.ndarray) -> sparse.csr_matrix:
+        return sparse.coo_matrix((v, coords), shape=shape).tocsr()
+
+    # scipy's conversion releases the GIL: the sums run side by side (in a build, the engine waits then)
+    with ThreadPoolExecutor(max_workers=len(values), thread_name_prefix="timing-stats") as pool:
+        return list(pool.map(summed, values))
+
+
+def cell_positions(offsets: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For some rows (ascending) of flat per-row columns with these offsets: their new offsets and the positions of
+    their values in the flat columns."""
+    lengths = offsets[rows + 1] - offsets[rows]
+    new = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    return new, np.repeat(offsets[rows] - new[:-1], lengths) + np.arange(new[-1])
+
+
 def person_stats(m: Messages, persons: np.ndarray, params: EstimatorParams,
                  recent: int = 0) -> tuple[PersonStats, np.ndarray]:
     """Per-person sparse cell statistics, rows sorted by person (owner-map order, which is universal_id order) and
@@ -182,18 +204,9 @@ def person_stats(m: Messages, persons: np.ndarray, params: EstimatorParams,
         values = (w, engaged_flag * w, left * w)
     else:  # unweighted: no weighted copies (each is 8 bytes a message)
         values = (np.ones(n), engaged_flag, left)
-    # Sums per (person, cell) by scipy's COO -> CSR conversion (a counting sort by row, in C; the same coordinates
-    # give the same structure): the owner-map index is the row, so rows come out in universal_id order.
+    # the owner-map index is the row, so rows come out in universal_id order
     rows = int(p.max()) + 1 if n else 1
-
-    coords = sparse.coo_matrix((values[0], (p, cell)), shape=(rows, cells)).coords  # index arrays, converted once
-
-    def summed(values: np.ndarray) -> sparse.csr_matrix:
-        return sparse.coo_matrix((values, coords), shape=(rows, cells)).tocsr()
-
-    # scipy's conversion releases the GIL: the three sums run side by side (in a build, the engine waits then)
-    with ThreadPoolExecutor(max_workers=3, thread_name_prefix="timing-stats") as pool:
-        by_cell, by_events, by_fresh = pool.map(summed, values)
+    by_cell, by_events, by_fresh = summed_cells(p, cell, values, (rows, cells))
     lengths = np.diff(by_cell.indptr)
     present = np.flatnonzero(lengths)
     stats = PersonStats(universal_id=persons[present - 1],
