@@ -17,6 +17,7 @@ import numpy as np
 import pyarrow as pa
 from clickhouse_connect.driver.client import Client
 
+from sendflowr.arrays import lookup, unique
 from sendflowr.contract import IDENTIFIER_PRIORITY  # noqa: F401 (the order in which identifiers decide the person)
 from sendflowr.identity import graph
 from sendflowr.identity.graph import raw_hash, raw_hashes  # noqa: F401 (the API's lookup key of raw identifiers)
@@ -25,14 +26,6 @@ from sendflowr.sql_files import load_sql
 
 TYPE_CODE = {name: code for code, name in enumerate(graph.TYPE_NAMES)}
 _EMPTY = np.zeros(0, np.uint64)
-
-
-def _find(sorted_keys: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Positions of `keys` in `sorted_keys` and whether each was found (vectorized binary search)."""
-    if not len(sorted_keys):
-        return np.zeros(len(keys), np.int64), np.zeros(len(keys), bool)
-    at = np.minimum(np.searchsorted(sorted_keys, keys), len(sorted_keys) - 1)
-    return at, sorted_keys[at] == keys
 
 
 @dataclass(frozen=True)
@@ -115,7 +108,7 @@ class IdentityMap:
 
     def raw_nodes(self, hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(node key, known) per raw hash: known=False means stitching never saw that raw value."""
-        at, found = _find(self.raw_hash, hashes)
+        at, found = lookup(self.raw_hash, hashes)
         return np.where(found, self.raw_node[at] if len(self.raw_node) else 0, 0).astype(np.uint64), found
 
     def node_of_raw(self, h: int) -> int | None:
@@ -134,7 +127,7 @@ class IdentityMap:
 
     def node_uids(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(uint64 universal id of each node key, 0 for a node not in the graph; whether the node is shared)."""
-        at, found = _find(self.node_key, keys)
+        at, found = lookup(self.node_key, keys)
         if not len(self.node_key):
             return np.zeros(len(keys), np.uint64), np.zeros(len(keys), bool)
         return (np.where(found, self.node_uid[at], 0).astype(np.uint64),
@@ -142,9 +135,9 @@ class IdentityMap:
 
     def survivors(self, uids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Each id after following the merge log, and whether it is a known (live or merged) id."""
-        at, merged = _find(self.merged_old, uids)
+        at, merged = lookup(self.merged_old, uids)
         out = np.where(merged, self.merged_final[at] if len(self.merged_final) else 0, uids).astype(np.uint64)
-        _, live = _find(self.live_uid, uids)
+        _, live = lookup(self.live_uid, uids)
         return out, merged | live
 
     def universal_ids_of(self, uid: int) -> np.ndarray:
@@ -161,11 +154,11 @@ def follow_merges(old: np.ndarray, new: np.ndarray, live: np.ndarray) -> tuple[n
     # The latest row wins for an id merged more than once (it came back live and merged again).
     last = len(old) - 1 - np.unique(old[::-1], return_index=True)[1]
     old, new = old[last], new[last]  # np.unique sorts: old is sorted now
-    _, is_live = _find(live, old)
+    _, is_live = lookup(live, old)
     old, new = old[~is_live], new[~is_live]  # a live id is a person again: chains stop there
     final = new.copy()
     for _ in range(len(old)):
-        at, found = _find(old, final)
+        at, found = lookup(old, final)
         step = np.where(found, new[at], final)
         if (step == final).all():
             break
@@ -184,7 +177,7 @@ def load_identity_map(client: Client, database: str) -> IdentityMap:
     merges = client.query_arrow(load_sql("decisions/merge_log.sql", database), use_strings=True)
     node_key = nodes.column("node_key").to_numpy().astype(np.uint64)
     node_uid = _uids(nodes.column("universal_id"))
-    live = np.unique(node_uid)
+    live = unique(node_uid)
     merged_old, merged_final = follow_merges(_uids(merges.column("old_id")), _uids(merges.column("new_id")), live)
     return IdentityMap(
         node_key=node_key, node_uid=node_uid,

@@ -48,6 +48,7 @@ import pyarrow as pa
 from scipy.sparse import csr_matrix
 from scipy.sparse.csgraph import connected_components
 
+from sendflowr.arrays import lookup, unique
 from sendflowr.contract import IDENTIFIER_PRIORITY, IDENTIFIER_TYPES
 
 TYPE_NAMES = IDENTIFIER_TYPES  # type code = position
@@ -306,7 +307,7 @@ def _shared_nodes(n: int, src: np.ndarray, dst: np.ndarray, ntype: np.ndarray, l
         hit = np.flatnonzero((cand[src] | cand[dst]) & (src != dst))
         mine, other = np.r_[src[hit], dst[hit]], np.r_[dst[hit], src[hit]]
         keep = cand[mine]
-        pairs = np.unique(mine[keep] * n + other[keep])
+        pairs = unique(mine[keep] * n + other[keep])
         node, nbr = pairs // n, pairs % n
         rows = np.bincount(node * N_TYPES + ntype[nbr], minlength=n * N_TYPES)
         shared[np.flatnonzero(rows > limit) // N_TYPES] = True
@@ -499,7 +500,7 @@ def _peel(nodes: Nodes, cluster: np.ndarray, xs: np.ndarray, yi: np.ndarray, yj:
         np.minimum.at(best, x, st)
         # involvement: conflicts a node stands between, plus conflicts it is evidence of
         involved = np.bincount(np.r_[x, yi[live], yj[live]], minlength=n)
-        cand = np.unique(x)
+        cand = unique(x)
         order = np.lexsort((nodes.node_key[cand], suspicion[cand], best[cand], -involved[cand], cluster[cand]))
         cand = cand[order]
         first = cand[np.r_[True, cluster[cand][1:] != cluster[cand][:-1]]]  # the top candidate per cluster
@@ -516,7 +517,7 @@ def _vouched_together(n: int, s: np.ndarray, d: np.ndarray, ntype: np.ndarray, v
         return out
     a, b = np.r_[s, d], np.r_[d, s]
     m = vouches[ntype[b], ntype[a]]
-    held = np.unique(a[m] * n + b[m])  # (node, neighbour vouching for it), sorted
+    held = unique(a[m] * n + b[m])  # (node, neighbour vouching for it), sorted
     if not len(held):
         return out
     owner = held // n
@@ -526,8 +527,7 @@ def _vouched_together(n: int, s: np.ndarray, d: np.ndarray, ntype: np.ndarray, v
     at = np.repeat(lo, deg) + np.arange(len(pair)) - np.repeat(np.cumsum(deg) - deg, deg)
     p = held[at] % n
     want = yj[pair] * n + p
-    k = np.minimum(np.searchsorted(held, want), len(held) - 1)
-    common = (held[k] == want) & (p != xs[pair])
+    common = lookup(held, want)[1] & (p != xs[pair])
     out[pair[common]] = True
     return out
 
@@ -695,8 +695,7 @@ def previous_ids(node_key: np.ndarray, previous) -> np.ndarray:
     ids = ids.astype(np.uint64)
     order = np.argsort(keys, kind="stable")
     keys, ids = keys[order], ids[order]
-    at = np.minimum(np.searchsorted(keys, node_key), max(len(keys) - 1, 0))
-    found = (keys[at] == node_key) if len(keys) else np.zeros(len(node_key), bool)
+    at, found = lookup(keys, node_key)
     return np.where(found, ids[at] if len(keys) else 0, np.uint64(0)).astype(np.uint64)
 
 

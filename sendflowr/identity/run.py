@@ -37,6 +37,7 @@ import pyarrow.compute as pc
 from clickhouse_connect.driver.client import Client
 
 from sendflowr import lease, progress
+from sendflowr.arrays import lookup, unique
 from sendflowr.identity import graph
 from sendflowr.identity.graph import REASONS, TYPE_NAMES, Edges, Guards, Nodes
 from sendflowr.identity.normalize import DEFAULT_RULES, NormalizationRules, normalize_many
@@ -130,8 +131,11 @@ def _run(client: Client, database: str, rules: NormalizationRules, guards: Guard
         log(f"{report.new_events} new events in {len(bounds)} partition(s): " + ", ".join(
             f"{t}[{p}] {s}..{e}" for (t, p), (s, e) in bounds.items()))
         # (b) normalize the distinct unseen identifiers, (c) node times and edges
+        whole_graph = not int(client.command(f"SELECT count() FROM {database}.identity_identifiers"))
         _normalize_unseen(client, database, rules, run_id, report, log)
-        for name in ("insert_run_nodes", "insert_node_seen", "insert_run_edges"):
+        # every known identifier is then the run's: its join need not cut them to the run's first
+        client.command(_sql("insert_run_nodes", database), parameters={"whole_graph": int(whole_graph)})
+        for name in ("insert_node_seen", "insert_run_edges"):
             client.command(_sql(name, database))
         new_pairs = int(client.command(_sql("new_pair_count", database)))
         for name in ("insert_edges", "insert_touched"):
@@ -185,7 +189,7 @@ def _cluster_slices(client: Client, database: str, n_slices: int) -> list[np.nda
         f"SELECT DISTINCT node_key FROM {database}.identity_region WHERE boundary = 0"), "node_key").astype(np.uint64))
     n = len(keys)
     et = client.query_arrow(f"SELECT src, dst FROM {database}.identity_edges")
-    (src, src_in), (dst, dst_in) = (_positions(keys, _col(et, name).astype(np.uint64, copy=False))
+    (src, src_in), (dst, dst_in) = (lookup(keys, _col(et, name).astype(np.uint64, copy=False))
                                     for name in ("src", "dst"))
     del et
     inside = src_in & dst_in
@@ -195,12 +199,6 @@ def _cluster_slices(client: Client, database: str, n_slices: int) -> list[np.nda
     order = np.argsort(part, kind="stable")
     cuts = np.searchsorted(part[order], np.arange(n_slices + 1))
     return [keys[order[a:b]] for a, b in zip(cuts[:-1], cuts[1:], strict=True) if b > a]
-
-
-def _positions(keys: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Index of each value in the sorted `keys`, and whether it is there at all (the index is clipped if not)."""
-    at = np.minimum(np.searchsorted(keys, values), max(len(keys) - 1, 0))
-    return at, (keys[at] == values) if len(keys) else np.zeros(len(values), bool)
 
 
 def _last_totals(client: Client, database: str, full_rebuild: bool, report: IdentityReport) -> None:
@@ -324,14 +322,14 @@ def _stitch_region(client: Client, database: str, guards: Guards, run_id: str, r
     src_key = _col(et, "src").astype(np.uint64)
     dst_key = _col(et, "dst").astype(np.uint64)
     # boundary: the other endpoints of the region's edges (region keys come back as boundary = 0 by min())
-    ends = np.unique(np.concatenate([src_key, dst_key]))
+    ends = unique(np.concatenate([src_key, dst_key]))
     if len(ends):
         client.insert_arrow(f"{database}.identity_region", pa.table({
             "node_key": pa.array(ends, pa.uint64()), "boundary": pa.array(np.ones(len(ends), np.uint8))}))
     nt = client.query_arrow(_sql("region_nodes", database), use_strings=True)
     node_key = _col(nt, "node_key").astype(np.uint64)
     n = len(node_key)
-    (src, src_known), (dst, dst_known) = _positions(node_key, src_key), _positions(node_key, dst_key)
+    (src, src_known), (dst, dst_known) = lookup(node_key, src_key), lookup(node_key, dst_key)
     known = src_known & dst_known
     src, dst, src_key, dst_key = src[known], dst[known], src_key[known], dst_key[known]
     in_region = _col(nt, "boundary") == 0
@@ -390,7 +388,7 @@ def _stitch_region(client: Client, database: str, guards: Guards, run_id: str, r
     # Totals: a person lies wholly inside or outside the region, so the region's before/after difference is
     # the whole graph's.
     people_after = np.unique(uid_int, return_counts=True)[1]
-    people_before = len(np.unique(prev[region][found])) if not full_rebuild else 0
+    people_before = len(unique(prev[region][found])) if not full_rebuild else 0
     report.nodes_total += len(region) if full_rebuild else int((~found).sum())
     report.people_total = report.people_total - people_before + len(people_after)
     report.largest_person = max(report.largest_person, int(people_after.max(initial=0)))
