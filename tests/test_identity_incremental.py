@@ -323,3 +323,44 @@ def test_a_full_rebuild_in_slices_equals_one_in_a_single_slice(settings: Setting
     values = {v for (v,) in ch.query(f"SELECT value FROM {db}.identity_nodes").result_rows}  # without FINAL
     assert dropped and not values & dropped  # deleted, not only superseded
     assert ch.command(f"SELECT count() FROM {db}.identity_nodes") == len(sliced_graph)
+
+
+def test_pairs_resolve_under_the_first_seed_without_a_hash_collision(settings: Settings, ch,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """The run's key map (sql/identity/run_keys_table.sql) is keyed by a seeded 64-bit hash: when a seed's hashes
+    collide the run takes the next one, and map and probes agree on it; when every seed collides the run stops
+    loudly and leaves no map behind. Collisions are forced by refusing seeds 0 and 1 (then all of them)."""
+    db = settings.clickhouse_database
+    quiet = lambda _: None  # noqa: E731
+    for batch in world(6, batches=2):
+        produce_all(settings, [(None, json.dumps(e).encode()) for e in batch])
+    ingest_once(settings, ch, IngestOptions(until_caught_up=True), log=quiet)
+    stitch_once(settings, ch, log=quiet)
+    edges_sql = f"SELECT src, dst, sum(events) FROM {db}.identity_edges GROUP BY src, dst ORDER BY src, dst"
+    first_graph, first_edges = _graph(ch, db), ch.query(edges_sql).result_rows
+    assert len(first_edges) > 100
+
+    original, used = run_module._sql, []
+
+    def refusing(lowest: int):
+        def sql(name: str, database: str) -> str:
+            if name == "run_keys_distinct":
+                return f"SELECT {{seed:UInt64}} >= {lowest}"
+            if name == "insert_run_keys":
+                used.append(name)
+            return original(name, database)
+        return sql
+
+    monkeypatch.setattr(run_module, "_sql", refusing(2))
+    commands = []
+    real_command = ch.command
+    monkeypatch.setattr(ch, "command", lambda sql, *a, **k: (commands.append(k.get("parameters")), real_command(
+        sql, *a, **k))[1])
+    stitch_once(settings, ch, full_rebuild=True, log=quiet)
+    assert used and {"seed": 2} in commands and {"seed": 0} in commands  # tried 0, built under 2
+    assert _graph(ch, db) == first_graph and ch.query(edges_sql).result_rows == first_edges
+
+    monkeypatch.setattr(run_module, "_sql", refusing(run_module.KEY_SEEDS))
+    with pytest.raises(RuntimeError, match="share a 64-bit hash"):
+        stitch_once(settings, ch, full_rebuild=True, log=quiet)
+    assert not real_command(f"EXISTS TABLE {db}.identity_run_keys")

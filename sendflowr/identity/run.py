@@ -47,6 +47,9 @@ from sendflowr.sql_files import load_sql
 DERIVED_TABLES = ("identity_identifiers", "identity_edges", "identity_node_seen", "identity_blocked",
                   "identity_progress")  # truncated by a full rebuild (identity_nodes: rewritten, the rest deleted)
 SCRATCH_TABLES = ("identity_run_identifiers", "identity_run_nodes", "identity_run_edges", "identity_region")
+# Seeds tried for the run's key map until its identifiers' 64-bit hashes are distinct: one collision among 30M
+# identifiers has a probability of ~2.4e-5, so a second seed is rarely needed and a fourth never.
+KEY_SEEDS = 4
 IDENTITY_LEASE = "identity:graph"  # ':' is not allowed in Kafka topic names, so it never meets a real topic
 LEASE_TTL = timedelta(hours=1)
 # A larger region (a full rebuild, the first run) is stitched in slices of whole clusters of about this many
@@ -135,8 +138,8 @@ def _run(client: Client, database: str, rules: NormalizationRules, guards: Guard
         _normalize_unseen(client, database, rules, run_id, report, log)
         # every known identifier is then the run's: its join need not cut them to the run's first
         client.command(_sql("insert_run_nodes", database), parameters={"whole_graph": int(whole_graph)})
-        for name in ("insert_node_seen", "insert_run_edges"):
-            client.command(_sql(name, database))
+        client.command(_sql("insert_node_seen", database))
+        _insert_run_edges(client, database)
         new_pairs = int(client.command(_sql("new_pair_count", database)))
         for name in ("insert_edges", "insert_touched"):
             client.command(_sql(name, database))
@@ -199,6 +202,22 @@ def _cluster_slices(client: Client, database: str, n_slices: int) -> list[np.nda
     order = np.argsort(part, kind="stable")
     cuts = np.searchsorted(part[order], np.arange(n_slices + 1))
     return [keys[order[a:b]] for a, b in zip(cuts[:-1], cuts[1:], strict=True) if b > a]
+
+
+def _insert_run_edges(client: Client, database: str) -> None:
+    """The run's pairs resolved to node keys through its key map (sql/identity/run_keys_table.sql), under the first
+    seed that gives the run's identifiers distinct hashes; the map is dropped afterwards (it lives in memory)."""
+    seed = next((s for s in range(KEY_SEEDS)
+                 if int(client.command(_sql("run_keys_distinct", database), parameters={"seed": s}))), None)
+    if seed is None:
+        raise RuntimeError(f"identity: the run's identifiers share a 64-bit hash under each of {KEY_SEEDS} seeds")
+    client.command(f"DROP TABLE IF EXISTS {database}.identity_run_keys")  # a killed run's, if any
+    client.command(_sql("run_keys_table", database))
+    try:
+        client.command(_sql("insert_run_keys", database), parameters={"seed": seed})
+        client.command(_sql("insert_run_edges", database), parameters={"seed": seed})
+    finally:
+        client.command(f"DROP TABLE IF EXISTS {database}.identity_run_keys")
 
 
 def _last_totals(client: Client, database: str, full_rebuild: bool, report: IdentityReport) -> None:
