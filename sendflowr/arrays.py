@@ -21,7 +21,8 @@ def unique(values: np.ndarray) -> np.ndarray:
 
 
 def lookup(keys: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Index of each value in the ascending `keys` (the last index when it is absent) and whether it is there.
+    """Index of each value in the ascending `keys` (where it would go, at most the last index, when it is absent)
+    and whether it is there.
     The values are searched in ascending order, so consecutive searches walk the keys forward."""
     values = np.asarray(values)
     at, found = np.zeros(values.size, np.int64), np.zeros(values.size, bool)
