@@ -30,6 +30,7 @@ import numpy as np
 import pyarrow as pa
 from clickhouse_connect.driver.client import Client
 
+from sendflowr.arrays import lookup
 from sendflowr.decisions.identity_map import IdentityMap, identity_stamp
 from sendflowr.decisions.identity_part import identity_from_part, write_identity
 from sendflowr.decisions.snapshot_store import Part, PartStore
@@ -82,9 +83,9 @@ class DecisionSnapshot:
         """Row in the timing columns of each universal id, and whether it has one."""
         if not len(self.timing_uid):
             return np.zeros(len(uids), np.int64), np.zeros(len(uids), bool)
-        at = np.minimum(np.searchsorted(self.timing_uid, uids), len(self.timing_uid) - 1)
+        at, found = lookup(self.timing_uid, uids)
         rows = self._timing_rows  # type: ignore[attr-defined]
-        return (at if rows is None else rows[at]), self.timing_uid[at] == uids
+        return (at if rows is None else rows[at]), found
 
     def timing_row(self, uid: int) -> int | None:
         """Scalar `timing_rows` for the single-decision path."""

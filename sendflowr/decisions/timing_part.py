@@ -21,6 +21,7 @@ import numpy as np
 import pyarrow as pa
 from clickhouse_connect.driver.client import Client
 
+from sendflowr.arrays import lookup
 from sendflowr.decisions.columns import Ascending, ColumnWriter, block, uid_column, values
 from sendflowr.decisions.snapshot_store import Part
 from sendflowr.identity import graph
@@ -85,8 +86,7 @@ class CompactTiming(TimingSnapshot):
 
     def positions(self, universal_ids) -> np.ndarray:
         ids = graph.parse_uid(np.asarray(universal_ids, dtype="U19")) if len(universal_ids) else self.uid[:0]
-        at = np.minimum(np.searchsorted(self.uid, ids), max(len(self.uid) - 1, 0))
-        found = (self.uid[at] == ids) if len(self.uid) else np.zeros(len(ids), bool)
+        at, found = lookup(self.uid, ids)
         return np.where(found, at, -1).astype(np.int64)
 
 

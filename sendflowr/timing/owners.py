@@ -12,6 +12,7 @@ import numpy as np
 import pyarrow as pa
 from clickhouse_connect.driver.client import Client
 
+from sendflowr.arrays import lookup
 from sendflowr.contract import IDENTIFIER_TYPES
 from sendflowr.sql_files import load_sql
 from sendflowr.timing.scratch import people_table
@@ -86,8 +87,7 @@ def person_cohorts(client: Client, database: str, universal_id: np.ndarray) -> t
     label = np.where(code != "", PHONE_COHORT + code, np.where(domain != "", EMAIL_COHORT + domain, ""))
     order = np.argsort(ids)
     ids, label = ids[order], label[order]
-    at = np.minimum(np.searchsorted(ids, universal_id), max(len(ids) - 1, 0))
-    found = (ids[at] == universal_id) if len(ids) else np.zeros(len(universal_id), dtype=bool)
+    at, found = lookup(ids, universal_id)
     person_label = np.where(found, label[at] if len(ids) else "", "")
     names, codes = np.unique(np.concatenate([[""], person_label]).astype(str), return_inverse=True)
     return codes[1:].astype(np.int64), names.tolist()

@@ -25,6 +25,7 @@ from datetime import datetime
 import numpy as np
 from clickhouse_connect.driver.client import Client
 
+from sendflowr.arrays import lookup
 from sendflowr.timing import incremental
 from sendflowr.timing.decide import HOURS
 from sendflowr.timing.estimate import (
@@ -104,9 +105,8 @@ class Partial:
 
     def take(self, owners: np.ndarray) -> tuple[np.ndarray, ...]:
         """(owner index, cell, messages, events, fresh) of every cell of these owners (ascending)."""
-        at = np.searchsorted(self.owners, owners)
-        rows = at[(at < self.owners.size) & (self.owners[np.minimum(at, self.owners.size - 1)] == owners)] \
-            if self.owners.size else np.zeros(0, np.int64)
+        at, found = lookup(self.owners, owners)
+        rows = at[found]
         offsets, flat = cell_positions(self.offsets, rows)
         return (np.repeat(self.owners[rows], np.diff(offsets)), self.cell[flat], self.messages[flat],
                 self.events[flat], self.fresh[flat])

@@ -17,6 +17,7 @@ import numpy as np
 import pyarrow as pa
 from clickhouse_connect.driver.client import Client
 
+from sendflowr.arrays import lookup
 from sendflowr.timing.decide import HOURS, Calibration
 from sendflowr.timing.versions import committed
 
@@ -49,8 +50,8 @@ class TimingSnapshot:
         ids = np.asarray(universal_ids, dtype=object)
         if len(self) == 0:
             return np.full(ids.shape[0], -1, dtype=np.int64)
-        at = np.minimum(np.searchsorted(self.universal_id, ids), len(self) - 1)
-        return np.where(self.universal_id[at] == ids, at, -1).astype(np.int64)
+        at, found = lookup(self.universal_id, ids)
+        return np.where(found, at, -1).astype(np.int64)
 
 
 def _strings(column: pa.ChunkedArray) -> np.ndarray:
