@@ -78,3 +78,27 @@ def test_unreachable_clickhouse_is_a_clear_error(base_settings: Settings) -> Non
 
     with pytest.raises(ClickHouseUnavailable, match="did not answer"):
         apply_migrations(nowhere, wait=1)
+
+
+def test_event_ids_written_before_the_hash_column_are_found_by_it(fresh: Settings, tmp_path: Path) -> None:
+    """Migration 0018 adds `id_hash`, which the duplicate check probes first (sql/ingest/known_ids.sql): ids
+    ingested before it must answer that probe exactly like later ones, whether their part was rewritten yet or
+    not."""
+    earlier = [m for m in discover() if m.version < 18]
+    for migration in earlier:
+        (tmp_path / migration.path.name).write_text(migration.path.read_text())
+    apply_migrations(fresh, tmp_path)
+    client, db = get_client(fresh), fresh.clickhouse_database
+    client.command(f"INSERT INTO {db}.event_ids (event_id, kafka_topic, kafka_partition, kafka_offset) "
+                   "SELECT concat('old-', toString(number)), 't', 0, number FROM numbers(1000)")
+    assert apply_migrations(fresh) == ["0018_event_ids_hash.sql"]
+    client.command(f"INSERT INTO {db}.event_ids (event_id, kafka_topic, kafka_partition, kafka_offset) "
+                   "SELECT concat('new-', toString(number)), 't', 1, number FROM numbers(1000)")
+    [(agree, rows)] = client.query(f"SELECT countIf(id_hash = cityHash64(event_id)), count() FROM {db}.event_ids")\
+        .result_rows
+    assert (agree, rows) == (2000, 2000)
+    probe = ["old-7", "new-7", "old-999", "never-seen"]
+    found = client.query(f"SELECT event_id FROM {db}.event_ids PREWHERE id_hash IN "
+                         "(SELECT cityHash64(arrayJoin({ids:Array(String)}))) ORDER BY event_id",
+                         parameters={"ids": probe}).result_rows
+    assert [r[0] for r in found] == ["new-7", "old-7", "old-999"]
