@@ -155,10 +155,15 @@ def _writer(settings: Settings, slot: Slot, attempt_messages: int, ready, go, re
                  usage.ru_maxrss * 1024))
 
 
+def writers_database(writers: int) -> str:
+    """The database bench_writers ingests into (kept between its calls: a second call ingests what is new)."""
+    return f"bench_w{writers}"
+
+
 def bench_writers(settings: Settings, writers: int, attempt_messages: int) -> tuple[float, int, float, int]:
     """Wall time from the first writer's start to the last one's end, the messages they read, the writers' CPU
     seconds while ingesting (all of them) and the largest writer's peak RSS in bytes (since it started)."""
-    settings = settings.model_copy(update={"clickhouse_database": f"bench_w{writers}"})
+    settings = settings.model_copy(update={"clickhouse_database": writers_database(writers)})
     apply_migrations(settings)
     context = multiprocessing.get_context("spawn")
     ready, results, go = context.Queue(), context.Queue(), context.Event()

@@ -7,7 +7,9 @@ For each size (people), on a fresh private chDB endpoint (own port, temp home), 
 
 1. ingest: `--ingest-per-person` events a person from the synthetic world produced to a fresh topic of a local
    broker (not timed), then ingested by one writer, `ingest_once` end to end (bench/ingest.py's writer process);
-   Kafka is the subject here, so this stage has its own, smaller event count;
+   Kafka is the subject here, so this stage has its own, smaller event count; then ingestion +1%: the event ids of
+   the size's whole history (`--events-per-person` a person, written inside ClickHouse, not timed) and 1% of that
+   many new events produced and ingested by one writer, whose duplicate check reads that history every attempt;
 2. the events of the other stages are generated inside ClickHouse (INSERT ... SELECT FROM numbers(), not timed)
    with bench/timing.py's generator: messages of ~3 events, `--events-per-person` events a person, and identifiers
    as bench/identity.py's world has them (email always; a Klaviyo id for 80% of people, a phone for 60% and an
@@ -66,9 +68,9 @@ from sendflowr.settings import Settings
 from sendflowr.timing.run import materialize
 
 STAGES = ("ingest", "identity", "timing", "api")
-ROWS = ("ingestion (1 writer)", "identity full", "identity I/O floor", "identity +1%", "timing full", "timing +1%",
-        "API snapshot load", "API single p99", "API 10k batch")
-STAGE_ROWS = {"ingest": ROWS[:1], "identity": ROWS[1:4], "timing": ROWS[4:6], "api": ROWS[4:5] + ROWS[6:]}
+ROWS = ("ingestion (1 writer)", "ingestion +1%", "identity full", "identity I/O floor", "identity +1%", "timing full",
+        "timing +1%", "API snapshot load", "API single p99", "API 10k batch")
+STAGE_ROWS = {"ingest": ROWS[:2], "identity": ROWS[2:5], "timing": ROWS[5:7], "api": ROWS[5:6] + ROWS[7:]}
 LATENCY_ROWS = ("API single p99", "API 10k batch")  # per decision: no CPU or memory of their own
 ANCHOR_ROWS = ("identity I/O floor",)  # a reference for a stage, not a stage: no goal of its own
 EXPONENT_GOAL = 1.1
@@ -224,8 +226,11 @@ def du(path: Path) -> int:
     return int(subprocess.run(["du", "-sb", str(path)], capture_output=True, text=True).stdout.split()[0])
 
 
-def stage_ingest(settings: Settings, events: int, seed: int) -> Cost:
-    """Produce `events` synthetic events (not timed), then one writer ingests them end to end."""
+def stage_ingest(settings: Settings, events: int, history: int, seed: int) -> tuple[Cost, Cost]:
+    """Produce `events` synthetic events (not timed), then one writer ingests them end to end; then ingestion +1%:
+    the event ids of a size's whole history (`history` ids, written inside ClickHouse as ingestion would have left
+    them, not timed) and 1% of that many new events produced (not timed) and ingested by one writer, whose duplicate
+    check reads that history once per attempt (docs/INGESTION.md, "Duplicates")."""
     settings = settings.model_copy(update={
         "kafka_bootstrap_servers": f"127.0.0.1:{free_port()}", "kafka_controller_port": free_port(),
         "kafka_partitions": 4, "kafka_topic": f"bench-scale-{uuid.uuid4().hex[:8]}"})
@@ -233,19 +238,35 @@ def stage_ingest(settings: Settings, events: int, seed: int) -> Cost:
     try:
         kafka.start()
         ensure_topic(settings)
-        started = time.perf_counter()
-        produced = ingest.produce_events(settings, events, seed)
-        print(f"  produced {produced:,} events to Kafka in {time.perf_counter() - started:.1f}s (not timed)",
-              flush=True)
         server = processes.running_pid(settings, chdb_server.PROCESS_NAME)
         endpoint, broker = timing.Cpu(server), timing.Cpu(int(kafka.pid_file.read_text()))
-        reset_peak(server)
-        (c0, _), (b0, _) = endpoint.now(), broker.now()
-        wall, read, writer_cpu, writer_peak = ingest.bench_writers(settings, 1, IngestOptions.attempt_messages)
-        (c1, _), (b1, _) = endpoint.now(), broker.now()
-        return Cost(wall, writer_cpu + c1 - c0, writer_peak, peak_rss(server),
-                    f"{read / wall:,.0f} ev/s wall, {read / (writer_cpu + c1 - c0):,.0f} ev per CPU-s; "
-                    f"broker +{b1 - b0:.1f} CPU-s")
+
+        def ingest_produced(count: int, produce_seed: int) -> Cost:
+            started = time.perf_counter()
+            produced = ingest.produce_events(settings, count, produce_seed)
+            print(f"  produced {produced:,} events to Kafka in {time.perf_counter() - started:.1f}s (not timed)",
+                  flush=True)
+            reset_peak(server)
+            (c0, _), (b0, _) = endpoint.now(), broker.now()
+            wall, read, writer_cpu, writer_peak = ingest.bench_writers(settings, 1, IngestOptions.attempt_messages)
+            (c1, _), (b1, _) = endpoint.now(), broker.now()
+            return Cost(wall, writer_cpu + c1 - c0, writer_peak, peak_rss(server),
+                        f"{read / wall:,.0f} ev/s wall, {read / (writer_cpu + c1 - c0):,.0f} ev per CPU-s; "
+                        f"broker +{b1 - b0:.1f} CPU-s")
+
+        first = ingest_produced(events, seed)
+        client = get_client(settings.model_copy(update={"clickhouse_database": ingest.writers_database(1)}))
+        held = int(client.command("SELECT count() FROM event_ids"))
+        started = time.perf_counter()
+        for start in range(held, history, 10_000_000):  # ULID-like ids no produced event carries
+            client.command("INSERT INTO event_ids (event_id, kafka_topic, kafka_partition, kafka_offset) "
+                           "SELECT concat('01H', leftPad(hex(cityHash64(number, 11)), 23, '0')), 'history', "
+                           f"number % 4, number FROM numbers({start}, {min(10_000_000, history - start)})")
+        timing.settle(client, ingest.writers_database(1))
+        print(f"  {history:,} event ids of history held ({time.perf_counter() - started:.1f}s, not timed)", flush=True)
+        more = ingest_produced(max(history // 100, 1), seed + 1)
+        return first, Cost(more.wall, more.cpu, more.peak_py, more.peak_chdb,
+                           f"onto {history:,} ids held: {more.note}")
     finally:
         kafka.stop()
 
@@ -306,8 +327,11 @@ def run_size(people: int, args, stages: set[str]) -> tuple[dict[str, Cost], int]
         db = settings.clickhouse_database
         ep = Endpoint(settings, pid)
         if "ingest" in stages:
-            record("ingestion (1 writer)", stage_ingest(settings, people * args.ingest_per_person, args.seed))
-            ep.client.command("DROP DATABASE IF EXISTS bench_w1 SYNC")
+            first, more = stage_ingest(settings, people * args.ingest_per_person, people * args.events_per_person,
+                                       args.seed)
+            record("ingestion (1 writer)", first)
+            record("ingestion +1%", more)
+            ep.client.command(f"DROP DATABASE IF EXISTS {ingest.writers_database(1)} SYNC")
         if not stages & {"identity", "timing", "api"}:
             return costs, 0
 
