@@ -1,13 +1,14 @@
 """The duplicate check's cost against the size of the event-id history (docs/INGESTION.md, "Duplicates").
 
     .venv/bin/python bench/known_ids.py [--history 1000000,4000000,16000000] [--attempt 200000] [--rounds 3]
+                                        [--redelivered 0.01]
 
 Every attempt looks up which of its event ids `event_ids` already holds (sql/ingest/known_ids.sql): random ids
 give the primary index nothing to skip, so the lookup reads the whole history once per attempt, and a run's total
 grows with the square of what it ingests. On a private chDB endpoint with the migrations applied, for each history
 size: `event_ids` filled with that many ULID-like ids (generated inside ClickHouse, merged to one part per partition,
-not timed), one attempt of `--attempt` staged messages, 1% of them redeliveries of earlier ids; then, alternated
-`--rounds` times, the endpoint's CPU for
+not timed), one attempt of `--attempt` staged messages, `--redelivered` of them (1%) redeliveries of earlier ids;
+then, alternated `--rounds` times, the endpoint's CPU for
 
 - the lookup as it runs (sendflowr's EventsSink statement: the 8-byte `id_hash` first, the ids where it matched);
 - the anchor: the same lookup probing the id strings themselves (the statement before migration 0018).
@@ -43,14 +44,14 @@ def fill_history(client, database: str, start: int, end: int) -> None:
     client.command(f"OPTIMIZE TABLE {database}.event_ids FINAL")
 
 
-def stage_attempt(client, database: str, history: int, size: int) -> int:
-    """`size` valid staged messages past the history's offsets, 1% of them copies of ids already in it."""
+def stage_attempt(client, database: str, history: int, size: int, share: float) -> int:
+    """`size` valid staged messages past the history's offsets, `share` of them copies of ids already in it."""
     client.command(f"ALTER TABLE {database}.ingest_staging DELETE WHERE attempt_id = '{ATTEMPT}'")
-    resent = size // 100
+    resent = int(size * share)
     client.command(
         f"INSERT INTO {database}.ingest_staging (attempt_id, kafka_topic, kafka_partition, kafka_offset, event_id, "
         f"reason) SELECT '{ATTEMPT}', '{TOPIC}', number % 4, {history} + intDiv(number, 4), "
-        f"if(number < {resent}, {ID.format(n=f'intDiv(number * {history}, {resent})', salt=1)}, "
+        f"if(number < {resent}, {ID.format(n=f'intDiv(number * {history}, {max(resent, 1)})', salt=1)}, "
         f"{ID.format(n='number', salt=2)}), '' FROM numbers({size})")
     return resent
 
@@ -74,6 +75,7 @@ def main() -> int:
     parser.add_argument("--history", default="1000000,4000000,16000000", help="event ids already held, ascending")
     parser.add_argument("--attempt", type=int, default=200_000, help="messages in the attempt (the writer's default)")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--redelivered", type=float, default=0.01, help="share of the attempt's ids already held")
     args = parser.parse_args()
     sizes = [int(x) for x in args.history.split(",")]
     with private_endpoint("sendflowr-bench-known-ids-") as (settings, pid):
@@ -92,7 +94,7 @@ def main() -> int:
         for history in sizes:
             fill_history(client, database, held, history)
             held = history
-            resent = stage_attempt(client, database, history, args.attempt)
+            resent = stage_attempt(client, database, history, args.attempt, args.redelivered)
             p = params(history, args.attempt)
             timing.settle(client, database)
             times = {"ours": [], "anchor": []}
