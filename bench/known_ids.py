@@ -38,6 +38,7 @@ ID = "concat('01J', leftPad(hex(cityHash64({n}, {salt})), 23, '0'))"
 
 
 def fill_history(client, database: str, start: int, end: int) -> None:
+    """Ids [start, end) of a history in `event_ids` (of another topic than any real one), merged."""
     client.command(f"INSERT INTO {database}.event_ids (event_id, kafka_topic, kafka_partition, kafka_offset) "
                    f"SELECT {ID.format(n='number', salt=1)}, '{TOPIC}', number % 4, intDiv(number, 4) "
                    f"FROM numbers({start}, {end - start})")

@@ -51,6 +51,7 @@ from pathlib import Path
 import api_snapshot  # bench/: the snapshot bench's in-process decision loops
 import identity  # bench/: stitch_once timed with its phases, the I/O floor, the world's identifier shapes
 import ingest  # bench/: the synthetic world produced to Kafka, the ingestion writer process
+import known_ids  # bench/: a history of event ids, as ingestion leaves it
 import numpy as np
 import pyarrow as pa
 import timing  # bench/: the in-ClickHouse event generator, CPU of the endpoint process, settle()
@@ -258,10 +259,7 @@ def stage_ingest(settings: Settings, events: int, history: int, seed: int) -> tu
         client = get_client(settings.model_copy(update={"clickhouse_database": ingest.writers_database(1)}))
         held = int(client.command("SELECT count() FROM event_ids"))
         started = time.perf_counter()
-        for start in range(held, history, 10_000_000):  # ULID-like ids no produced event carries
-            client.command("INSERT INTO event_ids (event_id, kafka_topic, kafka_partition, kafka_offset) "
-                           "SELECT concat('01H', leftPad(hex(cityHash64(number, 11)), 23, '0')), 'history', "
-                           f"number % 4, number FROM numbers({start}, {min(10_000_000, history - start)})")
+        known_ids.fill_history(client, ingest.writers_database(1), held, history)
         timing.settle(client, ingest.writers_database(1))
         print(f"  {history:,} event ids of history held ({time.perf_counter() - started:.1f}s, not timed)", flush=True)
         more = ingest_produced(max(history // 100, 1), seed + 1)
