@@ -55,6 +55,8 @@ class ClusterRenderError(SendflowrError):
 
 def render(statement: str, database: str, cluster: str) -> str:
     """`statement` (a migration statement with the database filled in) as it runs on `cluster`."""
+    if re.search(rf"^INSERT INTO {re.escape(database)}\.\w+ ", statement, re.MULTILINE):
+        return statement  # no ON CLUSTER for data: it runs on the migrator's replica and replicates from there
     heads = (re.search(form.format(db=re.escape(database)), statement, re.MULTILINE) for form in _FORMS)
     head = next((h for h in heads if h), None)
     if head is None:

@@ -31,6 +31,7 @@ from sendflowr_assets.defs.ingest.checks import (
     INGESTION_CHECKS,
     no_duplicate_event_ids,
     no_events_from_the_future,
+    no_reused_event_ids,
 )
 from sendflowr_assets.defs.ingest.sensors import INGEST_JOB, INGEST_SLOT_TAG, ingest_sensor
 from sendflowr_assets.resources import SendflowrResource
@@ -64,7 +65,7 @@ def test_materialize_events_reports_counts_and_runs_checks(settings: Settings, c
     assert metadata["dagster/row_count"].value == 300
     checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
     assert checks == {"rejected_share_below_threshold": True, "no_duplicate_event_ids": True,
-                      "no_events_from_the_future": True, "offsets_contiguous": True}
+                      "no_reused_event_ids": True, "no_events_from_the_future": True, "offsets_contiguous": True}
     assert ch.command(f"SELECT count() FROM {settings.clickhouse_database}.events") == 300
 
     # The next run inserts 20 rows; the table holds 320: the UI's row count is the table's.
@@ -94,10 +95,16 @@ def test_ingestion_checks_warn_on_an_empty_table_and_fail_on_violations(settings
     ch.command(f"INSERT INTO {db}.events ({columns}) VALUES ('a', 'opened', '2026-10-01 10:00:00', "
                f"'{settings.kafka_topic}', 0, 0, '2026-10-01 10:00:00'), ('a', 'opened', '2026-10-01 10:00:00', "
                f"'{settings.kafka_topic}', 0, 1, '2026-10-01 10:00:00'), ('b', 'opened', '2026-10-03 10:00:00', "
-               f"'{settings.kafka_topic}', 0, 2, '2026-10-01 10:00:00')")
+               f"'{settings.kafka_topic}', 0, 2, '2026-10-01 10:00:00'), ('c', 'opened', '2026-10-01 10:59:00', "
+               f"'{settings.kafka_topic}', 0, 3, '2026-10-02 10:00:00'), ('c', 'opened', '2026-10-01 11:00:00', "
+               f"'{settings.kafka_topic}', 0, 4, '2026-10-02 10:00:00')")
     duplicates, future = no_duplicate_event_ids(sendflowr=resource), no_events_from_the_future(sendflowr=resource)
     assert not duplicates.passed and duplicates.severity == AssetCheckSeverity.ERROR
-    assert duplicates.metadata["violations"].value == 1 and duplicates.metadata["examples"].value == [["a", "2"]]
+    assert duplicates.metadata["violations"].value == 1
+    assert duplicates.metadata["examples"].value == [["a", "2026-10-01 10:00:00", "2"]]  # c's two are two hours
+    reused = no_reused_event_ids(sendflowr=resource)  # c, a minute apart across an hour: kept twice, a warning
+    assert not reused.passed and reused.severity == AssetCheckSeverity.WARN
+    assert reused.metadata["examples"].value == [["c", "2"]]
     assert not future.passed and future.metadata["violations"].value == 1
     assert future.metadata["examples"].value[0][0] == "b"
 

@@ -328,6 +328,40 @@ def test_second_run_ingests_nothing_new(settings: Settings, ch) -> None:
     assert_caught_up(settings, corpus, ch, second)
 
 
+def test_an_event_is_its_id_in_the_hour_it_occurred(settings: Settings, ch) -> None:
+    """The contract's copies (sendflowr/schemas/event.v1.json): the same event_id with an occurred_at in the same UTC
+    hour is a copy, dropped whether it comes in a later run or in the same attempt; the same id in another hour is
+    a second event, kept, and the reuse is reported by its own check while the duplicate check passes."""
+    hour = BASE_TIME.replace(minute=0, second=0)
+
+    def at(event_id: str, moment: datetime, n: int) -> tuple[bytes, bytes]:
+        event = _event(event_id, n) | {"occurred_at": moment.strftime("%Y-%m-%dT%H:%M:%S.000Z"), "ip": f"10.0.0.{n}"}
+        return b"one partition", json.dumps(event).encode()  # in order: the first copy is the one produced first
+
+    produce_all(settings, [at("x", hour + timedelta(minutes=15), 1), at("y", hour + timedelta(minutes=20), 2)])
+    first = ingest_once(settings, ch, log=lambda _m: None)
+    assert (first.inserted, first.duplicates) == (2, 0)
+    produce_all(settings, [at("x", hour + timedelta(minutes=40), 3),  # same hour as the first x: a copy
+                           at("x", hour + timedelta(days=1, minutes=15), 4),  # another hour: a second event
+                           at("z", hour + timedelta(hours=2, minutes=5), 5),
+                           at("z", hour + timedelta(hours=3, minutes=5), 6),  # another hour, same attempt
+                           at("z", hour + timedelta(hours=2, minutes=50), 7)])  # a copy of the first z, same attempt
+    second = ingest_once(settings, ch, log=lambda _m: None)
+    assert (second.inserted, second.duplicates) == (3, 2)
+    db = settings.clickhouse_database
+    kept = ch.query(f"SELECT event_id, occurred_at, ip FROM {db}.events ORDER BY event_id, occurred_at").result_rows
+    assert [(e, at.replace(tzinfo=UTC) - hour, ip) for e, at, ip in kept] == [
+        ("x", timedelta(minutes=15), "10.0.0.1"), ("x", timedelta(days=1, minutes=15), "10.0.0.4"),
+        ("y", timedelta(minutes=20), "10.0.0.2"),
+        ("z", timedelta(hours=2, minutes=5), "10.0.0.5"), ("z", timedelta(hours=3, minutes=5), "10.0.0.6")]
+    assert ch.query(f"SELECT event_id, toString(occurred_hour) FROM {db}.event_ids ORDER BY event_id, occurred_hour"
+                    ).result_rows == [(e, at.replace(minute=0, second=0, microsecond=0).strftime("%Y-%m-%d %H:%M:%S"))
+                                      for e, at, _ in kept]
+    assert checks.duplicate_event_ids(ch, db).passed
+    reused = checks.reused_event_ids(ch, db)
+    assert not reused.passed and reused.facts["examples"] == [["x", "2"], ["z", "2"]]
+
+
 def test_killed_between_insert_and_bookkeeping(settings: Settings, ch) -> None:
     corpus = make_corpus(unique=4000, duplicates=400, invalid=100, tag="kill-insert")
     produce(settings, corpus)

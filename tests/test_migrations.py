@@ -80,25 +80,40 @@ def test_unreachable_clickhouse_is_a_clear_error(base_settings: Settings) -> Non
         apply_migrations(nowhere, wait=1)
 
 
-def test_event_ids_written_before_the_hash_column_are_found_by_it(fresh: Settings, tmp_path: Path) -> None:
-    """Migration 0018 adds `id_hash`, which the duplicate check probes first (sql/ingest/known_ids.sql): ids
-    ingested before it must answer that probe exactly like later ones, whether their part was rewritten yet or
-    not."""
-    earlier = [m for m in discover() if m.version < 18]
-    for migration in earlier:
-        (tmp_path / migration.path.name).write_text(migration.path.read_text())
-    apply_migrations(fresh, tmp_path)
+def _migrated_up_to(settings: Settings, tmp_path: Path, version: int) -> None:
+    for migration in discover():
+        if migration.version < version:
+            (tmp_path / migration.path.name).write_text(migration.path.read_text())
+    apply_migrations(settings, tmp_path)
+
+
+def test_event_ids_ingested_before_they_were_sorted_by_hour_are_carried_over(fresh: Settings, tmp_path: Path) -> None:
+    """Migration 0019 rebuilds event_ids sorted by (hour, id) from events: every id ingested before it keeps its
+    Kafka coordinates and gains its event's hour, and the duplicate check's probe by (hour, id) finds it. A run that
+    failed after the exchange is completed by the next, with each id once."""
+    _migrated_up_to(fresh, tmp_path, 19)
     client, db = get_client(fresh), fresh.clickhouse_database
+    rows = ("SELECT concat('old-', toString(number)) AS id, "
+            "toDateTime64('2026-03-30 22:00:00', 3, 'UTC') + number * 600 AS at, "
+            "'t' AS topic, number % 3 AS part, number AS off FROM numbers(1000)")
+    client.command(f"INSERT INTO {db}.events (event_id, occurred_at, kafka_topic, kafka_partition, kafka_offset) "
+                   f"{rows}")
     client.command(f"INSERT INTO {db}.event_ids (event_id, kafka_topic, kafka_partition, kafka_offset) "
-                   "SELECT concat('old-', toString(number)), 't', 0, number FROM numbers(1000)")
-    assert apply_migrations(fresh) == ["0018_event_ids_hash.sql"]
-    client.command(f"INSERT INTO {db}.event_ids (event_id, kafka_topic, kafka_partition, kafka_offset) "
-                   "SELECT concat('new-', toString(number)), 't', 1, number FROM numbers(1000)")
-    [(agree, rows)] = client.query(f"SELECT countIf(id_hash = cityHash64(event_id)), count() FROM {db}.event_ids")\
-        .result_rows
-    assert (agree, rows) == (2000, 2000)
-    probe = ["old-7", "new-7", "old-999", "never-seen"]
-    found = client.query(f"SELECT event_id FROM {db}.event_ids PREWHERE id_hash IN "
-                         "(SELECT cityHash64(arrayJoin({ids:Array(String)}))) ORDER BY event_id",
-                         parameters={"ids": probe}).result_rows
-    assert [r[0] for r in found] == ["new-7", "old-7", "old-999"]
+                   f"SELECT id, topic, part, off FROM ({rows})")
+    [migration] = [m for m in discover() if m.version == 19]
+    for statement in migration.statements(db)[:4]:  # up to the exchange: the old table is left as event_ids_next
+        client.command(statement)
+    assert apply_migrations(fresh) == ["0019_event_ids_by_hour.sql"]
+    assert "event_ids_next" not in _tables(fresh)
+    expected = client.query(f"SELECT toStartOfHour(occurred_at), event_id, kafka_topic, kafka_partition, kafka_offset "
+                            f"FROM {db}.events ORDER BY event_id").result_rows
+    got = client.query(f"SELECT occurred_hour, event_id, kafka_topic, kafka_partition, kafka_offset "
+                       f"FROM {db}.event_ids ORDER BY event_id").result_rows
+    assert got == expected and len(got) == 1000
+    assert len({hour for hour, *_ in got}) == 167  # 1000 events ten minutes apart
+    probe = [("2026-03-30 23:00:00", "old-7"), ("2026-03-30 22:00:00", "old-7"), ("2026-04-06 20:00:00", "old-999")]
+    found = client.query(f"SELECT toString(occurred_hour), event_id FROM {db}.event_ids "
+                         "WHERE (occurred_hour, event_id) IN (SELECT toDateTime(d, 'UTC'), i FROM "
+                         "(SELECT arrayJoin({probe:Array(Tuple(String, String))}) AS p, p.1 AS d, p.2 AS i)) "
+                         "ORDER BY event_id", parameters={"probe": probe}).result_rows
+    assert found == [("2026-03-30 23:00:00", "old-7"), ("2026-04-06 20:00:00", "old-999")]  # old-7 at 23:10

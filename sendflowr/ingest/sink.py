@@ -115,7 +115,8 @@ EVENT_COLUMNS = ("event_id, event_type, occurred_at, person_key, email, klaviyo_
 
 
 class EventsSink(Sink):
-    """Engagement events (the contract in sendflowr/schemas/event.v1.json) into `events`, one row per event_id."""
+    """Engagement events (the contract in sendflowr/schemas/event.v1.json) into `events`, one row per event: its
+    event_id in the UTC hour it occurred (docs/INGESTION.md, "Duplicates")."""
 
     name = "events"
     scratch = (("ingest_staging", "staged", "staged rows"), ("ingest_known_ids", "known", "known ids"))  # 0011, 0012
@@ -142,8 +143,9 @@ class EventsSink(Sink):
             params["known"] = retrying(lambda: client.command(self.sql("ingest/known_ids", database), parameters=params,
                                                               settings=dict(consistency.read))).written_rows
             # event_ids first: a crash before `events` is written then replays both with the same tokens.
-            ids = insert_select(client, f"INSERT INTO {database}.event_ids (event_id, kafka_topic, kafka_partition, "
-                                        f"kafka_offset) SELECT event_id, kafka_topic, kafka_partition, kafka_offset "
+            ids = insert_select(client, f"INSERT INTO {database}.event_ids (occurred_hour, event_id, kafka_topic, "
+                                        f"kafka_partition, kafka_offset) SELECT toStartOfHour(occurred_at), event_id, "
+                                        f"kafka_topic, kafka_partition, kafka_offset "
                                         f"FROM ({new_events})", params, f"{token}:ids", consistency.write)
             hooks.after_insert("event_ids")
         insert_select(client, f"INSERT INTO {database}.events ({EVENT_COLUMNS}) SELECT {EVENT_COLUMNS} "

@@ -1,4 +1,5 @@
--- The valid, not-yet-seen events of one attempt, in (partition, offset) order, first copy of each event_id.
+-- The valid, not-yet-seen events of one attempt, in (partition, offset) order, first copy of each event: its id in
+-- the UTC hour it occurred (migration 0019).
 -- Ids known from earlier ranges were collected once into ingest_known_ids (known_ids.sql); `event_ids` and
 -- `events` are both filled from this one SELECT, so they get the same rows, and a replay of the attempt's
 -- ranges selects exactly the same rows again.
@@ -10,7 +11,8 @@ SELECT
     machine_open, bot_click, toUInt8(1) AS schema_version, kafka_topic, kafka_partition, kafka_offset
 FROM ${database}.ingest_staging
 WHERE attempt_id = {attempt:String} AND kafka_topic = {topic:String} AND reason = ''
-  AND event_id NOT IN (SELECT event_id FROM ${database}.ingest_known_ids WHERE attempt_id = {attempt:String})
+  AND (toStartOfHour(occurred_at), event_id) NOT IN (
+        SELECT occurred_hour, event_id FROM ${database}.ingest_known_ids WHERE attempt_id = {attempt:String})
   AND ${staged_here}
 ORDER BY kafka_topic, kafka_partition, kafka_offset
-LIMIT 1 BY event_id
+LIMIT 1 BY toStartOfHour(occurred_at), event_id
