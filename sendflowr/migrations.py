@@ -2,8 +2,8 @@
 
 Each file holds statements ending with `;` at the end of a line and may use ${database}. Applied
 versions are recorded in <database>.schema_migrations with a checksum, so re-running is a no-op and an
-edited, already-applied file is reported instead of silently diverging. The events TTL follows
-SENDFLOWR_EVENTS_TTL_DAYS on every run. With SENDFLOWR_CLICKHOUSE_CLUSTER set, every statement is rendered for
+edited, already-applied file is reported instead of silently diverging. The TTL of events and of their ids
+follows SENDFLOWR_EVENTS_TTL_DAYS on every run. With SENDFLOWR_CLICKHOUSE_CLUSTER set, every statement is rendered for
 the cluster first (sendflowr/cluster.py); the files and their checksums are the same in both modes.
 """
 
@@ -124,18 +124,25 @@ def apply_migrations(settings: Settings, directory: Traversable = MIGRATIONS_DIR
     return done
 
 
+# Each table's TTL under SENDFLOWR_EVENTS_TTL_DAYS: an event's id is kept while its event is (an hour longer, since
+# occurred_hour rounds down), so the duplicate check holds no ids of events that are gone (migration 0019).
+_TTL = {"events": "toDateTime(occurred_at) + toIntervalDay({days})",
+        "event_ids": "(occurred_hour + toIntervalDay({days})) + toIntervalHour(1)"}
+
+
 def _apply_events_ttl(client: Client, settings: Settings) -> None:
-    table = f"{settings.clickhouse_database}.events"
-    current = client.command(
-        "SELECT extract(create_table_query, 'TTL ([^\\n]+?)(?: SETTINGS|$)') FROM system.tables "
-        "WHERE database = {db:String} AND name = 'events'", parameters={"db": settings.clickhouse_database})
-    if settings.events_ttl_days > 0:
-        wanted = f"toDateTime(occurred_at) + toIntervalDay({settings.events_ttl_days})"
-        if wanted not in str(current):
-            _command(client, f"ALTER TABLE {table} MODIFY TTL toDateTime(occurred_at) + INTERVAL "
-                             f"{settings.events_ttl_days} DAY", settings)
-    elif current:
-        _command(client, f"ALTER TABLE {table} REMOVE TTL", settings)
+    for name, ttl in _TTL.items():
+        table = f"{settings.clickhouse_database}.{name}"
+        current = client.command(
+            "SELECT extract(create_table_query, 'TTL ([^\\n]+?)(?: SETTINGS|$)') FROM system.tables "
+            "WHERE database = {db:String} AND name = {name:String}",
+            parameters={"db": settings.clickhouse_database, "name": name})
+        if settings.events_ttl_days > 0:
+            wanted = ttl.format(days=settings.events_ttl_days)
+            if wanted not in str(current):
+                _command(client, f"ALTER TABLE {table} MODIFY TTL {wanted}", settings)
+        elif current:
+            _command(client, f"ALTER TABLE {table} REMOVE TTL", settings)
 
 
 def add_cli(subparsers: argparse._SubParsersAction) -> None:

@@ -60,7 +60,8 @@ class Settings(BaseSettings):
     events_ttl_days: int = Field(
         default=0,
         ge=0,
-        description="Drop events older than this many days (ClickHouse TTL on occurred_at); 0 keeps them forever.",
+        description="Drop events older than this many days (ClickHouse TTL on occurred_at), and their ids with them; "
+                    "0 keeps them forever.",
     )
 
     kafka_bootstrap_servers: str = Field(default="127.0.0.1:9092", description="Kafka bootstrap servers.")
