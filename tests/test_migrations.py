@@ -95,9 +95,9 @@ def _migrated_up_to(settings: Settings, tmp_path: Path, version: int) -> None:
 
 
 def test_event_ids_ingested_before_they_were_sorted_by_hour_are_carried_over(fresh: Settings, tmp_path: Path) -> None:
-    """Migration 0019 rebuilds event_ids sorted by (hour, id) from events: every id ingested before it keeps its
-    Kafka coordinates and gains its event's hour, and the duplicate check's probe by (hour, id) finds it. A run that
-    failed after the exchange is completed by the next, with each id once."""
+    """Migration 0019 rebuilds event_ids sorted by (hour, id hash) from events: every id ingested before it keeps
+    its Kafka coordinates and gains its event's hour, and a probe by (hour, id) finds it. A run that failed after
+    the exchange is completed by the next, with each id once."""
     _migrated_up_to(fresh, tmp_path, 19)
     client, db = get_client(fresh), fresh.clickhouse_database
     rows = ("SELECT concat('old-', toString(number)) AS id, "

@@ -4,7 +4,7 @@
 -- (hour, id hash), the check reads only granules of the hours the attempt's events occurred in, and of those only
 -- the hour and the hash: what it costs follows the traffic of those hours, not the history. An event is now its id
 -- in its hour: every connector's redelivery carries the first copy's occurred_at, and an id sent again with an
--- occurred_at in another hour is a second event (the no_duplicate_event_ids check reports such reuse).
+-- occurred_at in another hour is a second event (the no_reused_event_ids check reports such reuse).
 -- Rerunnable from any statement that failed: the first drops what a failed run left (after the exchange, that is
 -- the old table, whose rows the copy does not need).
 DROP TABLE IF EXISTS ${database}.event_ids_next;
