@@ -275,6 +275,8 @@ def main() -> int:
             lambda: materialize(client, db, log=lambda line: print("  " + line, flush=True)))
         print(f"\nincremental run after +{extra:,} events ({args.increment:.0%}): {inc_wall:.2f}s, CPU {inc_ch:.2f}s "
               f"chDB + {inc_py:.2f}s Python ({inc.people_written:,} curves rewritten)")
+        for phase, secs in inc.seconds.items():
+            print(f"    {secs:8.2f}s  {phase}")
 
         settle(client, db)  # the build's curve parts merge in the background after it returns
         ((messages, _), group, group_ch, group_py), groups_wall = best_of_two(
