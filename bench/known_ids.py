@@ -5,8 +5,8 @@
                                         [--live-hours 6]
 
 Every attempt looks up which of its events `event_ids` already holds (sql/ingest/known_ids.sql). Since migration
-0019 the table is sorted by (hour occurred, id), so the lookup reads only the hours the attempt's events occurred
-in. On a private chDB endpoint with the migrations applied, for each history size: `event_ids` filled with that
+0019 the table is sorted by (hour occurred, id hash), so the lookup reads only the hours the attempt's events
+occurred in. On a private chDB endpoint with the migrations applied, for each history size: `event_ids` filled with that
 many ULID-like ids spread evenly over `--days` of hours (generated inside ClickHouse, merged, not timed), so that a
 bigger history is more traffic an hour, as with more people; then one attempt of `--attempt` staged messages:
 

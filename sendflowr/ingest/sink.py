@@ -144,7 +144,7 @@ class EventsSink(Sink):
                                                               settings=dict(consistency.read))).written_rows
             # event_ids first: a crash before `events` is written then replays both with the same tokens.
             ids = insert_select(client, f"INSERT INTO {database}.event_ids (occurred_hour, event_id, kafka_topic, "
-                                        f"kafka_partition, kafka_offset) SELECT toStartOfHour(occurred_at), event_id, "
+                                        f"kafka_partition, kafka_offset) SELECT occurred_hour, event_id, "
                                         f"kafka_topic, kafka_partition, kafka_offset "
                                         f"FROM ({new_events})", params, f"{token}:ids", consistency.write)
             hooks.after_insert("event_ids")
